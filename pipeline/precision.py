@@ -1,0 +1,106 @@
+"""The one place where CPU and GPU settings differ: device, precision, distributed backend.
+
+``precision = auto`` picks bf16 on a CUDA device that supports it, fp16 with a gradient
+scaler on an older CUDA device, and fp32 on a CPU (bf16 on a CPU without AMX/AVX512-BF16
+runs about 180x slower than fp32 here, so auto never picks it there). An explicit choice is
+honoured, with a warning when it is slow or unsupported on the hardware. Every decision is
+logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PrecisionName = Literal["auto", "fp32", "fp16", "bf16"]
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision choice.
+
+    Attributes:
+        name: "fp32", "fp16" or "bf16".
+        device: "cuda" or "cpu".
+        reason: why this was chosen, for the logs.
+    """
+
+    name: Literal["fp32", "fp16", "bf16"]
+    device: Literal["cpu", "cuda"]
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of activations under autocast (or of the weights for inference)."""
+        return _DTYPES[self.name]
+
+    @property
+    def autocast(self) -> bool:
+        """Whether training runs under ``torch.autocast``."""
+        return self.name != "fp32"
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 training needs loss scaling; bf16 and fp32 do not."""
+        return self.name == "fp16"
+
+    def autocast_context(self) -> torch.autocast:
+        """``torch.autocast`` for this device and dtype (a no-op when fp32)."""
+        return torch.autocast(device_type=self.device, dtype=self.dtype, enabled=self.autocast)
+
+
+def device_name() -> Literal["cpu", "cuda"]:
+    """"cuda" when a CUDA device is visible to this process, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def distributed_backend() -> str:
+    """torch.distributed backend for this hardware: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device_name() == "cuda" else "gloo"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def select_precision(requested: PrecisionName, stage: str) -> Precision:
+    """Resolve a configured precision against the hardware, and log the decision.
+
+    Args:
+        requested: "auto", "fp32", "fp16" or "bf16".
+        stage: the stage asking, named in the log line.
+
+    Returns:
+        The :class:`Precision` to use.
+    """
+    device = device_name()
+    if requested == "auto":
+        if device == "cuda":
+            if torch.cuda.is_bf16_supported():
+                choice = Precision("bf16", device, "auto: CUDA device supports bf16")
+            else:
+                choice = Precision("fp16", device, "auto: CUDA device without bf16; fp16 with a grad scaler")
+        elif cpu_has_fast_bf16():
+            choice = Precision("fp32", device, "auto: CPU; fp32 is the safe default even with AMX")
+        else:
+            choice = Precision("fp32", device, "auto: CPU without fast bf16 (bf16 would be ~180x slower)")
+    else:
+        choice = Precision(requested, device, "requested in config")
+        if device == "cpu" and requested == "bf16" and not cpu_has_fast_bf16():
+            log.warning("%s: bf16 requested on a CPU without fast bf16; expect a large slowdown", stage)
+        if device == "cpu" and requested == "fp16":
+            log.warning("%s: fp16 requested on a CPU; autocast fp16 on CPU is slow and may be unsupported", stage)
+    log.info("%s: precision %s on %s (%s)", stage, choice.name, choice.device, choice.reason)
+    return choice
