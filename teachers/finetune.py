@@ -1,0 +1,127 @@
+"""Fine-tune a teacher as a sequence classifier with DeepSpeed.
+
+The model is wrapped by ``deepspeed.initialize`` (ZeRO stage 0/1/2, fp16/bf16 on CUDA, fp32 on
+a CPU with the gloo backend) around a torch AdamW optimizer (fused on CUDA) and DeepSpeed's
+``WarmupDecayLR`` schedule. Keys of a user DeepSpeed JSON (``finetune.deepspeed_config``, e.g.
+one of ``clusters/deepspeed/``) override the generated ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+
+from pipeline.config import FinetuneConfig
+from pipeline.precision import Precision
+from teachers.checkpoint import load_classifier, load_tokenizer
+from teachers.distributed import init_single_process
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for a fine-tune of ``total_steps`` optimizer steps.
+
+    Args:
+        cfg: the finetune section; ``cfg.deepspeed_config`` keys override the generated ones.
+        precision: fp16/bf16 enable DeepSpeed's mixed precision; fp32 leaves both off.
+        total_steps: optimizer steps of the whole run, for the learning-rate schedule.
+    """
+    warmup = int(cfg.warmup_ratio * total_steps)
+    generated = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "fp16": {"enabled": precision.name == "fp16"},
+        "bf16": {"enabled": precision.name == "bf16"},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "total_num_steps": max(total_steps, 1), "warmup_num_steps": warmup,
+            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr}},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    if cfg.deepspeed_config is not None:
+        generated.update(json.loads(Path(cfg.deepspeed_config).read_text()))
+    return generated
+
+
+def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_names: list[str],
+                        out_dir: Path, cfg: FinetuneConfig, precision: Precision,
+                        max_length: int, seed: int) -> dict[str, Any]:
+    """Fine-tune ``checkpoint`` on ``train`` and save it to ``out_dir`` in Hugging Face format.
+
+    Args:
+        checkpoint: the pretrained teacher (folder or hub id).
+        train: labeled rows, columns ``text`` (str) and ``label`` (int64 class index).
+        label_names: class names in index order.
+        out_dir: written atomically (a temporary folder renamed at the end).
+        cfg: epochs, batch size, learning rate, ZeRO stage.
+        precision: from :func:`pipeline.precision.select_precision`.
+        max_length: tokens per row; longer rows are truncated.
+        seed: for the shuffling and the new classification head.
+
+    Returns:
+        ``{"steps": int, "final_loss": float, "loss_history": [float, ...]}`` with the mean
+        training loss of each tenth of the run.
+    """
+    import deepspeed
+
+    torch.manual_seed(seed)
+    init_single_process()
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_classifier(checkpoint, label_names).train()
+    encoded = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
+                        batched=True, remove_columns=["text", "id"], desc="tokenize")
+    encoded = encoded.rename_column("label", "labels").with_format("torch")
+    loader = DataLoader(encoded, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                        collate_fn=DataCollatorWithPadding(tokenizer),
+                        generator=torch.Generator().manual_seed(seed))
+    total_steps = math.ceil(cfg.epochs * len(loader))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=precision.device == "cuda")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_config(cfg, precision, total_steps))
+    losses = train_steps(engine, loader, total_steps)
+    save_hf(engine.module, tokenizer, out_dir)
+    tenth = max(1, len(losses) // 10)
+    history = [sum(losses[i:i + tenth]) / len(losses[i:i + tenth]) for i in range(0, len(losses), tenth)]
+    return {"steps": total_steps, "final_loss": history[-1], "loss_history": history}
+
+
+def train_steps(engine, loader: DataLoader, total_steps: int) -> list[float]:
+    """Run ``total_steps`` DeepSpeed steps over ``loader`` (cycling epochs); returns each step's loss."""
+    losses: list[float] = []
+    with tqdm(total=total_steps, desc="finetune teacher", unit="step") as bar:
+        while len(losses) < total_steps:
+            for batch in loader:
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if len(losses) == total_steps:
+                    break
+    return losses
+
+
+def save_hf(model, tokenizer, out_dir: Path) -> None:
+    """Save model and tokenizer with ``save_pretrained`` into a temporary folder, then rename it."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
