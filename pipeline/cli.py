@@ -1,0 +1,61 @@
+"""``distill``: the command line.
+
+    distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
+    distill validate CONFIG [--set key=value ...]
+    distill presets
+
+CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
+(bad config, bad data, missing artifact) prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.config import load_config, preset_names
+from pipeline.errors import DistillError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``distill``."""
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run a distillation, reusing finished stages"), ("validate", "check a config")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("config", help="preset name or YAML file")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    run = commands.choices["run"]
+    run.add_argument("--until", default="evaluate", help="last stage to run (data, finetune, label, train, evaluate)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage and the ones after it")
+    commands.add_parser("presets", help="list the presets shipped with the package")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``distill``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        if args.command == "presets":
+            print("\n".join(preset_names()))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            print(f"{args.config}: valid; run directory {cfg.run_dir}")
+            return 0
+        from pipeline.runner import run_pipeline
+
+        run_pipeline(cfg, until=args.until, force=tuple(args.force))
+        print(f"report: {cfg.run_dir / 'report.md'}")
+        return 0
+    except DistillError as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

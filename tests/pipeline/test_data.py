@@ -1,0 +1,127 @@
+"""The data stage on tiny generated files: tables, the transfer set, and bad input."""
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import data
+from pipeline.artifacts import RunDir
+from pipeline.config import validate_config
+from pipeline.errors import DataError
+
+HEADER = "sentence\tlabel\n"
+
+
+def write(path, rows, header=HEADER):
+    path.write_text(header + "".join(f"{s}\t{y}\n" for s, y in rows), encoding="utf-8")
+    return path
+
+
+def config(tmp_path, **data_overrides):
+    section = {"root": str(tmp_path), "train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"},
+               "labels": [0, 1], **data_overrides}
+    return validate_config({"name": "t", "output_dir": str(tmp_path / "runs"), "data": section})
+
+
+@pytest.fixture
+def files(tmp_path):
+    write(tmp_path / "train.tsv", [("a good film ", 1), ('a "bad" film', 0), ("fine", 1)])
+    write(tmp_path / "dev.tsv", [("good", 1), ("bad", 0)])
+    write(tmp_path / "extra.tsv", [("fine", 1), ("new text", 0), ("new text", 1), ("more", 0)])
+    return tmp_path
+
+
+def test_tables_have_ids_texts_and_label_indices(files):
+    cfg = config(files, unlabeled={"path": "extra.tsv"})
+    summary = data.run(cfg, RunDir(cfg.run_dir))
+    train = pq.read_table(RunDir(cfg.run_dir).split_file("train")).to_pydict()
+    assert train == {"id": [0, 1, 2], "text": ["a good film", 'a "bad" film', "fine"], "label": [1, 0, 1]}
+    transfer = pq.read_table(RunDir(cfg.run_dir).split_file("transfer")).to_pydict()
+    # labeled rows keep their labels; unlabeled rows lose theirs and duplicates are dropped
+    assert transfer["text"] == ["a good film", 'a "bad" film', "fine", "new text", "more"]
+    assert transfer["label"] == [1, 0, 1, -1, -1]
+    assert transfer["id"] == [0, 1, 2, 3, 4]
+    assert summary["transfer"] == {"rows": 5, "label_counts": {"-1": 2, "0": 1, "1": 2}}
+
+
+def test_skip_and_limit_take_a_slice(files):
+    cfg = config(files, train={"path": "train.tsv", "skip": 1, "limit": 1})
+    table = data.read_split(cfg.data, cfg.data.train, labeled=True)
+    assert table["text"] == ['a "bad" film']
+
+
+def test_string_labels_map_to_indices(tmp_path):
+    write(tmp_path / "t.tsv", [("x", "pos"), ("y", "neg")])
+    cfg = config(tmp_path, train={"path": "t.tsv"}, labels=["neg", "pos"])
+    assert data.read_split(cfg.data, cfg.data.train, labeled=True)["label"] == [1, 0]
+
+
+def test_missing_file(files):
+    cfg = config(files, dev={"path": "nope.tsv"})
+    with pytest.raises(DataError, match=r"nope\.tsv: no such file; check data.root"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_empty_file(files):
+    (files / "dev.tsv").write_text("")
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"dev\.tsv: the file is empty"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_header_only_file(files):
+    (files / "dev.tsv").write_text(HEADER)
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"dev\.tsv: the file has no data rows"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_label_outside_the_label_set(files):
+    write(files / "dev.tsv", [("good", 1), ("meh", 2)])
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"dev\.tsv: row 2: label 2 is not in the configured label set \[0, 1\]"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_non_utf8_line(files):
+    (files / "train.tsv").write_bytes(HEADER.encode() + b"ok\t1\ncaf\xe9\t0\n")
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"train\.tsv: line 3 is not UTF-8"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_missing_column(files):
+    write(files / "dev.tsv", [("good", 1)], header="text\tlabel\n")
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"has no column 'sentence'"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_empty_sentence(files):
+    write(files / "dev.tsv", [("good", 1), ("  ", 0)])
+    cfg = config(files)
+    with pytest.raises(DataError, match=r"row 2 has an empty 'sentence'"):
+        data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_jsonl_and_parquet_read_the_same(files):
+    (files / "dev.jsonl").write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n')
+    cfg = config(files, dev={"path": "dev.jsonl"})
+    table = data.read_split(cfg.data, cfg.data.dev, labeled=True)
+    table.to_parquet(str(files / "dev.parquet"))
+    cfg = config(files, dev={"path": "dev.parquet"}, text_column="text")
+    assert data.read_split(cfg.data, cfg.data.dev, labeled=True)["label"] == table["label"] == [1, 0]
+
+
+def test_cli_prints_one_line_and_exits_2(files, tmp_path):
+    (files / "dev.tsv").write_bytes(b"")
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\ntracking: {{mode: disabled}}\n"
+                           f"data: {{root: {files}, train: {{path: train.tsv}}, dev: {{path: dev.tsv}}, labels: [0, 1]}}\n")
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config_file)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"distill: error: {files / 'dev.tsv'}: the file is empty" in result.stderr
