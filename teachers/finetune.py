@@ -37,7 +37,7 @@ def deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int
         precision: fp16/bf16 enable DeepSpeed's mixed precision; fp32 leaves both off.
         total_steps: optimizer steps of the whole run, for the learning-rate schedule.
     """
-    warmup = int(cfg.warmup_ratio * total_steps)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))  # DeepSpeed needs at least one step
     generated = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": 1,
@@ -47,7 +47,7 @@ def deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int
         "bf16": {"enabled": precision.name == "bf16"},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "total_num_steps": max(total_steps, 1), "warmup_num_steps": warmup,
-            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr}},
+            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_type": "linear"}},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }

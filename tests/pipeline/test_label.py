@@ -1,0 +1,76 @@
+"""The label stage: shard plan, per-shard manifest, soft-label values, and resume."""
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import label
+from pipeline.artifacts import RunDir, read_json, sha256_file
+from pipeline.config import validate_config
+from pipeline.precision import select_precision
+from teachers.inference import TeacherInference
+
+ROWS = 50
+
+
+def test_plan_covers_every_row_once():
+    plan = label.plan_shards(50, 16)
+    assert [(s["start"], s["stop"]) for s in plan] == [(0, 16), (16, 32), (32, 48), (48, 50)]
+    assert [s["shard"] for s in plan] == [0, 1, 2, 3]
+    assert label.plan_shards(32, 16)[-1] == {"shard": 1, "start": 16, "stop": 32}
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_teacher_dir):
+    cfg = validate_config({"name": "t", "output_dir": str(tmp_path), "teacher": {"max_length": 32},
+                           "label": {"shard_rows": 16, "num_actors": 2, "max_batch_size": 8},
+                           "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]}})
+    run = RunDir(cfg.run_dir)
+    words = ["good", "bad", "a rather long and winding sentence about a film", "ok", "dull plot"]
+    table = pa.table({"id": np.arange(ROWS), "text": [f"{words[i % 5]} {i}" for i in range(ROWS)],
+                      "label": [i % 2 if i < 20 else -1 for i in range(ROWS)]})
+    pq.write_table(table, run.split_file("transfer"))
+    shutil.copytree(tiny_teacher_dir, run.teacher_dir)
+    return cfg, run
+
+
+def read_all(run):
+    index = read_json(run.shard_index)
+    return pa.concat_tables([pq.read_table(run.stage_dir("label") / e["file"]) for e in index["shards"]])
+
+
+def test_every_row_is_labeled_once_with_the_teachers_logits(run_dir, ray_local):
+    cfg, run = run_dir
+    summary = label.run(cfg, run)
+    assert summary["shards"] == 4 and summary["rows"] == ROWS and summary["num_labels"] == 2
+    index = read_json(run.shard_index)
+    assert [e["rows"] for e in index["shards"]] == [16, 16, 16, 2]
+    for entry in index["shards"]:
+        assert sha256_file(run.stage_dir("label") / entry["file"]) == entry["sha256"]
+    table = read_all(run)
+    assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
+    assert table.column("label").to_pylist()[:20] == [i % 2 for i in range(20)]
+    teacher = TeacherInference(run.teacher_dir, select_precision("fp32", "test"), max_length=32)
+    expected = teacher.logits(table.column("text").to_pylist())
+    np.testing.assert_allclose(np.stack(table.column("logits").to_numpy(zero_copy_only=False)), expected, atol=1e-5)
+
+
+def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
+    cfg, run = run_dir
+    label.run(cfg, run)
+    before = read_all(run).sort_by("id")
+    kept = {i: run.shard_file(i).stat().st_mtime_ns for i in (0, 3)}
+    with open(run.shard_file(1), "ab") as fh:  # corrupt: checksum no longer matches
+        fh.write(b"junk")
+    run.shard_file(2).unlink()  # lost
+    summary = label.run(cfg, run)
+    assert summary["rows_labeled_now"] == 32
+    assert {i: run.shard_file(i).stat().st_mtime_ns for i in (0, 3)} == kept
+    after = read_all(run).sort_by("id")
+    assert after.column("id").to_pylist() == list(range(ROWS))
+    np.testing.assert_allclose(np.stack(after.column("logits").to_numpy(zero_copy_only=False)),
+                               np.stack(before.column("logits").to_numpy(zero_copy_only=False)), atol=1e-6)
+    assert label.run(cfg, run)["rows_labeled_now"] == 0
