@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.config import FinetuneConfig
 from pipeline.precision import Precision
@@ -84,9 +85,12 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
     encoded = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
                         batched=True, remove_columns=["text", "id"], desc="tokenize")
     encoded = encoded.rename_column("label", "labels").with_format("torch")
-    loader = DataLoader(encoded, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                        collate_fn=DataCollatorWithPadding(tokenizer),
-                        generator=torch.Generator().manual_seed(seed))
+    # Batches of similar length (as transformers' Trainer group_by_length): SST-2 padded to the
+    # longest row of a random batch holds 3x its real tokens.
+    sampler = LengthGroupedSampler(cfg.batch_size, lengths=[len(ids) for ids in encoded["input_ids"]],
+                                   generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(encoded, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
+                        collate_fn=DataCollatorWithPadding(tokenizer))
     total_steps = math.ceil(cfg.epochs * len(loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=precision.device == "cuda")

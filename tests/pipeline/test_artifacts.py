@@ -1,0 +1,48 @@
+"""Run-directory bookkeeping: fingerprints, manifests, atomic writes."""
+
+import json
+
+import pytest
+
+from pipeline.artifacts import RunDir, atomic_path, fingerprint, read_json
+from pipeline.errors import ArtifactError
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    assert fingerprint({"a": 1, "b": [2]}) == fingerprint({"b": [2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    assert len(fingerprint("x")) == 16
+
+
+def test_publish_marks_a_stage_fresh_for_its_fingerprint_only(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.manifest("data") is None and not run.is_fresh("data", "f1")
+    manifest = run.publish("data", "f1", {"rows": 3}, wall_s=1.234)
+    assert manifest["rows"] == 3 and manifest["wall_s"] == 1.23
+    assert run.is_fresh("data", "f1") and not run.is_fresh("data", "f2")
+    run.invalidate("data")
+    assert run.manifest("data") is None
+
+
+def test_require_names_the_missing_stage(tmp_path):
+    with pytest.raises(ArtifactError, match="stage 'label' has not completed; run it first"):
+        RunDir(tmp_path).require("label")
+
+
+def test_atomic_path_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_corrupt_json_is_an_artifact_error(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_json(tmp_path / "m.json")
+    (tmp_path / "ok.json").write_text(json.dumps({"a": 1}))
+    assert read_json(tmp_path / "ok.json") == {"a": 1}

@@ -1,0 +1,71 @@
+"""All five stages on a few hundred real SST-2 rows with the real MiniLM teacher.
+
+Uses a local Ray instance, DeepSpeed on its CPU accelerator and W&B in offline mode; the
+long full-data run is ``pytest -m slow``.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import RunDir, read_json
+from pipeline.config import load_config
+from pipeline.runner import run_pipeline
+
+DATA = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+needs_sst2 = pytest.mark.skipif(not (DATA / "sst2" / "train.tsv").exists(),
+                                reason=f"SST-2 not found under {DATA}; set DISTILL_DATA_DIR")
+
+SMOKE = [
+    "data.train.limit=400", "data.unlabeled.skip=400", "data.unlabeled.limit=600",
+    "finetune.epochs=3", "finetune.batch_size=16", "finetune.lr=1e-4",
+    "label.shard_rows=256", "label.num_actors=1", "train.epochs=4", "evaluate.latency_runs=20",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("e2e")
+    cfg = load_config("sst2-quick", [*SMOKE, f"output_dir={out}", f"data.root={DATA}"])
+    return cfg, run_pipeline(cfg)
+
+
+@needs_sst2
+def test_all_stages_write_their_artifacts(smoke_run):
+    cfg, manifests = smoke_run
+    run = RunDir(cfg.run_dir)
+    assert list(manifests) == ["data", "finetune", "label", "train", "evaluate"]
+    assert manifests["data"]["train"]["rows"] == 400 and manifests["data"]["dev"]["rows"] == 872
+    assert (run.teacher_dir / "model.safetensors").exists()
+    index = read_json(run.shard_index)
+    assert sum(e["rows"] for e in index["shards"]) == manifests["data"]["transfer"]["rows"]
+    for kind in ("kd", "ce_only"):
+        assert (run.student_dir(kind) / "model.safetensors").exists()
+    assert run.report_file.exists() and run.metrics_file.exists()
+    assert "student, KD" in run.report_file.read_text()
+    assert list((run.root / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run was written"
+
+
+@needs_sst2
+def test_teacher_and_student_beat_chance(smoke_run):
+    _, manifests = smoke_run
+    models = manifests["evaluate"]["models"]
+    majority = 444 / 872
+    assert models["teacher"]["dev_accuracy"] > 0.75
+    assert models["kd"]["dev_accuracy"] > majority + 0.05
+    assert models["kd"]["parameters"] < models["teacher"]["parameters"]
+    assert models["kd"]["latency"]["p50_ms"] < models["teacher"]["latency"]["p50_ms"]
+
+
+@needs_sst2
+def test_rerun_reuses_finished_stages(smoke_run):
+    cfg, first = smoke_run
+    again = run_pipeline(cfg)
+    assert {s: m["finished_at"] for s, m in again.items()} == {s: m["finished_at"] for s, m in first.items()}
+    changed = load_config("sst2-quick", [*SMOKE, f"output_dir={cfg.output_dir}", f"data.root={DATA}",
+                                         "train.epochs=1", "train.ce_only_baseline=false"])
+    third = run_pipeline(changed, until="train")
+    for stage in ("data", "finetune", "label"):
+        assert third[stage]["finished_at"] == first[stage]["finished_at"]
+    assert len(third["train"]["kd"]["history"]) == 1
