@@ -128,7 +128,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         shards = ray.data.from_items(todo, override_num_blocks=len(todo))
         labeled = shards.map_batches(
-            ShardLabeler, batch_size=1, concurrency=min(label.num_actors, len(todo)),
+            ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(label.num_actors, len(todo))),
             num_cpus=label.cpus_per_actor, num_gpus=1 if device_name() == "cuda" else 0,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),

@@ -2,7 +2,9 @@
 
 DeepSpeed's engines expect a process group. Under ``deepspeed``/``torchrun`` or Ray Train the
 launcher sets RANK, WORLD_SIZE and MASTER_ADDR/PORT; a pipeline stage run directly gets a
-group of one on a free local port, with gloo on CPU and nccl on CUDA.
+group of one on a free local port, with gloo on CPU and nccl on CUDA. The port goes into the
+init URL, not the environment: Ray workers started later inherit the driver's environment,
+and a leaked MASTER_PORT would make every label actor bind the same port.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def init_single_process() -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
-    deepspeed.init_distributed(dist_backend=distributed_backend(), verbose=False)
+    if "RANK" in os.environ:  # started by a launcher
+        deepspeed.init_distributed(dist_backend=distributed_backend(), verbose=False)
+        return
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeedEngine asserts that it is set
+    deepspeed.init_distributed(dist_backend=distributed_backend(), auto_mpi_discovery=False, verbose=False,
+                               init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
