@@ -64,45 +64,23 @@ def test_missing_file(files):
         data.run(cfg, RunDir(cfg.run_dir))
 
 
-def test_empty_file(files):
-    (files / "dev.tsv").write_text("")
+BAD_INPUT = {
+    "empty file": ("dev.tsv", b"", r"dev\.tsv: the file is empty"),
+    "header only": ("dev.tsv", HEADER.encode(), r"dev\.tsv: the file has no data rows"),
+    "label outside the set": ("dev.tsv", HEADER.encode() + b"good\t1\nmeh\t2\n",
+                              r"dev\.tsv: row 2: label 2 is not in the configured label set \[0, 1\]"),
+    "non-UTF-8 line": ("train.tsv", HEADER.encode() + b"ok\t1\ncaf\xe9\t0\n", r"train\.tsv: line 3 is not UTF-8"),
+    "missing column": ("dev.tsv", b"text\tlabel\ngood\t1\n", r"dev\.tsv: has no column 'sentence'"),
+    "empty sentence": ("dev.tsv", HEADER.encode() + b"good\t1\n  \t0\n", r"dev\.tsv: row 2 has an empty 'sentence'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_names_the_file_and_what_is_wrong(files, case):
+    name, content, message = BAD_INPUT[case]
+    (files / name).write_bytes(content)
     cfg = config(files)
-    with pytest.raises(DataError, match=r"dev\.tsv: the file is empty"):
-        data.run(cfg, RunDir(cfg.run_dir))
-
-
-def test_header_only_file(files):
-    (files / "dev.tsv").write_text(HEADER)
-    cfg = config(files)
-    with pytest.raises(DataError, match=r"dev\.tsv: the file has no data rows"):
-        data.run(cfg, RunDir(cfg.run_dir))
-
-
-def test_label_outside_the_label_set(files):
-    write(files / "dev.tsv", [("good", 1), ("meh", 2)])
-    cfg = config(files)
-    with pytest.raises(DataError, match=r"dev\.tsv: row 2: label 2 is not in the configured label set \[0, 1\]"):
-        data.run(cfg, RunDir(cfg.run_dir))
-
-
-def test_non_utf8_line(files):
-    (files / "train.tsv").write_bytes(HEADER.encode() + b"ok\t1\ncaf\xe9\t0\n")
-    cfg = config(files)
-    with pytest.raises(DataError, match=r"train\.tsv: line 3 is not UTF-8"):
-        data.run(cfg, RunDir(cfg.run_dir))
-
-
-def test_missing_column(files):
-    write(files / "dev.tsv", [("good", 1)], header="text\tlabel\n")
-    cfg = config(files)
-    with pytest.raises(DataError, match=r"has no column 'sentence'"):
-        data.run(cfg, RunDir(cfg.run_dir))
-
-
-def test_empty_sentence(files):
-    write(files / "dev.tsv", [("good", 1), ("  ", 0)])
-    cfg = config(files)
-    with pytest.raises(DataError, match=r"row 2 has an empty 'sentence'"):
+    with pytest.raises(DataError, match=message):
         data.run(cfg, RunDir(cfg.run_dir))
 
 
