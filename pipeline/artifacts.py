@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; on success it replaces ``path``.
+
+    On an exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -120,6 +139,17 @@ class RunDir:
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
         atomic_write_json(self.root / stage / MANIFEST, manifest)
         return manifest
+
+    def remove_partial_files(self, stage: str) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed run left in a stage's folder.
+
+        Returns:
+            The paths removed.
+        """
+        stale = [p for p in (self.root / stage).glob(".*.tmp-*")] if (self.root / stage).is_dir() else []
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return stale
 
     def invalidate(self, stage: str) -> None:
         """Forget that a stage completed (its files stay; the stage will be redone)."""

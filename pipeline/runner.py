@@ -77,6 +77,8 @@ def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...]
                 start_ray(cfg)
             log.info("stage %s: running", stage)
             run_dir.invalidate(stage)
+            for stale in run_dir.remove_partial_files(stage):
+                log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
             began = time.perf_counter()
             summary = STAGES[stage](cfg, run_dir)
             manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)

@@ -20,8 +20,6 @@ tokenizer's own files; no pickles.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from pipeline.artifacts import atomic_dir
 from pipeline.config import StudentConfig
 from pipeline.errors import ArtifactError, ConfigError
 
@@ -134,20 +133,13 @@ def save_student(model: BiLSTMClassifier, student_cfg: StudentConfig, num_labels
         ``directory`` as a Path.
     """
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(directory) as tmp:
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE))
         meta = {"student": student_cfg.model_dump(), "num_labels": num_labels,
                 "vocab_size": model.embedding.num_embeddings, "pad_token_id": model.embedding.padding_idx}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

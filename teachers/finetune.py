@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from pipeline.artifacts import atomic_dir
 from pipeline.config import FinetuneConfig
 from pipeline.precision import Precision
 from teachers.checkpoint import load_classifier, load_tokenizer
@@ -122,10 +122,7 @@ def train_steps(engine, loader: DataLoader, total_steps: int) -> list[float]:
 
 
 def save_hf(model, tokenizer, out_dir: Path) -> None:
-    """Save model and tokenizer with ``save_pretrained`` into a temporary folder, then rename it."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    """Save model and tokenizer with ``save_pretrained``, atomically (see :func:`atomic_dir`)."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -46,3 +46,14 @@ def test_corrupt_json_is_an_artifact_error(tmp_path):
         read_json(tmp_path / "m.json")
     (tmp_path / "ok.json").write_text(json.dumps({"a": 1}))
     assert read_json(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_partial_files_of_a_killed_write_are_removed(tmp_path):
+    run = RunDir(tmp_path)
+    keep = run.shard_file(0)
+    keep.write_text("done")
+    (keep.parent / ".shard-00001.parquet.tmp-123").write_text("half")
+    (run.root / "train" / ".kd.tmp-9").mkdir(parents=True)
+    assert [p.name for p in run.remove_partial_files("label")] == [".shard-00001.parquet.tmp-123"]
+    assert [p.name for p in run.remove_partial_files("train")] == [".kd.tmp-9"]
+    assert list(keep.parent.iterdir()) == [keep]
