@@ -71,7 +71,7 @@ class ShardLabeler:
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
         transfer_file: Parquet transfer set (``id, text, label``).
-        out_dir: where ``shard-NNNNN.parquet`` files go (see :meth:`RunDir.shard_file`).
+        run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         precision: "auto", "fp32", "fp16" or "bf16".
         max_length, max_batch_size, max_batch_tokens: see :class:`teachers.inference.TeacherInference`.
     """

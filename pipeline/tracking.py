@@ -18,8 +18,8 @@ class Tracker:
     """One W&B run per ``distill run``; logs each stage's manifest as it completes.
 
     Args:
-        cfg: the run config, logged as the W&B config.
-        mode: "offline", "online" or "disabled".
+        cfg: the run config, logged as the W&B config; ``cfg.tracking.mode`` is "offline" or
+            "online" (the runner creates no tracker when it is "disabled").
     """
 
     def __init__(self, cfg: RunConfig):
