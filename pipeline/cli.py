@@ -3,6 +3,7 @@
     distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
     distill validate CONFIG [--set key=value ...]
     distill presets
+    distill bench label CONFIG [--rows 4000] [--set key=value ...]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2.
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", default="evaluate", help="last stage to run (data, finetune, label, train, evaluate)")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage and the ones after it")
     commands.add_parser("presets", help="list the presets shipped with the package")
+    bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
+    bench.add_argument("what", choices=["label"], help="label: the label stage against a naive transformers loop")
+    bench.add_argument("config", help="preset name or YAML file of a run that has finished its finetune stage")
+    bench.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -46,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
+            return 0
+        if args.command == "bench":
+            from pipeline import bench
+            from pipeline.runner import start_ray
+
+            start_ray(cfg)
+            out_file = cfg.run_dir / "bench" / f"{args.what}.json"
+            print(bench.render(bench.bench_label(cfg, args.rows, out_file)))
+            print(f"written: {out_file}")
             return 0
         from pipeline.runner import run_pipeline
 
