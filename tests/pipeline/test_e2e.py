@@ -69,3 +69,13 @@ def test_rerun_reuses_finished_stages(smoke_run):
     for stage in ("data", "finetune", "label"):
         assert third[stage]["finished_at"] == first[stage]["finished_at"]
     assert len(third["train"]["kd"]["history"]) == 1
+
+
+@needs_sst2
+@pytest.mark.slow
+def test_quick_preset_kd_student_beats_its_ce_only_twin(tmp_path, ray_local):
+    """The whole `sst2-quick` preset (about 6 minutes here): run with `pytest -m slow`."""
+    cfg = load_config("sst2-quick", [f"output_dir={tmp_path}", f"data.root={DATA}"])
+    models = run_pipeline(cfg)["evaluate"]["models"]
+    assert models["teacher"]["dev_accuracy"] > 0.8
+    assert models["kd"]["dev_accuracy"] > models["ce_only"]["dev_accuracy"]
