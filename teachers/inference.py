@@ -2,7 +2,9 @@
 
 Rows are tokenized without padding, sorted by length, and cut into batches of at most
 ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, so short sentences are not
-padded to the longest one in the set; outputs are returned in input order.
+padded to the longest one in the set; outputs are returned in input order. Besides logits,
+the teacher can emit hidden states and attention maps of selected layers (see
+:class:`pipeline.config.SignalsConfig`), cut to each row's real tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.config import SignalsConfig
+from pipeline.errors import ConfigError
 from pipeline.precision import Precision
 from teachers.checkpoint import load_tokenizer
 from teachers.distributed import init_single_process
@@ -58,13 +62,18 @@ class TeacherInference:
     """
 
     def __init__(self, checkpoint: Path, precision: Precision, max_length: int,
-                 max_batch_size: int = 128, max_batch_tokens: int = 8192):
+                 max_batch_size: int = 128, max_batch_tokens: int = 8192, signals: SignalsConfig = SignalsConfig()):
         import deepspeed
         from transformers import AutoModelForSequenceClassification
 
         init_single_process()
         self.tokenizer = load_tokenizer(checkpoint)
-        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+        # Attention maps need the eager kernel: fused SDPA kernels never materialise them.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(checkpoint), **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
+        check_signals(signals, model.config)
+        self.signals = signals
+        self.storage_dtype = np.float16 if signals.dtype == "fp16" else np.float32
         self.num_labels = model.config.num_labels
         self.engine = deepspeed.init_inference(
             model,
@@ -76,21 +85,69 @@ class TeacherInference:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
 
-    @torch.inference_mode()
     def logits(self, texts: list[str]) -> np.ndarray:
-        """Teacher logits for each text.
+        """Teacher logits for each text: float32 [N, C], row i for texts[i]."""
+        return self.outputs(texts)["logits"]
+
+    @torch.inference_mode()
+    def outputs(self, texts: list[str]) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """Every configured signal for each text, in input order.
 
         Args:
             texts: N input sentences.
 
         Returns:
-            float32 array [N, C], row i for texts[i].
+            ``logits``: float32 [N, C]; with per-token signals also ``length``: int32 [N] real
+            tokens T_i, ``hidden_{l}``: N arrays [T_i, D] and ``attention_{l}``: N arrays
+            [H, T_i, T_i] (H = the kept heads), in the storage dtype (fp16 by default).
         """
+        signals = self.signals
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-        out = np.empty((len(texts), self.num_labels), dtype=np.float32)
+        out: dict[str, np.ndarray | list] = {"logits": np.empty((len(texts), self.num_labels), dtype=np.float32)}
+        if signals.needs_lengths:
+            out["length"] = lengths.astype(np.int32)
+        for layer in signals.hidden_layers:
+            out[f"hidden_{layer}"] = [None] * len(texts)
+        for layer in signals.attention_layers:
+            out[f"attention_{layer}"] = [None] * len(texts)
         for rows in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[rows] = self.engine(**batch).logits.float().cpu().numpy()  # [b, C]
+            result = self.engine(**batch, output_hidden_states=bool(signals.hidden_layers),
+                                 output_attentions=bool(signals.attention_layers))
+            out["logits"][rows] = result.logits.float().cpu().numpy()  # [b, C]
+            for layer in signals.hidden_layers:
+                states = result.hidden_states[layer].to(torch.float32).cpu().numpy()  # [b, T, D]
+                for j, row in enumerate(rows):
+                    out[f"hidden_{layer}"][row] = states[j, :lengths[row]].astype(self.storage_dtype)  # [T_i, D]
+            for layer in signals.attention_layers:
+                maps = result.attentions[layer - 1]  # [b, H, T, T]
+                if signals.attention_heads is not None:
+                    maps = maps[:, signals.attention_heads]  # [b, H_kept, T, T]
+                maps = maps.to(torch.float32).cpu().numpy()
+                for j, row in enumerate(rows):
+                    t = lengths[row]
+                    out[f"attention_{layer}"][row] = maps[j, :, :t, :t].astype(self.storage_dtype)  # [H, T_i, T_i]
         return out
+
+
+def check_signals(signals: SignalsConfig, config) -> None:
+    """Fail before any work when requested layers or heads do not exist in the teacher.
+
+    Args:
+        signals: the ``label.emit`` section.
+        config: the teacher's transformers config (``num_hidden_layers``, ``num_attention_heads``).
+
+    Raises:
+        ConfigError: naming the field, the bad values and the valid range.
+    """
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    checks = [("hidden_layers", signals.hidden_layers, range(0, layers + 1)),
+              ("attention_layers", signals.attention_layers, range(1, layers + 1)),
+              ("attention_heads", signals.attention_heads or [], range(0, heads))]
+    for field, values, valid in checks:
+        bad = [v for v in values if v not in valid]
+        if bad:
+            raise ConfigError(f"label.emit.{field}: {bad} do not exist in the teacher "
+                              f"(valid: {valid.start}..{valid.stop - 1})")
