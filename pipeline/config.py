@@ -157,6 +157,20 @@ class LabelConfig(Section):
     max_batch_tokens: int = Field(default=8192, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     emit: SignalsConfig = SignalsConfig()
+    engine: Literal["inference", "zero"] = Field(
+        default="inference",
+        description="inference: deepspeed.init_inference (kernel injection on CUDA fp16/bf16); "
+                    "zero: ZeRO-Inference, ZeRO stage 3 with parameters offloaded, for teachers larger than memory")
+    offload: Literal["cpu", "nvme"] = Field(default="cpu", description="where ZeRO-Inference keeps the parameters")
+    nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+
+    @model_validator(mode="after")
+    def _nvme_needs_a_path(self) -> "LabelConfig":
+        if self.engine == "zero" and self.offload == "nvme" and self.nvme_path is None:
+            raise ValueError("offload: nvme needs nvme_path, a folder on a fast local disk")
+        return self
 
 
 class StudentConfig(Section):

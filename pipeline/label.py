@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from pipeline.artifacts import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
-from pipeline.config import RunConfig, SignalsConfig
+from pipeline.config import LabelConfig, RunConfig
 from pipeline.precision import device_name, select_precision
 from teachers.inference import check_signals
 
@@ -80,18 +80,17 @@ class ShardLabeler:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
         transfer_file: Parquet transfer set (``id, text, label``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
-        precision: "auto", "fp32", "fp16" or "bf16".
-        max_length, max_batch_size, max_batch_tokens: see :class:`teachers.inference.TeacherInference`.
-        signals: what to emit besides logits (``label.emit``).
+        max_length: teacher tokens per row.
+        label: the label section: precision, batching, signals and DeepSpeed engine.
     """
 
-    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, precision: str,
-                 max_length: int, max_batch_size: int, max_batch_tokens: int, signals: SignalsConfig):
+    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig):
         from teachers.inference import TeacherInference
 
-        self.teacher = TeacherInference(Path(teacher_dir), select_precision(precision, "label"),
-                                        max_length, max_batch_size, max_batch_tokens, signals)
-        self.top_k = signals.logits_top_k
+        self.teacher = TeacherInference(
+            Path(teacher_dir), select_precision(label.precision, "label"), max_length, label.max_batch_size,
+            label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config)
+        self.top_k = label.emit.logits_top_k
         self.transfer = pq.read_table(transfer_file)
         self.run_dir = RunDir(Path(run_root))
 
@@ -151,7 +150,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     num_rows = pq.ParquetFile(transfer_file).metadata.num_rows
     plan = plan_shards(num_rows, label.shard_rows)
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
-    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, sha256_file(transfer_file),
+    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, sha256_file(transfer_file),
                            sha256_file(run_dir.teacher_dir / "model.safetensors"))
     done = finished_shards(run_dir, plan_key)
     todo = [s for s in plan if s["shard"] not in done]
@@ -165,9 +164,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             num_cpus=label.cpus_per_actor, num_gpus=1 if device_name() == "cuda" else 0,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
-                "run_root": str(run_dir.root.resolve()), "precision": label.precision,
-                "max_length": cfg.teacher.max_length, "max_batch_size": label.max_batch_size,
-                "max_batch_tokens": label.max_batch_tokens, "signals": label.emit})
+                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
                 entry = {k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}

@@ -9,9 +9,11 @@ the teacher can emit hidden states and attention maps of selected layers (see
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,19 +52,48 @@ def length_sorted_batches(lengths: np.ndarray, max_batch_size: int, max_batch_to
         yield np.asarray(batch, dtype=np.int64)
 
 
+def inference_config(precision: Precision, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``deepspeed.init_inference`` config: dtype, and kernel injection for fp16/bf16 on CUDA."""
+    return {"dtype": precision.dtype,
+            "replace_with_kernel_inject": precision.device == "cuda" and precision.name != "fp32", **overrides}
+
+
+def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | None,
+                          overrides: dict[str, Any]) -> dict[str, Any]:
+    """ZeRO-Inference config: ZeRO stage 3 with parameters offloaded to CPU memory or NVMe."""
+    offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
+    if offload == "nvme":
+        offload_param["nvme_path"] = str(nvme_path)
+    return {"train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3, "offload_param": offload_param},
+            "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
+            **overrides}
+
+
 class TeacherInference:
-    """A fine-tuned sequence classifier wrapped by ``deepspeed.init_inference``.
+    """A fine-tuned sequence classifier run by DeepSpeed, emitting the configured signals.
 
     Args:
         checkpoint: Hugging Face checkpoint folder of a sequence classifier.
-        precision: dtype and device; on CUDA, DeepSpeed kernel injection is used for fp16/bf16.
+        precision: dtype and device; on CUDA, kernel injection is used for fp16/bf16.
         max_length: tokens per row; longer rows are truncated.
         max_batch_size: see :func:`length_sorted_batches`.
         max_batch_tokens: see :func:`length_sorted_batches`.
+        signals: what to emit besides logits.
+        engine: "inference" (``deepspeed.init_inference``) or "zero" (ZeRO-Inference: stage 3
+            with parameters offloaded, for teachers larger than device memory).
+        offload: "cpu" or "nvme", with ``engine = "zero"``.
+        nvme_path: folder for ``offload = "nvme"``.
+        deepspeed_config: JSON file whose keys override the generated engine config.
+
+    Raises:
+        ConfigError: the signals name layers or heads the teacher does not have.
     """
 
     def __init__(self, checkpoint: Path, precision: Precision, max_length: int,
-                 max_batch_size: int = 128, max_batch_tokens: int = 8192, signals: SignalsConfig = SignalsConfig()):
+                 max_batch_size: int = 128, max_batch_tokens: int = 8192, signals: SignalsConfig = SignalsConfig(),
+                 engine: str = "inference", offload: str = "cpu", nvme_path: Path | None = None,
+                 deepspeed_config: Path | None = None):
         import deepspeed
         from transformers import AutoModelForSequenceClassification
 
@@ -75,11 +106,14 @@ class TeacherInference:
         self.signals = signals
         self.storage_dtype = np.float16 if signals.dtype == "fp16" else np.float32
         self.num_labels = model.config.num_labels
-        self.engine = deepspeed.init_inference(
-            model,
-            dtype=precision.dtype,
-            replace_with_kernel_inject=precision.device == "cuda" and precision.name != "fp32",
-        )
+        overrides = json.loads(Path(deepspeed_config).read_text()) if deepspeed_config else {}
+        if engine == "zero":
+            wrapped, *_ = deepspeed.initialize(
+                model=model, config=zero_inference_config(precision, offload, nvme_path, overrides))
+            self.forward = wrapped.module.eval()
+        else:
+            self.forward = deepspeed.init_inference(model, config=inference_config(precision, overrides))
+        log.info("teacher: %s on %s, engine %s", checkpoint, precision.device, engine)
         self.device = torch.device(precision.device)
         self.max_length = max_length
         self.max_batch_size = max_batch_size
@@ -114,7 +148,7 @@ class TeacherInference:
         for rows in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            result = self.engine(**batch, output_hidden_states=bool(signals.hidden_layers),
+            result = self.forward(**batch, output_hidden_states=bool(signals.hidden_layers),
                                  output_attentions=bool(signals.attention_layers))
             out["logits"][rows] = result.logits.float().cpu().numpy()  # [b, C]
             for layer in signals.hidden_layers:

@@ -71,3 +71,21 @@ def test_fp16_storage_and_bad_layers(tiny_teacher_dir):
     with pytest.raises(ConfigError, match=r"label.emit.attention_layers: \[0, 3\] do not exist in the teacher \(valid: 1..2\)"):
         TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
                          signals=SignalsConfig(attention_layers=[0, 3]))
+
+
+def test_zero_inference_gives_the_same_logits_as_init_inference(tiny_teacher_dir):
+    texts = ["a fine film", "dull", "a long and winding sentence about nothing much"]
+    fp32 = select_precision("fp32", "test")
+    plain = TeacherInference(tiny_teacher_dir, fp32, max_length=32).logits(texts)
+    zero = TeacherInference(tiny_teacher_dir, fp32, max_length=32, engine="zero", offload="cpu").logits(texts)
+    np.testing.assert_allclose(zero, plain, atol=1e-5)
+
+
+def test_shipped_zero_inference_config_runs_on_this_machine(tiny_teacher_dir):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed" / "label-zero-inference-cpu.json"
+    fp32 = select_precision("fp32", "test")
+    teacher = TeacherInference(tiny_teacher_dir, fp32, max_length=32, engine="zero", deepspeed_config=shipped)
+    plain = TeacherInference(tiny_teacher_dir, fp32, max_length=32)
+    np.testing.assert_allclose(teacher.logits(["so good"]), plain.logits(["so good"]), atol=1e-5)
