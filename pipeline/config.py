@@ -57,6 +57,21 @@ class SplitConfig(Section):
         return self
 
 
+class AugmentConfig(Section):
+    """Transfer-set augmentation of Tang et al. (2019): masking, POS-guided word replacement and
+    n-gram sampling, ``copies`` candidates per labeled sentence (their defaults: 0.1, 0.1, 0.25)."""
+
+    copies: int = Field(default=5, gt=0, description="candidates per labeled sentence before deduplication")
+    p_mask: float = Field(default=0.1, ge=0, le=1)
+    p_pos: float = Field(default=0.1, ge=0, le=1)
+    p_ngram: float = Field(default=0.25, ge=0, le=1)
+    max_ngram: int = Field(default=5, gt=0)
+    mask_token: str = "[MASK]"
+    pos_lexicon: str = Field(default="conll2003/train.txt", description="CoNLL-format file (TOKEN POS ...), "
+                                                                          "relative to data.root")
+    num_actors: int = Field(default=2, gt=0)
+
+
 class DataConfig(Section):
     """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
 
@@ -72,6 +87,7 @@ class DataConfig(Section):
     label_column: str = "label"
     labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
     label_names: list[str] | None = None
+    augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
 
     @model_validator(mode="after")
     def _names_match(self) -> "DataConfig":
@@ -88,10 +104,12 @@ class DataConfig(Section):
         return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
 
     def resolve(self, split: SplitConfig) -> Path | None:
-        """Absolute path of a local split, or None for a hub split."""
-        if split.path is None:
-            return None
-        path = Path(split.path)
+        """Path of a local split, or None for a hub split."""
+        return None if split.path is None else self.resolve_path(split.path)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` itself when absolute, else under :meth:`resolved_root`."""
+        path = Path(path)
         return path if path.is_absolute() else self.resolved_root() / path
 
 
