@@ -57,6 +57,21 @@ class SplitConfig(Section):
         return self
 
 
+class AugmentConfig(Section):
+    """Transfer-set augmentation of Tang et al. (2019): masking, POS-guided word replacement and
+    n-gram sampling, ``copies`` candidates per labeled sentence (their defaults: 0.1, 0.1, 0.25)."""
+
+    copies: int = Field(default=5, gt=0, description="candidates per labeled sentence before deduplication")
+    p_mask: float = Field(default=0.1, ge=0, le=1)
+    p_pos: float = Field(default=0.1, ge=0, le=1)
+    p_ngram: float = Field(default=0.25, ge=0, le=1)
+    max_ngram: int = Field(default=5, gt=0)
+    mask_token: str = "[MASK]"
+    pos_lexicon: str = Field(default="conll2003/train.txt", description="CoNLL-format file (TOKEN POS ...), "
+                                                                          "relative to data.root")
+    num_actors: int = Field(default=2, gt=0)
+
+
 class DataConfig(Section):
     """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
 
@@ -72,6 +87,7 @@ class DataConfig(Section):
     label_column: str = "label"
     labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
     label_names: list[str] | None = None
+    augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
 
     @model_validator(mode="after")
     def _names_match(self) -> "DataConfig":
@@ -88,10 +104,12 @@ class DataConfig(Section):
         return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
 
     def resolve(self, split: SplitConfig) -> Path | None:
-        """Absolute path of a local split, or None for a hub split."""
-        if split.path is None:
-            return None
-        path = Path(split.path)
+        """Path of a local split, or None for a hub split."""
+        return None if split.path is None else self.resolve_path(split.path)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` itself when absolute, else under :meth:`resolved_root`."""
+        path = Path(path)
         return path if path.is_absolute() else self.resolved_root() / path
 
 
@@ -121,6 +139,27 @@ class FinetuneConfig(Section):
         default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
 
 
+class SignalsConfig(Section):
+    """What the teacher emits per transfer-set row, besides what the student needs at least.
+
+    Layer numbers follow Hugging Face's ``hidden_states`` tuple: 0 is the embedding output,
+    ``i`` the output of encoder layer ``i``; attention layers count from 1. Hidden states are
+    stored as ``[T, D]`` and attention maps as ``[H, T, T]`` over the row's real tokens.
+    """
+
+    logits_top_k: int | None = Field(
+        default=None, gt=0, description="store the k largest logits and their class ids instead of all C")
+    hidden_layers: list[int] = Field(default_factory=list, description="0 = embedding output, i = layer i")
+    attention_layers: list[int] = Field(default_factory=list, description="1..num_layers")
+    attention_heads: list[int] | None = Field(default=None, description="head ids to keep; None = all heads")
+    dtype: Literal["fp16", "fp32"] = Field(default="fp16", description="storage dtype of hidden states and attention maps")
+
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether per-token signals are stored (and with them each row's token count)."""
+        return bool(self.hidden_layers or self.attention_layers)
+
+
 class LabelConfig(Section):
     """Stage ``label``: the teacher emits soft labels (logits) for every transfer-set row.
 
@@ -135,6 +174,21 @@ class LabelConfig(Section):
     max_batch_size: int = Field(default=128, gt=0)
     max_batch_tokens: int = Field(default=8192, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    emit: SignalsConfig = SignalsConfig()
+    engine: Literal["inference", "zero"] = Field(
+        default="inference",
+        description="inference: deepspeed.init_inference (kernel injection on CUDA fp16/bf16); "
+                    "zero: ZeRO-Inference, ZeRO stage 3 with parameters offloaded, for teachers larger than memory")
+    offload: Literal["cpu", "nvme"] = Field(default="cpu", description="where ZeRO-Inference keeps the parameters")
+    nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+
+    @model_validator(mode="after")
+    def _nvme_needs_a_path(self) -> "LabelConfig":
+        if self.engine == "zero" and self.offload == "nvme" and self.nvme_path is None:
+            raise ValueError("offload: nvme needs nvme_path, a folder on a fast local disk")
+        return self
 
 
 class StudentConfig(Section):

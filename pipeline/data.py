@@ -1,4 +1,7 @@
-"""Stage ``data``: read the labeled train split, the dev split and the transfer set.
+"""Stage ``data``: read the labeled train split, the dev split and build the transfer set.
+
+The transfer set is the labeled split, the unlabeled rows, and, with ``data.augment``, the
+augmented sentences of :mod:`pipeline.augment` (Tang et al. 2019), deduplicated.
 
 Tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/Parquet, or a hub
 dataset when online), checked, and written as Parquet with the columns
@@ -20,6 +23,7 @@ from pathlib import Path
 import datasets
 
 from pipeline.artifacts import RunDir, atomic_path
+from pipeline.augment import augment, read_pos_lexicon
 from pipeline.config import DataConfig, RunConfig, SplitConfig
 from pipeline.errors import DataError
 
@@ -45,8 +49,17 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     data = cfg.data
     train = read_split(data, data.train, labeled=True)
     dev = read_split(data, data.dev, labeled=True)
-    transfer = build_transfer_set(train, read_split(data, data.unlabeled, labeled=False) if data.unlabeled else None)
+    extras = [read_split(data, data.unlabeled, labeled=False)] if data.unlabeled else []
     summary = {}
+    if data.augment is not None:
+        lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
+        known = set(train["text"]).union(*(extra["text"] for extra in extras))
+        texts = augment(train["id"], train["text"], data.augment, lexicon, cfg.seed, exclude=known)
+        extras.append(datasets.Dataset.from_dict({"id": list(range(len(texts))), "text": texts,
+                                                  "label": [NO_LABEL] * len(texts)}, features=train.features))
+        summary["augmented"] = {"rows": len(texts), "growth": round(len(texts) / len(train), 2)}
+        log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(texts), len(texts) / len(train))
+    transfer = build_transfer_set(train, extras)
     for name, table in {"train": train, "dev": dev, "transfer": transfer}.items():
         with atomic_path(run_dir.split_file(name)) as tmp:
             table.to_parquet(str(tmp))
@@ -56,21 +69,21 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     return summary
 
 
-def build_transfer_set(train: datasets.Dataset, unlabeled: datasets.Dataset | None) -> datasets.Dataset:
-    """The transfer set: labeled rows (hard labels kept) then unlabeled rows not already present.
+def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset]) -> datasets.Dataset:
+    """The transfer set: labeled rows (hard labels kept), then extra rows not already present.
 
     Args:
         train: the labeled split, columns ``id, text, label``.
-        unlabeled: extra rows whose labels are dropped, or None.
+        extras: unlabeled or augmented rows; their labels are dropped.
 
     Returns:
-        A table with fresh ids ``0..N-1``; unlabeled rows have ``label = -1``.
+        A table with fresh ids ``0..N-1``; extra rows have ``label = -1``.
     """
     parts = [train]
-    if unlabeled is not None:
-        seen = set(train["text"])
-        keep = [i for i, text in enumerate(unlabeled["text"]) if not (text in seen or seen.add(text))]
-        parts.append(unlabeled.select(keep).map(lambda _: {"label": NO_LABEL}))
+    seen = set(train["text"])
+    for extra in extras:
+        keep = [i for i, text in enumerate(extra["text"]) if not (text in seen or seen.add(text))]
+        parts.append(extra.select(keep).map(lambda _: {"label": NO_LABEL}))
     transfer = datasets.concatenate_datasets(parts)
     return transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
 

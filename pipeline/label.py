@@ -4,12 +4,17 @@ The transfer set is cut into shards of ``label.shard_rows`` consecutive rows. A 
 pipeline maps the shards that are not yet done onto a pool of ``label.num_actors`` actors;
 each actor loads the teacher once under ``deepspeed.init_inference`` and, per shard, runs
 length-sorted dynamic batches and writes ``label/shard-NNNNN.parquet`` atomically with the
-columns
+columns (those after ``label`` as ``label.emit`` configures)
 
-    id      int64            transfer-set row id
-    text    string
-    label   int64            hard label index, -1 when none
-    logits  list<float32>    [C] teacher logits
+    id            int64                   transfer-set row id
+    text          string
+    label         int64                   hard label index, -1 when none
+    logits        list<float32>[C]        teacher logits (soft labels)
+    topk_values   list<float32>[k]        instead of logits with ``logits_top_k``: the k largest
+    topk_indices  list<int32>[k]          ... and their class ids, largest first
+    length        int32                   real tokens T of the row (with per-token signals)
+    hidden_{l}    list<float16>[T * D]    hidden states of layer l, row-major [T, D]
+    attention_{l} list<float16>[H * T * T] attention maps of layer l, row-major [H, T, T]
 
 ``label/shards.json`` lists every finished shard (shard id, row range, rows, SHA-256). It is
 rewritten after each shard, so a killed run keeps its finished shards and a rerun verifies
@@ -18,6 +23,7 @@ their checksums and redoes only the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -29,10 +35,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from pipeline.artifacts import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
-from pipeline.config import RunConfig
+from pipeline.config import LabelConfig, RunConfig
 from pipeline.precision import device_name, select_precision
+from teachers.inference import check_signals
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +80,17 @@ class ShardLabeler:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
         transfer_file: Parquet transfer set (``id, text, label``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
-        precision: "auto", "fp32", "fp16" or "bf16".
-        max_length, max_batch_size, max_batch_tokens: see :class:`teachers.inference.TeacherInference`.
+        max_length: teacher tokens per row.
+        label: the label section: precision, batching, signals and DeepSpeed engine.
     """
 
-    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, precision: str,
-                 max_length: int, max_batch_size: int, max_batch_tokens: int):
+    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig):
         from teachers.inference import TeacherInference
 
-        self.teacher = TeacherInference(Path(teacher_dir), select_precision(precision, "label"),
-                                        max_length, max_batch_size, max_batch_tokens)
+        self.teacher = TeacherInference(
+            Path(teacher_dir), select_precision(label.precision, "label"), max_length, label.max_batch_size,
+            label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config)
+        self.top_k = label.emit.logits_top_k
         self.transfer = pq.read_table(transfer_file)
         self.run_dir = RunDir(Path(run_root))
 
@@ -95,16 +104,38 @@ class ShardLabeler:
         """Write one shard atomically and return its index entry."""
         rows = self.transfer.slice(start, stop - start)
         began = time.perf_counter()
-        logits = self.teacher.logits(rows.column("text").to_pylist())  # [n, C] float32
+        outputs = self.teacher.outputs(rows.column("text").to_pylist())
         seconds = time.perf_counter() - began
-        num_labels = logits.shape[1]
-        table = rows.select(["id", "text", "label"]).append_column(
-            "logits", pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), num_labels))
+        num_labels = outputs["logits"].shape[1]
+        table = rows.select(["id", "text", "label"])
+        for name, column in signal_columns(outputs, self.top_k).items():
+            table = table.append_column(name, column)
         path = self.run_dir.shard_file(shard)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
+        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[3:]}
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
-                "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds}
+                "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
+                "signal_bytes": json.dumps(signal_bytes)}
+
+
+def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:
+    """Arrow columns of one shard from :meth:`TeacherInference.outputs` (see the module docstring)."""
+    logits = outputs["logits"]  # [n, C] float32
+    if top_k is None:
+        columns = {"logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])}
+    else:
+        k = min(top_k, logits.shape[1])
+        indices = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [n, k], largest first
+        values = np.take_along_axis(logits, indices, axis=1)  # [n, k]
+        columns = {"topk_values": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
+                   "topk_indices": pa.FixedSizeListArray.from_arrays(pa.array(indices.astype(np.int32).reshape(-1)), k)}
+    if "length" in outputs:
+        columns["length"] = pa.array(outputs["length"], type=pa.int32())
+    for name, per_row in outputs.items():
+        if name.startswith(("hidden_", "attention_")):
+            columns[name] = pa.array([a.reshape(-1) for a in per_row], type=pa.list_(pa.from_numpy_dtype(per_row[0].dtype)))
+    return columns
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
@@ -118,7 +149,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     transfer_file = run_dir.split_file("transfer")
     num_rows = pq.ParquetFile(transfer_file).metadata.num_rows
     plan = plan_shards(num_rows, label.shard_rows)
-    plan_key = fingerprint(num_rows, label.shard_rows, sha256_file(transfer_file),
+    check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
+    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, sha256_file(transfer_file),
                            sha256_file(run_dir.teacher_dir / "model.safetensors"))
     done = finished_shards(run_dir, plan_key)
     todo = [s for s in plan if s["shard"] not in done]
@@ -132,9 +164,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             num_cpus=label.cpus_per_actor, num_gpus=1 if device_name() == "cuda" else 0,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
-                "run_root": str(run_dir.root.resolve()), "precision": label.precision,
-                "max_length": cfg.teacher.max_length, "max_batch_size": label.max_batch_size,
-                "max_batch_tokens": label.max_batch_tokens})
+                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
                 entry = {k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}
@@ -145,10 +175,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     entries = sorted(done.values(), key=lambda e: e["shard"])
     stored_bytes = sum(run_dir.shard_file(e["shard"]).stat().st_size for e in entries)
     labeled_now = sum(s["stop"] - s["start"] for s in todo)
+    signal_bytes: dict[str, int] = {}
+    for entry in entries:
+        for name, size in json.loads(entry["signal_bytes"]).items():
+            signal_bytes[name] = signal_bytes.get(name, 0) + size
     return {"shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
             "rows_labeled_now": labeled_now,
             "throughput_eps": round(labeled_now / elapsed, 1) if labeled_now else None,
-            "bytes_per_example": round(stored_bytes / num_rows, 1)}
+            "stored_bytes_per_example": round(stored_bytes / num_rows, 1),
+            "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()}}
 
 
 def shard_index(run_dir: RunDir, plan_key: str, done: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -27,13 +27,17 @@ STAGES: dict[str, Callable[[RunConfig, RunDir], dict[str, Any]]] = {
     "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run}
 """Stage name -> stage function, in pipeline order."""
 
-RAY_STAGES = {"label", "train"}
+def needs_ray(cfg: RunConfig, stage: str) -> bool:
+    """Whether a stage uses Ray: label and train always, data when it augments."""
+    return stage in {"label", "train"} or (stage == "data" and cfg.data.augment is not None)
 
 
 def stage_inputs(cfg: RunConfig, stage: str) -> Any:
     """What a stage's output depends on besides the stages before it."""
     if stage == "data":
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.unlabeled) if s is not None]
+        if cfg.data.augment is not None:
+            files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
         stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f is not None and f.exists()]
         return [cfg.data.model_dump(mode="json"), stats]
     return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "label": [cfg.label, cfg.teacher.max_length],
@@ -73,7 +77,7 @@ def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...]
                 log.info("stage %s: up to date, reusing %s", stage, run_dir.root / stage)
                 manifests[stage] = run_dir.manifest(stage)
                 continue
-            if stage in RAY_STAGES:
+            if needs_ray(cfg, stage):
                 start_ray(cfg)
             log.info("stage %s: running", stage)
             run_dir.invalidate(stage)

@@ -285,8 +285,8 @@ def soft_label_files(run_dir: RunDir, num_labels: int) -> list[Path]:
     """The label stage's shards, checked against ``shards.json`` (existence, checksum, label count).
 
     Raises:
-        ArtifactError: the index is missing, a shard is missing or altered, or the shards hold
-            logits for a different number of classes than ``data.labels``.
+        ArtifactError: the index is missing, a shard is missing or altered, holds top-k logits
+            only, or the shards hold logits for a different number of classes than ``data.labels``.
     """
     index = read_json(run_dir.shard_index)
     if index["num_labels"] != num_labels:
@@ -297,6 +297,9 @@ def soft_label_files(run_dir: RunDir, num_labels: int) -> list[Path]:
         path = require_file(run_dir.stage_dir("label") / shard["file"])
         if sha256_file(path) != shard["sha256"]:
             raise ArtifactError(path, "checksum differs from shards.json; rerun the label stage")
+        if "logits" not in pq.read_schema(path).names:
+            raise ArtifactError(path, "holds top-k logits only, and the KD loss needs every class's logit; "
+                                      "set label.emit.logits_top_k: null and rerun the label stage")
         files.append(path)
     if not files:
         raise ArtifactError(run_dir.shard_index, "lists no shards; rerun the label stage")

@@ -2,18 +2,24 @@
 
 Rows are tokenized without padding, sorted by length, and cut into batches of at most
 ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, so short sentences are not
-padded to the longest one in the set; outputs are returned in input order.
+padded to the longest one in the set; outputs are returned in input order. Besides logits,
+the teacher can emit hidden states and attention maps of selected layers (see
+:class:`pipeline.config.SignalsConfig`), cut to each row's real tokens.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.config import SignalsConfig
+from pipeline.errors import ConfigError
 from pipeline.precision import Precision
 from teachers.checkpoint import load_tokenizer
 from teachers.distributed import init_single_process
@@ -46,51 +52,136 @@ def length_sorted_batches(lengths: np.ndarray, max_batch_size: int, max_batch_to
         yield np.asarray(batch, dtype=np.int64)
 
 
+def inference_config(precision: Precision, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``deepspeed.init_inference`` config: dtype, and kernel injection for fp16/bf16 on CUDA."""
+    return {"dtype": precision.dtype,
+            "replace_with_kernel_inject": precision.device == "cuda" and precision.name != "fp32", **overrides}
+
+
+def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | None,
+                          overrides: dict[str, Any]) -> dict[str, Any]:
+    """ZeRO-Inference config: ZeRO stage 3 with parameters offloaded to CPU memory or NVMe."""
+    offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
+    if offload == "nvme":
+        offload_param["nvme_path"] = str(nvme_path)
+    return {"train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3, "offload_param": offload_param},
+            "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
+            **overrides}
+
+
 class TeacherInference:
-    """A fine-tuned sequence classifier wrapped by ``deepspeed.init_inference``.
+    """A fine-tuned sequence classifier run by DeepSpeed, emitting the configured signals.
 
     Args:
         checkpoint: Hugging Face checkpoint folder of a sequence classifier.
-        precision: dtype and device; on CUDA, DeepSpeed kernel injection is used for fp16/bf16.
+        precision: dtype and device; on CUDA, kernel injection is used for fp16/bf16.
         max_length: tokens per row; longer rows are truncated.
         max_batch_size: see :func:`length_sorted_batches`.
         max_batch_tokens: see :func:`length_sorted_batches`.
+        signals: what to emit besides logits.
+        engine: "inference" (``deepspeed.init_inference``) or "zero" (ZeRO-Inference: stage 3
+            with parameters offloaded, for teachers larger than device memory).
+        offload: "cpu" or "nvme", with ``engine = "zero"``.
+        nvme_path: folder for ``offload = "nvme"``.
+        deepspeed_config: JSON file whose keys override the generated engine config.
+
+    Raises:
+        ConfigError: the signals name layers or heads the teacher does not have.
     """
 
     def __init__(self, checkpoint: Path, precision: Precision, max_length: int,
-                 max_batch_size: int = 128, max_batch_tokens: int = 8192):
+                 max_batch_size: int = 128, max_batch_tokens: int = 8192, signals: SignalsConfig = SignalsConfig(),
+                 engine: str = "inference", offload: str = "cpu", nvme_path: Path | None = None,
+                 deepspeed_config: Path | None = None):
         import deepspeed
         from transformers import AutoModelForSequenceClassification
 
         init_single_process()
         self.tokenizer = load_tokenizer(checkpoint)
-        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+        # Attention maps need the eager kernel: fused SDPA kernels never materialise them.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(checkpoint), **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
+        check_signals(signals, model.config)
+        self.signals = signals
+        self.storage_dtype = np.float16 if signals.dtype == "fp16" else np.float32
         self.num_labels = model.config.num_labels
-        self.engine = deepspeed.init_inference(
-            model,
-            dtype=precision.dtype,
-            replace_with_kernel_inject=precision.device == "cuda" and precision.name != "fp32",
-        )
+        overrides = json.loads(Path(deepspeed_config).read_text()) if deepspeed_config else {}
+        if engine == "zero":
+            wrapped, *_ = deepspeed.initialize(
+                model=model, config=zero_inference_config(precision, offload, nvme_path, overrides))
+            self.forward = wrapped.module.eval()
+        else:
+            self.forward = deepspeed.init_inference(model, config=inference_config(precision, overrides))
+        log.info("teacher: %s on %s, engine %s", checkpoint, precision.device, engine)
         self.device = torch.device(precision.device)
         self.max_length = max_length
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
 
-    @torch.inference_mode()
     def logits(self, texts: list[str]) -> np.ndarray:
-        """Teacher logits for each text.
+        """Teacher logits for each text: float32 [N, C], row i for texts[i]."""
+        return self.outputs(texts)["logits"]
+
+    @torch.inference_mode()
+    def outputs(self, texts: list[str]) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """Every configured signal for each text, in input order.
 
         Args:
             texts: N input sentences.
 
         Returns:
-            float32 array [N, C], row i for texts[i].
+            ``logits``: float32 [N, C]; with per-token signals also ``length``: int32 [N] real
+            tokens T_i, ``hidden_{l}``: N arrays [T_i, D] and ``attention_{l}``: N arrays
+            [H, T_i, T_i] (H = the kept heads), in the storage dtype (fp16 by default).
         """
+        signals = self.signals
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-        out = np.empty((len(texts), self.num_labels), dtype=np.float32)
+        out: dict[str, np.ndarray | list] = {"logits": np.empty((len(texts), self.num_labels), dtype=np.float32)}
+        if signals.needs_lengths:
+            out["length"] = lengths.astype(np.int32)
+        for layer in signals.hidden_layers:
+            out[f"hidden_{layer}"] = [None] * len(texts)
+        for layer in signals.attention_layers:
+            out[f"attention_{layer}"] = [None] * len(texts)
         for rows in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[rows] = self.engine(**batch).logits.float().cpu().numpy()  # [b, C]
+            result = self.forward(**batch, output_hidden_states=bool(signals.hidden_layers),
+                                 output_attentions=bool(signals.attention_layers))
+            out["logits"][rows] = result.logits.float().cpu().numpy()  # [b, C]
+            for layer in signals.hidden_layers:
+                states = result.hidden_states[layer].to(torch.float32).cpu().numpy()  # [b, T, D]
+                for j, row in enumerate(rows):
+                    out[f"hidden_{layer}"][row] = states[j, :lengths[row]].astype(self.storage_dtype)  # [T_i, D]
+            for layer in signals.attention_layers:
+                maps = result.attentions[layer - 1]  # [b, H, T, T]
+                if signals.attention_heads is not None:
+                    maps = maps[:, signals.attention_heads]  # [b, H_kept, T, T]
+                maps = maps.to(torch.float32).cpu().numpy()
+                for j, row in enumerate(rows):
+                    t = lengths[row]
+                    out[f"attention_{layer}"][row] = maps[j, :, :t, :t].astype(self.storage_dtype)  # [H, T_i, T_i]
         return out
+
+
+def check_signals(signals: SignalsConfig, config) -> None:
+    """Fail before any work when requested layers or heads do not exist in the teacher.
+
+    Args:
+        signals: the ``label.emit`` section.
+        config: the teacher's transformers config (``num_hidden_layers``, ``num_attention_heads``).
+
+    Raises:
+        ConfigError: naming the field, the bad values and the valid range.
+    """
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    checks = [("hidden_layers", signals.hidden_layers, range(0, layers + 1)),
+              ("attention_layers", signals.attention_layers, range(1, layers + 1)),
+              ("attention_heads", signals.attention_heads or [], range(0, heads))]
+    for field, values, valid in checks:
+        bad = [v for v in values if v not in valid]
+        if bad:
+            raise ConfigError(f"label.emit.{field}: {bad} do not exist in the teacher "
+                              f"(valid: {valid.start}..{valid.stop - 1})")

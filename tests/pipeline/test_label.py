@@ -74,3 +74,27 @@ def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
     np.testing.assert_allclose(np.stack(after.column("logits").to_numpy(zero_copy_only=False)),
                                np.stack(before.column("logits").to_numpy(zero_copy_only=False)), atol=1e-6)
     assert label.run(cfg, run)["rows_labeled_now"] == 0
+
+
+def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
+    cfg, run = run_dir
+    emit = {"hidden_layers": [0, 2], "attention_layers": [2], "attention_heads": [0], "logits_top_k": 1}
+    raw = cfg.model_dump(mode="json")
+    cfg = validate_config({**raw, "label": {**raw["label"], "num_actors": 1, "emit": emit}})
+    summary = label.run(cfg, run)
+    table = read_all(run).sort_by("id")
+    assert table.column_names == ["id", "text", "label", "topk_values", "topk_indices", "length",
+                                  "hidden_0", "hidden_2", "attention_2"]
+    assert table.schema.field("hidden_2").type == pa.list_(pa.float16())
+    lengths = np.asarray(table.column("length"))
+    hidden_size = 32  # the tiny teacher's
+    assert [len(h) for h in table.column("hidden_2").to_pylist()] == (lengths * hidden_size).tolist()
+    assert [len(a) for a in table.column("attention_2").to_pylist()] == (lengths**2).tolist()  # one head
+    full = TeacherInference(run.teacher_dir, select_precision("fp32", "test"), max_length=32).logits(
+        table.column("text").to_pylist())
+    np.testing.assert_array_equal(np.stack(table.column("topk_indices").to_numpy(zero_copy_only=False))[:, 0],
+                                  full.argmax(1))
+    per_example = summary["signal_bytes_per_example"]
+    assert set(per_example) == {"topk_values", "topk_indices", "length", "hidden_0", "hidden_2", "attention_2"}
+    fp16_values = lengths.mean() * hidden_size * 2
+    assert fp16_values <= per_example["hidden_2"] <= fp16_values + 8  # values + a 4-byte offset per row

@@ -141,3 +141,13 @@ def test_altered_shard_is_refused(tmp_path):
         train.soft_label_files(run_dir, num_labels=2)
     with pytest.raises(ArtifactError, match="2 classes but data.labels has 3"):
         train.soft_label_files(run_dir, num_labels=3)
+
+
+def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
+    cfg, run_dir = build_run(tmp_path)
+    path = run_dir.shard_file(0)
+    pq.write_table(pq.read_table(path).drop_columns(["logits"]), path)
+    index = {"num_labels": 2, "shards": [{"shard": 0, "file": path.name, "rows": 200, "sha256": sha256_file(path)}]}
+    atomic_write_json(run_dir.shard_index, index)
+    with pytest.raises(ArtifactError, match="holds top-k logits only.*set label.emit.logits_top_k: null"):
+        train.soft_label_files(run_dir, num_labels=2)

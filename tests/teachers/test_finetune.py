@@ -27,7 +27,7 @@ def test_generated_config_follows_precision_and_schedule():
     assert cpu["bf16"]["enabled"] is False and cpu["fp16"]["enabled"] is False
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTERS.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTERS.glob("finetune-*.json")))
 def test_shipped_deepspeed_configs_override_the_generated_keys(name):
     cfg = FinetuneConfig(deepspeed_config=CLUSTERS / name)
     shipped = json.loads((CLUSTERS / name).read_text())

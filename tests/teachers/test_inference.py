@@ -37,3 +37,55 @@ def test_inference_matches_a_plain_forward_in_input_order(tiny_teacher_dir):
         expected = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in texts]).numpy()
     assert logits.shape == (4, 2) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_hidden_states_and_attention_maps_match_an_unpadded_forward(tiny_teacher_dir):
+    from pipeline.config import SignalsConfig
+
+    texts = ["a long sentence that is much longer than the others in this list", "ok", "fine film"]
+    signals = SignalsConfig(hidden_layers=[0, 2], attention_layers=[1], attention_heads=[1], dtype="fp32")
+    teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
+                               max_batch_size=2, signals=signals)
+    out = teacher.outputs(texts)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    for i, text in enumerate(texts):
+        with torch.inference_mode():
+            ref = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True, output_attentions=True)
+        t = ref.hidden_states[0].shape[1]
+        assert out["length"][i] == t
+        np.testing.assert_allclose(out["hidden_0"][i], ref.hidden_states[0][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(out["hidden_2"][i], ref.hidden_states[2][0].numpy(), atol=1e-5)
+        assert out["attention_1"][i].shape == (1, t, t)
+        np.testing.assert_allclose(out["attention_1"][i][0], ref.attentions[0][0, 1].numpy(), atol=1e-5)
+        np.testing.assert_allclose(out["attention_1"][i].sum(-1), 1.0, atol=1e-5)  # rows are distributions
+
+
+def test_fp16_storage_and_bad_layers(tiny_teacher_dir):
+    from pipeline.config import SignalsConfig
+    from pipeline.errors import ConfigError
+
+    teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
+                               signals=SignalsConfig(hidden_layers=[1]))
+    assert teacher.outputs(["good film"])["hidden_1"][0].dtype == np.float16
+    with pytest.raises(ConfigError, match=r"label.emit.attention_layers: \[0, 3\] do not exist in the teacher \(valid: 1..2\)"):
+        TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
+                         signals=SignalsConfig(attention_layers=[0, 3]))
+
+
+def test_zero_inference_gives_the_same_logits_as_init_inference(tiny_teacher_dir):
+    texts = ["a fine film", "dull", "a long and winding sentence about nothing much"]
+    fp32 = select_precision("fp32", "test")
+    plain = TeacherInference(tiny_teacher_dir, fp32, max_length=32).logits(texts)
+    zero = TeacherInference(tiny_teacher_dir, fp32, max_length=32, engine="zero", offload="cpu").logits(texts)
+    np.testing.assert_allclose(zero, plain, atol=1e-5)
+
+
+def test_shipped_zero_inference_config_runs_on_this_machine(tiny_teacher_dir):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed" / "label-zero-inference-cpu.json"
+    fp32 = select_precision("fp32", "test")
+    teacher = TeacherInference(tiny_teacher_dir, fp32, max_length=32, engine="zero", deepspeed_config=shipped)
+    plain = TeacherInference(tiny_teacher_dir, fp32, max_length=32)
+    np.testing.assert_allclose(teacher.logits(["so good"]), plain.logits(["so good"]), atol=1e-5)
