@@ -29,15 +29,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from pipeline.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 
 
 def fingerprint(*parts: Any) -> str:
-    """Short stable hash (16 hex chars) of JSON-serialisable parts; paths become strings."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    """Short stable hash (16 hex chars) of JSON-serialisable parts.
+
+    Config models count by their non-default fields, so a release that adds a field with a
+    default keeps the fingerprints, and the finished stages, of existing runs. Paths and other
+    objects count by their string form.
+    """
+    blob = json.dumps(parts, sort_keys=True, default=_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    return str(value)
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

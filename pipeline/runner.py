@@ -39,7 +39,7 @@ def stage_inputs(cfg: RunConfig, stage: str) -> Any:
         if cfg.data.augment is not None:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
         stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f is not None and f.exists()]
-        return [cfg.data.model_dump(mode="json"), stats]
+        return [cfg.data, stats]
     return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "label": [cfg.label, cfg.teacher.max_length],
             "train": [cfg.train, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
 

@@ -14,6 +14,14 @@ def test_fingerprint_is_stable_and_sensitive():
     assert len(fingerprint("x")) == 16
 
 
+def test_config_fingerprints_ignore_default_values():
+    from pipeline.config import LabelConfig
+
+    assert fingerprint(LabelConfig()) == fingerprint(LabelConfig(shard_rows=2048)) == fingerprint({})
+    assert fingerprint(LabelConfig(shard_rows=16)) == fingerprint({"shard_rows": 16})
+    assert fingerprint(LabelConfig(emit={"hidden_layers": [1]})) != fingerprint(LabelConfig())
+
+
 def test_publish_marks_a_stage_fresh_for_its_fingerprint_only(tmp_path):
     run = RunDir(tmp_path)
     assert run.manifest("data") is None and not run.is_fresh("data", "f1")
