@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -98,8 +99,7 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
                                            config=deepspeed_config(cfg, precision, total_steps))
     losses = train_steps(engine, loader, total_steps)
     save_hf(engine.module, tokenizer, out_dir)
-    tenth = max(1, len(losses) // 10)
-    history = [sum(losses[i:i + tenth]) / len(losses[i:i + tenth]) for i in range(0, len(losses), tenth)]
+    history = [float(np.mean(part)) for part in np.array_split(np.asarray(losses), min(10, len(losses)))]
     return {"steps": total_steps, "final_loss": history[-1], "loss_history": history}
 
 
