@@ -314,7 +314,9 @@ def require_file(path: Path) -> Path:
 
 
 def cpus_per_worker(num_workers: int) -> int:
-    """CPU threads per worker on a CPU-only cluster: the free CPUs shared evenly, at most a node's, at least 1."""
-    free_cpus = int(ray.available_resources().get("CPU", 1))
+    """CPU threads per worker on a CPU-only cluster: the cluster's CPUs shared evenly, at most a node's,
+    at least 1. Counted from the cluster's total, not what is free at this instant, so that every
+    student of a run gets the same share (Ray waits until the previous trainer has released it)."""
+    total_cpus = int(ray.cluster_resources().get("CPU", 1))
     largest_node = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
-    return max(1, min(largest_node, free_cpus // num_workers))
+    return max(1, min(largest_node, total_cpus // num_workers))
