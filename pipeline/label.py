@@ -142,16 +142,18 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """Label every transfer-set shard that is not already done; see the module docstring.
 
     Returns:
-        Summary for the manifest: shards, rows, classes, examples/s of the teacher and bytes
-        per example of the stored logits.
+        Summary for the manifest: shards, rows, classes, rows labeled by this call and their
+        examples/s (wall clock, actor start included), bytes per example on disk, and the
+        in-memory bytes per example of each signal (``signal_bytes_per_example``).
     """
     label = cfg.label
     transfer_file = run_dir.split_file("transfer")
     num_rows = pq.ParquetFile(transfer_file).metadata.num_rows
     plan = plan_shards(num_rows, label.shard_rows)
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
-    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, sha256_file(transfer_file),
-                           sha256_file(run_dir.teacher_dir / "model.safetensors"))
+    # Everything that changes a shard's content: a shard written under another plan is redone.
+    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, cfg.teacher.max_length,
+                           sha256_file(transfer_file), sha256_file(run_dir.teacher_dir / "model.safetensors"))
     done = finished_shards(run_dir, plan_key)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
