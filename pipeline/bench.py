@@ -32,6 +32,7 @@ from pipeline import label
 from pipeline.artifacts import RunDir, atomic_write_json
 from pipeline.config import RunConfig
 from pipeline.errors import ArtifactError
+from pipeline.runner import start_ray
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path) -> dict[str, Any]:
     real_lengths = np.asarray([len(ids) for ids in AutoTokenizer.from_pretrained(run.teacher_dir)(
         texts, truncation=True, max_length=cfg.teacher.max_length)["input_ids"]])
     useful_flops = encoder_flops(teacher_config, real_lengths)
+    start_ray(cfg)  # after the input checks, so a missing run fails at once
     peak = matmul_peak_flops()
 
     naive_s = naive_loop(run.teacher_dir, texts)

@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             from pipeline import bench
-            from pipeline.runner import start_ray
 
-            start_ray(cfg)
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
             print(bench.render(bench.bench_label(cfg, args.rows, out_file)))
             print(f"written: {out_file}")
