@@ -13,10 +13,10 @@ import difflib
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -191,30 +191,167 @@ class LabelConfig(Section):
         return self
 
 
-class StudentConfig(Section):
-    """A BiLSTM student (Tang et al. 2019) over the teacher's WordPiece vocabulary."""
+class BiLSTMStudentConfig(Section):
+    """A BiLSTM student (Tang et al. 2019) over the teacher's WordPiece vocabulary, or over a
+    SentencePiece vocabulary trained on the transfer set (``vocab: sentencepiece``)."""
 
     family: Literal["bilstm"] = "bilstm"
+    vocab: Literal["teacher", "sentencepiece"] = Field(
+        default="teacher", description="teacher: the teacher's WordPiece ids; sentencepiece: a unigram "
+                                       "vocabulary of vocab_size pieces trained on the transfer set")
+    vocab_size: int = Field(default=8000, gt=100, description="pieces, with vocab: sentencepiece")
     embed_dim: int = Field(default=300, gt=0)
     hidden_dim: int = Field(default=300, gt=0)
     num_layers: int = Field(default=1, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
     init_from_teacher_embeddings: bool = Field(
-        default=False, description="copy the teacher's word embeddings; needs embed_dim == teacher hidden size")
+        default=False, description="copy the teacher's word embeddings; needs vocab: teacher and "
+                                   "embed_dim == teacher hidden size")
+
+
+class TransformerStudentConfig(Section):
+    """A small BERT student (TinyBERT / DistilBERT style) built with transformers' BERT classes.
+
+    Sizes left at None take the teacher's. With the teacher's width, head count and FFN size the
+    student's layers are initialised from teacher layers chosen by ``layer_init``:
+
+        drop_top, drop_bottom, drop_alternate, drop_symmetric   layer dropping, Sajjad et al. (2020)
+        drop_contribution   drop the layers whose output is most similar (cosine) to their input
+        uniform             student layer i from teacher layer ceil(i * L_t / L_s) (TinyBERT's map)
+        random              no copy (always the case when the sizes differ from the teacher's)
+    """
+
+    family: Literal["transformer"] = "transformer"
+    num_layers: int = Field(default=4, gt=0)
+    hidden_size: int | None = Field(default=None, gt=0)
+    num_heads: int | None = Field(default=None, gt=0)
+    intermediate_size: int | None = Field(default=None, gt=0)
+    layer_init: Literal["drop_top", "drop_bottom", "drop_alternate", "drop_symmetric", "drop_contribution",
+                        "uniform", "random"] = "uniform"
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+
+
+class CNNLSTMTaggerConfig(Section):
+    """Sequence tagger of Izsak et al. (2019): character CNN + word embeddings + BiLSTM, one
+    label per word."""
+
+    family: Literal["cnn_lstm"] = "cnn_lstm"
+    word_embed_dim: int = Field(default=100, gt=0)
+    word_vocab_size: int = Field(default=20000, gt=1, description="most frequent words of the transfer set")
+    char_embed_dim: int = Field(default=30, gt=0)
+    char_filters: int = Field(default=50, gt=0)
+    char_kernel: int = Field(default=3, gt=0)
+    max_word_chars: int = Field(default=20, gt=0)
+    hidden_dim: int = Field(default=200, gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+
+
+class MultiTaskLSTMConfig(Section):
+    """Attentive multi-task LSTM of Liu et al. (2019): shared embeddings and BiLSTM encoder with
+    attention, and one head per task (sentence classification or tagging)."""
+
+    family: Literal["multitask_lstm"] = "multitask_lstm"
+    vocab: Literal["teacher", "sentencepiece"] = "teacher"
+    vocab_size: int = Field(default=8000, gt=100, description="pieces, with vocab: sentencepiece")
+    embed_dim: int = Field(default=300, gt=0)
+    hidden_dim: int = Field(default=300, gt=0)
+    attention_dim: int = Field(default=128, gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0)
+    init_from_teacher_embeddings: bool = False
+
+
+def _student_family(value: Any) -> str:
+    return value.get("family", "bilstm") if isinstance(value, dict) else getattr(value, "family", "bilstm")
+
+
+StudentConfig = Annotated[
+    Annotated[BiLSTMStudentConfig, Tag("bilstm")] | Annotated[TransformerStudentConfig, Tag("transformer")]
+    | Annotated[CNNLSTMTaggerConfig, Tag("cnn_lstm")] | Annotated[MultiTaskLSTMConfig, Tag("multitask_lstm")],
+    Discriminator(_student_family)]
+"""The ``train.student`` section: one of the student families, chosen by ``family`` (default bilstm)."""
+
+
+class ScheduleConfig(Section):
+    """A linear multiplier of a loss weight over training progress p (0 at the first step, 1 at the last).
+
+    ``linear_warmup``: ``min(1, p / over)``, rising from 0. ``linear_decay``:
+    ``1 - (1 - final) * min(1, p / over)``, falling from 1 to ``final``.
+    """
+
+    kind: Literal["linear_warmup", "linear_decay"]
+    over: float = Field(default=1.0, gt=0, le=1, description="fraction of training the ramp lasts")
+    final: float = Field(default=0.0, ge=0, description="multiplier at the end of a decay")
+
+
+class TermConfig(Section):
+    """One named loss term: its weight and optional schedule."""
+
+    weight: float = Field(default=1.0, ge=0)
+    schedule: ScheduleConfig | None = None
+
+
+class LogitTermConfig(TermConfig):
+    """Logit KD: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` (Hinton et al. 2015) or the
+    MSE between raw logits (Tang et al. 2019)."""
+
+    kind: Literal["kl", "mse"] = "kl"
+
+
+class LayerTermConfig(TermConfig):
+    """An intermediate-layer term with its teacher-to-student layer map: ``{teacher_layer: student_layer}``.
+
+    Hidden-state layers count as in Hugging Face's ``hidden_states`` (0 = embedding output);
+    attention layers from 1. The teacher layers must be emitted by the label stage (``label.emit``).
+    """
+
+    layer_map: dict[int, int] = Field(min_length=1)
+
+
+class AttentionTermConfig(LayerTermConfig):
+    """Attention-map loss (TinyBERT: MSE; MiniLM-style: KL over each row of the map)."""
+
+    kind: Literal["kl", "mse"] = "mse"
 
 
 class LossConfig(Section):
-    """Blended loss ``alpha * CE(hard labels) + (1 - alpha) * KD`` (Hinton et al. 2015).
+    """The training loss: a weighted sum of named terms, each optional, each logged on its own.
 
-    ``kd = "kl"`` is ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``; ``kd = "mse"`` is the
-    mean squared error between raw logits (Tang et al. 2019). Rows without a hard label get
-    the KD term only.
+    ``ce`` hard-label cross-entropy (labeled rows only); ``kd`` logit distillation; ``hidden``
+    hidden-state MSE through learned projections when widths differ (TinyBERT); ``attention``
+    attention maps; ``embedding_cosine`` cosine between student and teacher hidden vectors
+    (DistilBERT); ``pkd`` normalised [CLS] states of mapped layers (Sun et al. 2019, PKD).
+    ``temperature`` may be scheduled linearly to ``final_temperature`` over training.
     """
 
-    alpha: float = Field(default=0.5, ge=0, le=1)
+    ce: TermConfig | None = TermConfig(weight=0.5)
+    kd: LogitTermConfig | None = LogitTermConfig(weight=0.5)
+    hidden: LayerTermConfig | None = None
+    attention: AttentionTermConfig | None = None
+    embedding_cosine: LayerTermConfig | None = None
+    pkd: LayerTermConfig | None = None
     temperature: float = Field(default=2.0, gt=0)
-    kd: Literal["kl", "mse"] = "kl"
+    final_temperature: float | None = Field(default=None, gt=0, description="linear schedule of the temperature")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LossConfig":
+        if not self.terms():
+            raise ValueError("every loss term is off; give at least one of ce, kd, hidden, attention, "
+                             "embedding_cosine, pkd")
+        return self
+
+    def terms(self) -> dict[str, TermConfig]:
+        """The enabled terms by name, in a fixed order."""
+        names = ("ce", "kd", "hidden", "attention", "embedding_cosine", "pkd")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def ce_only(self) -> "LossConfig":
+        """This loss with every teacher term removed and CE at weight 1: the CE-only twin's."""
+        return LossConfig(ce=TermConfig(weight=1.0), kd=None)
 
 
 class TrainConfig(Section):
@@ -224,7 +361,7 @@ class TrainConfig(Section):
     cross-entropy, for comparison.
     """
 
-    student: StudentConfig = StudentConfig()
+    student: StudentConfig = BiLSTMStudentConfig()
     loss: LossConfig = LossConfig()
     epochs: int = Field(default=5, gt=0)
     batch_size: int = Field(default=64, gt=0)
@@ -348,29 +485,66 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = _field_path(err["loc"])
     if err["type"] == "extra_forbidden":
         parent = _model_at(err["loc"][:-1])
         field = str(err["loc"][-1])
         known = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(field, known, n=1)
-        hint = f"; did you mean {'.'.join([*map(str, err['loc'][:-1]), close[0]])}?" if close else ""
+        hint = f"; did you mean {_field_path(err['loc'][:-1])}.{close[0]}?" if close else ""
         return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
+def _field_path(loc: tuple) -> str:
+    """The dotted config path of an error location, without the tags of tagged unions."""
+    parts, model = [], RunConfig
+    for part in loc:
+        if isinstance(model, _Union) and model.by_tag(str(part)) is not None:
+            model = model.by_tag(str(part))
+            continue
+        parts.append(str(part))
+        model = _field_model(model, part)
+    return ".".join(parts)
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = RunConfig
+    model: Any = RunConfig
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return None
-        model = nested[0]
-    return model
+        model = model.by_tag(str(part)) if isinstance(model, _Union) else _field_model(model, part)
+    return None if isinstance(model, _Union) else model
+
+
+def _field_model(model: Any, part: Any) -> Any:
+    """The config model (or :class:`_Union` of models) of field ``part`` of ``model``, else None."""
+    if model is None or isinstance(model, _Union) or str(part) not in model.model_fields:
+        return None
+    choices = _nested_models(model.model_fields[str(part)].annotation)
+    return choices[0] if len(choices) == 1 else (_Union(choices) if choices else None)
+
+
+class _Union:
+    """The models of a tagged union (``train.student``), looked up by their ``family`` tag."""
+
+    def __init__(self, models: list[type[BaseModel]]):
+        self.models = models
+
+    def by_tag(self, tag: str) -> type[BaseModel] | None:
+        return next((m for m in self.models if _family(m) == tag), None)
+
+
+def _family(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("family")
+    return field.default if field is not None else None
+
+
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The config models inside an annotation (through Optional, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()):
+        found += _nested_models(arg)
+    return found
