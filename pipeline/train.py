@@ -1,15 +1,25 @@
-"""Stage ``train``: distil the teacher's soft labels into a BiLSTM student with Ray Train.
+"""Stage ``train``: distil the teacher's signals into a student with Ray Train.
 
 Two students can be trained, by one train loop that only their data and loss tell apart:
 
-    kd       the transfer set with the teacher's logits (``label/shard-*.parquet``), loss
-             ``alpha * CE + (1 - alpha) * KD`` (Hinton et al. 2015; Tang et al. 2019)
+    kd       the transfer set with the teacher's signals (``label/shard-*.parquet``), with the
+             loss of ``train.loss``: named terms (CE, logit KD, hidden states, attention maps,
+             embedding cosine, PKD), each weighted and optionally scheduled
     ce_only  the labeled train split alone (``data/train.parquet``), cross-entropy only;
              trained when ``train.ce_only_baseline`` is set, for comparison
 
-Both start from the same initial weights. Each epoch every worker reports its metrics to Ray
-Train and rank 0 attaches a checkpoint; Ray keeps the one with the best dev accuracy, which
-is copied to ``train/<kind>/``. Ray's own files live under ``train/ray/<kind>/``.
+Both start from the same initial student (``train/initial/``), of any family of
+:mod:`students`. The rows are streamed: Ray Data reads the Parquet shards in a shuffled file
+order, block by block, splits them across the workers and each worker shuffles within a
+buffer of ``LOCAL_SHUFFLE_ROWS`` rows, so memory stays bounded whatever the transfer set's
+size. Per-token teacher signals (``hidden_{l}``, ``attention_{l}``) are cut to each row's
+real tokens in the shards and padded per batch here.
+
+Every epoch each worker reports its metrics and rank 0 attaches a checkpoint (the student and
+the optimizer, scaler and loss-projection state). A run interrupted mid-way resumes from the
+latest checkpoint: its Ray folder (``train/ray/<kind>/``) is kept while the training inputs
+are unchanged. Ray keeps the checkpoint with the best dev accuracy, which is copied to
+``train/<kind>/``; a finished student is not retrained on a rerun.
 
 The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.shutdown``.
 """
@@ -17,60 +27,69 @@ The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.
 from __future__ import annotations
 
 import logging
+import math
+import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.data import FileShuffleConfig
 from ray.train import CheckpointConfig, DataConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline.artifacts import RunDir, read_json, sha256_file
+from pipeline.artifacts import RunDir, atomic_write_json, fingerprint, read_json, sha256_file
 from pipeline.config import LossConfig, RunConfig, TrainConfig
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.precision import Precision, select_precision
-from students.bilstm import BiLSTMClassifier, build_student, load_student, save_student, teacher_word_embeddings
-from students.losses import NO_LABEL, blended_kd_loss
+from pipeline.precision import Precision, make_optimizer, select_precision
+from students.base import Student, StudentOutput, build_student, load_student
+from students.losses import NO_LABEL, DistillationLoss, LossTerms
 
 log = logging.getLogger(__name__)
 
 LOCAL_SHUFFLE_ROWS = 8192
-"""Rows in each worker's shuffle buffer; re-seeded every epoch on top of one global shuffle."""
+"""Rows in each worker's shuffle buffer, re-seeded every epoch, on top of a shuffled file order."""
+
+TRAIN_STATE_FILE = "train_state.pt"
+"""Optimizer, grad-scaler and loss-module state, epoch and history, next to the student in a checkpoint."""
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    """Train the KD student (and the CE-only baseline) and publish the best checkpoint of each.
+    """Train the KD student (and the CE-only twin) and publish the best checkpoint of each.
 
     Args:
-        cfg: the run config; reads ``train``, ``data.labels`` and ``seed``.
+        cfg: the run config; reads ``train``, ``data.labels``, ``teacher.max_length`` and ``seed``.
         run_dir: the run directory; reads ``label/``, ``data/`` and ``finetune/teacher/``.
 
     Returns:
         ``{kind: {"best_dev_accuracy", "best_epoch", "rows", "history"}}`` for ``kd`` and, with
         ``train.ce_only_baseline``, ``ce_only``; ``history`` holds one dict per epoch with
-        ``epoch, loss, ce_loss, kd_loss, dev_accuracy, wall_s``.
+        ``epoch, loss, loss_<term> (one per loss term), dev_accuracy, wall_s, peak_rss_mb`` (the
+        largest peak RSS of a worker process, MB: bounded by the shuffle buffer and Ray Data's
+        block budget, not by the transfer set's size).
 
     Raises:
-        ArtifactError: a soft-label shard, a split or the teacher is missing or fails its checksum.
-        ConfigError: ``train.student`` does not fit the teacher (see :func:`build_student`), or
-            there are fewer GPUs than ``train.num_workers`` on a GPU machine.
+        ArtifactError: a soft-label shard, a split or the teacher is missing or fails its
+            checksum, or the shards lack a signal the loss needs.
+        ConfigError: ``train.student`` does not fit the teacher or the loss, or there are fewer
+            GPUs than ``train.num_workers`` on a GPU machine.
     """
     num_labels = len(cfg.data.labels)
-    runs = {"kd": (soft_label_files(run_dir, num_labels), cfg.train.loss)}
+    check_loss_fits_student(cfg)
+    runs = {"kd": (soft_label_files(run_dir, num_labels, cfg.train.loss), cfg.train.loss)}
     if cfg.train.ce_only_baseline:
-        ce_only_loss = cfg.train.loss.model_copy(update={"alpha": 1.0})
-        runs["ce_only"] = ([require_file(run_dir.split_file("train"))], ce_only_loss)
+        runs["ce_only"] = ([require_file(run_dir.split_file("train"))], cfg.train.loss.ce_only())
     dev_file = require_file(run_dir.split_file("dev"))
     if not run_dir.teacher_dir.is_dir():
         raise ArtifactError(run_dir.teacher_dir, "missing; run the finetune stage first")
@@ -79,48 +98,95 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         raise ConfigError(f"train.num_workers is {cfg.train.num_workers} but the Ray cluster has {gpus:g} GPU(s) "
                           f"and each GPU worker needs one; lower train.num_workers")
 
-    tokenizer = AutoTokenizer.from_pretrained(run_dir.teacher_dir)
-    student_cfg = cfg.train.student
-    embeddings = teacher_word_embeddings(run_dir.teacher_dir) if student_cfg.init_from_teacher_embeddings else None
+    initial_dir = build_initial_student(cfg, run_dir)
+    dev = ray.data.read_parquet(str(dev_file.resolve()), columns=text_columns(dev_file) + ["label"])
+    return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_dir) for kind, (files, loss) in runs.items()}
+
+
+def build_initial_student(cfg: RunConfig, run_dir: RunDir) -> Path:
+    """Build the student both twins start from (seeded), save it to ``train/initial/``, return the folder.
+
+    Families with their own vocabulary (SentencePiece, the tagger's words) learn it from the
+    transfer set's texts.
+    """
+    transfer = pq.read_table(run_dir.split_file("transfer"), columns=text_columns(run_dir.split_file("transfer")))
+    texts = [t for column in transfer.columns for t in column.to_pylist()]
     torch.manual_seed(cfg.seed)
-    initial_state = ray.put(build_student(student_cfg, num_labels, tokenizer, embeddings).state_dict())
-    dev = to_dataset(pq.read_table(dev_file, columns=["text", "label"]))
-    return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_state) for kind, (files, loss) in runs.items()}
+    student = build_student(cfg.train.student, len(cfg.data.labels), run_dir.teacher_dir, texts)
+    return student.save(run_dir.stage_dir("train") / "initial")
+
+
+def check_loss_fits_student(cfg: RunConfig) -> None:
+    """Fail before any work when the loss asks for signals the student cannot match.
+
+    Raises:
+        ConfigError: a hidden-state, attention, cosine or PKD term with a student family that
+            has no such outputs, or with a student ``max_length`` other than the teacher's (the
+            per-token signals are aligned token by token).
+    """
+    layer_terms = [name for name in ("hidden", "attention", "embedding_cosine", "pkd")
+                   if getattr(cfg.train.loss, name) is not None]
+    if not layer_terms:
+        return
+    student = cfg.train.student
+    if student.family != "transformer":
+        raise ConfigError(f"train.loss.{layer_terms[0]} needs a student with hidden states and attention maps "
+                          f"(train.student.family: transformer), not {student.family}")
+    if student.max_length != cfg.teacher.max_length:
+        raise ConfigError(f"train.loss.{layer_terms[0]} aligns student and teacher tokens, so "
+                          f"train.student.max_length ({student.max_length}) must equal teacher.max_length "
+                          f"({cfg.teacher.max_length})")
 
 
 def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: LossConfig,
-        dev: ray.data.Dataset, initial_state: ray.ObjectRef) -> dict:
+        dev: ray.data.Dataset, initial_dir: Path) -> dict:
     """Train one student with Ray Train and copy its best checkpoint to ``run_dir.student_dir(kind)``.
+
+    A student already trained from the same inputs is reused; an interrupted training of the
+    same inputs resumes from its latest checkpoint.
 
     Args:
         kind: "kd" or "ce_only"; names the Ray run and the student folder.
         cfg: the run config.
         run_dir: the run directory.
-        files: Parquet files of the training rows (``text``, ``label`` and, for KD, ``logits``).
-        loss: the loss to train with (``alpha = 1`` for the CE-only student).
-        dev: the dev split, columns ``text, label``.
-        initial_state: object ref of the initial student ``state_dict``.
+        files: Parquet files of the training rows (``text``, ``label`` and the teacher's signals).
+        loss: the loss to train with (CE only for the twin).
+        dev: the dev split, columns ``text`` (and ``text_pair``), ``label``.
+        initial_dir: the initial student's folder.
 
     Returns:
         The summary of this student, as in :func:`run`.
     """
+    key = fingerprint(kind, cfg.train.model_copy(update={"loss": loss}), cfg.seed,
+                      [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    summary_file = run_dir.stage_dir("train") / f"{kind}.json"
+    if summary_file.exists() and read_json(summary_file).get("key") == key and run_dir.student_dir(kind).is_dir():
+        log.info("train %s: already trained from these inputs; reusing %s", kind, run_dir.student_dir(kind))
+        return read_json(summary_file)["summary"]
+
     storage = (run_dir.stage_dir("train") / "ray").resolve()
-    # Ray Train resumes a run whose folder already exists; a redone stage starts afresh.
-    shutil.rmtree(storage / kind, ignore_errors=True)
-    table = pa.concat_tables(pq.read_table(f) for f in files)
-    table = table.select([c for c in ("text", "label", "logits") if c in table.column_names])
-    rows = len(table)
-    train = to_dataset(table.take(np.random.default_rng(cfg.seed).permutation(rows)))  # one global shuffle
+    key_file = storage / f"{kind}.key"
+    if not key_file.exists() or key_file.read_text() != key:
+        shutil.rmtree(storage / kind, ignore_errors=True)  # other inputs: start afresh
+        storage.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
+    elif (storage / kind).exists():
+        log.info("train %s: resuming from the latest checkpoint in %s", kind, storage / kind)
+
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    columns = training_columns(files[0], loss)
+    train = ray.data.read_parquet([str(f.resolve()) for f in files], columns=columns,
+                                  shuffle=FileShuffleConfig(seed=cfg.seed))
     use_gpu = torch.cuda.is_available()
     cpus = 1 if use_gpu else cpus_per_worker(cfg.train.num_workers)
-    log.info("train %s: %d rows, %d worker(s) with %d CPU(s) each, gpu=%s",
-             kind, rows, cfg.train.num_workers, cpus, use_gpu)
+    log.info("train %s: %d rows streamed from %d file(s), %d worker(s) with %d CPU(s) each, gpu=%s",
+             kind, rows, len(files), cfg.train.num_workers, cpus, use_gpu)
 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"kind": kind, "train": cfg.train, "loss": loss, "seed": cfg.seed, "cpus": cpus,
-                           "num_labels": len(cfg.data.labels), "teacher_dir": str(run_dir.teacher_dir.resolve()),
-                           "initial_state": initial_state},
+                           "rows": rows, "initial_dir": str(initial_dir.resolve()),
+                           "teacher_hidden_size": teacher_hidden_size(run_dir.teacher_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus}),
         run_config=RayRunConfig(name=kind, storage_path=str(storage), checkpoint_config=CheckpointConfig(
@@ -132,11 +198,33 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
     result = trainer.fit()
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_accuracy"])
     with checkpoint.as_directory() as folder:
-        model, tokenizer = load_student(folder)
-    save_student(model, cfg.train.student, len(cfg.data.labels), tokenizer, run_dir.student_dir(kind))
+        load_student(Path(folder) / "student").save(run_dir.student_dir(kind))
     log.info("train %s: best dev accuracy %.4f at epoch %d", kind, best["dev_accuracy"], best["epoch"])
-    return {"best_dev_accuracy": best["dev_accuracy"], "best_epoch": best["epoch"], "rows": rows,
-            "history": result.return_value}
+    summary = {"best_dev_accuracy": best["dev_accuracy"], "best_epoch": best["epoch"], "rows": rows,
+               "history": result.return_value}
+    atomic_write_json(summary_file, {"key": key, "summary": summary})
+    return summary
+
+
+class DistillationStep(nn.Module):
+    """The student and its loss in one module, so that DDP or DeepSpeed syncs the loss's
+    learned projections together with the student.
+
+    Args:
+        student: any student family.
+        loss: the loss module of ``train.loss``.
+    """
+
+    def __init__(self, student: Student, loss: DistillationLoss):
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(self, features: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor,
+                progress: float) -> LossTerms:
+        """The loss terms of one batch; ``progress`` in [0, 1] drives the schedules."""
+        output: StudentOutput = self.student(**features)
+        return self.loss(output, teacher, labels, progress)
 
 
 def train_loop(config: dict) -> list[dict]:
@@ -147,95 +235,147 @@ def train_loop(config: dict) -> list[dict]:
     """
     train_cfg: TrainConfig = config["train"]
     loss_cfg: LossConfig = config["loss"]
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     precision = select_precision(train_cfg.precision, "train")
     if precision.device == "cpu":
         torch.set_num_threads(config["cpus"])
-    torch.manual_seed(config["seed"] + rank)  # dropout masks differ per rank; weights come from initial_state
+    torch.manual_seed(config["seed"] + rank)  # dropout masks differ per rank; weights come from initial_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(config["teacher_dir"])
-    model = BiLSTMClassifier(train_cfg.student, len(tokenizer), config["num_labels"], tokenizer.pad_token_id)
-    model.load_state_dict(ray.get(config["initial_state"]))
-    model = ray.train.torch.prepare_model(model)
-    # fused Adam: one kernel over all parameters; on a CPU 8x faster than the default for the
-    # 30k x 384 embedding table, which dominates the step.
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
+    student = load_student(config["initial_dir"]).train()
+    step_module = DistillationStep(student, DistillationLoss(loss_cfg, student_hidden_size(student),
+                                                             config["teacher_hidden_size"]))
+    state = restore(step_module)
+    model = ray.train.torch.prepare_model(step_module)
+    optimizer = make_optimizer(model.parameters(), train_cfg.lr, train_cfg.weight_decay, precision, train_cfg.apex)
     scaler = torch.amp.GradScaler(precision.device, enabled=precision.needs_grad_scaler)
-    collate = Collate(tokenizer, train_cfg.student.max_length)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    history: list[dict] = state["history"] if state else []
+    steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
+    total_steps = max(1, train_cfg.epochs * steps_per_epoch)
+    collate = Collate(student, layers_needed(loss_cfg))
     train_shard = ray.train.get_dataset_shard("train")
     dev_shard = ray.train.get_dataset_shard("dev")
 
-    history = []
-    for epoch in range(1, train_cfg.epochs + 1):
+    for epoch in range(len(history) + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
-        batches = train_shard.iter_torch_batches(batch_size=train_cfg.batch_size, collate_fn=collate,
-                                                 local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
-                                                 local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
-        losses = train_epoch(model, batches, optimizer, scaler, precision, loss_cfg)
-        dev_batches = dev_shard.iter_torch_batches(batch_size=train_cfg.batch_size, collate_fn=collate)
-        metrics = {"epoch": epoch, **losses, "dev_accuracy": accuracy(unwrap(model), dev_batches, precision),
-                   "wall_s": round(time.perf_counter() - start, 2)}
-        log.info("train %s epoch %d/%d: loss %.4f (ce %.4f, kd %.4f), dev accuracy %.4f, %.1f s",
-                 config["kind"], epoch, train_cfg.epochs, metrics["loss"], metrics["ce_loss"],
-                 metrics["kd_loss"], metrics["dev_accuracy"], metrics["wall_s"])
+        batches = train_shard.iter_batches(batch_size=train_cfg.batch_size, local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
+                                           local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        first_step = (epoch - 1) * steps_per_epoch
+        losses = train_epoch(model, (collate(b) for b in batches), optimizer, scaler, precision, first_step,
+                             total_steps)
+        dev_batches = (collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
+        metrics = {"epoch": epoch, **losses, "dev_accuracy": accuracy(student, dev_batches, precision),
+                   "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
+        log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
         history.append(metrics)
-        report(metrics, model, train_cfg, config["num_labels"], tokenizer, rank)
+        report(metrics, unwrap(model), optimizer, scaler, history, rank)
     return history
 
 
+@dataclass
+class Batch:
+    """One collated batch.
+
+    Attributes:
+        features: the student's inputs (see :meth:`Student.featurize`), int64 tensors.
+        teacher: the teacher's signals: ``logits`` [B, C] float32 (KD rows only), and with
+            layer terms ``hidden_{l}`` [B, T, D], ``attention_{l}`` [B, H, T, T] and ``mask`` [B, T].
+        labels: int64 [B], -1 for rows without a hard label.
+    """
+
+    features: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return Batch(move(self.features), move(self.teacher), self.labels.to(device, non_blocking=True))
+
+
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                precision: Precision, loss_cfg: LossConfig) -> dict[str, float]:
-    """One pass over this worker's shard; returns the epoch's mean losses over all workers.
+                precision: Precision, first_step: int, total_steps: int) -> dict[str, float]:
+    """One pass over this worker's shard; returns the epoch's row-weighted mean losses over all workers.
 
     Returns:
-        ``{"loss", "ce_loss", "kd_loss"}``: the means of :class:`~students.losses.KDLoss`'s
-        ``total`` and ``kd`` over all rows and of ``ce`` over the labeled rows, of every worker.
+        ``{"loss": total, "loss_<term>": unweighted term, ...}`` for every term of the loss.
     """
     model.train()
-    # Row-weighted sums: total, ce (labeled rows), labeled rows, kd, rows.
-    sums = torch.zeros(5, dtype=torch.float64, device=ray.train.torch.get_device())
-    for batch in batches:
+    device = ray.train.torch.get_device()
+    names: list[str] = []
+    sums = None  # row-weighted sums of total and each term, then the row count
+    for step, batch in enumerate(batches, start=first_step):
+        batch = batch.to(device)
         with precision.autocast_context():
-            logits = model(batch["input_ids"], batch["attention_mask"])  # [B, C]
-        loss = blended_kd_loss(logits, batch.get("teacher_logits"), batch["labels"], alpha=loss_cfg.alpha,
-                               temperature=loss_cfg.temperature, kd=loss_cfg.kd)
+            terms = model(batch.features, batch.teacher, batch.labels, min(1.0, step / total_steps))
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss.total).backward()
+        scaler.scale(terms.total).backward()
         scaler.step(optimizer)
         scaler.update()
-        labeled = (batch["labels"] != NO_LABEL).sum().float()
-        rows = torch.full_like(labeled, len(logits))
-        sums += torch.stack([loss.total.detach() * rows, loss.ce.detach() * labeled, labeled,
-                             loss.kd.detach() * rows, rows])
+        if sums is None:
+            names = list(terms.terms)
+            sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
+        rows = float(len(batch.labels))
+        sums += torch.tensor([terms.total.item() * rows, *(terms.terms[n].item() * rows for n in names), rows],
+                             dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
-    total, ce, labeled, kd, rows = sums.tolist()
-    return {"loss": total / max(rows, 1), "ce_loss": ce / max(labeled, 1), "kd_loss": kd / max(rows, 1)}
+    *values, rows = sums.tolist()
+    return {"loss": values[0] / max(rows, 1), **{f"loss_{n}": v / max(rows, 1) for n, v in zip(names, values[1:])}}
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches, precision: Precision) -> float:
-    """Fraction of rows whose argmax logit is the label; the model is left in training mode."""
-    model.eval()
+def accuracy(student: Student, batches, precision: Precision) -> float:
+    """Fraction of rows whose argmax logit is the label; the student is left in training mode."""
+    student.eval()
+    device = ray.train.torch.get_device()
     correct = total = 0
     for batch in batches:
+        batch = batch.to(device)
         with precision.autocast_context():
-            logits = model(batch["input_ids"], batch["attention_mask"])  # [B, C]
-        correct += (logits.argmax(dim=-1) == batch["labels"]).sum().item()
-        total += len(logits)
-    model.train()
+            logits = student(**batch.features).logits  # [B, C]
+        correct += (logits.argmax(dim=-1) == batch.labels).sum().item()
+        total += len(batch.labels)
+    student.train()
     return correct / max(total, 1)
 
 
-def report(metrics: dict, model: nn.Module, train_cfg: TrainConfig, num_labels: int,
-           tokenizer: PreTrainedTokenizerBase, rank: int) -> None:
-    """``ray.train.report`` on every rank (it is a barrier); rank 0 attaches the student."""
+def peak_rss_mb() -> float:
+    """The largest peak resident set size (MB) of any training worker process so far."""
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64,
+                        device=ray.train.torch.get_device())  # ru_maxrss is in KiB on Linux
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return round(peak.item(), 1)
+
+
+def restore(step_module: DistillationStep) -> dict[str, Any] | None:
+    """Load the latest checkpoint into ``step_module`` when Ray Train resumes; returns its train state."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        step_module.student.load_state_dict(load_student(Path(folder) / "student").state_dict())
+        state = torch.load(Path(folder) / TRAIN_STATE_FILE, weights_only=True)
+    step_module.loss.load_state_dict(state["loss"])
+    log.info("train: resumed after epoch %d", len(state["history"]))
+    return state
+
+
+def report(metrics: dict, step_module: DistillationStep, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler, history: list[dict], rank: int) -> None:
+    """``ray.train.report`` on every rank (it is a barrier); rank 0 attaches the checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_student(unwrap(model), train_cfg.student, num_labels, tokenizer, Path(tmp) / "student")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        step_module.student.save(Path(tmp) / "student")
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "loss": step_module.loss.state_dict(), "history": history}, Path(tmp) / TRAIN_STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -244,49 +384,99 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Collate:
-    """Tokenise and pad a Ray Data batch (dynamic padding to the batch's longest row).
+    """Featurise a Ray Data batch for the student and pad the teacher's per-token signals to it.
 
     Args:
-        tokenizer: the teacher's tokenizer.
-        max_length: tokens; longer rows are truncated.
+        student: the student whose :meth:`Student.featurize` tokenizes the texts.
+        layers: ``(hidden_layers, attention_layers)`` of the teacher that the loss reads.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+    def __init__(self, student: Student, layers: tuple[list[int], list[int]]):
+        self.student = student
+        self.hidden_layers, self.attention_layers = layers
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """``{text [B] str, label [B] int64, logits [B] of [C] float32 (KD only)}`` ->
-        ``{input_ids [B, T], attention_mask [B, T], labels [B]}`` int64, plus
-        ``teacher_logits [B, C]`` float32 when the batch has logits."""
-        encoded = self.tokenizer(list(batch["text"]), padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt", return_token_type_ids=False)
-        out = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-               "labels": torch.tensor(batch["label"], dtype=torch.int64)}
+    def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
+        """Columns ``text`` [B] (``text_pair`` [B]), ``label`` [B] and the teacher's signals -> :class:`Batch`."""
+        pairs = list(batch["text_pair"]) if "text_pair" in batch else None
+        features = self.student.featurize(list(batch["text"]), pairs)
+        teacher: dict[str, torch.Tensor] = {}
         if "logits" in batch:
-            out["teacher_logits"] = torch.from_numpy(np.stack(batch["logits"]).astype(np.float32))  # [B, C]
-        return out
+            teacher["logits"] = torch.from_numpy(np.stack(batch["logits"]).astype(np.float32))  # [B, C]
+        if self.hidden_layers or self.attention_layers:
+            mask = features["attention_mask"]  # [B, T]
+            lengths = np.asarray(batch["length"], dtype=np.int64)
+            if not np.array_equal(lengths, mask.sum(dim=1).numpy()):
+                raise ArtifactError(Path("label"), "the student's tokens differ from the teacher's stored ones; "
+                                                   "use the teacher's tokenizer and max_length for layer terms")
+            teacher["mask"] = mask
+            for layer in self.hidden_layers:
+                teacher[f"hidden_{layer}"] = pad_hidden(batch[f"hidden_{layer}"], lengths, mask.shape[1])
+            for layer in self.attention_layers:
+                teacher[f"attention_{layer}"] = pad_attention(batch[f"attention_{layer}"], lengths, mask.shape[1])
+        return Batch(features, teacher, torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)))
 
 
-def to_dataset(table: pa.Table) -> ray.data.Dataset:
-    """A Ray dataset over an in-memory table, without the progress bars that flood worker logs.
-
-    The tables are read in the driver rather than with ``ray.data.read_parquet``: they are small
-    next to the model, no read task then competes with the training workers for CPUs, and
-    Ray Data 2.60 can fail to list several Parquet files at once when ``aiohttp`` is missing
-    (a threaded import of ``fsspec.implementations.http`` raises ImportError).
-    """
-    dataset = ray.data.from_arrow(table)
-    dataset.context.enable_progress_bars = False
-    return dataset
+def pad_hidden(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor:
+    """Flat per-row hidden states (each ``T_i * D`` values) -> zero-padded float32 [B, width, D]."""
+    dim = len(rows[0]) // int(lengths[0])
+    out = torch.zeros(len(rows), width, dim)
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        out[i, :n] = torch.from_numpy(np.asarray(row, dtype=np.float32).reshape(n, dim))
+    return out
 
 
-def soft_label_files(run_dir: RunDir, num_labels: int) -> list[Path]:
-    """The label stage's shards, checked against ``shards.json`` (existence, checksum, label count).
+def pad_attention(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor:
+    """Flat per-row attention maps (each ``H * T_i * T_i`` values) -> zero-padded float32 [B, H, width, width]."""
+    heads = len(rows[0]) // int(lengths[0]) ** 2
+    out = torch.zeros(len(rows), heads, width, width)
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        out[i, :, :n, :n] = torch.from_numpy(np.asarray(row, dtype=np.float32).reshape(heads, n, n))
+    return out
+
+
+def layers_needed(loss: LossConfig) -> tuple[list[int], list[int]]:
+    """Teacher ``(hidden_layers, attention_layers)`` that the loss's layer maps read, sorted."""
+    hidden = {t for term in (loss.hidden, loss.embedding_cosine, loss.pkd) if term for t in term.layer_map}
+    attention = set(loss.attention.layer_map) if loss.attention else set()
+    return sorted(hidden), sorted(attention)
+
+
+def text_columns(path: Path) -> list[str]:
+    """``["text"]``, plus ``"text_pair"`` when the table holds sentence pairs."""
+    return [c for c in ("text", "text_pair") if c in pq.read_schema(path).names]
+
+
+def training_columns(path: Path, loss: LossConfig) -> list[str]:
+    """The columns of a training file that the loss reads (texts, label, logits and layer signals)."""
+    hidden, attention = layers_needed(loss)
+    columns = text_columns(path) + ["label"]
+    if loss.kd is not None:
+        columns.append("logits")
+    if hidden or attention:
+        columns += ["length", *(f"hidden_{l}" for l in hidden), *(f"attention_{l}" for l in attention)]
+    return columns
+
+
+def teacher_hidden_size(teacher_dir: Path) -> int:
+    """Hidden width D_t of the teacher, from its config."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(teacher_dir).hidden_size
+
+
+def student_hidden_size(student: Student) -> int | None:
+    """Hidden width D_s of a student with hidden states, else None."""
+    return getattr(student, "hidden_size", None)
+
+
+def soft_label_files(run_dir: RunDir, num_labels: int, loss: LossConfig) -> list[Path]:
+    """The label stage's shards, checked against ``shards.json`` and against what the loss reads.
 
     Raises:
-        ArtifactError: the index is missing, a shard is missing or altered, holds top-k logits
-            only, or the shards hold logits for a different number of classes than ``data.labels``.
+        ArtifactError: the index is missing, a shard is missing or altered, lacks a signal the
+            loss needs (full logits, a hidden-state or attention layer: the message names the
+            ``label.emit`` setting), or the shards hold logits for a different number of classes
+            than ``data.labels``.
     """
     index = read_json(run_dir.shard_index)
     if index["num_labels"] != num_labels:
@@ -297,13 +487,25 @@ def soft_label_files(run_dir: RunDir, num_labels: int) -> list[Path]:
         path = require_file(run_dir.stage_dir("label") / shard["file"])
         if sha256_file(path) != shard["sha256"]:
             raise ArtifactError(path, "checksum differs from shards.json; rerun the label stage")
-        if "logits" not in pq.read_schema(path).names:
-            raise ArtifactError(path, "holds top-k logits only, and the KD loss needs every class's logit; "
-                                      "set label.emit.logits_top_k: null and rerun the label stage")
         files.append(path)
     if not files:
         raise ArtifactError(run_dir.shard_index, "lists no shards; rerun the label stage")
+    check_signals_present(files[0], loss)
     return files
+
+
+def check_signals_present(shard: Path, loss: LossConfig) -> None:
+    """Raise an :class:`ArtifactError` naming the ``label.emit`` fix when a shard lacks a signal the loss reads."""
+    names = set(pq.read_schema(shard).names)
+    if loss.kd is not None and "logits" not in names:
+        raise ArtifactError(shard, "holds top-k logits only, and the KD loss needs every class's logit; "
+                                   "set label.emit.logits_top_k: null and rerun the label stage")
+    hidden, attention = layers_needed(loss)
+    for kind, layers in (("hidden", hidden), ("attention", attention)):
+        missing = [layer for layer in layers if f"{kind}_{layer}" not in names]
+        if missing:
+            raise ArtifactError(shard, f"has no {kind} layer(s) {missing}, which train.loss reads; add them to "
+                                       f"label.emit.{kind}_layers and rerun the label stage")
 
 
 def require_file(path: Path) -> Path:

@@ -15,6 +15,7 @@ vocabulary; no pickles.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, ConfigError
 
 META_FILE = "student.json"
 """Name of the file in a student folder that says which family loads it."""
@@ -90,6 +91,51 @@ def write_meta(directory: Path, family: str, config: dict[str, Any], **extra: An
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+FAMILY_MODULES = {"bilstm": "students.bilstm", "transformer": "students.transformer",
+                  "cnn_lstm": "students.cnn_lstm", "multitask_lstm": "students.multitask"}
+"""Module of each student family; imported on first use, which registers the family."""
+
+SAMPLE_TEXTS = 256
+"""Transfer-set texts given to builders that score teacher layers (contribution-based dropping)."""
+
+
+def family_class(family: str) -> type[Student]:
+    """The student class of a family, importing its module on first use.
+
+    Raises:
+        KeyError: ``family`` is not one of :data:`FAMILY_MODULES`.
+    """
+    if family not in FAMILIES:
+        importlib.import_module(FAMILY_MODULES[family])
+    return FAMILIES[family]
+
+
+def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[str]) -> Student:
+    """A freshly initialised sentence-level student of the family ``cfg.family``.
+
+    Args:
+        cfg: the ``train.student`` section (one of the family configs of :mod:`pipeline.config`).
+        num_labels: classes C.
+        teacher_dir: the fine-tuned teacher (tokenizer, embeddings or layers to copy).
+        transfer_texts: the transfer set's sentences, for families that learn a vocabulary
+            (SentencePiece) or score teacher layers.
+
+    Raises:
+        ConfigError: the family is not a sentence-level student, or does not fit the teacher
+            (see each family's builder).
+    """
+    if cfg.family == "bilstm":
+        from students.bilstm import build_bilstm_student
+
+        return build_bilstm_student(cfg, num_labels, teacher_dir, transfer_texts)
+    if cfg.family == "transformer":
+        from students.transformer import build_transformer_student
+
+        return build_transformer_student(cfg, num_labels, teacher_dir, sample_texts=transfer_texts[:SAMPLE_TEXTS])
+    raise ConfigError(f"train.student.family {cfg.family!r} is not a sentence-level student; "
+                      f"the train stage builds bilstm or transformer students")
+
+
 def load_student(directory: str | Path) -> Student:
     """Load any student folder written by a family's ``save``; the model is in eval mode on the CPU.
 
@@ -101,7 +147,7 @@ def load_student(directory: str | Path) -> Student:
     if not meta_file.is_file():
         raise ArtifactError(meta_file, "missing; rerun the train stage")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    family = meta.get("family", "bilstm")
-    if family not in FAMILIES:
-        raise ArtifactError(meta_file, f"names student family {family!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[family].load(directory, meta).eval()
+    family = meta.get("family")
+    if family not in FAMILY_MODULES:
+        raise ArtifactError(meta_file, f"names student family {family!r}; known: {sorted(FAMILY_MODULES)}")
+    return family_class(family).load(directory, meta).eval()
