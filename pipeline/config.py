@@ -382,6 +382,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     num_workers: int = Field(default=1, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    apex: bool = Field(default=False, description="NVIDIA apex FusedAdam on CUDA (install apex from source; it is "
+                                                  "not on PyPI); otherwise, or when missing, torch's fused AdamW")
     ce_only_baseline: bool = True
 
 
