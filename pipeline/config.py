@@ -13,7 +13,7 @@ import difflib
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -310,12 +310,25 @@ class LayerTermConfig(TermConfig):
     """
 
     layer_map: dict[int, int] = Field(min_length=1)
+    first_layer: ClassVar[int] = 0
+
+    @model_validator(mode="after")
+    def _layers_in_range(self) -> "LayerTermConfig":
+        bad = {t: s for t, s in self.layer_map.items() if min(t, s) < self.first_layer}
+        if bad:
+            raise ValueError(f"layer_map entries {bad} name a layer below {self.first_layer}, the first one "
+                             f"this term can use")
+        return self
 
 
 class AttentionTermConfig(LayerTermConfig):
-    """Attention-map loss (TinyBERT: MSE; MiniLM-style: KL over each row of the map)."""
+    """Attention-map loss (TinyBERT: MSE; MiniLM-style: KL over each row of the map).
+
+    Layers count from 1 on both sides (the embedding output has no attention map).
+    """
 
     kind: Literal["kl", "mse"] = "mse"
+    first_layer: ClassVar[int] = 1
 
 
 class LossConfig(Section):
@@ -369,6 +382,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     num_workers: int = Field(default=1, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    apex: bool = Field(default=False, description="NVIDIA apex FusedAdam on CUDA (install apex from source; it is "
+                                                  "not on PyPI); otherwise, or when missing, torch's fused AdamW")
     ce_only_baseline: bool = True
 
 

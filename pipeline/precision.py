@@ -5,11 +5,17 @@ scaler on an older CUDA device, and fp32 on a CPU (bf16 on a CPU without AMX/AVX
 runs about 180x slower than fp32 here, so auto never picks it there). An explicit choice is
 honoured, with a warning when it is slow or unsupported on the hardware. Every decision is
 logged with its reason.
+
+The optimizer is chosen here too (:func:`make_optimizer`): NVIDIA apex's ``FusedAdam`` when
+asked for and installed on CUDA, else torch's fused ``AdamW``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,3 +110,48 @@ def select_precision(requested: PrecisionName, stage: str) -> Precision:
             log.warning("%s: fp16 requested on a CPU; autocast fp16 on CPU is slow and may be unsupported", stage)
     log.info("%s: precision %s on %s (%s)", stage, choice.name, choice.device, choice.reason)
     return choice
+
+
+APEX_INSTALL = ('pip install -v --no-build-isolation --config-settings "--build-option=--cpp_ext" '
+                '--config-settings "--build-option=--cuda_ext" git+https://github.com/NVIDIA/apex')
+"""How to build NVIDIA apex with its CUDA kernels (it is not on PyPI; see its README)."""
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, precision: Precision,
+                   use_apex: bool) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019), as a fused kernel.
+
+    With ``use_apex`` on a CUDA device and NVIDIA apex importable: ``apex.optimizers.FusedAdam``
+    (``adam_w_mode=True``, the same update). Otherwise ``torch.optim.AdamW(fused=True)``, which
+    torch supports on both devices this project runs on (CPU and CUDA). When apex was asked for
+    but cannot be used, a warning says why, once per process.
+
+    Args:
+        params: the parameters (or parameter groups) to optimise, already on ``precision.device``.
+        lr: learning rate.
+        weight_decay: decoupled weight decay.
+        precision: the resolved precision; its device decides whether apex can be used.
+        use_apex: ``train.apex``.
+
+    Returns:
+        The optimizer; which one is logged.
+    """
+    if use_apex:
+        try:
+            apex_optimizers = importlib.import_module("apex.optimizers")
+        except ImportError:
+            _warn_apex_unusable("NVIDIA apex is not installed. It is not on PyPI (the 'apex' package there is "
+                                f"unrelated); build it from source: {APEX_INSTALL}")
+        else:
+            if precision.device == "cuda":
+                log.info("optimizer: apex FusedAdam (adam_w_mode) on cuda")
+                return apex_optimizers.FusedAdam(params, lr=lr, weight_decay=weight_decay, adam_w_mode=True)
+            _warn_apex_unusable(f"apex FusedAdam runs on CUDA only and this run is on {precision.device}")
+    log.info("optimizer: torch AdamW (fused) on %s", precision.device)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+@functools.cache
+def _warn_apex_unusable(reason: str) -> None:
+    """Log, once per process and reason, that train.apex is ignored and torch's fused AdamW is used."""
+    log.warning("train.apex: %s; using torch's fused AdamW instead", reason)

@@ -1,12 +1,14 @@
-"""Precision selection: one place decides, by hardware, and says why."""
+"""Precision and optimizer selection: one place decides, by hardware, and says why."""
 
 import logging
+import sys
+import types
 
 import pytest
 import torch
 
 from pipeline import precision
-from pipeline.precision import select_precision
+from pipeline.precision import Precision, make_optimizer, select_precision
 
 
 @pytest.fixture
@@ -48,3 +50,77 @@ def test_backend_follows_device(cuda):
     assert precision.distributed_backend() == "gloo"
     cuda(True)
     assert precision.distributed_backend() == "nccl"
+
+
+def test_auto_on_cpu_stays_fp32_even_with_amx(cuda, monkeypatch):
+    cuda(False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    choice = select_precision("auto", "train")
+    assert (choice.name, choice.device, choice.autocast) == ("fp32", "cpu", False)
+
+
+class FakeFusedAdam:
+    """Stands in for apex.optimizers.FusedAdam: records its arguments."""
+
+    def __init__(self, params, **kwargs):
+        self.params, self.kwargs = list(params), kwargs
+
+
+@pytest.fixture
+def apex(monkeypatch):
+    """Install (True) or hide (False) a fake ``apex.optimizers``; the once-only warning is reset."""
+    precision._warn_apex_unusable.cache_clear()
+
+    def set_apex(importable: bool):
+        module = types.ModuleType("apex.optimizers")
+        module.FusedAdam = FakeFusedAdam
+        monkeypatch.setitem(sys.modules, "apex", types.ModuleType("apex") if importable else None)
+        monkeypatch.setitem(sys.modules, "apex.optimizers", module if importable else None)
+    yield set_apex
+    precision._warn_apex_unusable.cache_clear()
+
+
+CUDA = Precision("bf16", "cuda", "test")
+CPU = Precision("fp32", "cpu", "test")
+
+
+def params():
+    return [torch.nn.Parameter(torch.zeros(3))]
+
+
+def test_apex_fused_adam_when_asked_on_cuda(apex):
+    apex(True)
+    opt = make_optimizer(params(), lr=1e-3, weight_decay=0.01, precision=CUDA, use_apex=True)
+    assert isinstance(opt, FakeFusedAdam)
+    assert opt.kwargs == {"lr": 1e-3, "weight_decay": 0.01, "adam_w_mode": True}
+    assert isinstance(make_optimizer(params(), 1e-3, 0.01, CUDA, use_apex=False), torch.optim.AdamW)
+
+
+def test_missing_apex_warns_once_and_uses_fused_adamw(apex, caplog):
+    apex(False)
+    with caplog.at_level(logging.WARNING, logger="pipeline.precision"):
+        first = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CUDA, use_apex=True)
+        second = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CUDA, use_apex=True)
+    for opt in (first, second):
+        assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "not on PyPI" in warnings[0] and "git+https://github.com/NVIDIA/apex" in warnings[0]
+    assert "using torch's fused AdamW" in warnings[0]
+
+
+def test_apex_on_cpu_falls_back_with_a_warning(apex, caplog):
+    apex(True)
+    with caplog.at_level(logging.WARNING, logger="pipeline.precision"):
+        opt = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CPU, use_apex=True)
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
+    assert "apex FusedAdam runs on CUDA only and this run is on cpu" in caplog.text
+
+
+def test_fused_adamw_steps_on_cpu():
+    weight = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = make_optimizer([weight], lr=0.1, weight_decay=0.0, precision=CPU, use_apex=False)
+    weight.grad = torch.tensor([2.0, -3.0])
+    opt.step()
+    # First Adam step moves each weight by lr * sign(grad) (bias-corrected m / sqrt(v) = +-1).
+    assert weight.detach().tolist() == pytest.approx([0.9, -0.9], abs=1e-6)
