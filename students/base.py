@@ -15,6 +15,7 @@ vocabulary; no pickles.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ class Student(nn.Module):
         raise NotImplementedError
 
 
+FAMILY_MODULES: tuple[str, ...] = ("students.bilstm", "students.multitask")
+"""Modules that define (and register) student families; :func:`load_student` imports them."""
+
 FAMILIES: dict[str, type[Student]] = {}
 """Student classes by family name, filled by :func:`register`."""
 
@@ -90,6 +94,19 @@ def write_meta(directory: Path, family: str, config: dict[str, Any], **extra: An
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def import_families() -> None:
+    """Import every module of :data:`FAMILY_MODULES` that exists, so its families are registered.
+
+    A module that is absent is skipped; an import error inside a present module propagates.
+    """
+    for module in FAMILY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
 def load_student(directory: str | Path) -> Student:
     """Load any student folder written by a family's ``save``; the model is in eval mode on the CPU.
 
@@ -101,6 +118,7 @@ def load_student(directory: str | Path) -> Student:
     if not meta_file.is_file():
         raise ArtifactError(meta_file, "missing; rerun the train stage")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    import_families()
     family = meta.get("family", "bilstm")
     if family not in FAMILIES:
         raise ArtifactError(meta_file, f"names student family {family!r}; known: {sorted(FAMILIES)}")
