@@ -1,0 +1,141 @@
+"""Between words and word pieces: word-level signals of a token-classification teacher.
+
+A WordPiece teacher tags sub-tokens, a tagging student words. Following Izsak et al. (2019,
+"Training Compact Models for Low Resource Entity Tagging using Pre-trained Language Models")
+and the usual BERT practice (Devlin et al. 2019, section 5.3), a word is represented by its
+*first* sub-token, both ways:
+
+* teacher -> student: a word's logits are those of its first sub-token (:func:`words_logits`);
+* word tags -> teacher fine-tuning: the first sub-token carries the word's tag, every other
+  position (later sub-tokens, ``[CLS]``, ``[SEP]``, padding) the ignore index -100 that
+  ``torch.nn.CrossEntropyLoss`` and Hugging Face models skip (:func:`subtoken_labels`).
+
+The mapping comes from a fast tokenizer's ``word_ids()`` (:func:`encode_words`): for each
+position, the index of the word it belongs to, or None for special tokens and padding.
+
+A word can have no sub-token at all: the teacher's ``max_length`` cut it off, or the tokenizer
+dropped it (BERT's cleanup removes e.g. a lone zero-width space). Such a word gets zero logits
+(a uniform distribution after softmax) and ``has_signal`` False, so the caller can count it and
+leave it out of the distillation loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+"""Label of the positions a token-classification loss skips (PyTorch's and Hugging Face's default)."""
+
+NO_SUBTOKEN = -1
+"""First sub-token index of a word that has no sub-token (truncated or dropped by the tokenizer)."""
+
+
+def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int) -> BatchEncoding:
+    """Tokenize pre-split sentences for the teacher, keeping the word of every sub-token.
+
+    Args:
+        tokenizer: a fast (Rust-backed) tokenizer; only those know ``word_ids()``.
+        sentences: B sentences, each a list of words.
+        max_length: sub-tokens per sentence, special tokens included; longer ones are truncated.
+
+    Returns:
+        A BatchEncoding padded to the longest row: ``input_ids``/``attention_mask`` int64 [B, T]
+        tensors, and ``word_ids(i)`` giving row i's word index per position.
+
+    Raises:
+        ValueError: the tokenizer is not a fast one.
+    """
+    if not tokenizer.is_fast:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer, so it cannot map sub-tokens to "
+                         f"words; load the teacher's tokenizer with use_fast=True (needs its tokenizer.json)")
+    return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
+                     padding=True, return_tensors="pt")
+
+
+def first_subtoken_index(word_ids: Sequence[int | None], num_words: int) -> torch.Tensor:
+    """Position of each word's first sub-token.
+
+    Args:
+        word_ids: per position of one encoded sentence, its word index or None (``encoding.word_ids(i)``).
+        num_words: W, the words of the sentence before tokenization; words past the truncation
+            point appear nowhere in ``word_ids``.
+
+    Returns:
+        int64 tensor [W]; :data:`NO_SUBTOKEN` (-1) for words without a sub-token.
+
+    Raises:
+        ValueError: ``word_ids`` names a word index >= ``num_words`` (sentence and encoding mismatch).
+    """
+    first = torch.full((num_words,), NO_SUBTOKEN, dtype=torch.int64)
+    for position in reversed(range(len(word_ids))):  # backwards, so the earliest position is written last
+        word = word_ids[position]
+        if word is None:
+            continue
+        if word >= num_words:
+            raise ValueError(f"position {position} belongs to word {word} but the sentence has {num_words} words; "
+                             f"pass the encoding of this very sentence")
+        first[word] = position
+    return first
+
+
+@dataclass
+class WordLogits:
+    """A teacher's logits per word of one sentence.
+
+    Attributes:
+        logits: float [W, C], the logits of each word's first sub-token; zeros where ``has_signal`` is False.
+        has_signal: bool [W], False for words without a sub-token (cut by ``max_length`` or
+            dropped by the tokenizer); leave those out of the distillation loss.
+    """
+
+    logits: torch.Tensor
+    has_signal: torch.Tensor
+
+
+def words_logits(token_logits: torch.Tensor, word_ids: Sequence[int | None], num_words: int) -> WordLogits:
+    """Word-level teacher logits of one sentence from its sub-token logits (first sub-token rule).
+
+    Args:
+        token_logits: float [T, C], the teacher's logits over the sentence's positions (padding included).
+        word_ids: length T, each position's word index or None (see :func:`first_subtoken_index`).
+        num_words: W, the sentence's words.
+
+    Returns:
+        :class:`WordLogits` with logits [W, C] in ``token_logits``' dtype and the has-signal mask [W].
+
+    Raises:
+        ValueError: ``token_logits`` and ``word_ids`` differ in length, or word indices exceed W.
+    """
+    if token_logits.dim() != 2 or token_logits.shape[0] != len(word_ids):
+        raise ValueError(f"token_logits has shape {tuple(token_logits.shape)}, expected [{len(word_ids)}, C] "
+                         f"to match word_ids")
+    first = first_subtoken_index(word_ids, num_words).to(token_logits.device)  # [W]
+    has_signal = first != NO_SUBTOKEN  # [W]
+    logits = token_logits[first.clamp(min=0)]  # [W, C]; rows without a sub-token are zeroed next
+    logits = logits.masked_fill(~has_signal.unsqueeze(1), 0.0)
+    return WordLogits(logits=logits, has_signal=has_signal)
+
+
+def subtoken_labels(word_ids: Sequence[int | None], word_tags: Sequence[int]) -> list[int]:
+    """Sub-token labels for fine-tuning a token classifier on word tags.
+
+    Args:
+        word_ids: length T, each position's word index or None (see :func:`first_subtoken_index`).
+        word_tags: tag id of each of the sentence's W words.
+
+    Returns:
+        T labels: the word's tag on its first sub-token, :data:`IGNORE_INDEX` (-100) on later
+        sub-tokens, special tokens and padding.
+
+    Raises:
+        ValueError: ``word_ids`` names a word index >= W.
+    """
+    labels = [IGNORE_INDEX] * len(word_ids)
+    for word, position in enumerate(first_subtoken_index(word_ids, len(word_tags)).tolist()):
+        if position != NO_SUBTOKEN:
+            labels[position] = word_tags[word]
+    return labels

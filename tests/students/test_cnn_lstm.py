@@ -1,0 +1,91 @@
+"""Tests of students/cnn_lstm.py: the CNN-LSTM tagger of Izsak et al. (2019)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import students.cnn_lstm  # noqa: F401  (registers the family for load_student)
+from pipeline.config import CNNLSTMTaggerConfig
+from students.base import FAMILIES, load_student
+from students.cnn_lstm import PAD, UNK, UNK_ID, CNNLSTMTagger, build_cnn_lstm_tagger
+
+TRANSFER = [["Peter", "Blackburn"], ["EU", "rejects", "German", "call"], ["the", "The", "THE"]]
+CFG = CNNLSTMTaggerConfig(word_embed_dim=8, word_vocab_size=3, char_embed_dim=4, char_filters=6, char_kernel=3,
+                          max_word_chars=5, hidden_dim=7, dropout=0.5)
+NUM_LABELS = 9
+
+
+@pytest.fixture
+def tagger():
+    torch.manual_seed(0)
+    return build_cnn_lstm_tagger(CFG, NUM_LABELS, TRANSFER)
+
+
+def test_vocabularies_keep_the_most_frequent_lower_cased_words(tagger):
+    assert FAMILIES["cnn_lstm"] is CNNLSTMTagger
+    # "the" occurs 3 times; the rest once each, ties kept in order of first occurrence
+    assert tagger.words == [PAD, UNK, "the", "peter", "blackburn"]
+    assert tagger.chars[:3] == [PAD, UNK, "e"]  # "e" is the most frequent character (7 times)
+    assert sorted(tagger.chars[2:]) == sorted(set("".join(w for s in TRANSFER for w in s)))
+
+
+def test_featurize_pads_words_and_truncates_characters(tagger):
+    features = tagger.featurize([["The", "Blackburns"], ["EU", "Müller", "peter"]])
+    assert features["word_ids"].tolist() == [[2, 1, 0], [1, 1, 3]]
+    assert features["input_ids"] is features["word_ids"]
+    assert features["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    index = tagger.char_index
+    assert features["char_ids"].shape == (2, 3, 5)
+    assert features["char_ids"][0, 0].tolist() == [index["T"], index["h"], index["e"], 0, 0]
+    assert features["char_ids"][0, 1].tolist() == [index[c] for c in "Black"]  # cut to max_word_chars
+    assert features["char_ids"][0, 2].tolist() == [0] * 5
+    assert features["char_ids"][1, 1].tolist() == [UNK_ID, UNK_ID, index["l"], index["l"], index["e"]]  # "Mülle"
+    assert all(t.dtype == torch.int64 for t in features.values())
+
+
+def test_forward_shapes_and_gradients(tagger):
+    features = tagger.featurize([["EU", "rejects", "German", "call"], ["Peter"]])
+    logits = tagger(**features).logits
+    assert logits.shape == (2, 4, NUM_LABELS) and logits.dtype == torch.float32
+    logits[features["attention_mask"].bool()].sum().backward()
+    for name, parameter in tagger.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    assert tagger.word_embedding.weight.grad[0].abs().sum() == 0  # the padding rows learn nothing
+    assert tagger.char_embedding.weight.grad[0].abs().sum() == 0
+
+
+def test_padding_does_not_change_a_sentence_logits(tagger):
+    tagger.eval()
+    sentence = ["Peter", "rejects", "x"]
+    alone = tagger(**tagger.featurize([sentence])).logits[0]
+    batched = tagger(**tagger.featurize([["EU", "rejects", "German", "call", "the", "Blackburn"], sentence])).logits
+    torch.testing.assert_close(batched[1, :3], alone, atol=1e-6, rtol=0)
+
+
+def test_save_and_load_give_identical_outputs(tagger, tmp_path):
+    tagger.eval()
+    folder = tagger.save(tmp_path / "student")
+    assert sorted(p.name for p in folder.iterdir()) == ["chars.json", "model.safetensors", "student.json", "words.json"]
+    loaded = load_student(folder)
+    assert isinstance(loaded, CNNLSTMTagger) and not loaded.training
+    assert loaded.cfg == CFG and loaded.words == tagger.words and loaded.chars == tagger.chars
+    features = tagger.featurize([["Peter", "Müller", "rejects"], ["EU"]])
+    assert torch.equal(loaded.featurize([["Peter", "Müller", "rejects"], ["EU"]])["char_ids"], features["char_ids"])
+    torch.testing.assert_close(loaded(**features).logits, tagger(**features).logits, atol=0, rtol=0)
+
+
+def test_bad_inputs_are_refused(tagger):
+    with pytest.raises(ValueError, match="pairs must be None"):
+        tagger.featurize([["EU"]], pairs=["x"])
+    with pytest.raises(ValueError, match="sentence 0 is 'EU rejects'"):
+        tagger.featurize(["EU rejects"])
+    with pytest.raises(ValueError, match="sentence 1 is \\[\\]"):
+        tagger.featurize([["EU"], []])
+    features = tagger.featurize([["EU"]])
+    with pytest.raises(ValueError, match="input_ids and word_ids differ"):
+        tagger(word_ids=features["word_ids"], char_ids=features["char_ids"],
+               attention_mask=features["attention_mask"], input_ids=features["word_ids"] + 1)
+    with pytest.raises(ValueError, match="char_kernel is 4"):
+        build_cnn_lstm_tagger(CFG.model_copy(update={"char_kernel": 4}), NUM_LABELS, TRANSFER)
