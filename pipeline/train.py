@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 LOCAL_SHUFFLE_ROWS = 8192
 """Rows in each worker's shuffle buffer, re-seeded every epoch, on top of a shuffled file order."""
 
+DATA_CPUS = 1
+"""Logical CPUs the trainer leaves unreserved for Ray Data's streamed reads (see :func:`worker_cpus`)."""
+
 TRAIN_STATE_FILE = "train_state.pt"
 """Optimizer, grad-scaler and loss-module state, epoch and history, next to the student in a checkpoint."""
 
@@ -112,7 +115,8 @@ def build_initial_student(cfg: RunConfig, run_dir: RunDir) -> Path:
     transfer = pq.read_table(run_dir.split_file("transfer"), columns=text_columns(run_dir.split_file("transfer")))
     texts = [t for column in transfer.columns for t in column.to_pylist()]
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg.train.student, len(cfg.data.labels), run_dir.teacher_dir, texts)
+    student = build_student(cfg.train.student, len(cfg.data.labels), run_dir.teacher_dir, texts,
+                            sentence_pairs="text_pair" in transfer.column_names)
     return student.save(run_dir.stage_dir("train") / "initial")
 
 
@@ -178,17 +182,17 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
     train = ray.data.read_parquet([str(f.resolve()) for f in files], columns=columns,
                                   shuffle=FileShuffleConfig(seed=cfg.seed))
     use_gpu = torch.cuda.is_available()
-    cpus = 1 if use_gpu else cpus_per_worker(cfg.train.num_workers)
-    log.info("train %s: %d rows streamed from %d file(s), %d worker(s) with %d CPU(s) each, gpu=%s",
-             kind, rows, len(files), cfg.train.num_workers, cpus, use_gpu)
+    threads, reserved = (1, 1.0) if use_gpu else worker_cpus(cfg.train.num_workers)
+    log.info("train %s: %d rows streamed from %d file(s), %d worker(s) with %d thread(s) each, gpu=%s",
+             kind, rows, len(files), cfg.train.num_workers, threads, use_gpu)
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"kind": kind, "train": cfg.train, "loss": loss, "seed": cfg.seed, "cpus": cpus,
+        train_loop_config={"kind": kind, "train": cfg.train, "loss": loss, "seed": cfg.seed, "threads": threads,
                            "rows": rows, "initial_dir": str(initial_dir.resolve()),
                            "teacher_hidden_size": teacher_hidden_size(run_dir.teacher_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
+                                     resources_per_worker={"CPU": reserved}),
         run_config=RayRunConfig(name=kind, storage_path=str(storage), checkpoint_config=CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute="dev_accuracy", checkpoint_score_order="max")),
         datasets={"train": train, "dev": dev},
@@ -224,7 +228,7 @@ class DistillationStep(nn.Module):
                 progress: float) -> LossTerms:
         """The loss terms of one batch; ``progress`` in [0, 1] drives the schedules."""
         output: StudentOutput = self.student(**features)
-        return self.loss(output, teacher, labels, progress)
+        return self.loss(output, teacher, labels, None, progress)
 
 
 def train_loop(config: dict) -> list[dict]:
@@ -239,11 +243,16 @@ def train_loop(config: dict) -> list[dict]:
     rank, world = context.get_world_rank(), context.get_world_size()
     precision = select_precision(train_cfg.precision, "train")
     if precision.device == "cpu":
-        torch.set_num_threads(config["cpus"])
+        torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)  # dropout masks differ per rank; weights come from initial_dir
 
     student = load_student(config["initial_dir"]).train()
-    step_module = DistillationStep(student, DistillationLoss(loss_cfg, student_hidden_size(student),
+    hidden_layers, attention_layers = layers_needed(loss_cfg)
+    if hidden_layers:
+        student.output_hidden_states = True
+    if attention_layers:
+        student.output_attentions = True
+    step_module = DistillationStep(student, DistillationLoss(loss_cfg, student.hidden_size,
                                                              config["teacher_hidden_size"]))
     state = restore(step_module)
     model = ray.train.torch.prepare_model(step_module)
@@ -255,7 +264,7 @@ def train_loop(config: dict) -> list[dict]:
     history: list[dict] = state["history"] if state else []
     steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
-    collate = Collate(student, layers_needed(loss_cfg))
+    collate = Collate(student, (hidden_layers, attention_layers))
     train_shard = ray.train.get_dataset_shard("train")
     dev_shard = ray.train.get_dataset_shard("dev")
 
@@ -464,11 +473,6 @@ def teacher_hidden_size(teacher_dir: Path) -> int:
     return AutoConfig.from_pretrained(teacher_dir).hidden_size
 
 
-def student_hidden_size(student: Student) -> int | None:
-    """Hidden width D_s of a student with hidden states, else None."""
-    return getattr(student, "hidden_size", None)
-
-
 def soft_label_files(run_dir: RunDir, num_labels: int, loss: LossConfig) -> list[Path]:
     """The label stage's shards, checked against ``shards.json`` and against what the loss reads.
 
@@ -515,10 +519,16 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def cpus_per_worker(num_workers: int) -> int:
-    """CPU threads per worker on a CPU-only cluster: the cluster's CPUs shared evenly, at most a node's,
-    at least 1. Counted from the cluster's total, not what is free at this instant, so that every
-    student of a run gets the same share (Ray waits until the previous trainer has released it)."""
+def worker_cpus(num_workers: int) -> tuple[int, float]:
+    """Torch threads and reserved logical CPUs per worker on a CPU-only cluster.
+
+    Threads: the cluster's CPUs shared evenly, at most a node's, at least 1; counted from the
+    cluster's total, not what is free at this instant, so every student of a run gets the same
+    share (Ray waits until the previous trainer has released it). Reserved: the same share of
+    all CPUs but :data:`DATA_CPUS`, which stay free for Ray Data's read tasks; were the workers
+    to reserve every CPU, the streamed read could never be scheduled and training would hang.
+    """
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
     largest_node = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
-    return max(1, min(largest_node, total_cpus // num_workers))
+    threads = max(1, min(largest_node, total_cpus // num_workers))
+    return threads, min(float(threads), max(0.0, (total_cpus - DATA_CPUS) / num_workers))

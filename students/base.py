@@ -56,6 +56,9 @@ class Student(nn.Module):
     """
 
     family: ClassVar[str]
+    hidden_size: int | None = None
+    """Width D_s of the hidden states that layer loss terms compare with the teacher's; None when
+    the family has none comparable (every family but the transformer)."""
 
     def featurize(self, texts: list[str] | list[list[str]], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Model inputs of a batch: sentences (or word lists for taggers), with optional second sentences.
@@ -110,7 +113,8 @@ def family_class(family: str) -> type[Student]:
     return FAMILIES[family]
 
 
-def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[str]) -> Student:
+def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[str],
+                  sentence_pairs: bool = False) -> Student:
     """A freshly initialised sentence-level student of the family ``cfg.family``.
 
     Args:
@@ -119,6 +123,7 @@ def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[
         teacher_dir: the fine-tuned teacher (tokenizer, embeddings or layers to copy).
         transfer_texts: the transfer set's sentences, for families that learn a vocabulary
             (SentencePiece) or score teacher layers.
+        sentence_pairs: the task classifies sentence pairs (the BiLSTM then is siamese).
 
     Raises:
         ConfigError: the family is not a sentence-level student, or does not fit the teacher
@@ -127,7 +132,7 @@ def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[
     if cfg.family == "bilstm":
         from students.bilstm import build_bilstm_student
 
-        return build_bilstm_student(cfg, num_labels, teacher_dir, transfer_texts)
+        return build_bilstm_student(cfg, num_labels, teacher_dir, transfer_texts, sentence_pairs)
     if cfg.family == "transformer":
         from students.transformer import build_transformer_student
 

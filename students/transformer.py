@@ -185,6 +185,11 @@ class TransformerStudent(Student):
     def output_attentions(self, value: bool) -> None:
         self.model.set_attn_implementation("eager" if value else "sdpa")
 
+    @property
+    def hidden_size(self) -> int:
+        """Width D_s of the hidden states."""
+        return self.model.config.hidden_size
+
     def featurize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenise a batch of sentences (or sentence pairs), padded to its longest row.
 

@@ -23,7 +23,7 @@ from pipeline import train
 from pipeline.artifacts import RunDir, atomic_write_json, sha256_file
 from pipeline.config import RunConfig, validate_config
 from pipeline.errors import ArtifactError, ConfigError
-from students.bilstm import load_student
+from students.base import load_student
 
 TEACHER_HIDDEN = 32
 FILLER = "the movie plot actors was were quite rather a an story film scenes music really very".split()
@@ -57,7 +57,8 @@ def build_run(tmp_path: Path, **train_section) -> tuple[RunConfig, RunDir]:
         "name": "t", "output_dir": str(tmp_path), "seed": 0,
         "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
         "train": {"epochs": 2, "batch_size": 32, "lr": 5e-3,
-                  "student": {"embed_dim": TEACHER_HIDDEN, "hidden_dim": 32, "max_length": 16}, **train_section},
+                  "student": {"family": "bilstm", "embed_dim": TEACHER_HIDDEN, "hidden_dim": 32, "max_length": 16},
+                  **train_section},
     })
     run_dir = RunDir(cfg.run_dir)
 
@@ -68,6 +69,7 @@ def build_run(tmp_path: Path, **train_section) -> tuple[RunConfig, RunDir]:
     texts, true_labels = train_texts + extra_texts, train_labels + extra_labels
     hard = train_labels + [-1] * len(extra_texts)  # the extra rows have no hard label
     logits = [[-2.0, 2.0] if y else [2.0, -2.0] for y in true_labels]
+    write_table(run_dir.split_file("transfer"), texts, hard)
     shards = []
     for shard, start in enumerate(range(0, len(texts), 200)):
         path = run_dir.shard_file(shard)
@@ -92,43 +94,48 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
 
     assert set(summary) == {"kd", "ce_only"}
     assert summary["kd"]["rows"] == 384 and summary["ce_only"]["rows"] == 128
+    common = {"epoch", "loss", "loss_ce", "dev_accuracy", "wall_s", "peak_rss_mb"}
+    assert set(summary["kd"]["history"][0]) == common | {"loss_kd"}
+    assert set(summary["ce_only"]["history"][0]) == common
     for kind, result in summary.items():
         assert [h["epoch"] for h in result["history"]] == [1, 2]
-        assert set(result["history"][0]) == {"epoch", "loss", "ce_loss", "kd_loss", "dev_accuracy", "wall_s"}
+        assert 100 < result["history"][0]["peak_rss_mb"] < 4000
         best = max(result["history"], key=lambda h: h["dev_accuracy"])
         assert result["best_dev_accuracy"] == best["dev_accuracy"]
         assert result["best_epoch"] in (1, 2)
 
-        model, tokenizer = load_student(run_dir.student_dir(kind))
+        student = load_student(run_dir.student_dir(kind))
         texts, labels = sentences(64, seed=2)
-        batch = tokenizer(texts, padding=True, return_tensors="pt")
         with torch.no_grad():
-            predictions = model(batch["input_ids"], batch["attention_mask"]).argmax(dim=-1)
+            predictions = student(**student.featurize(texts)).logits.argmax(dim=-1)
         accuracy = (predictions == torch.tensor(labels)).float().mean().item()
         assert accuracy == pytest.approx(result["best_dev_accuracy"])  # the saved student is the best one
 
     assert summary["kd"]["best_dev_accuracy"] > 0.9
-    assert summary["ce_only"]["history"][0]["kd_loss"] == 0.0
-    assert summary["kd"]["history"][-1]["kd_loss"] < summary["kd"]["history"][0]["kd_loss"]
+    assert summary["kd"]["history"][-1]["loss_kd"] < summary["kd"]["history"][0]["loss_kd"]
+
+    # A rerun with the same inputs reuses both students instead of training them again.
+    assert train.run(cfg, run_dir) == summary
 
 
 @pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two GPU workers need two GPUs")
 def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
     cfg, run_dir = build_run(tmp_path, num_workers=2, ce_only_baseline=False,
-                             student={"embed_dim": TEACHER_HIDDEN, "hidden_dim": 16, "max_length": 16,
-                                      "init_from_teacher_embeddings": True})
+                             student={"family": "bilstm", "embed_dim": TEACHER_HIDDEN, "hidden_dim": 16,
+                                      "max_length": 16, "init_from_teacher_embeddings": True})
     summary = train.run(cfg, run_dir)
 
     assert set(summary) == {"kd"}
     history = summary["kd"]["history"]
     assert len(history) == 2
     assert all(math.isfinite(h["loss"]) and 0 <= h["dev_accuracy"] <= 1 for h in history)
-    model, _ = load_student(run_dir.student_dir("kd"))
-    assert model.embedding.weight.shape == (30522, TEACHER_HIDDEN)
+    student = load_student(run_dir.student_dir("kd"))
+    assert student.encoder.embedding.weight.shape == (30522, TEACHER_HIDDEN)
 
 
 def test_student_that_does_not_fit_the_teacher_fails_before_training(tmp_path, ray_local):
-    cfg, run_dir = build_run(tmp_path, student={"embed_dim": 16, "init_from_teacher_embeddings": True})
+    cfg, run_dir = build_run(tmp_path, student={"family": "bilstm", "embed_dim": 16,
+                                                "init_from_teacher_embeddings": True})
     with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 16"):
         train.run(cfg, run_dir)
     assert not (run_dir.stage_dir("train") / "ray").exists()
@@ -138,9 +145,9 @@ def test_altered_shard_is_refused(tmp_path):
     cfg, run_dir = build_run(tmp_path)
     write_table(run_dir.shard_file(0), ["tampered"], [0], [[0.0, 0.0]])
     with pytest.raises(ArtifactError, match="checksum differs"):
-        train.soft_label_files(run_dir, num_labels=2)
+        train.soft_label_files(run_dir, 2, cfg.train.loss)
     with pytest.raises(ArtifactError, match="2 classes but data.labels has 3"):
-        train.soft_label_files(run_dir, num_labels=3)
+        train.soft_label_files(run_dir, 3, cfg.train.loss)
 
 
 def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
@@ -150,4 +157,4 @@ def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
     index = {"num_labels": 2, "shards": [{"shard": 0, "file": path.name, "rows": 200, "sha256": sha256_file(path)}]}
     atomic_write_json(run_dir.shard_index, index)
     with pytest.raises(ArtifactError, match="holds top-k logits only.*set label.emit.logits_top_k: null"):
-        train.soft_label_files(run_dir, num_labels=2)
+        train.soft_label_files(run_dir, 2, cfg.train.loss)
