@@ -76,7 +76,8 @@ class DataConfig(Section):
     """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
 
     The transfer set that the teacher labels is the labeled train split (hard labels kept)
-    plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019).
+    plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019). With
+    ``text_pair_column`` every row is a sentence pair (text, text_pair).
     """
 
     root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
@@ -84,6 +85,8 @@ class DataConfig(Section):
     dev: SplitConfig
     unlabeled: SplitConfig | None = None
     text_column: str = "sentence"
+    text_pair_column: str | None = Field(
+        default=None, description="second sentence of a sentence-pair task (MRPC, RTE, MNLI); stored as text_pair")
     label_column: str = "label"
     labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
     label_names: list[str] | None = None
@@ -166,6 +169,7 @@ class LabelConfig(Section):
     The transfer set is cut into shards of ``shard_rows`` rows; a pool of ``num_actors`` Ray
     actors runs the teacher under ``deepspeed.init_inference``, batching length-sorted rows
     up to ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens.
+
     """
 
     shard_rows: int = Field(default=2048, gt=0)

@@ -8,6 +8,7 @@ columns (those after ``label`` as ``label.emit`` configures)
 
     id            int64                   transfer-set row id
     text          string
+    text_pair     string                  second sentence, for pair tasks only
     label         int64                   hard label index, -1 when none
     logits        list<float32>[C]        teacher logits (soft labels)
     topk_values   list<float32>[k]        instead of logits with ``logits_top_k``: the k largest
@@ -78,7 +79,7 @@ class ShardLabeler:
 
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (``id, text, label``).
+        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         max_length: teacher tokens per row.
         label: the label section: precision, batching, signals and DeepSpeed engine.
@@ -103,17 +104,20 @@ class ShardLabeler:
     def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
         """Write one shard atomically and return its index entry."""
         rows = self.transfer.slice(start, stop - start)
+        base = [c for c in ("id", "text", "text_pair", "label") if c in rows.column_names]
+        texts = rows.column("text").to_pylist()
+        pairs = rows.column("text_pair").to_pylist() if "text_pair" in base else None
         began = time.perf_counter()
-        outputs = self.teacher.outputs(rows.column("text").to_pylist())
+        outputs = self.teacher.outputs(texts, pairs)
         seconds = time.perf_counter() - began
         num_labels = outputs["logits"].shape[1]
-        table = rows.select(["id", "text", "label"])
+        table = rows.select(base)
         for name, column in signal_columns(outputs, self.top_k).items():
             table = table.append_column(name, column)
         path = self.run_dir.shard_file(shard)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[3:]}
+        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[len(base):]}
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
                 "signal_bytes": json.dumps(signal_bytes)}

@@ -85,3 +85,9 @@ def test_data_root_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path))
     cfg = validate_config(MINIMAL)
     assert cfg.data.resolve(cfg.data.train) == tmp_path / "a.tsv"
+
+
+
+def test_pair_column_is_typed():
+    cfg = validate_config({**MINIMAL, "data": {**MINIMAL["data"], "text_pair_column": "sentence2"}})
+    assert cfg.data.text_pair_column == "sentence2" and validate_config(MINIMAL).data.text_pair_column is None
