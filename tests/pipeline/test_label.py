@@ -1,4 +1,5 @@
-"""The label stage: shard plan, per-shard manifest, soft-label values, resume and sentence pairs."""
+"""The label stage: shard plan, per-shard manifest, soft-label values, resume, sentence pairs
+and several teachers."""
 
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 from pipeline import data, finetune, label
 from pipeline.artifacts import RunDir, read_json, sha256_file
 from pipeline.config import validate_config
+from pipeline.errors import ConfigError
 from pipeline.precision import select_precision
 from teachers.inference import TeacherInference
 
@@ -116,6 +118,45 @@ def direct_logits(folder, texts, text_pairs=None) -> np.ndarray:
 
 def stored_logits(table) -> np.ndarray:
     return np.stack(table.column("logits").to_numpy(zero_copy_only=False)).astype(np.float64)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def with_label(cfg, **changes):
+    raw = cfg.model_dump(mode="json")
+    return validate_config({**raw, "label": {**raw["label"], **changes}})
+
+
+def test_extra_teachers_soft_labels_are_combined(run_dir, second_tiny_teacher_dir, ray_local):
+    cfg, run = run_dir
+    texts = pq.read_table(run.split_file("transfer")).column("text").to_pylist()
+    own, other = direct_logits(run.teacher_dir, texts), direct_logits(second_tiny_teacher_dir, texts)
+    assert np.abs(own - other).max() > 0.5  # the two teachers disagree clearly
+    cfg = with_label(cfg, num_actors=1, shard_rows=25, teachers=[str(second_tiny_teacher_dir)])
+    assert label.run(cfg, run)["rows_labeled_now"] == ROWS
+    np.testing.assert_allclose(stored_logits(read_all(run).sort_by("id")), (own + other) / 2, atol=1e-5)
+
+    summary = label.run(with_label(cfg, combine="mean_probs"), run)
+    assert summary["rows_labeled_now"] == ROWS  # another combine mode: a new plan, every shard relabeled
+    stored = stored_logits(read_all(run).sort_by("id"))
+    mean_probs = (softmax(own) + softmax(other)) / 2
+    np.testing.assert_allclose(stored, np.log(mean_probs), atol=1e-5)
+    np.testing.assert_allclose(softmax(stored), mean_probs, atol=1e-6)
+    assert np.abs(softmax(stored) - softmax((own + other) / 2)).max() > 1e-3  # the modes differ
+
+    assert label.run(with_label(cfg, combine="mean_probs"), run)["rows_labeled_now"] == 0
+    assert label.run(with_label(cfg, teachers=[]), run)["rows_labeled_now"] == ROWS  # teacher removed: relabel
+
+
+def test_a_mismatched_teacher_fails_before_any_shard(run_dir, make_tiny_teacher):
+    cfg, run = run_dir
+    swapped = make_tiny_teacher("swapped", label_names=("positive", "negative"))
+    with pytest.raises(ConfigError, match=rf"label.teachers\[0\]: {swapped} orders its labels"):
+        label.run(with_label(cfg, teachers=[str(swapped)]), run)
+    assert not run.shard_index.exists()
 
 
 def test_a_pair_task_is_finetuned_and_labeled_on_the_pair_encoding(pair_task, tiny_teacher_dir, ray_local):
