@@ -6,7 +6,9 @@ replaced by a word of the same part of speech, drawn by unigram frequency from a
 lexicon. Then, with probability ``p_ngram``, the candidate is cut to a random n-gram
 (n uniform in 1..``max_ngram``). Candidates equal to their source or to any other row are
 dropped, so the transfer set grows by at most ``copies`` times the labeled split. The
-candidates carry no hard label: the teacher's soft labels are their only target.
+candidates carry no hard label: the teacher's soft labels are their only target. In a
+sentence-pair task both sentences of a candidate are perturbed, each on its own, and a
+candidate is a duplicate only when both sentences match.
 
 The POS lexicon is read from a CoNLL-format file (``TOKEN POS ...`` per line; CoNLL-2003's
 train split by default), lower-cased, each word keeping its most frequent tag.
@@ -85,46 +87,52 @@ def augment_sentence(text: str, rng: np.random.Generator, cfg: AugmentConfig, le
 
 
 class Augmenter:
-    """Ray Data callable: ``{id [B] int64, text [B] str}`` -> ``{text [B * copies] str}``.
+    """Ray Data callable: ``{id [B] int64, sentence_0 [B] str, ...}`` -> ``{sentence_0 [B * copies] str, ...}``.
 
-    Each row's candidates come from a generator seeded by ``(seed, id)``, so the result does
-    not depend on how Ray splits the rows into blocks.
+    ``sentence_0`` is the text and, for pair tasks, ``sentence_1`` the second sentence; each
+    candidate perturbs every sentence of its row. Each row's candidates come from a generator
+    seeded by ``(seed, id)``, so the result does not depend on how Ray splits the rows into blocks.
     """
 
     def __init__(self, cfg: AugmentConfig, lexicon: PosLexicon, seed: int):
         self.cfg, self.lexicon, self.seed = cfg, lexicon, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = []
-        for row_id, text in zip(batch["id"], batch["text"]):
+        names = sorted(name for name in batch if name.startswith("sentence_"))
+        out: dict[str, list[str]] = {name: [] for name in names}
+        for row, row_id in enumerate(batch["id"]):
             rng = np.random.default_rng([self.seed, int(row_id)])
-            texts += [augment_sentence(str(text), rng, self.cfg, self.lexicon) for _ in range(self.cfg.copies)]
-        return {"text": np.asarray(texts, dtype=object)}
+            for _ in range(self.cfg.copies):
+                for name in names:
+                    out[name].append(augment_sentence(str(batch[name][row]), rng, self.cfg, self.lexicon))
+        return {name: np.asarray(texts, dtype=object) for name, texts in out.items()}
 
 
-def augment(ids: list[int], texts: list[str], cfg: AugmentConfig, lexicon: PosLexicon, seed: int,
-            exclude: set[str]) -> list[str]:
-    """Augmented sentences for the labeled rows, deduplicated, in a deterministic order.
+def augment(ids: list[int], rows: list[tuple[str, ...]], cfg: AugmentConfig, lexicon: PosLexicon, seed: int,
+            exclude: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Augmented rows for the labeled rows, deduplicated, in a deterministic order.
 
     Args:
         ids: row ids of the labeled split (seed each row's generator).
-        texts: the labeled sentences.
+        rows: the labeled rows' sentences, ``(text,)`` or, for pair tasks, ``(text, text_pair)``.
         cfg: the augmentation section.
         lexicon: see :func:`read_pos_lexicon`.
         seed: the run seed.
-        exclude: sentences already in the transfer set; never returned.
+        exclude: rows already in the transfer set, in the form of ``rows``; never returned.
 
     Returns:
-        New sentences, at most ``cfg.copies * len(texts)``.
+        New rows in the form of ``rows``, at most ``cfg.copies * len(rows)``.
     """
-    rows = ray.data.from_items([{"id": i, "text": t} for i, t in zip(ids, texts)])
-    rows.context.enable_progress_bars = False
-    candidates = rows.map_batches(Augmenter, fn_constructor_args=(cfg, lexicon, seed), batch_size=256,
-                                  compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
+    items = [{"id": i, **{f"sentence_{k}": text for k, text in enumerate(row)}} for i, row in zip(ids, rows)]
+    dataset = ray.data.from_items(items)
+    dataset.context.enable_progress_bars = False
+    candidates = dataset.map_batches(Augmenter, fn_constructor_args=(cfg, lexicon, seed), batch_size=256,
+                                     compute=ray.data.ActorPoolStrategy(size=cfg.num_actors))
+    width = len(rows[0])  # 1, or 2 for pairs
     seen = set(exclude)
     out = []
-    for text in sorted(row["text"] for row in candidates.iter_rows()):
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
+    for row in sorted(tuple(item[f"sentence_{k}"] for k in range(width)) for item in candidates.iter_rows()):
+        if row not in seen:
+            seen.add(row)
+            out.append(row)
     return out

@@ -76,7 +76,8 @@ class DataConfig(Section):
     """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
 
     The transfer set that the teacher labels is the labeled train split (hard labels kept)
-    plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019).
+    plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019). With
+    ``text_pair_column`` every row is a sentence pair (text, text_pair).
     """
 
     root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
@@ -84,6 +85,8 @@ class DataConfig(Section):
     dev: SplitConfig
     unlabeled: SplitConfig | None = None
     text_column: str = "sentence"
+    text_pair_column: str | None = Field(
+        default=None, description="second sentence of a sentence-pair task (MRPC, RTE, MNLI); stored as text_pair")
     label_column: str = "label"
     labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
     label_names: list[str] | None = None
@@ -166,6 +169,13 @@ class LabelConfig(Section):
     The transfer set is cut into shards of ``shard_rows`` rows; a pool of ``num_actors`` Ray
     actors runs the teacher under ``deepspeed.init_inference``, batching length-sorted rows
     up to ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens.
+
+    With ``teachers`` (as TextBrewer's MultiTeacherDistiller) each extra teacher labels the
+    same rows with its own tokenizer, and the stored logits combine all of them: ``mean_logits``
+    stores the mean logit vector; ``mean_probs`` stores ``log(mean_k softmax(z_k))``, so that
+    softmax of the stored logits is the teachers' mean probability (the KD temperature then
+    divides these log-probabilities, not each teacher's logits). Hidden states and attention
+    maps come from the run's own teacher only.
     """
 
     shard_rows: int = Field(default=2048, gt=0)
@@ -183,6 +193,13 @@ class LabelConfig(Section):
     nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+    teachers: list[Path] = Field(
+        default_factory=list, description="extra local Hugging Face sequence classifiers (folders, relative to "
+                                          "the working directory) that label next to the run's teacher; same "
+                                          "label set and id2label order")
+    combine: Literal["mean_logits", "mean_probs"] = Field(
+        default="mean_logits", description="how the teachers' logits become the stored ones: their mean, or "
+                                           "the log of their mean probability")
 
     @model_validator(mode="after")
     def _nvme_needs_a_path(self) -> "LabelConfig":

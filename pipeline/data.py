@@ -6,9 +6,10 @@ augmented sentences of :mod:`pipeline.augment` (Tang et al. 2019), deduplicated.
 Tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/Parquet, or a hub
 dataset when online), checked, and written as Parquet with the columns
 
-    id     int64   row id, unique within the table
-    text   string  the input sentence
-    label  int64   class index into ``data.labels``; -1 for an unlabeled transfer row
+    id         int64   row id, unique within the table
+    text       string  the input sentence
+    text_pair  string  the second sentence, only with ``data.text_pair_column`` (pair tasks)
+    label      int64   class index into ``data.labels``; -1 for an unlabeled transfer row
 
 Every check runs before any model work, and each failure names the file and what to do.
 """
@@ -53,12 +54,13 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     summary = {}
     if data.augment is not None:
         lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
-        known = set(train["text"]).union(*(extra["text"] for extra in extras))
-        texts = augment(train["id"], train["text"], data.augment, lexicon, cfg.seed, exclude=known)
-        extras.append(datasets.Dataset.from_dict({"id": list(range(len(texts))), "text": texts,
-                                                  "label": [NO_LABEL] * len(texts)}, features=train.features))
-        summary["augmented"] = {"rows": len(texts), "growth": round(len(texts) / len(train), 2)}
-        log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(texts), len(texts) / len(train))
+        known = set(sentences(train)).union(*(sentences(extra) for extra in extras))
+        rows = augment(train["id"], sentences(train), data.augment, lexicon, cfg.seed, exclude=known)
+        columns = {name: [row[i] for row in rows] for i, name in enumerate(sentence_columns(data))}
+        extras.append(datasets.Dataset.from_dict({"id": list(range(len(rows))), **columns,
+                                                  "label": [NO_LABEL] * len(rows)}, features=train.features))
+        summary["augmented"] = {"rows": len(rows), "growth": round(len(rows) / len(train), 2)}
+        log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(rows), len(rows) / len(train))
     transfer = build_transfer_set(train, extras)
     for name, table in {"train": train, "dev": dev, "transfer": transfer}.items():
         with atomic_path(run_dir.split_file(name)) as tmp:
@@ -69,27 +71,40 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     return summary
 
 
+def sentence_columns(data: DataConfig) -> list[str]:
+    """The sentence columns of the stored tables: ``["text"]``, or ``["text", "text_pair"]`` for pairs."""
+    return ["text"] if data.text_pair_column is None else ["text", "text_pair"]
+
+
+def sentences(table: datasets.Dataset) -> list[tuple[str, ...]]:
+    """Each row's sentences, ``(text,)`` or ``(text, text_pair)``: the key rows are deduplicated by."""
+    return list(zip(*(table[name] for name in ("text", "text_pair") if name in table.column_names)))
+
+
 def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset]) -> datasets.Dataset:
     """The transfer set: labeled rows (hard labels kept), then extra rows not already present.
 
+    A row is present when its sentences, the pair for pair tasks, equal those of an earlier row.
+
     Args:
-        train: the labeled split, columns ``id, text, label``.
-        extras: unlabeled or augmented rows; their labels are dropped.
+        train: the labeled split, columns ``id, text, [text_pair,] label``.
+        extras: unlabeled or augmented rows, same columns; their labels are dropped.
 
     Returns:
-        A table with fresh ids ``0..N-1``; extra rows have ``label = -1``.
+        A table with the columns of ``train``, fresh ids ``0..N-1``; extra rows have ``label = -1``.
     """
     parts = [train]
-    seen = set(train["text"])
+    seen = set(sentences(train))
     for extra in extras:
-        keep = [i for i, text in enumerate(extra["text"]) if not (text in seen or seen.add(text))]
+        keep = [i for i, key in enumerate(sentences(extra)) if not (key in seen or seen.add(key))]
         parts.append(extra.select(keep).map(lambda _: {"label": NO_LABEL}))
     transfer = datasets.concatenate_datasets(parts)
-    return transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
+    transfer = transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
+    return transfer.select_columns(train.column_names)  # the column order of the other tables
 
 
 def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datasets.Dataset:
-    """Read one split into a ``datasets.Dataset`` with columns ``id, text, label``.
+    """Read one split into a ``datasets.Dataset`` with columns ``id, text, [text_pair,] label``.
 
     Args:
         data: the data section (columns, label set, root folder).
@@ -111,19 +126,32 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
     table = table.select(range(split.skip, stop))
     if len(table) == 0:
         raise DataError(origin, f"no rows left after skip={split.skip}; lower data.*.skip")
-    for column in [data.text_column] + ([data.label_column] if labeled else []):
+    # stored column name -> source column name
+    sources = dict(zip(sentence_columns(data), (data.text_column, data.text_pair_column)))
+    for column in [*sources.values()] + ([data.label_column] if labeled else []):
         if column not in table.column_names:
             raise DataError(origin, f"has no column {column!r} (columns: {table.column_names}); "
-                                    f"set data.text_column / data.label_column")
-    texts = table[data.text_column]
-    for row, text in enumerate(texts):
-        if text is None or not str(text).strip():
-            raise DataError(origin, f"row {split.skip + row + 1} has an empty {data.text_column!r}; remove the row")
-    labels = label_indices(data, table[data.label_column], origin, split.skip) if labeled else [NO_LABEL] * len(texts)
+                                    f"set data.text_column / data.text_pair_column / data.label_column")
+    columns = {name: checked_sentences(table[source], source, origin, split.skip) for name, source in sources.items()}
+    rows = len(table)
+    labels = label_indices(data, table[data.label_column], origin, split.skip) if labeled else [NO_LABEL] * rows
     return datasets.Dataset.from_dict(
-        {"id": list(range(len(texts))), "text": [str(t).strip() for t in texts], "label": labels},
-        features=datasets.Features({"id": datasets.Value("int64"), "text": datasets.Value("string"),
+        {"id": list(range(rows)), **columns, "label": labels},
+        features=datasets.Features({"id": datasets.Value("int64"),
+                                    **{name: datasets.Value("string") for name in columns},
                                     "label": datasets.Value("int64")}))
+
+
+def checked_sentences(values: list, column: str, origin: Path, first_row: int = 0) -> list[str]:
+    """The values of a sentence column as stripped strings.
+
+    Raises:
+        DataError: a value is missing or blank (the first such row is named).
+    """
+    for row, value in enumerate(values):
+        if value is None or not str(value).strip():
+            raise DataError(origin, f"row {first_row + row + 1} has an empty {column!r}; remove the row")
+    return [str(value).strip() for value in values]
 
 
 def label_indices(data: DataConfig, values: list, origin: Path, first_row: int = 0) -> list[int]:

@@ -8,13 +8,18 @@ columns (those after ``label`` as ``label.emit`` configures)
 
     id            int64                   transfer-set row id
     text          string
+    text_pair     string                  second sentence, for pair tasks only
     label         int64                   hard label index, -1 when none
-    logits        list<float32>[C]        teacher logits (soft labels)
+    logits        list<float32>[C]        teacher logits (soft labels); with label.teachers combined
     topk_values   list<float32>[k]        instead of logits with ``logits_top_k``: the k largest
     topk_indices  list<int32>[k]          ... and their class ids, largest first
     length        int32                   real tokens T of the row (with per-token signals)
     hidden_{l}    list<float16>[T * D]    hidden states of layer l, row-major [T, D]
     attention_{l} list<float16>[H * T * T] attention maps of layer l, row-major [H, T, T]
+
+With ``label.teachers`` the extra teachers label the same rows and ``logits`` holds their
+combination with the run's teacher (:func:`teachers.ensemble.combine_logits`); per-token
+signals come from the run's teacher alone.
 
 ``label/shards.json`` lists every finished shard (shard id, row range, rows, SHA-256). It is
 rewritten after each shard, so a killed run keeps its finished shards and a rerun verifies
@@ -38,8 +43,9 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from pipeline.artifacts import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
-from pipeline.config import LabelConfig, RunConfig
+from pipeline.config import LabelConfig, RunConfig, SignalsConfig
 from pipeline.precision import device_name, select_precision
+from teachers.ensemble import check_teachers, combine_logits, weight_files
 from teachers.inference import check_signals
 
 log = logging.getLogger(__name__)
@@ -78,18 +84,25 @@ class ShardLabeler:
 
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (``id, text, label``).
+        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         max_length: teacher tokens per row.
-        label: the label section: precision, batching, signals and DeepSpeed engine.
+        label: the label section: precision, batching, signals, DeepSpeed engine, combine mode.
+        extra_teacher_dirs: absolute folders of ``label.teachers``; they emit logits only.
     """
 
-    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig):
+    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig,
+                 extra_teacher_dirs: list[str]):
         from teachers.inference import TeacherInference
 
+        precision = select_precision(label.precision, "label")
         self.teacher = TeacherInference(
-            Path(teacher_dir), select_precision(label.precision, "label"), max_length, label.max_batch_size,
+            Path(teacher_dir), precision, max_length, label.max_batch_size,
             label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config)
+        self.extra_teachers = [TeacherInference(
+            Path(folder), precision, max_length, label.max_batch_size, label.max_batch_tokens, SignalsConfig(),
+            label.engine, label.offload, label.nvme_path, label.deepspeed_config) for folder in extra_teacher_dirs]
+        self.combine = label.combine
         self.top_k = label.emit.logits_top_k
         self.transfer = pq.read_table(transfer_file)
         self.run_dir = RunDir(Path(run_root))
@@ -103,17 +116,23 @@ class ShardLabeler:
     def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
         """Write one shard atomically and return its index entry."""
         rows = self.transfer.slice(start, stop - start)
+        base = [c for c in ("id", "text", "text_pair", "label") if c in rows.column_names]
+        texts = rows.column("text").to_pylist()
+        pairs = rows.column("text_pair").to_pylist() if "text_pair" in base else None
         began = time.perf_counter()
-        outputs = self.teacher.outputs(rows.column("text").to_pylist())
+        outputs = self.teacher.outputs(texts, pairs)
+        if self.extra_teachers:
+            outputs["logits"] = combine_logits(
+                [outputs["logits"], *(t.logits(texts, pairs) for t in self.extra_teachers)], self.combine)
         seconds = time.perf_counter() - began
         num_labels = outputs["logits"].shape[1]
-        table = rows.select(["id", "text", "label"])
+        table = rows.select(base)
         for name, column in signal_columns(outputs, self.top_k).items():
             table = table.append_column(name, column)
         path = self.run_dir.shard_file(shard)
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[3:]}
+        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[len(base):]}
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
                 "signal_bytes": json.dumps(signal_bytes)}
@@ -151,9 +170,13 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     num_rows = pq.ParquetFile(transfer_file).metadata.num_rows
     plan = plan_shards(num_rows, label.shard_rows)
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
+    check_teachers(run_dir.teacher_dir, label.teachers)
     # Everything that changes a shard's content: a shard written under another plan is redone.
+    # Without extra teachers the key is the single-teacher one, so earlier runs keep their shards.
+    ensemble = [label.combine, [[sha256_file(f) for f in weight_files(t)] for t in label.teachers]]
     plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, cfg.teacher.max_length,
-                           sha256_file(transfer_file), sha256_file(run_dir.teacher_dir / "model.safetensors"))
+                           sha256_file(transfer_file), sha256_file(run_dir.teacher_dir / "model.safetensors"),
+                           *(ensemble if label.teachers else []))
     done = finished_shards(run_dir, plan_key)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
@@ -166,7 +189,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             num_cpus=label.cpus_per_actor, num_gpus=1 if device_name() == "cuda" else 0,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
-                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label})
+                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,
+                "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers]})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
                 entry = {k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,6 +21,7 @@ from pipeline.artifacts import RunDir, atomic_write_text, fingerprint
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.tracking import Tracker
+from teachers.ensemble import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,18 @@ def stage_inputs(cfg: RunConfig, stage: str) -> Any:
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.unlabeled) if s is not None]
         if cfg.data.augment is not None:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f is not None and f.exists()]
-        return [cfg.data, stats]
+        return [cfg.data, file_stats(f for f in files if f is not None and f.exists())]
+    if stage == "label" and cfg.label.teachers:
+        # an extra teacher's weights replaced in place rerun the stage; its shard plan key then relabels
+        weights = [f for folder in cfg.label.teachers for f in weight_files(folder)]
+        return [cfg.label, cfg.teacher.max_length, file_stats(weights)]
     return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "label": [cfg.label, cfg.teacher.max_length],
             "train": [cfg.train, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
+
+
+def file_stats(files: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """``(path, size in bytes, mtime in ns)`` of each file: cheap evidence that a file changed."""
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
 def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -80,3 +80,24 @@ def load_classifier(checkpoint: Path | str, label_names: list[str]) -> PreTraine
         label2id={name: i for i, name in enumerate(label_names)},
     )
     return model.eval()
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], text_pairs: list[str] | None,
+           max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids of each text, or of each (text, text_pair) pair, unpadded.
+
+    A pair is one sequence, ``[CLS] text [SEP] text_pair [SEP]`` for BERT, whose
+    ``token_type_ids`` are 0 over the first part and 1 over the second; truncation shortens the
+    longer sentence first.
+
+    Args:
+        tokenizer: the teacher's tokenizer.
+        texts: N sentences.
+        text_pairs: N second sentences for a pair task, else None.
+        max_length: tokens per row, special tokens included.
+
+    Returns:
+        Per row lists: ``input_ids``, ``attention_mask`` and, when the model takes them,
+        ``token_type_ids``.
+    """
+    return tokenizer(texts, text_pairs, truncation=True, max_length=max_length)

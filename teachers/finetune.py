@@ -25,7 +25,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from pipeline.artifacts import atomic_dir
 from pipeline.config import FinetuneConfig
 from pipeline.precision import Precision
-from teachers.checkpoint import load_classifier, load_tokenizer
+from teachers.checkpoint import encode, load_classifier, load_tokenizer
 from teachers.distributed import init_single_process
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
 
     Args:
         checkpoint: the pretrained teacher (folder or hub id).
-        train: labeled rows, columns ``text`` (str) and ``label`` (int64 class index).
+        train: labeled rows, columns ``text`` (str), for pair tasks ``text_pair`` (str), and
+            ``label`` (int64 class index).
         label_names: class names in index order.
         out_dir: written atomically (a temporary folder renamed at the end).
         cfg: epochs, batch size, learning rate, ZeRO stage.
@@ -83,8 +84,10 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
     init_single_process()
     tokenizer = load_tokenizer(checkpoint)
     model = load_classifier(checkpoint, label_names).train()
-    encoded = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
-                        batched=True, remove_columns=["text", "id"], desc="tokenize")
+    pairs = "text_pair" in train.column_names
+    encoded = train.map(lambda b: encode(tokenizer, b["text"], b["text_pair"] if pairs else None, max_length),
+                        batched=True, remove_columns=[c for c in train.column_names if c != "label"],
+                        desc="tokenize")
     encoded = encoded.rename_column("label", "labels").with_format("torch")
     # Batches of similar length (as transformers' Trainer group_by_length): SST-2 padded to the
     # longest row of a random batch holds 3x its real tokens.

@@ -21,7 +21,7 @@ import torch
 from pipeline.config import SignalsConfig
 from pipeline.errors import ConfigError
 from pipeline.precision import Precision
-from teachers.checkpoint import load_tokenizer
+from teachers.checkpoint import encode, load_tokenizer
 from teachers.distributed import init_single_process
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,18 @@ class TeacherInference:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
 
-    def logits(self, texts: list[str]) -> np.ndarray:
-        """Teacher logits for each text: float32 [N, C], row i for texts[i]."""
-        return self.outputs(texts)["logits"]
+    def logits(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
+        """Teacher logits for each text (or pair): float32 [N, C], row i for texts[i]."""
+        return self.outputs(texts, text_pairs)["logits"]
 
     @torch.inference_mode()
-    def outputs(self, texts: list[str]) -> dict[str, np.ndarray | list[np.ndarray]]:
+    def outputs(self, texts: list[str], text_pairs: list[str] | None = None) -> dict[str, np.ndarray | list[np.ndarray]]:
         """Every configured signal for each text, in input order.
 
         Args:
             texts: N input sentences.
+            text_pairs: N second sentences of a pair task, encoded with ``texts`` as one
+                sequence (see :func:`teachers.checkpoint.encode`), else None.
 
         Returns:
             ``logits``: float32 [N, C]; with per-token signals also ``length``: int32 [N] real
@@ -136,7 +138,10 @@ class TeacherInference:
             [H, T_i, T_i] (H = the kept heads), in the storage dtype (fp16 by default).
         """
         signals = self.signals
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        # input_ids and, for BERT, token_type_ids (segment 1 = text_pair); pad rebuilds the mask
+        columns = {k: v for k, v in encode(self.tokenizer, texts, text_pairs, self.max_length).items()
+                   if k != "attention_mask"}
+        encoded = columns["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         out: dict[str, np.ndarray | list] = {"logits": np.empty((len(texts), self.num_labels), dtype=np.float32)}
         if signals.needs_lengths:
@@ -146,7 +151,7 @@ class TeacherInference:
         for layer in signals.attention_layers:
             out[f"attention_{layer}"] = [None] * len(texts)
         for rows in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            batch = self.tokenizer.pad({k: [v[i] for i in rows] for k, v in columns.items()}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             result = self.forward(**batch, output_hidden_states=bool(signals.hidden_layers),
                                  output_attentions=bool(signals.attention_layers))

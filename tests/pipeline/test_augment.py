@@ -56,11 +56,24 @@ def test_ngram_sampling_returns_a_contiguous_piece(lexicon):
 
 def test_augment_is_deterministic_deduplicated_and_excludes_known_rows(lexicon, ray_local):
     cfg = AugmentConfig(copies=6, num_actors=1)
-    texts = ["the film is great", "a good plot", "the movie is good"]
-    first = augment([0, 1, 2], texts, cfg, lexicon, seed=0, exclude=set(texts))
-    assert first == augment([0, 1, 2], texts, cfg, lexicon, seed=0, exclude=set(texts))
+    rows = [("the film is great",), ("a good plot",), ("the movie is good",)]
+    first = augment([0, 1, 2], rows, cfg, lexicon, seed=0, exclude=set(rows))
+    assert first == augment([0, 1, 2], rows, cfg, lexicon, seed=0, exclude=set(rows))
     assert 0 < len(first) <= 18 and len(set(first)) == len(first)
-    assert not set(first) & set(texts)
+    assert not set(first) & set(rows) and all(len(row) == 1 for row in first)
+
+
+def test_augment_perturbs_both_sentences_of_a_pair(lexicon, ray_local):
+    rows = [("the film is great", "the movie is good"), ("a good plot", "the plot is great")]
+    masked = augment([0, 1], rows, AugmentConfig(copies=2, p_mask=1.0, p_ngram=0.0, num_actors=1), lexicon,
+                     seed=0, exclude=set())
+    assert masked == [("[MASK] [MASK] [MASK]", "[MASK] [MASK] [MASK] [MASK]"),  # the second row's, once
+                      ("[MASK] [MASK] [MASK] [MASK]", "[MASK] [MASK] [MASK] [MASK]")]  # the first row's
+    cfg = AugmentConfig(copies=6, p_mask=0.0, p_pos=1.0, p_ngram=0.0, num_actors=1)
+    swapped = augment([0, 1], rows, cfg, lexicon, seed=0, exclude=set(rows))
+    assert swapped and len(set(swapped)) == len(swapped) and not set(swapped) & set(rows)
+    tags = {tuple(" ".join(lexicon.tag_of[w] for w in s.split()) for s in row) for row in swapped}
+    assert tags == {("DT NN VBZ JJ", "DT NN VBZ JJ"), ("DT JJ NN", "DT NN VBZ JJ")}  # each sentence keeps its tags
 
 
 def test_data_stage_adds_augmented_rows_without_hard_labels(tmp_path, lexicon, ray_local):
@@ -77,3 +90,24 @@ def test_data_stage_adds_augmented_rows_without_hard_labels(tmp_path, lexicon, r
     assert 0 < added <= 20 and summary["augmented"]["growth"] == round(added / 4, 2)
     assert transfer["label"] == [0, 1, 0, 1] + [-1] * added
     assert len(set(transfer["text"])) == len(transfer["text"]) == 4 + added
+
+
+def test_data_stage_augments_pairs(pair_task, lexicon, ray_local):
+    (pair_task.root / "pos.txt").write_text(CONLL)
+    augment_cfg = {"copies": 4, "p_mask": 0.5, "p_pos": 0.0, "p_ngram": 0.0, "pos_lexicon": "pos.txt", "num_actors": 1}
+    cfg = pair_task.config(data={"augment": augment_cfg})
+    summary = data.run(cfg, RunDir(cfg.run_dir))
+    transfer = pq.read_table(RunDir(cfg.run_dir).split_file("transfer")).to_pydict()
+    pairs = list(zip(transfer["text"], transfer["text_pair"]))
+    added = summary["augmented"]["rows"]
+    assert 0 < added <= 16 and len(pairs) == 6 + added and len(set(pairs)) == len(pairs)
+    assert transfer["label"] == [1, 0, 1, 0, -1, -1] + [-1] * added
+    for text, text_pair in pairs[6:]:  # both sentences are one labeled pair's, words kept or masked
+        assert any(masks_of(text, a) and masks_of(text_pair, b) for a, b, _ in pair_task.train)
+    assert any("[MASK]" in text_pair for _, text_pair in pairs[6:])  # second sentences are perturbed too
+
+
+def masks_of(candidate: str, source: str) -> bool:
+    """Whether ``candidate`` is ``source`` with some words replaced by ``[MASK]``."""
+    words, original = candidate.split(), source.split()
+    return len(words) == len(original) and all(w in ("[MASK]", o) for w, o in zip(words, original))

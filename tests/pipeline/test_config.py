@@ -85,3 +85,16 @@ def test_data_root_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path))
     cfg = validate_config(MINIMAL)
     assert cfg.data.resolve(cfg.data.train) == tmp_path / "a.tsv"
+
+
+def test_pair_column_and_extra_teachers_are_typed():
+    cfg = validate_config({**MINIMAL, "data": {**MINIMAL["data"], "text_pair_column": "sentence2"},
+                           "label": {"teachers": ["t1", "/abs/t2"], "combine": "mean_probs"}})
+    assert cfg.data.text_pair_column == "sentence2"
+    assert cfg.label.teachers == [Path("t1"), Path("/abs/t2")] and cfg.label.combine == "mean_probs"
+    defaults = validate_config(MINIMAL)
+    assert (defaults.data.text_pair_column, defaults.label.teachers, defaults.label.combine) == (None, [], "mean_logits")
+    with pytest.raises(ConfigError, match=r"label\.combine: Input should be 'mean_logits' or 'mean_probs'"):
+        validate_config({**MINIMAL, "label": {"combine": "max"}})
+    with pytest.raises(ConfigError, match=r"label\.teacher is not a field; did you mean label\.teachers\?"):
+        validate_config({**MINIMAL, "label": {"teacher": ["t1"]}})

@@ -103,3 +103,46 @@ def test_cli_prints_one_line_and_exits_2(files, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"distill: error: {files / 'dev.tsv'}: the file is empty" in result.stderr
+
+
+def test_pair_tables_carry_text_pair_and_dedup_by_the_pair(pair_task):
+    cfg = pair_task.config()
+    summary = data.run(cfg, RunDir(cfg.run_dir))
+    train = pq.read_table(RunDir(cfg.run_dir).split_file("train"))
+    assert train.column_names == ["id", "text", "text_pair", "label"]
+    assert train.to_pydict() == {"id": [0, 1, 2, 3], "text": [a for a, _, _ in pair_task.train],
+                                 "text_pair": [b for _, b, _ in pair_task.train], "label": [1, 0, 1, 0]}
+    dev = pq.read_table(RunDir(cfg.run_dir).split_file("dev")).to_pydict()
+    assert list(zip(dev["text"], dev["text_pair"], dev["label"])) == pair_task.dev
+    transfer = pq.read_table(RunDir(cfg.run_dir).split_file("transfer"))
+    assert transfer.column_names == ["id", "text", "text_pair", "label"]
+    transfer = transfer.to_pydict()
+    # a pair already present is dropped; a known first sentence with a new second one is kept
+    assert list(zip(transfer["text"], transfer["text_pair"], transfer["label"])) == [
+        *pair_task.train, ("A man is playing a guitar.", "A woman sings.", -1),
+        ("Rain falls on the city.", "It is wet outside.", -1)]
+    assert summary["transfer"]["rows"] == 6
+
+
+def test_single_sentence_tables_have_no_text_pair(files):
+    cfg = config(files)
+    data.run(cfg, RunDir(cfg.run_dir))
+    assert pq.read_table(RunDir(cfg.run_dir).split_file("transfer")).column_names == ["id", "text", "label"]
+
+
+BAD_PAIRS = {
+    "missing pair column": ("sentence1\tlabel\nA man sings.\t1\n", r"dev\.tsv: has no column 'sentence2'"),
+    "empty second sentence": ("sentence1\tsentence2\tlabel\nA man sings.\tHe sings.\t1\nA man sings.\t\t0\n",
+                              r"dev\.tsv: row 2 has an empty 'sentence2'; remove the row"),
+    "blank second sentence": ("sentence1\tsentence2\tlabel\nA man sings.\t   \t0\n",
+                              r"dev\.tsv: row 1 has an empty 'sentence2'; remove the row"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PAIRS)
+def test_bad_pair_input_names_the_file_and_row(pair_task, case):
+    content, message = BAD_PAIRS[case]
+    (pair_task.root / "dev.tsv").write_text(content, encoding="utf-8")
+    cfg = pair_task.config()
+    with pytest.raises(DataError, match=message):
+        data.run(cfg, RunDir(cfg.run_dir))

@@ -1,4 +1,5 @@
-"""The label stage: shard plan, per-shard manifest, soft-label values, and resume."""
+"""The label stage: shard plan, per-shard manifest, soft-label values, resume, sentence pairs
+and several teachers."""
 
 import shutil
 
@@ -7,9 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import label
+from pipeline import data, finetune, label
 from pipeline.artifacts import RunDir, read_json, sha256_file
 from pipeline.config import validate_config
+from pipeline.errors import ConfigError
 from pipeline.precision import select_precision
 from teachers.inference import TeacherInference
 
@@ -98,3 +100,80 @@ def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
     assert set(per_example) == {"topk_values", "topk_indices", "length", "hidden_0", "hidden_2", "attention_2"}
     fp16_values = lengths.mean() * hidden_size * 2
     assert fp16_values <= per_example["hidden_2"] <= fp16_values + 8  # values + a 4-byte offset per row
+
+
+def direct_logits(folder, texts, text_pairs=None) -> np.ndarray:
+    """Logits [N, C] float64 of a plain transformers forward, one unpadded row at a time."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    pairs = text_pairs or [None] * len(texts)
+    with torch.inference_mode():
+        return np.concatenate([model(**tokenizer([t], None if p is None else [p], truncation=True, max_length=32,
+                                                 return_tensors="pt")).logits.double().numpy()
+                               for t, p in zip(texts, pairs)])
+
+
+def stored_logits(table) -> np.ndarray:
+    return np.stack(table.column("logits").to_numpy(zero_copy_only=False)).astype(np.float64)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def with_label(cfg, **changes):
+    raw = cfg.model_dump(mode="json")
+    return validate_config({**raw, "label": {**raw["label"], **changes}})
+
+
+def test_extra_teachers_soft_labels_are_combined(run_dir, second_tiny_teacher_dir, ray_local):
+    cfg, run = run_dir
+    texts = pq.read_table(run.split_file("transfer")).column("text").to_pylist()
+    own, other = direct_logits(run.teacher_dir, texts), direct_logits(second_tiny_teacher_dir, texts)
+    assert np.abs(own - other).max() > 0.5  # the two teachers disagree clearly
+    cfg = with_label(cfg, num_actors=1, shard_rows=25, teachers=[str(second_tiny_teacher_dir)])
+    assert label.run(cfg, run)["rows_labeled_now"] == ROWS
+    np.testing.assert_allclose(stored_logits(read_all(run).sort_by("id")), (own + other) / 2, atol=1e-5)
+
+    summary = label.run(with_label(cfg, combine="mean_probs"), run)
+    assert summary["rows_labeled_now"] == ROWS  # another combine mode: a new plan, every shard relabeled
+    stored = stored_logits(read_all(run).sort_by("id"))
+    mean_probs = (softmax(own) + softmax(other)) / 2
+    np.testing.assert_allclose(stored, np.log(mean_probs), atol=1e-5)
+    np.testing.assert_allclose(softmax(stored), mean_probs, atol=1e-6)
+    assert np.abs(softmax(stored) - softmax((own + other) / 2)).max() > 1e-3  # the modes differ
+
+    assert label.run(with_label(cfg, combine="mean_probs"), run)["rows_labeled_now"] == 0
+    assert label.run(with_label(cfg, teachers=[]), run)["rows_labeled_now"] == ROWS  # teacher removed: relabel
+
+
+def test_a_mismatched_teacher_fails_before_any_shard(run_dir, make_tiny_teacher):
+    cfg, run = run_dir
+    swapped = make_tiny_teacher("swapped", label_names=("positive", "negative"))
+    with pytest.raises(ConfigError, match=rf"label.teachers\[0\]: {swapped} orders its labels"):
+        label.run(with_label(cfg, teachers=[str(swapped)]), run)
+    assert not run.shard_index.exists()
+
+
+def test_a_pair_task_is_finetuned_and_labeled_on_the_pair_encoding(pair_task, tiny_teacher_dir, ray_local):
+    cfg = pair_task.config(teacher={"model": str(tiny_teacher_dir), "max_length": 32},
+                           finetune={"force": True, "epochs": 2, "batch_size": 2, "lr": 1e-3},
+                           label={"shard_rows": 4, "num_actors": 1})
+    run = RunDir(cfg.run_dir)
+    data.run(cfg, run)
+    tuned = finetune.run(cfg, run)
+    assert tuned["finetuned"] and tuned["steps"] == 4
+    label.run(cfg, run)
+    table = read_all(run).sort_by("id")
+    transfer = pq.read_table(run.split_file("transfer"))
+    assert table.column_names == ["id", "text", "text_pair", "label", "logits"]
+    assert table.select(transfer.column_names).to_pydict() == transfer.to_pydict()
+    expected = direct_logits(run.teacher_dir, transfer.column("text").to_pylist(),
+                             transfer.column("text_pair").to_pylist())
+    np.testing.assert_allclose(stored_logits(table), expected, atol=1e-5)
+    assert np.abs(expected - direct_logits(tiny_teacher_dir, transfer.column("text").to_pylist(),
+                                           transfer.column("text_pair").to_pylist())).max() > 1e-4  # it was tuned

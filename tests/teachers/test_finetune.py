@@ -56,3 +56,28 @@ def test_finetune_learns_a_separable_task(tiny_teacher_dir, tmp_path):
     assert is_classifier_for(out, 2)
     model = load_classifier(out, ["negative", "positive"])
     assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_finetune_learns_a_task_seen_only_in_the_second_sentence(tiny_teacher_dir, tmp_path):
+    words = {1: ["great", "good", "lovely", "superb"], 0: ["awful", "bad", "dull", "poor"]}
+    rows = [{"id": i, "text": "the review says", "text_pair": f"a {words[i % 2][i % 4]} film", "label": i % 2}
+            for i in range(64)]
+    out = tmp_path / "teacher"
+    result = finetune_classifier(tiny_teacher_dir, datasets.Dataset.from_list(rows), ["negative", "positive"], out,
+                                 FinetuneConfig(epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.0),
+                                 select_precision("fp32", "test"), max_length=16, seed=0)
+    assert result["loss_history"][-1] < 0.5 * result["loss_history"][0]
+
+
+def test_encode_puts_a_pair_in_two_segments(tiny_teacher_dir):
+    from teachers.checkpoint import encode, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_teacher_dir)
+    pair = encode(tokenizer, ["a man sings", "rain"], ["he sings loudly", "it is wet"], max_length=32)
+    assert tokenizer.convert_ids_to_tokens(pair["input_ids"][0]) == [
+        "[CLS]", "a", "man", "sings", "[SEP]", "he", "sings", "loudly", "[SEP]"]
+    assert pair["token_type_ids"][0] == [0] * 5 + [1] * 4
+    single = encode(tokenizer, ["a man sings"], None, max_length=32)
+    assert single["input_ids"][0] == pair["input_ids"][0][:5] and single["token_type_ids"][0] == [0] * 5
+    cut = encode(tokenizer, ["a man sings"], ["he sings very very very loudly"], max_length=10)
+    assert cut["token_type_ids"][0] == [0] * 5 + [1] * 5  # the longer sentence lost 2 of its 6 tokens

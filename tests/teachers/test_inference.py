@@ -89,3 +89,21 @@ def test_shipped_zero_inference_config_runs_on_this_machine(tiny_teacher_dir):
     teacher = TeacherInference(tiny_teacher_dir, fp32, max_length=32, engine="zero", deepspeed_config=shipped)
     plain = TeacherInference(tiny_teacher_dir, fp32, max_length=32)
     np.testing.assert_allclose(teacher.logits(["so good"]), plain.logits(["so good"]), atol=1e-5)
+
+
+def test_pairs_match_a_plain_forward_on_the_pair_encoding(tiny_teacher_dir):
+    texts = ["a man plays a guitar", "the cat sleeps", "a long premise about a film that goes on and on"]
+    pairs = ["someone makes music", "an animal is resting on a warm mat by the door", "it is short"]
+    teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
+                               max_batch_size=2, max_batch_tokens=64)
+    logits = teacher.logits(texts, pairs)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    with torch.inference_mode():
+        encoded = [tokenizer([t], [p], return_tensors="pt") for t, p in zip(texts, pairs)]
+        expected = torch.cat([model(**e).logits for e in encoded]).numpy()
+        # segment ids reach the model: the same tokens all in segment 0 give other logits
+        unsegmented = model(input_ids=encoded[0]["input_ids"]).logits.numpy()
+    assert encoded[0]["token_type_ids"].tolist() == [[0] * 7 + [1] * 4]  # [CLS] a man plays a guitar [SEP] | ... [SEP]
+    np.testing.assert_allclose(logits, expected, atol=1e-6)  # measured: 3e-9
+    assert np.abs(unsegmented - logits[0]).max() > 1e-5  # measured: 6e-5 (a random head's logits are ~0.02)
