@@ -38,16 +38,16 @@ def test_typo_names_the_closest_field():
 
 def test_wrong_type_and_bad_choice_are_all_listed():
     with pytest.raises(ConfigError) as err:
-        load_config("sst2-quick", ["finetune.epochs=abc", "train.loss.kd=cosine"])
+        load_config("sst2-quick", ["finetune.epochs=abc", "train.loss.kd.kind=cosine"])
     message = str(err.value)
     assert "2 invalid field(s)" in message
     assert "finetune.epochs" in message and "'abc'" in message
-    assert "train.loss.kd: Input should be 'kl' or 'mse'" in message
+    assert "train.loss.kd.kind: Input should be 'kl' or 'mse'" in message
 
 
 def test_overrides_are_typed():
-    cfg = load_config("sst2-quick", ["train.epochs=7", "train.loss.alpha=0.25", "output_dir=/tmp/x"])
-    assert cfg.train.epochs == 7 and cfg.train.loss.alpha == 0.25
+    cfg = load_config("sst2-quick", ["train.epochs=7", "train.loss.ce.weight=0.25", "output_dir=/tmp/x"])
+    assert cfg.train.epochs == 7 and cfg.train.loss.ce.weight == 0.25
     assert cfg.run_dir == Path("/tmp/x/sst2-quick")
 
 
@@ -98,3 +98,23 @@ def test_pair_column_and_extra_teachers_are_typed():
         validate_config({**MINIMAL, "label": {"combine": "max"}})
     with pytest.raises(ConfigError, match=r"label\.teacher is not a field; did you mean label\.teachers\?"):
         validate_config({**MINIMAL, "label": {"teacher": ["t1"]}})
+
+
+def test_student_family_selects_its_section_and_typos_name_the_family_fields():
+    cfg = load_config("sst2-quick", ["train.student={family: transformer, num_layers: 3, layer_init: drop_top}"])
+    assert cfg.train.student.family == "transformer" and cfg.train.student.num_layers == 3
+    with pytest.raises(ConfigError) as err:
+        load_config("sst2-quick", ["train.student={family: transformer, layer_int: uniform}"])
+    assert "train.student.layer_int is not a field; did you mean train.student.layer_init?" in str(err.value)
+    with pytest.raises(ConfigError, match="does not match any of the expected tags: 'bilstm', 'transformer'"):
+        load_config("sst2-quick", ["train.student.family=lstm"])
+
+
+def test_loss_terms_and_the_ce_only_twin():
+    cfg = load_config("sst2-quick", ["train.loss.hidden={layer_map: {6: 3}, weight: 2.0}"])
+    assert list(cfg.train.loss.terms()) == ["ce", "kd", "hidden"]
+    assert cfg.train.loss.hidden.layer_map == {6: 3}
+    twin = cfg.train.loss.ce_only()
+    assert list(twin.terms()) == ["ce"] and twin.ce.weight == 1.0
+    with pytest.raises(ConfigError, match="every loss term is off"):
+        load_config("sst2-quick", ["train.loss.ce=null", "train.loss.kd=null"])
