@@ -401,6 +401,12 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     apex: bool = Field(default=False, description="NVIDIA apex FusedAdam on CUDA (install apex from source; it is "
                                                   "not on PyPI); otherwise, or when missing, torch's fused AdamW")
+    strategy: Literal["ddp", "deepspeed"] = Field(
+        default="ddp", description="ddp: torch DistributedDataParallel; deepspeed: a DeepSpeed engine with ZeRO "
+                                   "stage zero_stage (for transformer students)")
+    zero_stage: Literal[0, 1, 2] = Field(default=1, description="ZeRO stage with strategy: deepspeed")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON whose keys override the generated ones (clusters/deepspeed/student-*.json)")
     ce_only_baseline: bool = True
 
 

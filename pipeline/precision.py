@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -155,3 +157,38 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
 def _warn_apex_unusable(reason: str) -> None:
     """Log, once per process and reason, that train.apex is ignored and torch's fused AdamW is used."""
     log.warning("train.apex: %s; using torch's fused AdamW instead", reason)
+
+
+def deepspeed_config(micro_batch_size: int, zero_stage: int, precision: Precision, overrides: Path | None,
+                     **extra: Any) -> dict[str, Any]:
+    """A DeepSpeed engine config for this hardware, with a user's JSON on top.
+
+    Args:
+        micro_batch_size: rows per worker and step.
+        zero_stage: ZeRO stage 0, 1 or 2.
+        precision: fp16/bf16 turn on DeepSpeed's mixed precision; fp32 leaves both off.
+        overrides: a DeepSpeed JSON file (e.g. ``clusters/deepspeed/*.json``) whose keys replace
+            the generated ones, or None.
+        extra: further generated keys (e.g. a ``scheduler``).
+
+    Returns:
+        The config dict. On a CPU, ZeRO's gradient reduce-scatter is off: the gloo backend has no
+        reduce-scatter, so gradients are all-reduced instead.
+    """
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if precision.device == "cpu":
+        zero["reduce_scatter"] = False
+    generated = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "fp16": {"enabled": precision.name == "fp16"},
+        "bf16": {"enabled": precision.name == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        **extra,
+    }
+    if overrides is not None:
+        generated.update(json.loads(Path(overrides).read_text()))
+    return generated

@@ -52,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.artifacts import RunDir, atomic_write_json, fingerprint, read_json, sha256_file
 from pipeline.config import LossConfig, RunConfig, TrainConfig
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.precision import Precision, make_optimizer, select_precision
+from pipeline.precision import Precision, deepspeed_config, make_optimizer, select_precision
 from students.base import Student, StudentOutput, build_student, load_student
 from students.losses import NO_LABEL, DistillationLoss, LossTerms
 
@@ -63,6 +63,9 @@ LOCAL_SHUFFLE_ROWS = 8192
 
 DATA_CPUS = 1
 """Logical CPUs the trainer leaves unreserved for Ray Data's streamed reads (see :func:`worker_cpus`)."""
+
+DEEPSPEED_TAG = "engine"
+"""Tag (sub-folder) of a DeepSpeed engine checkpoint inside a Ray checkpoint."""
 
 TRAIN_STATE_FILE = "train_state.pt"
 """Optimizer, grad-scaler and loss-module state, epoch and history, next to the student in a checkpoint."""
@@ -254,13 +257,18 @@ def train_loop(config: dict) -> list[dict]:
         student.output_attentions = True
     step_module = DistillationStep(student, DistillationLoss(loss_cfg, student.hidden_size,
                                                              config["teacher_hidden_size"]))
-    state = restore(step_module)
-    model = ray.train.torch.prepare_model(step_module)
-    optimizer = make_optimizer(model.parameters(), train_cfg.lr, train_cfg.weight_decay, precision, train_cfg.apex)
+    optimizer = make_optimizer(step_module.parameters(), train_cfg.lr, train_cfg.weight_decay, precision,
+                               train_cfg.apex)
     scaler = torch.amp.GradScaler(precision.device, enabled=precision.needs_grad_scaler)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+    if train_cfg.strategy == "deepspeed":
+        import deepspeed
+
+        model, optimizer, _, _ = deepspeed.initialize(
+            model=step_module, optimizer=optimizer, dist_init_required=False,
+            config=deepspeed_config(train_cfg.batch_size, train_cfg.zero_stage, precision, train_cfg.deepspeed_config))
+    else:
+        model = ray.train.torch.prepare_model(step_module)
+    state = restore(model, optimizer, scaler)
     history: list[dict] = state["history"] if state else []
     steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
@@ -282,7 +290,7 @@ def train_loop(config: dict) -> list[dict]:
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
         history.append(metrics)
-        report(metrics, unwrap(model), optimizer, scaler, history, rank)
+        report(metrics, model, optimizer, scaler, history, rank)
     return history
 
 
@@ -319,12 +327,18 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sca
     sums = None  # row-weighted sums of total and each term, then the row count
     for step, batch in enumerate(batches, start=first_step):
         batch = batch.to(device)
-        with precision.autocast_context():
-            terms = model(batch.features, batch.teacher, batch.labels, min(1.0, step / total_steps))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms.total).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        progress = min(1.0, step / total_steps)
+        if is_deepspeed(model):  # the engine handles precision, loss scaling and clipping
+            terms = model(batch.features, batch.teacher, batch.labels, progress)
+            model.backward(terms.total)
+            model.step()
+        else:
+            with precision.autocast_context():
+                terms = model(batch.features, batch.teacher, batch.labels, progress)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if sums is None:
             names = list(terms.terms)
             sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
@@ -362,35 +376,58 @@ def peak_rss_mb() -> float:
     return round(peak.item(), 1)
 
 
-def restore(step_module: DistillationStep) -> dict[str, Any] | None:
-    """Load the latest checkpoint into ``step_module`` when Ray Train resumes; returns its train state."""
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict[str, Any] | None:
+    """Load the latest checkpoint into the model and optimizer when Ray Train resumes; returns its train state.
+
+    A DeepSpeed engine loads its own checkpoint (each rank its ZeRO partition); otherwise the
+    student's weights come from the checkpoint's student folder and the rest from the train state.
+    """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        step_module.student.load_state_dict(load_student(Path(folder) / "student").state_dict())
         state = torch.load(Path(folder) / TRAIN_STATE_FILE, weights_only=True)
-    step_module.loss.load_state_dict(state["loss"])
+        if is_deepspeed(model):
+            model.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+        else:
+            step_module = unwrap(model)
+            step_module.student.load_state_dict(load_student(Path(folder) / "student").state_dict())
+            step_module.loss.load_state_dict(state["loss"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
     log.info("train: resumed after epoch %d", len(state["history"]))
     return state
 
 
-def report(metrics: dict, step_module: DistillationStep, optimizer: torch.optim.Optimizer,
-           scaler: torch.amp.GradScaler, history: list[dict], rank: int) -> None:
-    """``ray.train.report`` on every rank (it is a barrier); rank 0 attaches the checkpoint."""
-    if rank != 0:
-        ray.train.report(metrics)
-        return
+def report(metrics: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+           history: list[dict], rank: int) -> None:
+    """``ray.train.report`` on every rank (it is a barrier) with this epoch's checkpoint.
+
+    Rank 0 writes the student and the train state; with DeepSpeed every rank also writes its
+    part of the engine's checkpoint, and Ray Train merges the ranks' folders into one.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        step_module.student.save(Path(tmp) / "student")
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "loss": step_module.loss.state_dict(), "history": history}, Path(tmp) / TRAIN_STATE_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if is_deepspeed(model):
+            model.save_checkpoint(tmp, tag=DEEPSPEED_TAG)  # collective: every rank writes its partition
+        if rank == 0:
+            step_module = unwrap(model)
+            step_module.student.save(Path(tmp) / "student")
+            torch.save({"optimizer": optimizer.state_dict() if not is_deepspeed(model) else {},
+                        "scaler": scaler.state_dict(), "loss": step_module.loss.state_dict(), "history": history},
+                       Path(tmp) / TRAIN_STATE_FILE)
+        has_files = rank == 0 or is_deepspeed(model)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+
+
+def is_deepspeed(model: nn.Module) -> bool:
+    """Whether ``model`` is a DeepSpeed engine (``train.strategy: deepspeed``)."""
+    return type(model).__name__ == "DeepSpeedEngine"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper; ``prepare_model`` wraps only when there are several workers."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module inside a DDP wrapper or a DeepSpeed engine (``prepare_model`` wraps only when
+    there are several workers)."""
+    return model.module if isinstance(model, DistributedDataParallel) or is_deepspeed(model) else model
 
 
 class Collate:

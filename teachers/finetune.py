@@ -24,38 +24,22 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.artifacts import atomic_dir
 from pipeline.config import FinetuneConfig
-from pipeline.precision import Precision
+from pipeline.precision import Precision, deepspeed_config
 from teachers.checkpoint import encode, load_classifier, load_tokenizer
 from teachers.distributed import init_single_process
 
 log = logging.getLogger(__name__)
 
 
-def deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for a fine-tune of ``total_steps`` optimizer steps.
-
-    Args:
-        cfg: the finetune section; ``cfg.deepspeed_config`` keys override the generated ones.
-        precision: fp16/bf16 enable DeepSpeed's mixed precision; fp32 leaves both off.
-        total_steps: optimizer steps of the whole run, for the learning-rate schedule.
-    """
+def finetune_deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for a fine-tune of ``total_steps`` optimizer steps: see
+    :func:`pipeline.precision.deepspeed_config`, plus a linear warm-up and decay of the
+    learning rate (``WarmupDecayLR``); ``cfg.deepspeed_config`` keys override the generated ones."""
     warmup = max(1, int(cfg.warmup_ratio * total_steps))  # DeepSpeed needs at least one step
-    generated = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "fp16": {"enabled": precision.name == "fp16"},
-        "bf16": {"enabled": precision.name == "bf16"},
-        "scheduler": {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": max(total_steps, 1), "warmup_num_steps": warmup,
-            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_type": "linear"}},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-    }
-    if cfg.deepspeed_config is not None:
-        generated.update(json.loads(Path(cfg.deepspeed_config).read_text()))
-    return generated
+    scheduler = {"type": "WarmupDecayLR", "params": {
+        "total_num_steps": max(total_steps, 1), "warmup_num_steps": warmup,
+        "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_type": "linear"}}
+    return deepspeed_config(cfg.batch_size, cfg.zero_stage, precision, cfg.deepspeed_config, scheduler=scheduler)
 
 
 def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_names: list[str],
@@ -99,7 +83,7 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=precision.device == "cuda")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           config=deepspeed_config(cfg, precision, total_steps))
+                                           config=finetune_deepspeed_config(cfg, precision, total_steps))
     losses = train_steps(engine, loader, total_steps)
     save_hf(engine.module, tokenizer, out_dir)
     history = [float(np.mean(part)) for part in np.array_split(np.asarray(losses), min(10, len(losses)))]

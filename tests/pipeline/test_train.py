@@ -203,3 +203,22 @@ def test_transformer_student_learns_from_streamed_hidden_states_and_attention(tm
     assert history[1]["loss_hidden"] < history[0]["loss_hidden"]
     student = load_student(run_dir.student_dir("kd"))
     assert student.teacher_layers == [2]
+
+
+def test_two_workers_train_a_transformer_student_with_deepspeed_zero(tmp_path, ray_local):
+    """Ray Train with two CPU workers (gloo) and a DeepSpeed ZeRO-1 engine around the student."""
+    cfg, run_dir = build_run(tmp_path, num_workers=2, ce_only_baseline=False, strategy="deepspeed", zero_stage=1,
+                             lr=1e-3, student={"family": "transformer", "num_layers": 1, "max_length": 16})
+    summary = train.run(cfg, run_dir)["kd"]
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert history[1]["loss_kd"] < history[0]["loss_kd"]
+    checkpoints = sorted(p for p in (run_dir.stage_dir("train") / "ray" / "kd").glob("checkpoint_*") if p.is_dir())
+    engine_files = {p.name for p in checkpoints[-1].glob(f"{train.DEEPSPEED_TAG}/*")}
+    assert any("zero_pp_rank_0" in name for name in engine_files) and any("zero_pp_rank_1" in name for name in engine_files)
+    student = load_student(run_dir.student_dir("kd"))
+    texts, labels = sentences(64, seed=2)
+    with torch.no_grad():
+        predictions = student(**student.featurize(texts)).logits.argmax(dim=-1)
+    assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(summary["best_dev_accuracy"])

@@ -9,21 +9,21 @@ import pytest
 from pipeline.config import FinetuneConfig
 from pipeline.precision import Precision, select_precision
 from teachers.checkpoint import is_classifier_for, load_classifier, resolve_teacher
-from teachers.finetune import deepspeed_config, finetune_classifier
+from teachers.finetune import finetune_deepspeed_config, finetune_classifier
 
 CLUSTERS = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed"
 
 
 def test_generated_config_follows_precision_and_schedule():
     cfg = FinetuneConfig(batch_size=16, lr=1e-4, warmup_ratio=0.1, zero_stage=2)
-    ds = deepspeed_config(cfg, Precision("bf16", "cuda", "test"), total_steps=200)
+    ds = finetune_deepspeed_config(cfg, Precision("bf16", "cuda", "test"), total_steps=200)
     assert ds["train_micro_batch_size_per_gpu"] == 16
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert ds["zero_optimization"] == {"stage": 2}
     assert ds["scheduler"]["params"] == {"total_num_steps": 200, "warmup_num_steps": 20,
                                          "warmup_min_lr": 0.0, "warmup_max_lr": 1e-4,
                                          "warmup_type": "linear"}
-    cpu = deepspeed_config(cfg, select_precision("auto", "test"), total_steps=10)
+    cpu = finetune_deepspeed_config(cfg, select_precision("auto", "test"), total_steps=10)
     assert cpu["bf16"]["enabled"] is False and cpu["fp16"]["enabled"] is False
 
 
@@ -31,7 +31,7 @@ def test_generated_config_follows_precision_and_schedule():
 def test_shipped_deepspeed_configs_override_the_generated_keys(name):
     cfg = FinetuneConfig(deepspeed_config=CLUSTERS / name)
     shipped = json.loads((CLUSTERS / name).read_text())
-    merged = deepspeed_config(cfg, Precision("fp32", "cpu", "test"), total_steps=10)
+    merged = finetune_deepspeed_config(cfg, Precision("fp32", "cpu", "test"), total_steps=10)
     for key, value in shipped.items():
         assert merged[key] == value
     assert merged["train_micro_batch_size_per_gpu"] == cfg.batch_size
