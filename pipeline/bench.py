@@ -1,21 +1,24 @@
 """``distill bench label``: teacher labeling throughput against a naive baseline, in one run.
 
-Labels the same transfer-set rows two ways and prints a table (and writes JSON):
+Labels the same transfer-set rows three ways and prints a table (and writes JSON):
 
-    naive        a plain transformers loop: pad every row to 128 tokens, batches of 32, input
-                 order, ``torch.inference_mode`` (what a first script does)
-    label stage  :func:`pipeline.label.run`: Ray Data actor pool, ``deepspeed.init_inference``,
-                 length-sorted dynamic batching; wall time includes starting the actors
+    naive            a plain transformers loop: pad every row to 128 tokens, batches of 32,
+                     input order, ``torch.inference_mode`` (what a first script does)
+    label stage      :func:`pipeline.label.run` emitting logits: Ray Data actor pool,
+                     ``deepspeed.init_inference``, length-sorted dynamic batching; wall time
+                     includes starting the actors
+    label + signals  the same, also emitting the hidden states and attention maps of two
+                     teacher layers (``label.emit``; eager attention, so the maps exist)
 
-For each: examples/s, the speed-up over naive, and the teacher's achieved FLOP/s on the real
+For each: examples/s, the speed-up over naive, the teacher's achieved FLOP/s on the real
 (non-padding) tokens as a fraction of a float32 matmul peak measured on this machine in the
-same run. FLOPs count the encoder's matrix multiplications (Kaplan et al. 2020 style):
-per layer and sequence of T tokens, ``2 T (4 d^2 + 2 d f) + 4 T^2 d``.
+same run, and for the label stage the stored bytes per example, in all and per signal.
+FLOPs count the encoder's matrix multiplications (Kaplan et al. 2020 style): per layer and
+sequence of T tokens, ``2 T (4 d^2 + 2 d f) + 4 T^2 d``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -30,9 +33,10 @@ import torch
 
 from pipeline import label
 from pipeline.artifacts import RunDir, atomic_write_json
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, SignalsConfig
 from pipeline.errors import ArtifactError
 from pipeline.runner import start_ray
+from teachers.inference import check_signals
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +85,46 @@ def naive_loop(teacher_dir: Path, texts: list[str]) -> float:
     return time.perf_counter() - began
 
 
-def bench_label(cfg: RunConfig, rows: int, out_file: Path) -> dict[str, Any]:
-    """Run both ways on the first ``rows`` transfer-set rows of a run whose label inputs exist.
+def label_stage_seconds(cfg: RunConfig, transfer: pa.Table, teacher_dir: Path) -> tuple[float, dict[str, Any]]:
+    """Wall time of :func:`pipeline.label.run` on ``transfer`` in a throw-away run directory.
+
+    Returns:
+        Seconds (start-up of the actors included) and the stage's summary.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_run = RunDir(Path(tmp) / "bench")
+        pq.write_table(transfer.select(["id", "text", "label"]), bench_run.split_file("transfer"))
+        shutil.copytree(teacher_dir, bench_run.teacher_dir)
+        began = time.perf_counter()
+        summary = label.run(cfg, bench_run)
+        return time.perf_counter() - began, summary
+
+
+def way_result(seconds: float, rows: int, naive_s: float, useful_flops: float, peak_flops: float) -> dict[str, Any]:
+    """One way's row of the table: seconds, examples/s, speed-up over naive, useful GFLOP/s and
+    their fraction of the matmul peak."""
+    return {"seconds": round(seconds, 2), "examples_per_s": round(rows / seconds, 1),
+            "speedup_vs_naive": round(naive_s / seconds, 2),
+            "useful_gflops_per_s": round(useful_flops / seconds / 1e9, 2),
+            "fraction_of_peak": round(useful_flops / seconds / peak_flops, 4)}
+
+
+def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] = (3, 6)) -> dict[str, Any]:
+    """Run the three ways on the first ``rows`` transfer-set rows of a run whose label inputs exist.
 
     Args:
         cfg: the run config; its run directory must hold ``data/transfer.parquet`` and the
             fine-tuned teacher (run ``distill run CONFIG --until finetune`` first).
         rows: transfer-set rows to label.
         out_file: where the JSON result goes.
+        emit_layers: teacher layers whose hidden states and attention maps the third way emits.
 
     Returns:
         The result written to ``out_file``.
 
     Raises:
-        ArtifactError: the run directory lacks the transfer set or the teacher.
+        ArtifactError: the run directory lacks the transfer set or the teacher, or has fewer rows.
+        ConfigError: ``emit_layers`` are not layers of the teacher.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -103,8 +133,10 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path) -> dict[str, Any]:
     transfer = pq.read_table(run.split_file("transfer")).slice(0, rows)
     if len(transfer) < rows:
         raise ArtifactError(run.split_file("transfer"), f"has {len(transfer)} rows, fewer than --rows {rows}")
-    texts = transfer.column("text").to_pylist()
     teacher_config = AutoConfig.from_pretrained(run.teacher_dir)
+    signals = SignalsConfig(hidden_layers=list(emit_layers), attention_layers=list(emit_layers))
+    check_signals(signals, teacher_config)
+    texts = transfer.column("text").to_pylist()
     real_lengths = np.asarray([len(ids) for ids in AutoTokenizer.from_pretrained(run.teacher_dir)(
         texts, truncation=True, max_length=cfg.teacher.max_length)["input_ids"]])
     useful_flops = encoder_flops(teacher_config, real_lengths)
@@ -112,31 +144,33 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path) -> dict[str, Any]:
     peak = matmul_peak_flops()
 
     naive_s = naive_loop(run.teacher_dir, texts)
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_run = RunDir(Path(tmp) / "bench")
-        pq.write_table(transfer.select(["id", "text", "label"]), bench_run.split_file("transfer"))
-        shutil.copytree(run.teacher_dir, bench_run.teacher_dir)
-        began = time.perf_counter()
-        label.run(cfg, bench_run)
-        stage_s = time.perf_counter() - began
+    stage_s, stage = label_stage_seconds(cfg, transfer, run.teacher_dir)
+    signals_cfg = cfg.model_copy(update={"label": cfg.label.model_copy(update={"emit": signals})})
+    signals_s, with_signals = label_stage_seconds(signals_cfg, transfer, run.teacher_dir)
     result = {"rows": rows, "teacher": str(run.teacher_dir), "matmul_peak_gflops": round(peak / 1e9, 1),
-              "threads": torch.get_num_threads(), "ways": {}}
-    for name, seconds in (("naive", naive_s), ("label stage", stage_s)):
-        result["ways"][name] = {"seconds": round(seconds, 2), "examples_per_s": round(rows / seconds, 1),
-                                "speedup_vs_naive": round(naive_s / seconds, 2),
-                                "useful_gflops_per_s": round(useful_flops / seconds / 1e9, 2),
-                                "fraction_of_peak": round(useful_flops / seconds / peak, 4)}
+              "threads": torch.get_num_threads(), "emit_layers": list(emit_layers),
+              "ways": {"naive": way_result(naive_s, rows, naive_s, useful_flops, peak)}}
+    for name, seconds, summary in (("label stage", stage_s, stage), ("label + signals", signals_s, with_signals)):
+        result["ways"][name] = {**way_result(seconds, rows, naive_s, useful_flops, peak),
+                                "stored_bytes_per_example": summary["stored_bytes_per_example"],
+                                "signal_bytes_per_example": summary["signal_bytes_per_example"]}
     atomic_write_json(out_file, result)
     return result
 
 
 def render(result: dict[str, Any]) -> str:
-    """The result as a plain-text table."""
+    """The result as a plain-text table, then the bytes per example of each signal."""
     lines = [f"label benchmark: {result['rows']} rows, fp32 matmul peak {result['matmul_peak_gflops']} GFLOP/s "
-             f"({result['threads']} threads)",
-             f"{'way':<12} {'seconds':>8} {'examples/s':>11} {'speed-up':>9} {'GFLOP/s':>8} {'of peak':>8}"]
+             f"({result['threads']} threads); signals of layers {result['emit_layers']}",
+             f"{'way':<16} {'seconds':>8} {'examples/s':>11} {'speed-up':>9} {'GFLOP/s':>8} {'of peak':>8} "
+             f"{'stored B/ex':>12}"]
     for name, way in result["ways"].items():
-        lines.append(f"{name:<12} {way['seconds']:>8.2f} {way['examples_per_s']:>11.1f} "
+        stored = way.get("stored_bytes_per_example")
+        lines.append(f"{name:<16} {way['seconds']:>8.2f} {way['examples_per_s']:>11.1f} "
                      f"{way['speedup_vs_naive']:>8.2f}x {way['useful_gflops_per_s']:>8.2f} "
-                     f"{way['fraction_of_peak']:>7.1%}")
+                     f"{way['fraction_of_peak']:>7.1%} {'-' if stored is None else f'{stored:,.1f}':>12}")
+    for name, way in result["ways"].items():
+        if "signal_bytes_per_example" in way:
+            signals = ", ".join(f"{k} {v:,.1f}" for k, v in way["signal_bytes_per_example"].items())
+            lines.append(f"bytes/example, {name}: {signals}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
     distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
     distill validate CONFIG [--set key=value ...]
     distill presets
-    distill bench label CONFIG [--rows 4000] [--set key=value ...]
+    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6] [--set key=value ...]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2.
@@ -17,6 +17,12 @@ import sys
 
 from pipeline.config import load_config, preset_names
 from pipeline.errors import DistillError
+
+
+def layer_pair(text: str) -> tuple[int, int]:
+    """``"3,6"`` -> ``(3, 6)``; argparse reports a ValueError as a usage error."""
+    first, second = (int(part) for part in text.split(","))
+    return first, second
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["label"], help="label: the label stage against a naive transformers loop")
     bench.add_argument("config", help="preset name or YAML file of a run that has finished its finetune stage")
     bench.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
+    bench.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
+                       help="two teacher layers whose hidden states and attention maps the third way emits "
+                            "(default 3,6)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline import bench
 
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
-            print(bench.render(bench.bench_label(cfg, args.rows, out_file)))
+            print(bench.render(bench.bench_label(cfg, args.rows, out_file, args.emit_layers)))
             print(f"written: {out_file}")
             return 0
         from pipeline.runner import run_pipeline

@@ -1,8 +1,10 @@
 """Stage ``label``: the teacher emits soft labels (logits) for every transfer-set row.
 
-The transfer set is cut into shards of ``label.shard_rows`` consecutive rows. A Ray Data
-pipeline maps the shards that are not yet done onto a pool of ``label.num_actors`` actors;
-each actor loads the teacher once under ``deepspeed.init_inference`` and, per shard, runs
+The transfer set is cut into shards of ``label.shard_rows`` consecutive rows, or fewer so that
+every actor gets a shard. A Ray Data pipeline maps the shards that are not yet done onto a pool
+of ``label.num_actors`` actors, one shard in flight per actor so that a free actor takes the
+next one; each actor runs ``label.cpus_per_actor`` torch threads, loads the teacher once under
+``deepspeed.init_inference`` and, per shard, runs
 length-sorted dynamic batches and writes ``label/shard-NNNNN.parquet`` atomically with the
 columns (those after ``label`` as ``label.emit`` configures)
 
@@ -46,9 +48,15 @@ from pipeline.artifacts import RunDir, atomic_path, atomic_write_json, fingerpri
 from pipeline.config import LabelConfig, RunConfig, SignalsConfig
 from pipeline.precision import device_name, select_precision
 from teachers.ensemble import check_teachers, combine_logits, weight_files
-from teachers.inference import check_signals
+from teachers.inference import check_signals, check_tensor_parallel
 
 log = logging.getLogger(__name__)
+
+
+def shard_size(num_rows: int, shard_rows: int, num_actors: int) -> int:
+    """Rows per shard: ``shard_rows``, or ``ceil(num_rows / num_actors)`` when that is fewer, so
+    that a table smaller than ``num_actors`` shards still gives every actor one."""
+    return max(1, min(shard_rows, math.ceil(num_rows / num_actors)))
 
 
 def plan_shards(num_rows: int, shard_rows: int) -> list[dict[str, int]]:
@@ -93,19 +101,27 @@ class ShardLabeler:
 
     def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig,
                  extra_teacher_dirs: list[str]):
+        import torch
+
         from teachers.inference import TeacherInference
 
+        began = time.perf_counter()
+        torch.set_num_threads(label.cpus_per_actor)
         precision = select_precision(label.precision, "label")
         self.teacher = TeacherInference(
             Path(teacher_dir), precision, max_length, label.max_batch_size,
-            label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config)
+            label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config,
+            label.tensor_parallel)
         self.extra_teachers = [TeacherInference(
             Path(folder), precision, max_length, label.max_batch_size, label.max_batch_tokens, SignalsConfig(),
-            label.engine, label.offload, label.nvme_path, label.deepspeed_config) for folder in extra_teacher_dirs]
+            label.engine, label.offload, label.nvme_path, label.deepspeed_config, label.tensor_parallel)
+            for folder in extra_teacher_dirs]
         self.combine = label.combine
         self.top_k = label.emit.logits_top_k
         self.transfer = pq.read_table(transfer_file)
         self.run_dir = RunDir(Path(run_root))
+        log.info("label: actor ready in %.1f s (teacher load and DeepSpeed engine), %d torch threads",
+                 time.perf_counter() - began, torch.get_num_threads())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Label the shards in ``batch`` (columns ``shard, start, stop``); returns their index entries."""
@@ -168,13 +184,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     label = cfg.label
     transfer_file = run_dir.split_file("transfer")
     num_rows = pq.ParquetFile(transfer_file).metadata.num_rows
-    plan = plan_shards(num_rows, label.shard_rows)
+    rows_per_shard = shard_size(num_rows, label.shard_rows, label.num_actors)
+    plan = plan_shards(num_rows, rows_per_shard)
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
     check_teachers(run_dir.teacher_dir, label.teachers)
+    check_tensor_parallel(label.tensor_parallel, device_name())
     # Everything that changes a shard's content: a shard written under another plan is redone.
     # Without extra teachers the key is the single-teacher one, so earlier runs keep their shards.
     ensemble = [label.combine, [[sha256_file(f) for f in weight_files(t)] for t in label.teachers]]
-    plan_key = fingerprint(num_rows, label.shard_rows, label.emit, label.precision, cfg.teacher.max_length,
+    plan_key = fingerprint(num_rows, rows_per_shard, label.emit, label.precision, cfg.teacher.max_length,
                            sha256_file(transfer_file), sha256_file(run_dir.teacher_dir / "model.safetensors"),
                            *(ensemble if label.teachers else []))
     done = finished_shards(run_dir, plan_key)
@@ -185,8 +203,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         shards = ray.data.from_items(todo, override_num_blocks=len(todo))
         labeled = shards.map_batches(
-            ShardLabeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(label.num_actors, len(todo))),
-            num_cpus=label.cpus_per_actor, num_gpus=1 if device_name() == "cuda" else 0,
+            ShardLabeler, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(label.num_actors, len(todo)), max_tasks_in_flight_per_actor=1),
+            num_cpus=label.cpus_per_actor, num_gpus=label.tensor_parallel if device_name() == "cuda" else 0,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
                 "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,

@@ -52,10 +52,40 @@ def length_sorted_batches(lengths: np.ndarray, max_batch_size: int, max_batch_to
         yield np.asarray(batch, dtype=np.int64)
 
 
-def inference_config(precision: Precision, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``deepspeed.init_inference`` config: dtype, and kernel injection for fp16/bf16 on CUDA."""
-    return {"dtype": precision.dtype,
+def inference_config(precision: Precision, tensor_parallel: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``deepspeed.init_inference`` config: dtype, tensor-parallel degree, and kernel injection
+    for fp16/bf16 on CUDA; ``overrides`` (a DeepSpeed JSON's keys) win."""
+    return {"dtype": precision.dtype, "tensor_parallel": {"tp_size": tensor_parallel},
             "replace_with_kernel_inject": precision.device == "cuda" and precision.name != "fp32", **overrides}
+
+
+def check_tensor_parallel(tp_size: int, device: str) -> None:
+    """Fail before DeepSpeed builds its engine when it cannot form a tensor-parallel group of ``tp_size``.
+
+    DeepSpeed's tensor parallelism shards every layer over ``tp_size`` processes, one per GPU,
+    that share a torch.distributed group (``deepspeed.init_inference`` calls
+    ``dist.new_group(range(tp_size))``). A label actor is one process with a group of one, so
+    ``tp_size > 1`` only works where a launcher started that many ranks.
+
+    Args:
+        tp_size: ``label.tensor_parallel`` (or a DeepSpeed JSON's ``tensor_parallel.tp_size``).
+        device: "cpu" or "cuda".
+
+    Raises:
+        ConfigError: ``tp_size > 1`` on a CPU, with fewer visible GPUs, or in a smaller process group.
+    """
+    if tp_size == 1:
+        return
+    if device != "cuda":
+        raise ConfigError(f"label.tensor_parallel: {tp_size} needs CUDA GPUs (one per rank); on a CPU set it "
+                          "to 1 and scale with label.num_actors")
+    if torch.cuda.device_count() < tp_size:
+        raise ConfigError(f"label.tensor_parallel: {tp_size} needs {tp_size} GPUs per actor; "
+                          f"{torch.cuda.device_count()} visible")
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if world < tp_size:
+        raise ConfigError(f"label.tensor_parallel: {tp_size} needs {tp_size} processes in one torch.distributed "
+                          f"group (e.g. under the deepspeed launcher); this process's group has {world}")
 
 
 def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | None,
@@ -85,15 +115,17 @@ class TeacherInference:
         offload: "cpu" or "nvme", with ``engine = "zero"``.
         nvme_path: folder for ``offload = "nvme"``.
         deepspeed_config: JSON file whose keys override the generated engine config.
+        tensor_parallel: DeepSpeed tensor-parallel degree; see :func:`check_tensor_parallel`.
 
     Raises:
-        ConfigError: the signals name layers or heads the teacher does not have.
+        ConfigError: the signals name layers or heads the teacher does not have, or the
+            tensor-parallel degree cannot be formed here.
     """
 
     def __init__(self, checkpoint: Path, precision: Precision, max_length: int,
-                 max_batch_size: int = 128, max_batch_tokens: int = 8192, signals: SignalsConfig = SignalsConfig(),
+                 max_batch_size: int = 64, max_batch_tokens: int = 512, signals: SignalsConfig = SignalsConfig(),
                  engine: str = "inference", offload: str = "cpu", nvme_path: Path | None = None,
-                 deepspeed_config: Path | None = None):
+                 deepspeed_config: Path | None = None, tensor_parallel: int = 1):
         import deepspeed
         from transformers import AutoModelForSequenceClassification
 
@@ -112,7 +144,9 @@ class TeacherInference:
                 model=model, config=zero_inference_config(precision, offload, nvme_path, overrides))
             self.forward = wrapped.module.eval()
         else:
-            self.forward = deepspeed.init_inference(model, config=inference_config(precision, overrides))
+            config = inference_config(precision, tensor_parallel, overrides)
+            check_tensor_parallel(config["tensor_parallel"]["tp_size"], precision.device)
+            self.forward = deepspeed.init_inference(model, config=config)
         log.info("teacher: %s on %s, engine %s", checkpoint, precision.device, engine)
         self.device = torch.device(precision.device)
         self.max_length = max_length

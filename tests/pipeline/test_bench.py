@@ -1,10 +1,17 @@
-"""The label benchmark's arithmetic and table; the measurement itself is `distill bench label`."""
+"""The label benchmark: its arithmetic, its table, and one real three-way run on the tiny teacher."""
 
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-from pipeline.bench import encoder_flops, matmul_peak_flops, render
+from pipeline.artifacts import RunDir, read_json
+from pipeline.bench import bench_label, encoder_flops, matmul_peak_flops, render, way_result
+from pipeline.config import validate_config
+from pipeline.errors import ConfigError
 
 
 def test_encoder_flops_by_hand():
@@ -19,10 +26,68 @@ def test_matmul_peak_is_a_positive_rate():
     assert 1e6 < matmul_peak_flops(size=128, repeats=2) < 1e15
 
 
-def test_render_lists_both_ways_with_ratio():
+def test_way_result_by_hand():
+    # 100 rows in 4 s against a 20 s naive run; 8e9 useful FLOPs on a 10 GFLOP/s peak
+    assert way_result(4.0, 100, 20.0, 8e9, 10e9) == {
+        "seconds": 4.0, "examples_per_s": 25.0, "speedup_vs_naive": 5.0, "useful_gflops_per_s": 2.0,
+        "fraction_of_peak": 0.2}
+
+
+def test_render_lists_three_ways_with_ratio_and_bytes():
     way = {"seconds": 2.0, "examples_per_s": 50.0, "speedup_vs_naive": 1.0, "useful_gflops_per_s": 1.5,
            "fraction_of_peak": 0.01}
-    text = render({"rows": 100, "matmul_peak_gflops": 150.0, "threads": 2,
-                   "ways": {"naive": way, "label stage": {**way, "speedup_vs_naive": 8.5}}})
-    assert "100 rows" in text and "150.0 GFLOP/s" in text
-    assert text.splitlines()[-1].split()[:2] == ["label", "stage"] and "8.50x" in text
+    stage = {**way, "speedup_vs_naive": 8.5, "stored_bytes_per_example": 61.0,
+             "signal_bytes_per_example": {"logits": 8.0}}
+    text = render({"rows": 100, "matmul_peak_gflops": 150.0, "threads": 2, "emit_layers": [3, 6],
+                   "ways": {"naive": way, "label stage": stage,
+                            "label + signals": {**stage, "stored_bytes_per_example": 12_345.0}}})
+    lines = text.splitlines()
+    assert "100 rows" in lines[0] and "150.0 GFLOP/s" in lines[0] and "[3, 6]" in lines[0]
+    assert lines[2].split()[0] == "naive" and lines[2].split()[-1] == "-"
+    assert lines[3].split()[:2] == ["label", "stage"] and "8.50x" in lines[3] and lines[3].endswith("61.0")
+    assert lines[4].endswith("12,345.0")
+    assert lines[5] == "bytes/example, label stage: logits 8.0"
+
+
+@pytest.fixture
+def finetuned_run(tmp_path, tiny_teacher_dir):
+    cfg = validate_config({"name": "b", "output_dir": str(tmp_path), "teacher": {"max_length": 32},
+                           "label": {"num_actors": 1},
+                           "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]}})
+    run = RunDir(cfg.run_dir)
+    words = ["good", "bad", "a rather long and winding sentence about a film", "ok", "dull plot"]
+    pq.write_table(pa.table({"id": np.arange(30), "text": [f"{words[i % 5]} {i}" for i in range(30)],
+                             "label": [i % 2 for i in range(30)]}), run.split_file("transfer"))
+    shutil.copytree(tiny_teacher_dir, run.teacher_dir)
+    run.publish("finetune", "test", {}, 0.0)
+    return cfg, run
+
+
+def test_layers_the_teacher_lacks_fail_before_any_work(finetuned_run, tmp_path):
+    cfg, _ = finetuned_run
+    with pytest.raises(ConfigError, match="hidden_layers"):
+        bench_label(cfg, 30, tmp_path / "label.json", emit_layers=(3, 6))  # the tiny teacher has 2 layers
+    assert not (tmp_path / "label.json").exists()
+
+
+def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run, tmp_path, ray_local):
+    cfg, run = finetuned_run
+    result = bench_label(cfg, 24, tmp_path / "label.json", emit_layers=(1, 2))
+    assert read_json(tmp_path / "label.json") == result
+    assert list(result["ways"]) == ["naive", "label stage", "label + signals"]
+    naive, stage, signals = result["ways"].values()
+    assert naive["speedup_vs_naive"] == 1.0 and "stored_bytes_per_example" not in naive
+    for way in (stage, signals):  # on 24 rows the actors' start-up dominates: slower than naive
+        assert way["examples_per_s"] == pytest.approx(24 / way["seconds"], abs=0.05)
+        assert way["speedup_vs_naive"] < 1 and way["fraction_of_peak"] < naive["fraction_of_peak"]
+    assert stage["signal_bytes_per_example"] == {"logits": 8.0}  # 2 float32 logits
+    from transformers import AutoTokenizer
+
+    texts = pq.read_table(run.split_file("transfer")).column("text").to_pylist()[:24]
+    lengths = np.asarray([len(ids) for ids in AutoTokenizer.from_pretrained(run.teacher_dir)(texts)["input_ids"]])
+    per_example = signals["signal_bytes_per_example"]
+    assert set(per_example) == {"logits", "length", "hidden_1", "hidden_2", "attention_1", "attention_2"}
+    # fp16 values plus a 4-byte list offset per row: hidden [T, 32], attention [2 heads, T, T]
+    assert per_example["hidden_2"] == pytest.approx(lengths.mean() * 32 * 2 + 4, abs=0.5)
+    assert per_example["attention_1"] == pytest.approx((2 * lengths**2).mean() * 2 + 4, abs=0.5)
+    assert signals["stored_bytes_per_example"] > 10 * stage["stored_bytes_per_example"]

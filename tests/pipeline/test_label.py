@@ -25,6 +25,23 @@ def test_plan_covers_every_row_once():
     assert label.plan_shards(32, 16)[-1] == {"shard": 1, "start": 16, "stop": 32}
 
 
+def test_shards_shrink_so_that_every_actor_gets_one():
+    assert label.shard_size(4000, 8192, 2) == 2000  # one 8,192-row shard would idle an actor
+    assert label.shard_size(4001, 8192, 2) == 2001
+    assert label.shard_size(67_349, 8192, 2) == 8192  # enough shards already: unchanged
+    assert label.shard_size(3, 8192, 8) == 1
+
+
+def test_tensor_parallel_is_checked_before_any_work(run_dir):
+    cfg, run = run_dir
+    raw = cfg.model_dump(mode="json")
+    with pytest.raises(ConfigError, match="label.tensor_parallel: 2 needs CUDA"):
+        label.run(validate_config({**raw, "label": {**raw["label"], "tensor_parallel": 2}}), run)  # no Ray needed
+    assert not run.shard_index.exists()
+    with pytest.raises(ConfigError, match="tensor_parallel > 1 needs engine: inference"):
+        validate_config({**raw, "label": {**raw["label"], "tensor_parallel": 2, "engine": "zero"}})
+
+
 @pytest.fixture
 def run_dir(tmp_path, tiny_teacher_dir):
     cfg = validate_config({"name": "t", "output_dir": str(tmp_path), "teacher": {"max_length": 32},

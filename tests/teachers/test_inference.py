@@ -107,3 +107,23 @@ def test_pairs_match_a_plain_forward_on_the_pair_encoding(tiny_teacher_dir):
     assert encoded[0]["token_type_ids"].tolist() == [[0] * 7 + [1] * 4]  # [CLS] a man plays a guitar [SEP] | ... [SEP]
     np.testing.assert_allclose(logits, expected, atol=1e-6)  # measured: 3e-9
     assert np.abs(unsegmented - logits[0]).max() > 1e-5  # measured: 6e-5 (a random head's logits are ~0.02)
+
+
+def test_tensor_parallel_goes_to_init_inference_and_fails_clearly_where_it_cannot_run(tiny_teacher_dir):
+    import json
+    from pathlib import Path
+
+    from pipeline.errors import ConfigError
+    from teachers.inference import check_tensor_parallel, inference_config
+
+    fp32 = select_precision("fp32", "test")
+    assert inference_config(fp32, 2, {})["tensor_parallel"] == {"tp_size": 2}
+    check_tensor_parallel(1, "cpu")  # the default needs nothing
+    with pytest.raises(ConfigError, match=r"^label.tensor_parallel: 2 needs CUDA GPUs"):
+        check_tensor_parallel(2, "cpu")
+    with pytest.raises(ConfigError, match="label.tensor_parallel: 2 needs CUDA"):
+        TeacherInference(tiny_teacher_dir, fp32, max_length=32, tensor_parallel=2)
+    shipped = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed" / "label-inference-tp2-kernels.json"
+    assert json.loads(shipped.read_text())["tensor_parallel"] == {"tp_size": 2}
+    with pytest.raises(ConfigError, match="label.tensor_parallel: 2 needs CUDA"):  # the JSON's degree is checked too
+        TeacherInference(tiny_teacher_dir, fp32, max_length=32, deepspeed_config=shipped)
