@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline import data, evaluate, finetune, label, report, train
-from pipeline.artifacts import RunDir, atomic_write_text, fingerprint
+from pipeline.artifacts import RunDir, atomic_write_text, fingerprint, sha256_file
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.tracking import Tracker
@@ -40,7 +40,8 @@ def stage_inputs(cfg: RunConfig, stage: str) -> Any:
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.unlabeled) if s is not None]
         if cfg.data.augment is not None:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
-        return [cfg.data, file_stats(f for f in files if f is not None and f.exists())]
+        # where the data lies (data.root) does not count, only the content of its files
+        return [cfg.data.model_copy(update={"root": None}), file_stats(f for f in files if f is not None and f.exists())]
     if stage == "label" and cfg.label.teachers:
         # an extra teacher's weights replaced in place rerun the stage; its shard plan key then relabels
         weights = [f for folder in cfg.label.teachers for f in weight_files(folder)]
@@ -49,9 +50,10 @@ def stage_inputs(cfg: RunConfig, stage: str) -> Any:
             "train": [cfg.train, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
 
 
-def file_stats(files: Iterable[Path]) -> list[tuple[str, int, int]]:
-    """``(path, size in bytes, mtime in ns)`` of each file: cheap evidence that a file changed."""
-    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+def file_stats(files: Iterable[Path]) -> list[tuple[str, int, str]]:
+    """``(name, size in bytes, SHA-256)`` of each file: its content, not where it lies or when it
+    was touched, so a copied or re-provisioned data folder keeps every finished stage."""
+    return [(f.name, f.stat().st_size, sha256_file(f)) for f in files]
 
 
 def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...] = ()) -> dict[str, Any]:
