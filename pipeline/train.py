@@ -164,7 +164,8 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
     Returns:
         The summary of this student, as in :func:`run`.
     """
-    key = fingerprint(kind, cfg.train.model_copy(update={"loss": loss}), cfg.seed,
+    # what this student depends on: not whether its twin is trained too
+    key = fingerprint(kind, cfg.train.model_copy(update={"loss": loss, "ce_only_baseline": True}), cfg.seed,
                       [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
     summary_file = run_dir.stage_dir("train") / f"{kind}.json"
     if summary_file.exists() and read_json(summary_file).get("key") == key and run_dir.student_dir(kind).is_dir():
