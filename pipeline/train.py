@@ -105,6 +105,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                           f"and each GPU worker needs one; lower train.num_workers")
 
     initial_dir = build_initial_student(cfg, run_dir)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
     dev = ray.data.read_parquet(str(dev_file.resolve()), columns=text_columns(dev_file) + ["label"])
     return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_dir) for kind, (files, loss) in runs.items()}
 
