@@ -48,6 +48,7 @@ from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from pipeline.artifacts import RunDir, atomic_write_json, fingerprint, read_json, sha256_file
 from pipeline.config import LossConfig, RunConfig, TrainConfig
@@ -285,7 +286,7 @@ def train_loop(config: dict) -> list[dict]:
                                            local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
         first_step = (epoch - 1) * steps_per_epoch
         losses = train_epoch(model, (collate(b) for b in batches), optimizer, scaler, precision, first_step,
-                             total_steps)
+                             total_steps, steps_per_epoch, show_progress=rank == 0)
         dev_batches = (dev_collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
         metrics = {"epoch": epoch, **losses, "dev_accuracy": accuracy(student, dev_batches, precision),
                    "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
@@ -317,8 +318,12 @@ class Batch:
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                precision: Precision, first_step: int, total_steps: int) -> dict[str, float]:
+                precision: Precision, first_step: int, total_steps: int, steps: int,
+                show_progress: bool) -> dict[str, float]:
     """One pass over this worker's shard; returns the epoch's row-weighted mean losses over all workers.
+
+    ``steps`` (this worker's steps per epoch) sizes the progress bar, shown when ``show_progress``
+    (rank 0).
 
     Returns:
         ``{"loss": total, "loss_<term>": unweighted term, ...}`` for every term of the loss.
@@ -327,7 +332,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sca
     device = ray.train.torch.get_device()
     names: list[str] = []
     sums = None  # row-weighted sums of total and each term, then the row count
-    for step, batch in enumerate(batches, start=first_step):
+    for step, batch in enumerate(tqdm(batches, desc="train", unit="step", total=steps, disable=not show_progress),
+                                 start=first_step):
         batch = batch.to(device)
         progress = min(1.0, step / total_steps)
         if is_deepspeed(model):  # the engine handles precision, loss scaling and clipping
