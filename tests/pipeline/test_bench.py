@@ -91,3 +91,29 @@ def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run,
     assert per_example["hidden_2"] == pytest.approx(lengths.mean() * 32 * 2 + 4, abs=0.5)
     assert per_example["attention_1"] == pytest.approx((2 * lengths**2).mean() * 2 + 4, abs=0.5)
     assert signals["stored_bytes_per_example"] > 10 * stage["stored_bytes_per_example"]
+
+
+def test_readback_streams_a_quarter_then_all_shards_and_reports_memory(tmp_path, ray_local, tiny_teacher_dir):
+    """Shards with hidden states and attention maps of layer 2, streamed for a 1-layer transformer student."""
+    from pipeline import bench_readback, label
+
+    cfg = validate_config({
+        "name": "t", "output_dir": str(tmp_path), "teacher": {"max_length": 16},
+        "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
+        "label": {"shard_rows": 25, "num_actors": 1, "emit": {"hidden_layers": [2], "attention_layers": [2]}},
+        "train": {"batch_size": 8, "student": {"family": "transformer", "num_layers": 1, "max_length": 16},
+                  "loss": {"hidden": {"layer_map": {2: 1}}, "attention": {"layer_map": {2: 1}}}}})
+    run = RunDir(cfg.run_dir)
+    pq.write_table(pa.table({"id": list(range(100)), "text": [f"a film {i} of some length" for i in range(100)],
+                             "label": [i % 2 for i in range(100)]}), run.split_file("transfer"))
+    shutil.copytree(tiny_teacher_dir, run.teacher_dir)
+    run.publish("label", "x", label.run(cfg, run), 1.0)
+
+    result = bench_readback.bench_readback(cfg, tmp_path / "readback.json")
+    quarter, whole = result["passes"]
+    assert (quarter["shards"], quarter["rows"]) == (1, 25) and (whole["shards"], whole["rows"]) == (4, 100)
+    assert "hidden_2" in result["columns"] and "attention_2" in result["columns"]
+    assert whole["float32_mb"] > quarter["float32_mb"] and whole["disk_mb"] > 3 * quarter["disk_mb"]
+    assert 100 < whole["peak_rss_mb"] < 4000
+    assert read_json(tmp_path / "readback.json") == result
+    assert "peak RSS MB" in bench_readback.render(result)

@@ -1,0 +1,100 @@
+"""``distill bench readback``: memory of the streamed read-back of soft-label shards into training.
+
+Streams a run's label shards into training batches exactly as the train stage does (Ray Data
+``read_parquet``, a per-worker shuffle buffer of :data:`pipeline.train.LOCAL_SHUFFLE_ROWS`
+rows, :class:`pipeline.train.Collate` padding the per-token signals to float32 tensors) but
+without a model step, once over a quarter of the shards and once over all of them. Each pass
+runs in its own Ray task, so its peak resident set size is the consumer's alone.
+
+Baseline: the size of what was streamed (bytes on disk, and the float32 tensors delivered).
+Bounded memory shows as a peak RSS that stays flat while the streamed data grows 4x and
+exceeds it.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from pipeline import train
+from pipeline.artifacts import RunDir, atomic_write_json
+from pipeline.config import RunConfig
+from pipeline.runner import start_ray
+from students.base import build_student, load_student
+
+FRACTIONS = (0.25, 1.0)
+"""Shares of the shards streamed, smallest first."""
+
+
+@ray.remote(num_cpus=1)
+def stream_batches(files: list[str], columns: list[str], layers: tuple[list[int], list[int]], student_dir: str,
+                   batch_size: int) -> dict[str, float]:
+    """Stream ``files`` into collated training batches; returns rows, seconds, float32 bytes and peak RSS (MB)."""
+    student = load_student(student_dir)
+    collate = train.Collate(student, layers)
+    dataset = ray.data.read_parquet(files, columns=columns)
+    rows = tensor_bytes = 0
+    began = time.perf_counter()
+    for batch in dataset.iter_batches(batch_size=batch_size, local_shuffle_buffer_size=train.LOCAL_SHUFFLE_ROWS,
+                                      local_shuffle_seed=0):
+        collated = collate(batch)
+        rows += len(collated.labels)
+        tensor_bytes += sum(t.numel() * t.element_size() for t in collated.teacher.values())
+    return {"rows": rows, "seconds": time.perf_counter() - began, "teacher_tensor_bytes": tensor_bytes,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # ru_maxrss: KiB
+
+
+def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
+    """Stream a quarter of the run's shards, then all of them, and write the measurements as JSON.
+
+    Args:
+        cfg: the run config; its label stage must be done, with the signals ``train.loss`` reads.
+        out_file: where the JSON result goes.
+
+    Returns:
+        ``{"passes": [{"shards", "rows", "disk_mb", "float32_mb", "rows_per_s", "peak_rss_mb"}, ...]}``.
+
+    Raises:
+        ArtifactError: the label stage is not done, or its shards lack a signal the loss reads.
+    """
+    run = RunDir(cfg.run_dir)
+    run.require("label")
+    files = train.soft_label_files(run, len(cfg.data.labels), cfg.train.loss)
+    columns = train.training_columns(files[0], cfg.train.loss)
+    start_ray(cfg)
+    passes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(cfg.seed)
+        student = build_student(cfg.train.student, len(cfg.data.labels), run.teacher_dir, ["a sentence"])
+        student_dir = str(student.save(Path(tmp) / "student"))
+        for fraction in FRACTIONS:
+            subset = files[:max(1, round(fraction * len(files)))]
+            measured = ray.get(stream_batches.remote([str(f.resolve()) for f in subset], columns,
+                                                     train.layers_needed(cfg.train.loss), student_dir,
+                                                     cfg.train.batch_size))
+            passes.append({"shards": len(subset), "rows": measured["rows"],
+                           "disk_mb": round(sum(f.stat().st_size for f in subset) / 2**20, 3),
+                           "float32_mb": round(measured["teacher_tensor_bytes"] / 2**20, 3),
+                           "rows_per_s": round(measured["rows"] / measured["seconds"], 1),
+                           "peak_rss_mb": round(measured["peak_rss_mb"], 1)})
+    result = {"run": str(run.root), "columns": columns, "shuffle_buffer_rows": train.LOCAL_SHUFFLE_ROWS,
+              "batch_size": cfg.train.batch_size, "passes": passes}
+    atomic_write_json(out_file, result)
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    """The result as a plain-text table."""
+    lines = [f"read-back benchmark: {result['run']}, columns {', '.join(result['columns'])}; shuffle buffer "
+             f"{result['shuffle_buffer_rows']} rows, batch {result['batch_size']}",
+             f"{'shards':>6} {'rows':>8} {'on disk MB':>11} {'float32 MB':>11} {'rows/s':>8} {'peak RSS MB':>12}"]
+    for p in result["passes"]:
+        lines.append(f"{p['shards']:>6} {p['rows']:>8} {p['disk_mb']:>11,.1f} {p['float32_mb']:>11,.1f} "
+                     f"{p['rows_per_s']:>8,.1f} {p['peak_rss_mb']:>12,.1f}")
+    return "\n".join(lines)
