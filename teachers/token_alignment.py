@@ -34,17 +34,21 @@ NO_SUBTOKEN = -1
 """First sub-token index of a word that has no sub-token (truncated or dropped by the tokenizer)."""
 
 
-def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int) -> BatchEncoding:
+def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int,
+                 pad: bool = True) -> BatchEncoding:
     """Tokenize pre-split sentences for the teacher, keeping the word of every sub-token.
 
     Args:
         tokenizer: a fast (Rust-backed) tokenizer; only those know ``word_ids()``.
         sentences: B sentences, each a list of words.
         max_length: sub-tokens per sentence, special tokens included; longer ones are truncated.
+        pad: pad to the longest row and return tensors; False returns unpadded lists (for
+            batching by length later).
 
     Returns:
-        A BatchEncoding padded to the longest row: ``input_ids``/``attention_mask`` int64 [B, T]
-        tensors, and ``word_ids(i)`` giving row i's word index per position.
+        A BatchEncoding: ``input_ids``/``attention_mask`` (and ``token_type_ids`` for BERT),
+        int64 [B, T] tensors padded to the longest row, or per-row lists with ``pad=False``;
+        ``word_ids(i)`` gives row i's word index per position.
 
     Raises:
         ValueError: the tokenizer is not a fast one.
@@ -53,7 +57,7 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]],
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer, so it cannot map sub-tokens to "
                          f"words; load the teacher's tokenizer with use_fast=True (needs its tokenizer.json)")
     return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
-                     padding=True, return_tensors="pt")
+                     padding=pad, return_tensors="pt" if pad else None)
 
 
 def first_subtoken_index(word_ids: Sequence[int | None], num_words: int) -> torch.Tensor:
