@@ -94,7 +94,7 @@ class ShardLabeler:
 
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``).
+        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``, or ``id, tokens, tags``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         max_length: teacher tokens per row.
         label: the label section: precision, batching, signals, DeepSpeed engine, combine mode.
