@@ -79,7 +79,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             models[kind] = (student, student.featurize, run_dir.student_dir(kind))
     results = {}
     for name, (model, featurize, folder) in models.items():
-        scores = {f"{split_name}_{key}": value for split_name, split in splits.items()
+        scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
                   for key, value in score(predict(model, featurize, split), split.gold, tags).items()}
         results[name] = {**scores, **measure(model, featurize, folder, splits["dev"], cfg)}
         log.info("evaluate: %s %s, %d parameters, %.1f MB, p50 %.2f ms", name,
@@ -100,7 +100,7 @@ def dev_metric_name(tag_names: list[str] | None) -> str:
 
 
 def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str, float]:
-    """Scores of predictions against gold labels, rounded to 4 digits.
+    """Scores of predictions against gold labels.
 
     Args:
         predicted: N class ids, or N tag-id lists (one per word).
@@ -112,10 +112,9 @@ def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str,
         (micro-averaged over entities, :func:`pipeline.entity_metrics.entity_scores`) for tags.
     """
     if tag_names is None:
-        return {"accuracy": round(float(np.mean(np.equal(predicted, gold))) if gold else 0.0, 4)}
+        return {"accuracy": float(np.mean(np.equal(predicted, gold))) if gold else 0.0}
     overall = entity_scores(predicted, gold, tag_names).overall
-    return {"entity_f1": round(overall.f1, 4), "entity_precision": round(overall.precision, 4),
-            "entity_recall": round(overall.recall, 4)}
+    return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
 
 
 def read_split(path: Path) -> Split:
