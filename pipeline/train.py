@@ -521,7 +521,7 @@ def pad_words(rows: np.ndarray, width: int, fill: int | bool) -> torch.Tensor:
     out = torch.full((len(rows), width), fill)
     for i, row in enumerate(rows):
         if row is not None and len(row):
-            out[i, :len(row)] = torch.as_tensor(np.asarray(row))
+            out[i, :len(row)] = torch.from_numpy(np.array(row))  # a copy: Ray's arrays are read-only
     return out
 
 
