@@ -2,7 +2,7 @@
 
 Layout of ``<output_dir>/<name>/``::
 
-    data/{train,dev,transfer}.parquet      stage data
+    data/{train,dev,[test,]transfer}.parquet  stage data
     finetune/teacher/                     stage finetune (Hugging Face format)
     label/shard-00000.parquet ...         stage label (soft labels), with label/shards.json
     train/{kd,ce_only}/                   stage train (student checkpoints)
@@ -181,7 +181,7 @@ class RunDir:
 
     # --- named artifacts ---------------------------------------------------------------
     def split_file(self, split: str) -> Path:
-        """Parquet table of one split: ``train``, ``dev`` or ``transfer``."""
+        """Parquet table of one split: ``train``, ``dev``, ``test`` (when configured) or ``transfer``."""
         return self.stage_dir("data") / f"{split}.parquet"
 
     @property

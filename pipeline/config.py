@@ -73,16 +73,25 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    """Stage ``data``: the labeled train split, the dev split and the unlabeled transfer set.
+    """Stage ``data``: the labeled train split, the dev split, an optional test split and the
+    unlabeled transfer set.
 
     The transfer set that the teacher labels is the labeled train split (hard labels kept)
     plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019). With
     ``text_pair_column`` every row is a sentence pair (text, text_pair).
+
+    ``task: token`` is word tagging (NER): every split is a CoNLL-format file
+    (:mod:`pipeline.conll`), ``labels`` is the tag set (IOB2, e.g. ``CONLL2003_TAGS``) and the
+    column settings are not used.
     """
 
     root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
+    task: Literal["sequence", "token"] = Field(
+        default="sequence", description="sequence: one label per sentence (or pair); token: one tag per word, "
+                                        "CoNLL-format splits")
     train: SplitConfig
     dev: SplitConfig
+    test: SplitConfig | None = Field(default=None, description="evaluated by the evaluate stage when given")
     unlabeled: SplitConfig | None = None
     text_column: str = "sentence"
     text_pair_column: str | None = Field(
@@ -98,6 +107,10 @@ class DataConfig(Section):
             raise ValueError(f"labels must be distinct, got {self.labels}")
         if self.label_names is not None and len(self.label_names) != len(self.labels):
             raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
+        if self.task == "token":
+            bad = [tag for tag in self.labels if not (tag == "O" or str(tag).startswith(("B-", "I-")))]
+            if bad:
+                raise ValueError(f"a token task's labels are IOB2 tags ('O', 'B-TYPE', 'I-TYPE'); got {bad}")
         return self
 
     def resolved_root(self) -> Path:
@@ -424,7 +437,10 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """Stage ``evaluate``: dev accuracy, size and batch-1 CPU latency of teacher and students."""
+    """Stage ``evaluate``: dev (and test) scores, size and batch-1 CPU latency of teacher and students.
+
+    Scores are accuracy for sequence tasks, entity-level F1, precision and recall (seqeval)
+    for token tasks."""
 
     latency_runs: int = Field(default=200, gt=0, description="batch-1 forward passes timed per model")
     latency_warmup: int = Field(default=20, ge=0)
@@ -465,6 +481,29 @@ class RunConfig(Section):
         return self.output_dir / self.name
 
 
+TAGGER_FAMILIES = ("cnn_lstm",)
+"""Student families that tag words (logits [B, W, C]); the others classify sentences."""
+
+
+def task_conflicts(cfg: RunConfig) -> list[str]:
+    """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
+    family = cfg.train.student.family
+    if cfg.data.task == "sequence":
+        return [f"train.student.family: {family} tags words; it needs data.task: token, or use bilstm or "
+                f"transformer"] if family in TAGGER_FAMILIES else []
+    problems = []
+    if family not in TAGGER_FAMILIES:
+        problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
+                        f"{' or '.join(TAGGER_FAMILIES)}")
+    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "data.augment": cfg.data.augment,
+                   "label.teachers": cfg.label.teachers, "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
+                   "label.emit.attention_layers": cfg.label.emit.attention_layers,
+                   "label.emit.logits_top_k": cfg.label.emit.logits_top_k}
+    problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
+                 if value]
+    return problems
+
+
 PRESET_PACKAGE = "pipeline.presets"
 
 
@@ -485,8 +524,9 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig:
         The validated, frozen :class:`RunConfig`.
 
     Raises:
-        ConfigError: the file is missing or not YAML, an override is malformed, or a field
-            is unknown or of the wrong type (every such field is listed).
+        ConfigError: the file is missing or not YAML, an override is malformed, a field is
+            unknown or of the wrong type (every such field is listed), or settings do not fit
+            ``data.task`` (a sentence student on a token task; see :func:`task_conflicts`).
     """
     raw, origin = _read_source(source)
     for override in overrides:
@@ -497,10 +537,15 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig:
 def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
     """Validate a parsed config mapping; see :func:`load_config` for the errors raised."""
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors()]
         raise ConfigError(f"{origin}: {len(lines)} invalid field(s):\n  " + "\n  ".join(lines)) from None
+    lines = task_conflicts(cfg)
+    if lines:
+        raise ConfigError(f"{origin}: {len(lines)} setting(s) do not fit data.task {cfg.data.task}:\n  "
+                          + "\n  ".join(lines))
+    return cfg
 
 
 def _read_source(source: str | Path) -> tuple[dict[str, Any], str]:

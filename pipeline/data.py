@@ -1,15 +1,22 @@
-"""Stage ``data``: read the labeled train split, the dev split and build the transfer set.
+"""Stage ``data``: read the labeled train split, the dev (and test) split and build the transfer set.
 
 The transfer set is the labeled split, the unlabeled rows, and, with ``data.augment``, the
 augmented sentences of :mod:`pipeline.augment` (Tang et al. 2019), deduplicated.
 
-Tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/Parquet, or a hub
-dataset when online), checked, and written as Parquet with the columns
+For sequence tasks, tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/
+Parquet, or a hub dataset when online), checked, and written as Parquet with the columns
 
     id         int64   row id, unique within the table
     text       string  the input sentence
     text_pair  string  the second sentence, only with ``data.text_pair_column`` (pair tasks)
     label      int64   class index into ``data.labels``; -1 for an unlabeled transfer row
+
+For token tasks (``data.task: token``) every split is a CoNLL-format file read by
+:func:`pipeline.conll.read_conll`, and the tables hold
+
+    id         int64         row id, unique within the table
+    tokens     list<string>  the sentence's words
+    tags       list<int64>   tag index into ``data.labels`` per word; [] for an unlabeled transfer row
 
 Every check runs before any model work, and each failure names the file and what to do.
 """
@@ -26,6 +33,7 @@ import datasets
 from pipeline.artifacts import RunDir, atomic_path
 from pipeline.augment import augment, read_pos_lexicon
 from pipeline.config import DataConfig, RunConfig, SplitConfig
+from pipeline.conll import read_conll
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,16 +49,20 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """Read, check and store the three tables of the run.
 
     Returns:
-        Summary for the stage manifest: row counts and label counts per table.
+        Summary for the stage manifest: per table its rows, label counts (per tag over words
+        for token tasks) and ``unlabeled_rows``, the rows without a hard label.
 
     Raises:
         DataError: a file is missing, empty, not UTF-8, lacks a column, or holds a label
-            outside ``data.labels``.
+            outside ``data.labels`` (for CoNLL files: see :func:`pipeline.conll.read_conll`).
     """
     data = cfg.data
-    train = read_split(data, data.train, labeled=True)
-    dev = read_split(data, data.dev, labeled=True)
-    extras = [read_split(data, data.unlabeled, labeled=False)] if data.unlabeled else []
+    read = read_tagged_split if data.task == "token" else read_split
+    train = read(data, data.train, labeled=True)
+    splits = {"dev": read(data, data.dev, labeled=True)}
+    if data.test is not None:
+        splits["test"] = read(data, data.test, labeled=True)
+    extras = [read(data, data.unlabeled, labeled=False)] if data.unlabeled else []
     summary = {}
     if data.augment is not None:
         lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
@@ -62,11 +74,17 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         summary["augmented"] = {"rows": len(rows), "growth": round(len(rows) / len(train), 2)}
         log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(rows), len(rows) / len(train))
     transfer = build_transfer_set(train, extras)
-    for name, table in {"train": train, "dev": dev, "transfer": transfer}.items():
+    for name, table in {"train": train, **splits, "transfer": transfer}.items():
         with atomic_path(run_dir.split_file(name)) as tmp:
             table.to_parquet(str(tmp))
-        labels = Counter(table["label"])
-        summary[name] = {"rows": len(table), "label_counts": {str(k): v for k, v in sorted(labels.items())}}
+        if data.task == "token":
+            labels = Counter(tag for tags in table["tags"] for tag in tags)
+            unlabeled = sum(not tags for tags in table["tags"])
+        else:
+            labels = Counter(table["label"])
+            unlabeled = labels.get(NO_LABEL, 0)
+        summary[name] = {"rows": len(table), "unlabeled_rows": unlabeled,
+                         "label_counts": {str(k): v for k, v in sorted(labels.items())}}
         log.info("data: %s has %d rows, labels %s", name, len(table), dict(labels))
     return summary
 
@@ -76,8 +94,11 @@ def sentence_columns(data: DataConfig) -> list[str]:
     return ["text"] if data.text_pair_column is None else ["text", "text_pair"]
 
 
-def sentences(table: datasets.Dataset) -> list[tuple[str, ...]]:
-    """Each row's sentences, ``(text,)`` or ``(text, text_pair)``: the key rows are deduplicated by."""
+def sentences(table: datasets.Dataset) -> list[tuple]:
+    """Each row's sentences, ``(text,)``, ``(text, text_pair)`` or ``(tuple_of_words,)`` for token
+    tasks: the key rows are deduplicated by."""
+    if "tokens" in table.column_names:
+        return [(tuple(words),) for words in table["tokens"]]
     return list(zip(*(table[name] for name in ("text", "text_pair") if name in table.column_names)))
 
 
@@ -87,17 +108,20 @@ def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset]) 
     A row is present when its sentences, the pair for pair tasks, equal those of an earlier row.
 
     Args:
-        train: the labeled split, columns ``id, text, [text_pair,] label``.
+        train: the labeled split, columns ``id, text, [text_pair,] label`` (``id, tokens, tags``
+            for token tasks).
         extras: unlabeled or augmented rows, same columns; their labels are dropped.
 
     Returns:
-        A table with the columns of ``train``, fresh ids ``0..N-1``; extra rows have ``label = -1``.
+        A table with the columns of ``train``, fresh ids ``0..N-1``; extra rows have ``label = -1``
+        (``tags = []``).
     """
     parts = [train]
     seen = set(sentences(train))
+    no_label = {"tags": []} if "tags" in train.column_names else {"label": NO_LABEL}
     for extra in extras:
         keep = [i for i, key in enumerate(sentences(extra)) if not (key in seen or seen.add(key))]
-        parts.append(extra.select(keep).map(lambda _: {"label": NO_LABEL}))
+        parts.append(extra.select(keep).map(lambda _: no_label))
     transfer = datasets.concatenate_datasets(parts)
     transfer = transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
     return transfer.select_columns(train.column_names)  # the column order of the other tables
@@ -140,6 +164,36 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
         features=datasets.Features({"id": datasets.Value("int64"),
                                     **{name: datasets.Value("string") for name in columns},
                                     "label": datasets.Value("int64")}))
+
+
+def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datasets.Dataset:
+    """Read one CoNLL-format split of a token task into a table with columns ``id, tokens, tags``.
+
+    Args:
+        data: the data section (label set, root folder).
+        split: which file, and which sentences (``skip``, ``limit``); hub splits are not supported.
+        labeled: whether to keep the tags; an unlabeled split's rows get ``tags = []``.
+
+    Raises:
+        DataError: the split names a hub dataset, no sentence is left after ``skip``, or the
+            file fails :func:`pipeline.conll.read_conll`'s checks (a tag outside ``data.labels``
+            names its line).
+    """
+    path = data.resolve(split)
+    if path is None:
+        raise DataError(Path(f"{split.hub}:{split.hub_split}"), "token tasks read CoNLL-format files; give the "
+                                                                "split a local path instead of hub")
+    table = read_conll(path, [str(tag) for tag in data.labels])
+    stop = len(table) if split.limit is None else min(len(table), split.skip + split.limit)
+    if split.skip >= stop:
+        raise DataError(path, f"no sentences left after skip={split.skip} (the file has {len(table)}); "
+                              f"lower data.*.skip")
+    tags = table["tags"][split.skip:stop] if labeled else [[] for _ in range(split.skip, stop)]
+    return datasets.Dataset.from_dict(
+        {"id": list(range(stop - split.skip)), "tokens": table["tokens"][split.skip:stop], "tags": tags},
+        features=datasets.Features({"id": datasets.Value("int64"),
+                                    "tokens": datasets.List(datasets.Value("string")),
+                                    "tags": datasets.List(datasets.Value("int64"))}))
 
 
 def checked_sentences(values: list, column: str, origin: Path, first_row: int = 0) -> list[str]:

@@ -1,9 +1,11 @@
-"""Stage ``evaluate``: dev accuracy, parameters, size on disk and batch-1 CPU latency.
+"""Stage ``evaluate``: dev (and test) scores, parameters, size on disk and batch-1 CPU latency.
 
 Measures the fine-tuned teacher, the distilled student (``kd``) and, when trained, the
-CE-only twin (``ce_only``) on the same dev rows and the same sentences for latency, each with
+CE-only twin (``ce_only``) on the same rows and the same sentences for latency, each with
 its own featurisation (the teacher's tokenizer, or the student's ``featurize``), on this
-machine's CPU.
+machine's CPU. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
+precision and recall (:mod:`pipeline.entity_metrics`), the teacher tagging each word with
+its first sub-token (:class:`teachers.token_alignment.WordTagger`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,90 +24,167 @@ from torch import nn
 
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
+from pipeline.entity_metrics import entity_scores
 from pipeline.latency import batch1_latency_ms
 from students.base import META_FILE, load_student
-from teachers.checkpoint import load_tokenizer
+from teachers.checkpoint import CLASSIFIERS, load_tokenizer
+from teachers.token_alignment import WordTagger, word_features
 
 log = logging.getLogger(__name__)
 
 STUDENT_KINDS = ("kd", "ce_only")
 
 EVAL_BATCH = 64
-"""Dev rows per batch, taken in length order so that padding stays small."""
+"""Rows per batch, taken in length order so that padding stays small."""
+
+LATENCY_ROWS = 100
+"""Dev rows whose batch-1 forward passes are timed, cycled."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """The rows of one evaluated split.
+
+    Attributes:
+        texts: N sentences, or N word lists for token tasks.
+        pairs: N second sentences of a pair task, else None.
+        gold: N class ids, or N tag-id lists for token tasks.
+    """
+
+    texts: list
+    pairs: list[str] | None
+    gold: list
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    """Measure every model of the run on the dev split.
+    """Measure every model of the run on the dev split, and on the test split when configured.
 
     Returns:
-        ``{"dev_rows", "hardware", "models": {"teacher"|"kd"|"ce_only": metrics}}`` where each
-        metrics dict holds ``dev_accuracy``, ``parameters``, ``size_mb`` and ``latency``
-        (see :func:`pipeline.latency.batch1_latency_ms`).
+        ``{"dev_rows", ["test_rows",] "hardware", "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``;
+        ``score_keys`` lists the score entries of each metrics dict, ``<split>_<score>`` with the
+        scores of :func:`score` (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...),
+        and each metrics dict also holds ``parameters``, ``size_mb`` and ``latency`` (see
+        :func:`pipeline.latency.batch1_latency_ms`).
     """
     torch.manual_seed(cfg.seed)
-    dev = pq.read_table(run_dir.split_file("dev"))
-    texts = dev.column("text").to_pylist()
-    pairs = dev.column("text_pair").to_pylist() if "text_pair" in dev.column_names else None
-    labels = np.asarray(dev.column("label"))
-    models: dict[str, tuple[nn.Module, Callable, Path]] = {"teacher": teacher_model(run_dir.teacher_dir,
-                                                                                     cfg.teacher.max_length)}
+    tags = tag_names(cfg)
+    splits = {"dev": read_split(run_dir.split_file("dev"))}
+    if cfg.data.test is not None:
+        splits["test"] = read_split(run_dir.split_file("test"))
+    models: dict[str, tuple[nn.Module, Callable, Path]] = {
+        "teacher": teacher_model(run_dir.teacher_dir, cfg.teacher.max_length, cfg.data.task)}
     for kind in STUDENT_KINDS:
         if run_dir.student_dir(kind).joinpath(META_FILE).exists():
             student = load_student(run_dir.student_dir(kind))
             models[kind] = (student, student.featurize, run_dir.student_dir(kind))
     results = {}
     for name, (model, featurize, folder) in models.items():
-        results[name] = measure(model, featurize, folder, texts, pairs, labels, cfg)
-        log.info("evaluate: %s dev accuracy %.4f, %d parameters, %.1f MB, p50 %.2f ms",
-                 name, results[name]["dev_accuracy"], results[name]["parameters"],
+        scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
+                  for key, value in score(predict(model, featurize, split), split.gold, tags).items()}
+        results[name] = {**scores, **measure(model, featurize, folder, splits["dev"], cfg)}
+        log.info("evaluate: %s %s, %d parameters, %.1f MB, p50 %.2f ms", name,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), results[name]["parameters"],
                  results[name]["size_mb"], results[name]["latency"]["p50_ms"])
-    return {"dev_rows": len(texts), "hardware": hardware(), "models": results}
+    return {**{f"{name}_rows": len(split.texts) for name, split in splits.items()}, "hardware": hardware(),
+            "score_keys": list(scores), "models": results}
 
 
-def teacher_model(teacher_dir: Path, max_length: int) -> tuple[nn.Module, Callable, Path]:
-    """The fine-tuned teacher in eval mode, its featurizer (tokenizer to ``max_length``) and folder."""
-    from transformers import AutoModelForSequenceClassification
+def tag_names(cfg: RunConfig) -> list[str] | None:
+    """The IOB2 tag names of a token task, in index order; None for sequence tasks."""
+    return [str(tag) for tag in cfg.data.labels] if cfg.data.task == "token" else None
 
-    teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
+
+def dev_metric_name(tag_names: list[str] | None) -> str:
+    """The key of :func:`score` that picks the best epoch: ``accuracy``, or ``entity_f1`` for tags."""
+    return "accuracy" if tag_names is None else "entity_f1"
+
+
+def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str, float]:
+    """Scores of predictions against gold labels.
+
+    Args:
+        predicted: N class ids, or N tag-id lists (one per word).
+        gold: the same shape.
+        tag_names: IOB2 name of each tag id for token tasks; None for sentence labels.
+
+    Returns:
+        ``{"accuracy"}`` for sentence labels; ``{"entity_f1", "entity_precision", "entity_recall"}``
+        (micro-averaged over entities, :func:`pipeline.entity_metrics.entity_scores`) for tags.
+    """
+    if tag_names is None:
+        return {"accuracy": float(np.mean(np.equal(predicted, gold))) if gold else 0.0}
+    overall = entity_scores(predicted, gold, tag_names).overall
+    return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
+
+
+def read_split(path: Path) -> Split:
+    """A split table of the data stage (sentence or tagged-word columns) as a :class:`Split`."""
+    table = pq.read_table(path)
+    if "tokens" in table.column_names:
+        return Split(table.column("tokens").to_pylist(), None, table.column("tags").to_pylist())
+    pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
+    return Split(table.column("text").to_pylist(), pairs, table.column("label").to_pylist())
+
+
+def teacher_model(teacher_dir: Path, max_length: int, task: str = "sequence") -> tuple[nn.Module, Callable, Path]:
+    """The fine-tuned teacher in eval mode, its featurizer (tokenizer to ``max_length``) and folder.
+
+    A token classifier is wrapped as a :class:`WordTagger` whose featurizer takes word lists,
+    so that it returns word logits [B, W, C] like a tagging student.
+    """
+    model = CLASSIFIERS[task].from_pretrained(str(teacher_dir)).eval()
     tokenizer = load_tokenizer(teacher_dir)
+    if task == "token":
+        return WordTagger(model).eval(), lambda sentences, pairs=None: word_features(tokenizer, sentences,
+                                                                                       max_length), teacher_dir
 
     def featurize(texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         return dict(tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt"))
 
-    return teacher, featurize, teacher_dir
+    return model, featurize, teacher_dir
 
 
-def measure(model: nn.Module, featurize: Callable, folder: Path, texts: list[str], pairs: list[str] | None,
-            labels: np.ndarray, cfg: RunConfig) -> dict[str, Any]:
-    """Accuracy, parameter count, weight-file size (MB) and batch-1 latency (ms) of one model.
+def predict(model: nn.Module, featurize: Callable, split: Split) -> list:
+    """The argmax class of every row ([N] ids), or of every word of every row (N lists) for taggers.
 
-    Args:
-        model: a teacher or student in eval mode; called as ``model(**featurize(texts))``.
-        featurize: texts (and pairs) -> the model's input tensors, padded per batch.
-        folder: where its weights lie (``*.safetensors`` are counted).
-        texts: dev sentences; pairs: their second sentences, or None.
-        labels: int64 [N] gold class ids.
-        cfg: reads ``evaluate.latency_runs`` and ``evaluate.latency_warmup``.
+    Rows are batched in length order (characters, or words for word lists) to keep padding small.
     """
-    predictions = np.empty(len(texts), dtype=np.int64)
+    texts, pairs = split.texts, split.pairs
+    predictions: list = [None] * len(texts)
     order = np.argsort([len(t) + len(p or "") for t, p in zip(texts, pairs or [None] * len(texts))], kind="stable")
     with torch.inference_mode():
         for start in range(0, len(texts), EVAL_BATCH):
             rows = order[start:start + EVAL_BATCH]
             batch = featurize([texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None)
-            predictions[rows] = logits_of(model, batch).argmax(-1).numpy()
-    singles = [featurize([texts[i]], [pairs[i]] if pairs else None) for i in range(min(100, len(texts)))]
+            best = logits_of(model, batch).argmax(-1)  # [b] or [b, W]
+            for j, row in enumerate(rows):
+                predictions[row] = best[j].item() if best.dim() == 1 else best[j, :len(texts[row])].tolist()
+    return predictions
+
+
+def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg: RunConfig) -> dict[str, Any]:
+    """Parameter count, weight-file size (MB) and batch-1 latency (ms) of one model.
+
+    Args:
+        model: a teacher or student in eval mode; called as ``model(**featurize(texts))``.
+        featurize: texts (and pairs) -> the model's input tensors, padded per batch.
+        folder: where its weights lie (``*.safetensors`` are counted).
+        dev: the dev split; its first :data:`LATENCY_ROWS` rows are timed one at a time.
+        cfg: reads ``evaluate.latency_runs`` and ``evaluate.latency_warmup``.
+    """
+    singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None)
+               for i in range(min(LATENCY_ROWS, len(dev.texts)))]
     latency = batch1_latency_ms(lambda b: logits_of(model, b), singles,
                                 cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
     weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-    return {"dev_accuracy": round(float((predictions == labels).mean()), 4),
-            "parameters": sum(p.numel() for p in model.parameters()),
+    return {"parameters": sum(p.numel() for p in model.parameters()),
             "size_mb": round(weights / 2**20, 2), "latency": latency}
 
 
 def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits [B, C] float32 of a teacher or a student (both return an object with ``logits``)."""
+    """Logits float32 of a teacher or a student (both return an object with ``logits``):
+    [B, C] for sentences, [B, W, C] for word taggers."""
     return model(**batch).logits.float()
 
 

@@ -1,7 +1,8 @@
 """Stage ``finetune``: fine-tune the teacher on the labeled split with DeepSpeed.
 
-Skipped (the checkpoint is copied as is) when the configured teacher already is a sequence
-classifier for the label set, unless ``finetune.force`` is set. Output: the teacher in Hugging
+Skipped (the checkpoint is copied as is) when the configured teacher already is a classifier
+of the task (sequence, or token for ``data.task: token``) for the label set, unless
+``finetune.force`` is set. Output: the teacher in Hugging
 Face format at ``finetune/teacher/``.
 """
 
@@ -33,14 +34,14 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         training loss history (mean per tenth of the run).
     """
     source = resolve_teacher(cfg.teacher.model)
-    names = label_names(cfg)
-    if is_classifier_for(source, len(names)) and not cfg.finetune.force:
-        log.info("finetune: %s already is a %d-class classifier; skipping fine-tuning", source, len(names))
-        save_hf(load_classifier(source, names), load_tokenizer(source), run_dir.teacher_dir)
+    names, task = label_names(cfg), cfg.data.task
+    if is_classifier_for(source, len(names), task) and not cfg.finetune.force:
+        log.info("finetune: %s already is a %d-class %s classifier; skipping fine-tuning", source, len(names), task)
+        save_hf(load_classifier(source, names, task), load_tokenizer(source), run_dir.teacher_dir)
         return {"source": str(source), "finetuned": False}
     train = datasets.Dataset.from_parquet(str(run_dir.split_file("train")))
     precision = select_precision(cfg.finetune.precision, "finetune")
     result = finetune_classifier(source, train, names, run_dir.teacher_dir, cfg.finetune, precision,
-                                 cfg.teacher.max_length, cfg.seed)
+                                 cfg.teacher.max_length, cfg.seed, task)
     log.info("finetune: %d steps, final loss %.4f", result["steps"], result["final_loss"])
     return {"source": str(source), "finetuned": True, "precision": precision.name, **result}

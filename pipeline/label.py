@@ -19,6 +19,16 @@ columns (those after ``label`` as ``label.emit`` configures)
     hidden_{l}    list<float16>[T * D]    hidden states of layer l, row-major [T, D]
     attention_{l} list<float16>[H * T * T] attention maps of layer l, row-major [H, T, T]
 
+For token tasks (``data.task: token``) the shards hold word-level soft labels of the token
+classifier, each word's first sub-token's logits (:meth:`TeacherInference.word_logits`):
+
+    id            int64                   transfer-set row id
+    tokens        list<string>            the sentence's W words
+    tags          list<int64>             hard tag per word, [] when none
+    logits        list<float32>[W * C]    teacher logits, row-major [W, C]; zeros for words without a signal
+    num_words     int32                   W
+    word_mask     list<bool>[W]           False for words cut off by teacher.max_length: no teacher signal
+
 With ``label.teachers`` the extra teachers label the same rows and ``logits`` holds their
 combination with the run's teacher (:func:`teachers.ensemble.combine_logits`); per-token
 signals come from the run's teacher alone.
@@ -92,15 +102,16 @@ class ShardLabeler:
 
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``).
+        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``, or ``id, tokens, tags``).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         max_length: teacher tokens per row.
         label: the label section: precision, batching, signals, DeepSpeed engine, combine mode.
         extra_teacher_dirs: absolute folders of ``label.teachers``; they emit logits only.
+        task: ``data.task``; "token" labels the words of ``tokens`` rows with a token classifier.
     """
 
     def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig,
-                 extra_teacher_dirs: list[str]):
+                 extra_teacher_dirs: list[str], task: str = "sequence"):
         import torch
 
         from teachers.inference import TeacherInference
@@ -111,7 +122,7 @@ class ShardLabeler:
         self.teacher = TeacherInference(
             Path(teacher_dir), precision, max_length, label.max_batch_size,
             label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config,
-            label.tensor_parallel)
+            label.tensor_parallel, task)
         self.extra_teachers = [TeacherInference(
             Path(folder), precision, max_length, label.max_batch_size, label.max_batch_tokens, SignalsConfig(),
             label.engine, label.offload, label.nvme_path, label.deepspeed_config, label.tensor_parallel)
@@ -132,18 +143,25 @@ class ShardLabeler:
     def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
         """Write one shard atomically and return its index entry."""
         rows = self.transfer.slice(start, stop - start)
-        base = [c for c in ("id", "text", "text_pair", "label") if c in rows.column_names]
-        texts = rows.column("text").to_pylist()
-        pairs = rows.column("text_pair").to_pylist() if "text_pair" in base else None
         began = time.perf_counter()
-        outputs = self.teacher.outputs(texts, pairs)
-        if self.extra_teachers:
-            outputs["logits"] = combine_logits(
-                [outputs["logits"], *(t.logits(texts, pairs) for t in self.extra_teachers)], self.combine)
+        if "tokens" in rows.column_names:
+            base = ["id", "tokens", "tags"]
+            outputs = self.teacher.word_logits(rows.column("tokens").to_pylist())
+            columns = word_signal_columns(outputs)
+            num_labels = self.teacher.num_labels
+        else:
+            base = [c for c in ("id", "text", "text_pair", "label") if c in rows.column_names]
+            texts = rows.column("text").to_pylist()
+            pairs = rows.column("text_pair").to_pylist() if "text_pair" in base else None
+            outputs = self.teacher.outputs(texts, pairs)
+            if self.extra_teachers:
+                outputs["logits"] = combine_logits(
+                    [outputs["logits"], *(t.logits(texts, pairs) for t in self.extra_teachers)], self.combine)
+            columns = signal_columns(outputs, self.top_k)
+            num_labels = outputs["logits"].shape[1]
         seconds = time.perf_counter() - began
-        num_labels = outputs["logits"].shape[1]
         table = rows.select(base)
-        for name, column in signal_columns(outputs, self.top_k).items():
+        for name, column in columns.items():
             table = table.append_column(name, column)
         path = self.run_dir.shard_file(shard)
         with atomic_path(path) as tmp:
@@ -171,6 +189,14 @@ def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int
         if name.startswith(("hidden_", "attention_")):
             columns[name] = pa.array([a.reshape(-1) for a in per_row], type=pa.list_(pa.from_numpy_dtype(per_row[0].dtype)))
     return columns
+
+
+def word_signal_columns(outputs: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:
+    """Arrow columns of one token-task shard from :meth:`TeacherInference.word_logits`: flat
+    ``logits`` (row-major [W, C]), ``num_words`` and ``word_mask`` (see the module docstring)."""
+    return {"logits": pa.array([row.reshape(-1) for row in outputs["logits"]], type=pa.list_(pa.float32())),
+            "num_words": pa.array([len(mask) for mask in outputs["word_mask"]], type=pa.int32()),
+            "word_mask": pa.array(outputs["word_mask"], type=pa.list_(pa.bool_()))}
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
@@ -209,7 +235,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
                 "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,
-                "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers]})
+                "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers], "task": cfg.data.task})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
                 entry = {k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}

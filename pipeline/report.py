@@ -23,22 +23,35 @@ def write(run_dir: RunDir, name: str, stages: list[str]) -> dict[str, Any]:
 
 
 def render(name: str, metrics: dict[str, Any]) -> str:
-    """Markdown report: model table, data sizes and stage wall times."""
-    models = metrics["evaluate"]["models"]
+    """Markdown report: model table (every score of the evaluate stage), data sizes and stage wall times."""
+    evaluation = metrics["evaluate"]
+    models = evaluation["models"]
+    keys = evaluation.get("score_keys", ["dev_accuracy"])  # manifests written before test splits existed
     teacher_p50 = models["teacher"]["latency"]["p50_ms"]
+    rows = f"Dev rows: {evaluation['dev_rows']}" + (f"; test rows: {evaluation['test_rows']}" if "test_rows" in evaluation
+                                                    else "")
     lines = [f"# Distillation report: {name}", "",
-             f"Dev rows: {metrics['evaluate']['dev_rows']}. Hardware: {metrics['evaluate']['hardware']['cpu']}, "
-             f"{metrics['evaluate']['hardware']['torch_threads']} torch threads, torch {metrics['evaluate']['hardware']['torch']}.",
-             "", "| model | dev accuracy | parameters | size (MB) | batch-1 p50 (ms) | p99 (ms) | speed-up vs teacher |",
-             "|---|---|---|---|---|---|---|"]
+             f"{rows}. Hardware: {evaluation['hardware']['cpu']}, "
+             f"{evaluation['hardware']['torch_threads']} torch threads, torch {evaluation['hardware']['torch']}.",
+             "", f"| model | {' | '.join(map(score_title, keys))} | parameters | size (MB) | batch-1 p50 (ms) | "
+                 f"p99 (ms) | speed-up vs teacher |",
+             "|---|" + "---|" * (len(keys) + 5)]
     for key, row in models.items():
         latency = row["latency"]
-        lines.append(f"| {MODEL_TITLES.get(key, key)} | {row['dev_accuracy']:.4f} | {row['parameters']:,} | "
+        scores = " | ".join(f"{row[k]:.4f}" for k in keys)
+        lines.append(f"| {MODEL_TITLES.get(key, key)} | {scores} | {row['parameters']:,} | "
                      f"{row['size_mb']:.1f} | {latency['p50_ms']:.2f} | {latency['p99_ms']:.2f} | "
                      f"{teacher_p50 / latency['p50_ms']:.1f}x |")
     data = metrics["data"]
-    lines += ["", f"Labeled train rows: {data['train']['rows']}; transfer set: {data['transfer']['rows']} rows "
-                  f"({data['transfer']['label_counts'].get('-1', 0)} without a hard label).", "",
+    transfer = data["transfer"]
+    unlabeled = transfer.get("unlabeled_rows", transfer["label_counts"].get("-1", 0))  # the key is newer than runs
+    lines += ["", f"Labeled train rows: {data['train']['rows']}; transfer set: {transfer['rows']} rows "
+                  f"({unlabeled} without a hard label).", "",
               "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {stage} | {manifest['wall_s']:.1f} |" for stage, manifest in metrics.items()]
     return "\n".join(lines) + "\n"
+
+
+def score_title(key: str) -> str:
+    """Column title of an evaluate score key: ``dev_accuracy`` -> "dev accuracy", ``test_entity_f1`` -> "test entity F1"."""
+    return key.replace("_", " ").replace(" f1", " F1")

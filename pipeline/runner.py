@@ -37,7 +37,8 @@ def needs_ray(cfg: RunConfig, stage: str) -> bool:
 def stage_inputs(cfg: RunConfig, stage: str) -> Any:
     """What a stage's output depends on besides the stages before it."""
     if stage == "data":
-        files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.unlabeled) if s is not None]
+        files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.test, cfg.data.unlabeled)
+                 if s is not None]
         if cfg.data.augment is not None:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
         # where the data lies (data.root) does not count, only the content of its files

@@ -44,7 +44,8 @@ class Tracker:
                 self.run.log({"finetune/loss": loss, "finetune/tenth": step})
         if stage == "evaluate":
             for model, metrics in manifest["models"].items():
-                self.run.summary[f"{model}/dev_accuracy"] = metrics["dev_accuracy"]
+                for key in manifest["score_keys"]:
+                    self.run.summary[f"{model}/{key}"] = metrics[key]
                 self.run.summary[f"{model}/parameters"] = metrics["parameters"]
                 self.run.summary[f"{model}/size_mb"] = metrics["size_mb"]
                 self.run.summary[f"{model}/p50_ms"] = metrics["latency"]["p50_ms"]

@@ -15,11 +15,16 @@ buffer of ``LOCAL_SHUFFLE_ROWS`` rows, so memory stays bounded whatever the tran
 size. Per-token teacher signals (``hidden_{l}``, ``attention_{l}``) are cut to each row's
 real tokens in the shards and padded per batch here.
 
+Token tasks (``data.task: token``) train a tagger on rows of words (``tokens``): hard tags
+[B, W] padded with -1, the teacher's word logits [B, W, C] and a distillation mask [B, W]
+that leaves out padding words and words the teacher never saw (cut by its ``max_length``).
+
 Every epoch each worker reports its metrics and rank 0 attaches a checkpoint (the student and
 the optimizer, scaler and loss-projection state). A run interrupted mid-way resumes from the
 latest checkpoint: its Ray folder (``train/ray/<kind>/``) is kept while the training inputs
-are unchanged. Ray keeps the checkpoint with the best dev accuracy, which is copied to
-``train/<kind>/``; a finished student is not retrained on a rerun.
+are unchanged. Ray keeps the checkpoint with the best dev score (``dev_score``: accuracy for
+sequence tasks, entity-level F1 for token tasks), which is copied to ``train/<kind>/``; a
+finished student is not retrained on a rerun.
 
 The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.shutdown``.
 """
@@ -53,6 +58,7 @@ from tqdm.auto import tqdm
 from pipeline.artifacts import RunDir, atomic_write_json, fingerprint, read_json, sha256_file
 from pipeline.config import LossConfig, RunConfig, TrainConfig
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.evaluate import dev_metric_name, score, tag_names
 from pipeline.precision import Precision, deepspeed_config, make_optimizer, select_precision
 from students.base import Student, StudentOutput, build_student, load_student
 from students.losses import NO_LABEL, DistillationLoss, LossTerms
@@ -80,9 +86,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         run_dir: the run directory; reads ``label/``, ``data/`` and ``finetune/teacher/``.
 
     Returns:
-        ``{kind: {"best_dev_accuracy", "best_epoch", "rows", "history"}}`` for ``kd`` and, with
-        ``train.ce_only_baseline``, ``ce_only``; ``history`` holds one dict per epoch with
-        ``epoch, loss, loss_<term> (one per loss term), dev_accuracy, wall_s, peak_rss_mb`` (the
+        ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history"}}`` for ``kd``
+        and, with ``train.ce_only_baseline``, ``ce_only``; ``dev_metric`` names the dev score
+        ("accuracy" or "entity_f1"); ``history`` holds one dict per epoch with
+        ``epoch, loss, loss_<term> (one per loss term), dev_score, wall_s, peak_rss_mb`` (the
         largest peak RSS of a worker process, MB: bounded by the shuffle buffer and Ray Data's
         block budget, not by the transfer set's size).
 
@@ -107,7 +114,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
     initial_dir = build_initial_student(cfg, run_dir)
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
-    dev = ray.data.read_parquet(str(dev_file.resolve()), columns=text_columns(dev_file) + ["label"])
+    dev = ray.data.read_parquet(str(dev_file.resolve()), columns=text_columns(dev_file) + [label_column(dev_file)])
     return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_dir) for kind, (files, loss) in runs.items()}
 
 
@@ -115,7 +122,7 @@ def build_initial_student(cfg: RunConfig, run_dir: RunDir) -> Path:
     """Build the student both twins start from (seeded), save it to ``train/initial/``, return the folder.
 
     Families with their own vocabulary (SentencePiece, the tagger's words) learn it from the
-    transfer set's texts.
+    transfer set's texts (word lists for token tasks).
     """
     transfer = pq.read_table(run_dir.split_file("transfer"), columns=text_columns(run_dir.split_file("transfer")))
     texts = [t for column in transfer.columns for t in column.to_pylist()]
@@ -158,9 +165,10 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
         kind: "kd" or "ce_only"; names the Ray run and the student folder.
         cfg: the run config.
         run_dir: the run directory.
-        files: Parquet files of the training rows (``text``, ``label`` and the teacher's signals).
+        files: Parquet files of the training rows (``text``, ``label`` and the teacher's signals;
+            ``tokens``, ``tags``, ``logits``, ``num_words``, ``word_mask`` for token tasks).
         loss: the loss to train with (CE only for the twin).
-        dev: the dev split, columns ``text`` (and ``text_pair``), ``label``.
+        dev: the dev split, columns ``text`` (and ``text_pair``), ``label``; or ``tokens``, ``tags``.
         initial_dir: the initial student's folder.
 
     Returns:
@@ -196,21 +204,23 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
         train_loop,
         train_loop_config={"kind": kind, "train": cfg.train, "loss": loss, "seed": cfg.seed, "threads": threads,
                            "rows": rows, "initial_dir": str(initial_dir.resolve()),
-                           "teacher_hidden_size": teacher_hidden_size(run_dir.teacher_dir)},
+                           "teacher_hidden_size": teacher_hidden_size(run_dir.teacher_dir),
+                           "tag_names": tag_names(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": reserved}),
         run_config=RayRunConfig(name=kind, storage_path=str(storage), checkpoint_config=CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute="dev_accuracy", checkpoint_score_order="max")),
+            num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max")),
         datasets={"train": train, "dev": dev},
-        # Every worker sees the whole dev split, so dev accuracy does not depend on the worker count.
+        # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
-    checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_accuracy"])
+    checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_score"])
     with checkpoint.as_directory() as folder:
         load_student(Path(folder) / "student").save(run_dir.student_dir(kind))
-    log.info("train %s: best dev accuracy %.4f at epoch %d", kind, best["dev_accuracy"], best["epoch"])
-    summary = {"best_dev_accuracy": best["dev_accuracy"], "best_epoch": best["epoch"], "rows": rows,
+    metric = dev_metric_name(tag_names(cfg))
+    log.info("train %s: best dev %s %.4f at epoch %d", kind, metric, best["dev_score"], best["epoch"])
+    summary = {"dev_metric": metric, "best_dev_score": best["dev_score"], "best_epoch": best["epoch"], "rows": rows,
                "history": result.return_value}
     atomic_write_json(summary_file, {"key": key, "summary": summary})
     return summary
@@ -231,10 +241,11 @@ class DistillationStep(nn.Module):
         self.loss = loss
 
     def forward(self, features: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor,
-                progress: float) -> LossTerms:
-        """The loss terms of one batch; ``progress`` in [0, 1] drives the schedules."""
+                mask: torch.Tensor | None, progress: float) -> LossTerms:
+        """The loss terms of one batch (see :class:`Batch`); ``mask`` selects the logit positions
+        to distil (None = all), ``progress`` in [0, 1] drives the schedules."""
         output: StudentOutput = self.student(**features)
-        return self.loss(output, teacher, labels, None, progress)
+        return self.loss(output, teacher, labels, mask, progress)
 
 
 def train_loop(config: dict) -> list[dict]:
@@ -276,7 +287,7 @@ def train_loop(config: dict) -> list[dict]:
     steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
     collate = Collate(student, (hidden_layers, attention_layers))
-    dev_collate = Collate(student, ([], []))  # dev rows carry texts and labels only
+    dev_collate = Collate(student, ([], []))  # dev rows carry texts (words) and labels only
     train_shard = ray.train.get_dataset_shard("train")
     dev_shard = ray.train.get_dataset_shard("dev")
 
@@ -288,7 +299,8 @@ def train_loop(config: dict) -> list[dict]:
         losses = train_epoch(model, (collate(b) for b in batches), optimizer, scaler, precision, first_step,
                              total_steps, steps_per_epoch, show_progress=rank == 0)
         dev_batches = (dev_collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
-        metrics = {"epoch": epoch, **losses, "dev_accuracy": accuracy(student, dev_batches, precision),
+        metrics = {"epoch": epoch, **losses, "dev_score": dev_score(student, dev_batches, precision,
+                                                                    config["tag_names"]),
                    "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
@@ -303,18 +315,22 @@ class Batch:
 
     Attributes:
         features: the student's inputs (see :meth:`Student.featurize`), int64 tensors.
-        teacher: the teacher's signals: ``logits`` [B, C] float32 (KD rows only), and with
-            layer terms ``hidden_{l}`` [B, T, D], ``attention_{l}`` [B, H, T, T] and ``mask`` [B, T].
-        labels: int64 [B], -1 for rows without a hard label.
+        teacher: the teacher's signals: ``logits`` [B, C] float32, or [B, W, C] for a tagger
+            (KD rows only), and with layer terms ``hidden_{l}`` [B, T, D], ``attention_{l}``
+            [B, H, T, T] and ``mask`` [B, T].
+        labels: int64 [B], or [B, W] for a tagger; -1 for rows (words) without a hard label.
+        mask: bool [B, W], a tagger's words to distil (real words the teacher saw); None = all rows.
     """
 
     features: dict[str, torch.Tensor]
     teacher: dict[str, torch.Tensor]
     labels: torch.Tensor
+    mask: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
-        return Batch(move(self.features), move(self.teacher), self.labels.to(device, non_blocking=True))
+        return Batch(move(self.features), move(self.teacher), self.labels.to(device, non_blocking=True),
+                     None if self.mask is None else self.mask.to(device, non_blocking=True))
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -337,12 +353,12 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sca
         batch = batch.to(device)
         progress = min(1.0, step / total_steps)
         if is_deepspeed(model):  # the engine handles precision, loss scaling and clipping
-            terms = model(batch.features, batch.teacher, batch.labels, progress)
+            terms = model(batch.features, batch.teacher, batch.labels, batch.mask, progress)
             model.backward(terms.total)
             model.step()
         else:
             with precision.autocast_context():
-                terms = model(batch.features, batch.teacher, batch.labels, progress)
+                terms = model(batch.features, batch.teacher, batch.labels, batch.mask, progress)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.step(optimizer)
@@ -360,19 +376,27 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, sca
 
 
 @torch.no_grad()
-def accuracy(student: Student, batches, precision: Precision) -> float:
-    """Fraction of rows whose argmax logit is the label; the student is left in training mode."""
+def dev_score(student: Student, batches, precision: Precision, tag_names: list[str] | None) -> float:
+    """The dev score of :func:`pipeline.evaluate.score`: accuracy of the argmax logit, or, with
+    ``tag_names``, entity-level F1 of the argmax tag of every real word. The student is left in
+    training mode."""
     student.eval()
     device = ray.train.torch.get_device()
-    correct = total = 0
+    predicted, gold = [], []
     for batch in batches:
         batch = batch.to(device)
         with precision.autocast_context():
-            logits = student(**batch.features).logits  # [B, C]
-        correct += (logits.argmax(dim=-1) == batch.labels).sum().item()
-        total += len(batch.labels)
+            predictions = student(**batch.features).logits.argmax(dim=-1).cpu()  # [B] or [B, W]
+        labels = batch.labels.cpu()
+        if tag_names is None:
+            predicted += predictions.tolist()
+            gold += labels.tolist()
+        else:
+            real = batch.features["attention_mask"].bool().cpu()  # [B, W]
+            predicted += [row[keep].tolist() for row, keep in zip(predictions, real)]
+            gold += [row[keep].tolist() for row, keep in zip(labels, real)]
     student.train()
-    return correct / max(total, 1)
+    return score(predicted, gold, tag_names)[dev_metric_name(tag_names)]
 
 
 def peak_rss_mb() -> float:
@@ -451,7 +475,10 @@ class Collate:
         self.hidden_layers, self.attention_layers = layers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
-        """Columns ``text`` [B] (``text_pair`` [B]), ``label`` [B] and the teacher's signals -> :class:`Batch`."""
+        """Columns ``text`` [B] (``text_pair`` [B]), ``label`` [B] and the teacher's signals -> :class:`Batch`;
+        rows of words (``tokens``) go to :meth:`tagged`."""
+        if "tokens" in batch:
+            return self.tagged(batch)
         pairs = list(batch["text_pair"]) if "text_pair" in batch else None
         features = self.student.featurize(list(batch["text"]), pairs)
         teacher: dict[str, torch.Tensor] = {}
@@ -465,18 +492,44 @@ class Collate:
                                                    "use the teacher's tokenizer and max_length for layer terms")
             teacher["mask"] = mask
             for layer in self.hidden_layers:
-                teacher[f"hidden_{layer}"] = pad_hidden(batch[f"hidden_{layer}"], lengths, mask.shape[1])
+                teacher[f"hidden_{layer}"] = pad_matrices(batch[f"hidden_{layer}"], lengths, mask.shape[1])
             for layer in self.attention_layers:
                 teacher[f"attention_{layer}"] = pad_attention(batch[f"attention_{layer}"], lengths, mask.shape[1])
         return Batch(features, teacher, torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)))
 
+    def tagged(self, batch: dict[str, np.ndarray]) -> Batch:
+        """Columns ``tokens`` [B] (word lists), ``tags`` [B] (per-word lists, empty or None when
+        unlabeled) and, on KD rows, ``logits``/``num_words``/``word_mask`` -> :class:`Batch` with
+        labels [B, W] (-1 on padding and unlabeled words), teacher ``logits`` [B, W, C] and the
+        distillation mask [B, W] (real words that the teacher saw)."""
+        features = self.student.featurize([[str(word) for word in words] for words in batch["tokens"]])
+        real = features["attention_mask"].bool()  # [B, W]
+        width = real.shape[1]
+        labels = pad_words(batch["tags"], width, NO_LABEL)  # [B, W]
+        teacher, mask = {}, None
+        if "logits" in batch:
+            teacher["logits"] = pad_matrices(batch["logits"], np.asarray(batch["num_words"]), width)  # [B, W, C]
+            mask = pad_words(batch["word_mask"], width, False) & real  # [B, W]
+        return Batch(features, teacher, labels, mask)
 
-def pad_hidden(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor:
-    """Flat per-row hidden states (each ``T_i * D`` values) -> zero-padded float32 [B, width, D]."""
+
+def pad_matrices(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor:
+    """Flat per-row matrices (each ``T_i * D`` values: hidden states, or a tagger's word
+    logits with T_i words and D classes) -> zero-padded float32 [B, width, D]."""
     dim = len(rows[0]) // int(lengths[0])
     out = torch.zeros(len(rows), width, dim)
     for i, (row, n) in enumerate(zip(rows, lengths)):
         out[i, :n] = torch.from_numpy(np.asarray(row, dtype=np.float32).reshape(n, dim))
+    return out
+
+
+def pad_words(rows: np.ndarray, width: int, fill: int | bool) -> torch.Tensor:
+    """Per-row word values (tags, or the word mask; None or empty for a row without them) ->
+    [B, width] padded with ``fill``: int64 for an int fill, bool for a bool one."""
+    out = torch.full((len(rows), width), fill)
+    for i, row in enumerate(rows):
+        if row is not None and len(row):
+            out[i, :len(row)] = torch.from_numpy(np.array(row))  # a copy: Ray's arrays are read-only
     return out
 
 
@@ -497,16 +550,23 @@ def layers_needed(loss: LossConfig) -> tuple[list[int], list[int]]:
 
 
 def text_columns(path: Path) -> list[str]:
-    """``["text"]``, plus ``"text_pair"`` when the table holds sentence pairs."""
-    return [c for c in ("text", "text_pair") if c in pq.read_schema(path).names]
+    """``["text"]``, plus ``"text_pair"`` when the table holds sentence pairs; ``["tokens"]`` for words."""
+    return [c for c in ("text", "text_pair", "tokens") if c in pq.read_schema(path).names]
+
+
+def label_column(path: Path) -> str:
+    """``"tags"`` for a table of tagged words (token tasks), else ``"label"``."""
+    return "tags" if "tags" in pq.read_schema(path).names else "label"
 
 
 def training_columns(path: Path, loss: LossConfig) -> list[str]:
-    """The columns of a training file that the loss reads (texts, label, logits and layer signals)."""
+    """The columns of a training file that the loss reads (texts, labels, logits and layer or word signals)."""
     hidden, attention = layers_needed(loss)
-    columns = text_columns(path) + ["label"]
+    columns = text_columns(path) + [label_column(path)]
     if loss.kd is not None:
         columns.append("logits")
+        if "tokens" in columns:
+            columns += ["num_words", "word_mask"]
     if hidden or attention:
         columns += ["length", *(f"hidden_{l}" for l in hidden), *(f"attention_{l}" for l in attention)]
     return columns

@@ -115,18 +115,19 @@ def family_class(family: str) -> type[Student]:
 
 def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[str],
                   sentence_pairs: bool = False) -> Student:
-    """A freshly initialised sentence-level student of the family ``cfg.family``.
+    """A freshly initialised student of the family ``cfg.family``: a sentence classifier, or a
+    word tagger (cnn_lstm) for token tasks.
 
     Args:
         cfg: the ``train.student`` section (one of the family configs of :mod:`pipeline.config`).
-        num_labels: classes C.
+        num_labels: classes C (tags for a tagger).
         teacher_dir: the fine-tuned teacher (tokenizer, embeddings or layers to copy).
         transfer_texts: the transfer set's sentences, for families that learn a vocabulary
-            (SentencePiece) or score teacher layers.
+            (SentencePiece, the tagger's words: then word lists) or score teacher layers.
         sentence_pairs: the task classifies sentence pairs (the BiLSTM then is siamese).
 
     Raises:
-        ConfigError: the family is not a sentence-level student, or does not fit the teacher
+        ConfigError: the family is not built by the train stage (multitask_lstm), or does not fit the teacher
             (see each family's builder).
     """
     if cfg.family == "bilstm":
@@ -137,8 +138,12 @@ def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[
         from students.transformer import build_transformer_student
 
         return build_transformer_student(cfg, num_labels, teacher_dir, sample_texts=transfer_texts[:SAMPLE_TEXTS])
-    raise ConfigError(f"train.student.family {cfg.family!r} is not a sentence-level student; "
-                      f"the train stage builds bilstm or transformer students")
+    if cfg.family == "cnn_lstm":
+        from students.cnn_lstm import build_cnn_lstm_tagger
+
+        return build_cnn_lstm_tagger(cfg, num_labels, transfer_texts)
+    raise ConfigError(f"train.student.family {cfg.family!r} is not built by the train stage; "
+                      f"use bilstm or transformer (sentence tasks) or cnn_lstm (token tasks)")
 
 
 def load_student(directory: str | Path) -> Student:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
 from pipeline.config import DEFAULT_TEACHER
 from pipeline.errors import ConfigError
@@ -47,15 +48,21 @@ def resolve_teacher(model: str) -> Path | str:
     return model
 
 
-def is_classifier_for(checkpoint: Path | str, num_labels: int) -> bool:
-    """True when a local checkpoint already is a sequence classifier with ``num_labels`` outputs."""
+CLASSIFIERS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+"""The transformers auto class of a teacher, by ``data.task``: one label per sentence, or per sub-token."""
+
+
+def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequence") -> bool:
+    """True when a local checkpoint already is a classifier of ``task`` ("sequence" or "token",
+    see :data:`CLASSIFIERS`) with ``num_labels`` outputs."""
     config_file = Path(checkpoint) / "config.json"
     if not config_file.is_file():
         return False
     config = json.loads(config_file.read_text())
     architectures = config.get("architectures") or []
     labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-    return any(a.endswith("ForSequenceClassification") for a in architectures) and labels == num_labels
+    suffix = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
+    return any(a.endswith(suffix) for a in architectures) and labels == num_labels
 
 
 def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
@@ -63,17 +70,19 @@ def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(checkpoint))
 
 
-def load_classifier(checkpoint: Path | str, label_names: list[str]) -> PreTrainedModel:
-    """A sequence classifier over ``label_names``, newly headed if the checkpoint has no head.
+def load_classifier(checkpoint: Path | str, label_names: list[str], task: str = "sequence") -> PreTrainedModel:
+    """A sequence or token classifier over ``label_names``, newly headed if the checkpoint has no head.
 
     Args:
         checkpoint: local folder or hub id.
-        label_names: class names in class-index order; set as ``id2label``/``label2id``.
+        label_names: class (tag) names in class-index order; set as ``id2label``/``label2id``.
+        task: "sequence" (one label per input) or "token" (one label per sub-token).
 
     Returns:
-        An ``AutoModelForSequenceClassification`` in eval mode on the CPU.
+        An ``AutoModelForSequenceClassification`` or ``AutoModelForTokenClassification`` in
+        eval mode on the CPU.
     """
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = CLASSIFIERS[task].from_pretrained(
         str(checkpoint),
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),

@@ -1,4 +1,7 @@
-"""Fine-tune a teacher as a sequence classifier with DeepSpeed.
+"""Fine-tune a teacher as a sequence or token classifier with DeepSpeed.
+
+A token classifier (``task="token"``) learns word tags on each word's first sub-token; the
+other positions carry the ignore index (:func:`teachers.token_alignment.subtoken_labels`).
 
 The model is wrapped by ``deepspeed.initialize`` (ZeRO stage 0/1/2, fp16/bf16 on CUDA, fp32 on
 a CPU with the gloo backend) around a torch AdamW optimizer (fused on CUDA) and DeepSpeed's
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.artifacts import atomic_dir
@@ -27,6 +30,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.precision import Precision, deepspeed_config
 from teachers.checkpoint import encode, load_classifier, load_tokenizer
 from teachers.distributed import init_single_process
+from teachers.token_alignment import encode_words, subtoken_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +48,21 @@ def finetune_deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_s
 
 def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_names: list[str],
                         out_dir: Path, cfg: FinetuneConfig, precision: Precision,
-                        max_length: int, seed: int) -> dict[str, Any]:
+                        max_length: int, seed: int, task: str = "sequence") -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on ``train`` and save it to ``out_dir`` in Hugging Face format.
 
     Args:
         checkpoint: the pretrained teacher (folder or hub id).
-        train: labeled rows, columns ``text`` (str), for pair tasks ``text_pair`` (str), and
-            ``label`` (int64 class index).
-        label_names: class names in index order.
+        train: labeled rows; for ``task="sequence"`` columns ``text`` (str), for pair tasks
+            ``text_pair`` (str), and ``label`` (int64 class index); for ``task="token"``
+            columns ``tokens`` (list of words) and ``tags`` (int64 tag index per word).
+        label_names: class (tag) names in index order.
         out_dir: written atomically (a temporary folder renamed at the end).
         cfg: epochs, batch size, learning rate, ZeRO stage.
         precision: from :func:`pipeline.precision.select_precision`.
         max_length: tokens per row; longer rows are truncated.
         seed: for the shuffling and the new classification head.
+        task: "sequence" or "token" (see :data:`teachers.checkpoint.CLASSIFIERS`).
 
     Returns:
         ``{"steps": int, "final_loss": float, "loss_history": [float, ...]}`` with the mean
@@ -67,18 +73,23 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
     torch.manual_seed(seed)
     init_single_process()
     tokenizer = load_tokenizer(checkpoint)
-    model = load_classifier(checkpoint, label_names).train()
-    pairs = "text_pair" in train.column_names
-    encoded = train.map(lambda b: encode(tokenizer, b["text"], b["text_pair"] if pairs else None, max_length),
-                        batched=True, remove_columns=[c for c in train.column_names if c != "label"],
-                        desc="tokenize")
-    encoded = encoded.rename_column("label", "labels").with_format("torch")
+    model = load_classifier(checkpoint, label_names, task).train()
+    if task == "token":
+        encoded = train.map(lambda b: encode_tagged(tokenizer, b["tokens"], b["tags"], max_length), batched=True,
+                            remove_columns=train.column_names, desc="tokenize")
+        collate = DataCollatorForTokenClassification(tokenizer)  # pads labels with -100
+    else:
+        pairs = "text_pair" in train.column_names
+        encoded = train.map(lambda b: encode(tokenizer, b["text"], b["text_pair"] if pairs else None, max_length),
+                            batched=True, remove_columns=[c for c in train.column_names if c != "label"],
+                            desc="tokenize").rename_column("label", "labels")
+        collate = DataCollatorWithPadding(tokenizer)
+    encoded = encoded.with_format("torch")
     # Batches of similar length (as transformers' Trainer group_by_length): SST-2 padded to the
     # longest row of a random batch holds 3x its real tokens.
     sampler = LengthGroupedSampler(cfg.batch_size, lengths=[len(ids) for ids in encoded["input_ids"]],
                                    generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(encoded, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
-                        collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = DataLoader(encoded, batch_size=cfg.batch_size, sampler=sampler, drop_last=False, collate_fn=collate)
     total_steps = math.ceil(cfg.epochs * len(loader))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=precision.device == "cuda")
@@ -88,6 +99,19 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
     save_hf(engine.module, tokenizer, out_dir)
     history = [float(np.mean(part)) for part in np.array_split(np.asarray(losses), min(10, len(losses)))]
     return {"steps": total_steps, "final_loss": history[-1], "loss_history": history}
+
+
+def encode_tagged(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], tags: list[list[int]],
+                  max_length: int) -> dict[str, list[list[int]]]:
+    """Unpadded token ids of pre-split sentences and their sub-token labels (first sub-token
+    rule, -100 elsewhere; see :func:`teachers.token_alignment.subtoken_labels`).
+
+    Returns:
+        Per row lists: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT), ``labels``.
+    """
+    encoded = encode_words(tokenizer, sentences, max_length, pad=False)
+    labels = [subtoken_labels(encoded.word_ids(i), row_tags) for i, row_tags in enumerate(tags)]
+    return {**encoded, "labels": labels}
 
 
 def train_steps(engine, loader: DataLoader, total_steps: int) -> list[float]:

@@ -21,8 +21,9 @@ import torch
 from pipeline.config import SignalsConfig
 from pipeline.errors import ConfigError
 from pipeline.precision import Precision
-from teachers.checkpoint import encode, load_tokenizer
+from teachers.checkpoint import CLASSIFIERS, encode, load_tokenizer
 from teachers.distributed import init_single_process
+from teachers.token_alignment import encode_words, words_logits
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,11 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
 
 
 class TeacherInference:
-    """A fine-tuned sequence classifier run by DeepSpeed, emitting the configured signals.
+    """A fine-tuned sequence (or token) classifier run by DeepSpeed, emitting the configured signals.
 
     Args:
-        checkpoint: Hugging Face checkpoint folder of a sequence classifier.
+        checkpoint: Hugging Face checkpoint folder of a sequence classifier, or of a token
+            classifier with ``task="token"`` (then use :meth:`word_logits`).
         precision: dtype and device; on CUDA, kernel injection is used for fp16/bf16.
         max_length: tokens per row; longer rows are truncated.
         max_batch_size: see :func:`length_sorted_batches`.
@@ -116,6 +118,7 @@ class TeacherInference:
         nvme_path: folder for ``offload = "nvme"``.
         deepspeed_config: JSON file whose keys override the generated engine config.
         tensor_parallel: DeepSpeed tensor-parallel degree; see :func:`check_tensor_parallel`.
+        task: "sequence" or "token" (see :data:`teachers.checkpoint.CLASSIFIERS`).
 
     Raises:
         ConfigError: the signals name layers or heads the teacher does not have, or the
@@ -125,14 +128,13 @@ class TeacherInference:
     def __init__(self, checkpoint: Path, precision: Precision, max_length: int,
                  max_batch_size: int = 64, max_batch_tokens: int = 512, signals: SignalsConfig = SignalsConfig(),
                  engine: str = "inference", offload: str = "cpu", nvme_path: Path | None = None,
-                 deepspeed_config: Path | None = None, tensor_parallel: int = 1):
+                 deepspeed_config: Path | None = None, tensor_parallel: int = 1, task: str = "sequence"):
         import deepspeed
-        from transformers import AutoModelForSequenceClassification
 
         init_single_process()
         self.tokenizer = load_tokenizer(checkpoint)
         # Attention maps need the eager kernel: fused SDPA kernels never materialise them.
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = CLASSIFIERS[task].from_pretrained(
             str(checkpoint), **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
         check_signals(signals, model.config)
         self.signals = signals
@@ -202,6 +204,35 @@ class TeacherInference:
                 for j, row in enumerate(rows):
                     t = lengths[row]
                     out[f"attention_{layer}"][row] = maps[j, :, :t, :t].astype(self.storage_dtype)  # [H, T_i, T_i]
+        return out
+
+
+    @torch.inference_mode()
+    def word_logits(self, sentences: list[list[str]]) -> dict[str, list[np.ndarray]]:
+        """Word-level logits of a token classifier, each word's first sub-token's (Izsak et al. 2019).
+
+        Sentences are encoded with the words kept (:func:`teachers.token_alignment.encode_words`)
+        and batched by length like :meth:`outputs`.
+
+        Args:
+            sentences: N sentences, each a list of W_i words.
+
+        Returns:
+            ``logits``: N float32 arrays [W_i, C], zero rows for words without a sub-token;
+            ``word_mask``: N bool arrays [W_i], False for words cut off by ``max_length`` (or
+            dropped by the tokenizer), which have no teacher signal.
+        """
+        encoded = encode_words(self.tokenizer, sentences, self.max_length, pad=False)
+        columns = {k: v for k, v in encoded.items() if k != "attention_mask"}  # pad rebuilds the mask
+        lengths = np.fromiter((len(ids) for ids in columns["input_ids"]), dtype=np.int64, count=len(sentences))
+        out: dict[str, list] = {"logits": [None] * len(sentences), "word_mask": [None] * len(sentences)}
+        for rows in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+            batch = self.tokenizer.pad({k: [v[i] for i in rows] for k, v in columns.items()}, return_tensors="pt")
+            logits = self.forward(**{k: v.to(self.device) for k, v in batch.items()}).logits.float().cpu()  # [b, T, C]
+            for j, row in enumerate(rows):
+                words = words_logits(logits[j, :lengths[row]], encoded.word_ids(row), len(sentences[row]))
+                out["logits"][row] = words.logits.numpy()  # [W_i, C]
+                out["word_mask"][row] = words.has_signal.numpy()  # [W_i]
         return out
 
 

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import BatchEncoding, PreTrainedTokenizerBase
+from torch import nn
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import TokenClassifierOutput
 
 IGNORE_INDEX = -100
 """Label of the positions a token-classification loss skips (PyTorch's and Hugging Face's default)."""
@@ -34,17 +36,21 @@ NO_SUBTOKEN = -1
 """First sub-token index of a word that has no sub-token (truncated or dropped by the tokenizer)."""
 
 
-def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int) -> BatchEncoding:
+def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int,
+                 pad: bool = True) -> BatchEncoding:
     """Tokenize pre-split sentences for the teacher, keeping the word of every sub-token.
 
     Args:
         tokenizer: a fast (Rust-backed) tokenizer; only those know ``word_ids()``.
         sentences: B sentences, each a list of words.
         max_length: sub-tokens per sentence, special tokens included; longer ones are truncated.
+        pad: pad to the longest row and return tensors; False returns unpadded lists (for
+            batching by length later).
 
     Returns:
-        A BatchEncoding padded to the longest row: ``input_ids``/``attention_mask`` int64 [B, T]
-        tensors, and ``word_ids(i)`` giving row i's word index per position.
+        A BatchEncoding: ``input_ids``/``attention_mask`` (and ``token_type_ids`` for BERT),
+        int64 [B, T] tensors padded to the longest row, or per-row lists with ``pad=False``;
+        ``word_ids(i)`` gives row i's word index per position.
 
     Raises:
         ValueError: the tokenizer is not a fast one.
@@ -53,7 +59,7 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]],
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer, so it cannot map sub-tokens to "
                          f"words; load the teacher's tokenizer with use_fast=True (needs its tokenizer.json)")
     return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
-                     padding=True, return_tensors="pt")
+                     padding=pad, return_tensors="pt" if pad else None)
 
 
 def first_subtoken_index(word_ids: Sequence[int | None], num_words: int) -> torch.Tensor:
@@ -139,3 +145,52 @@ def subtoken_labels(word_ids: Sequence[int | None], word_tags: Sequence[int]) ->
         if position != NO_SUBTOKEN:
             labels[position] = word_tags[word]
     return labels
+
+
+def word_features(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int) -> dict[str, torch.Tensor]:
+    """Inputs of a :class:`WordTagger`: the padded encoding and each word's first sub-token.
+
+    Args:
+        tokenizer: a fast tokenizer (see :func:`encode_words`).
+        sentences: B sentences, each a list of words.
+        max_length: sub-tokens per sentence, special tokens included.
+
+    Returns:
+        ``input_ids``/``attention_mask`` (and ``token_type_ids``) int64 [B, T], and
+        ``first_subtoken`` int64 [B, W] (W the most words of a sentence; -1 for padding words
+        and words without a sub-token).
+    """
+    encoded = encode_words(tokenizer, sentences, max_length)
+    first = torch.full((len(sentences), max(len(words) for words in sentences)), NO_SUBTOKEN, dtype=torch.int64)
+    for row, words in enumerate(sentences):
+        first[row, :len(words)] = first_subtoken_index(encoded.word_ids(row), len(words))
+    return {**encoded, "first_subtoken": first}
+
+
+class WordTagger(nn.Module):
+    """A token classifier seen as a word tagger: a word's logits are its first sub-token's,
+    batched (the tensor form of :func:`words_logits`), so teacher and tagging students both
+    return logits [B, W, C].
+
+    Args:
+        model: a Hugging Face token classifier.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, first_subtoken: torch.Tensor, **encoded: torch.Tensor) -> TokenClassifierOutput:
+        """Word logits of a batch made by :func:`word_features`.
+
+        Args:
+            first_subtoken: int64 [B, W], -1 for padding words and words without a sub-token.
+            encoded: the model's inputs, int64 [B, T].
+
+        Returns:
+            ``logits`` float [B, W, C]: zeros where ``first_subtoken`` is -1.
+        """
+        logits = self.model(**encoded).logits  # [B, T, C]
+        index = first_subtoken.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # [B, W, C]
+        words = logits.gather(1, index)  # [B, W, C]
+        return TokenClassifierOutput(logits=words.masked_fill((first_subtoken == NO_SUBTOKEN).unsqueeze(-1), 0.0))

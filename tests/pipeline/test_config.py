@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import RunConfig, load_config, preset_names, validate_config
+from pipeline.conll import CONLL2003_TAGS
 from pipeline.errors import ConfigError
 
 MINIMAL = {"name": "t", "data": {"train": {"path": "a.tsv"}, "dev": {"path": "b.tsv"}, "labels": [0, 1]}}
@@ -16,11 +17,29 @@ def test_every_preset_loads(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, RunConfig)
     assert cfg.name == preset
-    assert cfg.data.labels == [0, 1]
+    if cfg.data.task == "token":
+        assert tuple(cfg.data.labels) == CONLL2003_TAGS and cfg.train.student.family == "cnn_lstm"
+        assert cfg.data.test is not None
+    else:
+        assert cfg.data.labels == [0, 1]
 
 
 def test_presets_are_shipped():
-    assert {"sst2", "sst2-quick"} <= set(preset_names())
+    assert {"sst2", "sst2-quick", "conll2003", "conll2003-quick"} <= set(preset_names())
+
+
+def test_token_task_needs_a_tagger_and_iob_tags():
+    with pytest.raises(ConfigError, match=r"train\.student\.family: bilstm classifies sentences, but data\.task is "
+                                          r"token; use cnn_lstm"):
+        load_config("conll2003-quick", ["train.student={family: bilstm}"])
+    with pytest.raises(ConfigError, match=r"train\.student\.family: cnn_lstm tags words; it needs data\.task: token"):
+        load_config("sst2-quick", ["train.student={family: cnn_lstm}"])
+    with pytest.raises(ConfigError) as err:
+        load_config("conll2003-quick", ["label.emit.hidden_layers=[1]", "data.text_pair_column=x"])
+    assert "2 setting(s) do not fit data.task token" in str(err.value)
+    assert "label.emit.hidden_layers: not supported with data.task: token; remove it" in str(err.value)
+    with pytest.raises(ConfigError, match=r"IOB2 tags .* got \['PER'\]"):
+        load_config("conll2003-quick", ["data.labels=[O, PER]"])
 
 
 def test_defaults_live_in_the_types():

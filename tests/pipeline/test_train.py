@@ -96,14 +96,14 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
 
     assert set(summary) == {"kd", "ce_only"}
     assert summary["kd"]["rows"] == 384 and summary["ce_only"]["rows"] == 128
-    common = {"epoch", "loss", "loss_ce", "dev_accuracy", "wall_s", "peak_rss_mb"}
+    common = {"epoch", "loss", "loss_ce", "dev_score", "wall_s", "peak_rss_mb"}
     assert set(summary["kd"]["history"][0]) == common | {"loss_kd"}
     assert set(summary["ce_only"]["history"][0]) == common
     for kind, result in summary.items():
         assert [h["epoch"] for h in result["history"]] == [1, 2]
         assert 100 < result["history"][0]["peak_rss_mb"] < 4000
-        best = max(result["history"], key=lambda h: h["dev_accuracy"])
-        assert result["best_dev_accuracy"] == best["dev_accuracy"]
+        best = max(result["history"], key=lambda h: h["dev_score"])
+        assert result["best_dev_score"] == best["dev_score"]
         assert result["best_epoch"] in (1, 2)
 
         student = load_student(run_dir.student_dir(kind))
@@ -111,9 +111,9 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
         with torch.no_grad():
             predictions = student(**student.featurize(texts)).logits.argmax(dim=-1)
         accuracy = (predictions == torch.tensor(labels)).float().mean().item()
-        assert accuracy == pytest.approx(result["best_dev_accuracy"])  # the saved student is the best one
+        assert accuracy == pytest.approx(result["best_dev_score"])  # the saved student is the best one
 
-    assert summary["kd"]["best_dev_accuracy"] > 0.9
+    assert summary["kd"]["best_dev_score"] > 0.9
     assert summary["kd"]["history"][-1]["loss_kd"] < summary["kd"]["history"][0]["loss_kd"]
 
     # A rerun with the same inputs reuses both students instead of training them again.
@@ -130,7 +130,7 @@ def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
     assert set(summary) == {"kd"}
     history = summary["kd"]["history"]
     assert len(history) == 2
-    assert all(math.isfinite(h["loss"]) and 0 <= h["dev_accuracy"] <= 1 for h in history)
+    assert all(math.isfinite(h["loss"]) and 0 <= h["dev_score"] <= 1 for h in history)
     student = load_student(run_dir.student_dir("kd"))
     assert student.encoder.embedding.weight.shape == (30522, TEACHER_HIDDEN)
 
@@ -165,7 +165,7 @@ def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
 def test_padding_of_stored_per_token_signals():
     lengths = np.array([2, 1])
     hidden = np.array([np.arange(6, dtype=np.float16), np.arange(3, dtype=np.float16) + 10], dtype=object)
-    padded = train.pad_hidden(hidden, lengths, width=3)  # D = 3
+    padded = train.pad_matrices(hidden, lengths, width=3)  # D = 3
     assert padded.shape == (2, 3, 3) and padded.dtype == torch.float32
     assert padded[0, :2].flatten().tolist() == [0, 1, 2, 3, 4, 5] and padded[0, 2].abs().sum() == 0
     assert padded[1, 0].tolist() == [10, 11, 12] and padded[1, 1:].abs().sum() == 0
@@ -221,4 +221,4 @@ def test_two_workers_train_a_transformer_student_with_deepspeed_zero(tmp_path, r
     texts, labels = sentences(64, seed=2)
     with torch.no_grad():
         predictions = student(**student.featurize(texts)).logits.argmax(dim=-1)
-    assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(summary["best_dev_accuracy"])
+    assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(summary["best_dev_score"])
