@@ -205,6 +205,7 @@ def test_transformer_student_learns_from_streamed_hidden_states_and_attention(tm
     assert student.teacher_layers == [2]
 
 
+@pytest.mark.slow  # about 90 s: two workers, a DeepSpeed engine each
 def test_two_workers_train_a_transformer_student_with_deepspeed_zero(tmp_path, ray_local):
     """Ray Train with two CPU workers (gloo) and a DeepSpeed ZeRO-1 engine around the student."""
     cfg, run_dir = build_run(tmp_path, num_workers=2, ce_only_baseline=False, strategy="deepspeed", zero_stage=1,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from test_train import build_run
@@ -28,6 +29,7 @@ def first_checkpoint(storage):
     return states[0] if states else None
 
 
+@pytest.mark.slow  # about 100 s: a training process started, killed and resumed
 def test_sigkill_after_an_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path, ray_local):
     cfg, run_dir = build_run(tmp_path, epochs=3, ce_only_baseline=False)
     config_file = tmp_path / "train.yaml"
