@@ -120,6 +120,7 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
     assert train.run(cfg, run_dir) == summary
 
 
+@pytest.mark.slow  # about 70 s; the DeepSpeed test also runs two workers
 @pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two GPU workers need two GPUs")
 def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
     cfg, run_dir = build_run(tmp_path, num_workers=2, ce_only_baseline=False,
