@@ -518,8 +518,8 @@ def pad_matrices(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Ten
     logits with T_i words and D classes) -> zero-padded float32 [B, width, D]."""
     dim = len(rows[0]) // int(lengths[0])
     out = torch.zeros(len(rows), width, dim)
-    for i, (row, n) in enumerate(zip(rows, lengths)):
-        out[i, :n] = torch.from_numpy(np.asarray(row, dtype=np.float32).reshape(n, dim))
+    real = torch.arange(width) < torch.as_tensor(lengths).unsqueeze(1)  # [B, width], row-major like the rows
+    out[real] = torch.from_numpy(np.concatenate(list(rows)).astype(np.float32).reshape(-1, dim))  # one copy
     return out
 
 
