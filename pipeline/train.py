@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 LOCAL_SHUFFLE_ROWS = 8192
 """Rows in each worker's shuffle buffer, re-seeded every epoch, on top of a shuffled file order."""
 
+LENGTH_GROUP_BATCHES = 50
+"""Batches per length group (see :func:`length_grouped`), as in transformers' ``group_by_length``."""
+
 DATA_CPUS = 1
 """Logical CPUs the trainer leaves unreserved for Ray Data's streamed reads (see :func:`worker_cpus`)."""
 
@@ -101,21 +104,45 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """
     num_labels = len(cfg.data.labels)
     check_loss_fits_student(cfg)
-    runs = {"kd": (soft_label_files(run_dir, num_labels, cfg.train.loss), cfg.train.loss)}
-    if cfg.train.ce_only_baseline:
-        runs["ce_only"] = ([require_file(run_dir.split_file("train"))], cfg.train.loss.ce_only())
     dev_file = require_file(run_dir.split_file("dev"))
+    runs = {"kd": (TaskData(None, soft_label_files(run_dir, num_labels, cfg.train.loss), dev_file, tag_names(cfg)),
+                   cfg.train.loss)}
+    if cfg.train.ce_only_baseline:
+        runs["ce_only"] = (TaskData(None, [require_file(run_dir.split_file("train"))], dev_file, tag_names(cfg)),
+                           cfg.train.loss.ce_only())
     if not run_dir.teacher_dir.is_dir():
         raise ArtifactError(run_dir.teacher_dir, "missing; run the finetune stage first")
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if torch.cuda.is_available() and gpus < cfg.train.num_workers:
-        raise ConfigError(f"train.num_workers is {cfg.train.num_workers} but the Ray cluster has {gpus:g} GPU(s) "
-                          f"and each GPU worker needs one; lower train.num_workers")
-
+    check_gpus(cfg.train)
     initial_dir = build_initial_student(cfg, run_dir)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
-    dev = ray.data.read_parquet(str(dev_file.resolve()), columns=text_columns(dev_file) + [label_column(dev_file)])
-    return {kind: fit(kind, cfg, run_dir, files, loss, dev, initial_dir) for kind, (files, loss) in runs.items()}
+    return {kind: fit(kind, cfg.train, cfg.seed, run_dir, [task], loss, initial_dir,
+                      teacher_hidden_size(run_dir.teacher_dir))
+            for kind, (task, loss) in runs.items()}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a student trains on for one task.
+
+    Attributes:
+        name: the task's name, passed to the student as ``task`` (the heads of a multi-task
+            student); None for a single-task student.
+        files: Parquet files of the training rows (see :func:`fit`).
+        dev_file: the task's dev split (``text`` (``text_pair``), ``label``; or ``tokens``, ``tags``).
+        tag_names: IOB2 tag names for a token task, None for a sequence task.
+    """
+
+    name: str | None
+    files: list[Path]
+    dev_file: Path
+    tag_names: list[str] | None
+
+
+def check_gpus(train_cfg: TrainConfig) -> None:
+    """Raise a :class:`ConfigError` when a GPU machine's Ray cluster has fewer GPUs than ``train.num_workers``."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if torch.cuda.is_available() and gpus < train_cfg.num_workers:
+        raise ConfigError(f"train.num_workers is {train_cfg.num_workers} but the Ray cluster has {gpus:g} GPU(s) "
+                          f"and each GPU worker needs one; lower train.num_workers")
 
 
 def build_initial_student(cfg: RunConfig, run_dir: RunDir) -> Path:
@@ -154,29 +181,35 @@ def check_loss_fits_student(cfg: RunConfig) -> None:
                           f"({cfg.teacher.max_length})")
 
 
-def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: LossConfig,
-        dev: ray.data.Dataset, initial_dir: Path) -> dict:
+def fit(kind: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: list[TaskData], loss: LossConfig,
+        initial_dir: Path, teacher_hidden_size: int) -> dict:
     """Train one student with Ray Train and copy its best checkpoint to ``run_dir.student_dir(kind)``.
 
     A student already trained from the same inputs is reused; an interrupted training of the
-    same inputs resumes from its latest checkpoint.
+    same inputs resumes from its latest checkpoint. With several tasks, each step takes a batch
+    of one task, drawn at random in proportion to the batches each task has left (see
+    :func:`interleave`), and the dev score is the mean of the tasks' scores.
 
     Args:
         kind: "kd" or "ce_only"; names the Ray run and the student folder.
-        cfg: the run config.
-        run_dir: the run directory.
-        files: Parquet files of the training rows (``text``, ``label`` and the teacher's signals;
-            ``tokens``, ``tags``, ``logits``, ``num_words``, ``word_mask`` for token tasks).
+        train_cfg: the ``train`` section (the student's loss is ``loss``, not ``train_cfg.loss``).
+        seed: the run's seed.
+        run_dir: the run directory that owns ``train/``.
+        tasks: what to train on; the Parquet files of a task hold ``text`` (``text_pair``),
+            ``label`` and the teacher's signals, or ``tokens``, ``tags``, ``logits``,
+            ``num_words``, ``word_mask`` for token tasks.
         loss: the loss to train with (CE only for the twin).
-        dev: the dev split, columns ``text`` (and ``text_pair``), ``label``; or ``tokens``, ``tags``.
         initial_dir: the initial student's folder.
+        teacher_hidden_size: D_t, for the hidden-state projections.
 
     Returns:
-        The summary of this student, as in :func:`run`.
+        The summary of this student, as in :func:`run`; with named tasks, ``history`` also
+        holds ``dev_<task>`` per epoch and the summary ``best_dev_<task>``.
     """
     # what this student depends on: not whether its twin is trained too
-    key = fingerprint(kind, cfg.train.model_copy(update={"loss": loss, "ce_only_baseline": True}), cfg.seed,
-                      [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    key = fingerprint(kind, train_cfg.model_copy(update={"loss": loss, "ce_only_baseline": True}), seed,
+                      [(task.name, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in task.files])
+                       for task in tasks])
     summary_file = run_dir.stage_dir("train") / f"{kind}.json"
     if summary_file.exists() and read_json(summary_file).get("key") == key and run_dir.student_dir(kind).is_dir():
         log.info("train %s: already trained from these inputs; reusing %s", kind, run_dir.student_dir(kind))
@@ -191,37 +224,44 @@ def fit(kind: str, cfg: RunConfig, run_dir: RunDir, files: list[Path], loss: Los
     elif (storage / kind).exists():
         log.info("train %s: resuming from the latest checkpoint in %s", kind, storage / kind)
 
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    columns = training_columns(files[0], loss)
-    train = ray.data.read_parquet([str(f.resolve()) for f in files], columns=columns,
-                                  shuffle=FileShuffleConfig(seed=cfg.seed))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
+    datasets, task_configs = {}, []
+    for i, task in enumerate(tasks):
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in task.files)
+        datasets[f"train_{i}"] = ray.data.read_parquet([str(f.resolve()) for f in task.files],
+                                                       columns=training_columns(task.files[0], loss),
+                                                       shuffle=FileShuffleConfig(seed=seed))
+        datasets[f"dev_{i}"] = ray.data.read_parquet(str(task.dev_file.resolve()),
+                                                     columns=text_columns(task.dev_file) + [label_column(task.dev_file)])
+        task_configs.append({"name": task.name, "rows": rows, "tag_names": task.tag_names})
+        log.info("train %s: task %s: %d rows streamed from %d file(s)", kind, task.name or "-", rows, len(task.files))
     use_gpu = torch.cuda.is_available()
-    threads, reserved = (1, 1.0) if use_gpu else worker_cpus(cfg.train.num_workers)
-    log.info("train %s: %d rows streamed from %d file(s), %d worker(s) with %d thread(s) each, gpu=%s",
-             kind, rows, len(files), cfg.train.num_workers, threads, use_gpu)
+    threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers)
+    log.info("train %s: %d worker(s) with %d thread(s) each, gpu=%s", kind, train_cfg.num_workers, threads, use_gpu)
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"kind": kind, "train": cfg.train, "loss": loss, "seed": cfg.seed, "threads": threads,
-                           "rows": rows, "initial_dir": str(initial_dir.resolve()),
-                           "teacher_hidden_size": teacher_hidden_size(run_dir.teacher_dir),
-                           "tag_names": tag_names(cfg)},
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+        train_loop_config={"kind": kind, "train": train_cfg, "loss": loss, "seed": seed, "threads": threads,
+                           "tasks": task_configs, "initial_dir": str(initial_dir.resolve()),
+                           "teacher_hidden_size": teacher_hidden_size},
+        scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": reserved}),
         run_config=RayRunConfig(name=kind, storage_path=str(storage), checkpoint_config=CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max")),
-        datasets={"train": train, "dev": dev},
+        datasets=datasets,
         # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[name for name in datasets if name.startswith("train_")]),
     )
     result = trainer.fit()
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_score"])
     with checkpoint.as_directory() as folder:
         load_student(Path(folder) / "student").save(run_dir.student_dir(kind))
-    metric = dev_metric_name(tag_names(cfg))
-    log.info("train %s: best dev %s %.4f at epoch %d", kind, metric, best["dev_score"], best["epoch"])
-    summary = {"dev_metric": metric, "best_dev_score": best["dev_score"], "best_epoch": best["epoch"], "rows": rows,
-               "history": result.return_value}
+    metrics = [dev_metric_name(task.tag_names) for task in tasks]
+    log.info("train %s: best dev %s %.4f at epoch %d", kind, "/".join(metrics), best["dev_score"], best["epoch"])
+    summary = {"dev_metric": metrics[0] if len(tasks) == 1 else "mean of " + ", ".join(metrics),
+               "best_dev_score": best["dev_score"], "best_epoch": best["epoch"],
+               "rows": sum(task["rows"] for task in task_configs), "history": result.return_value,
+               **{f"best_dev_{task.name}": best[f"dev_{task.name}"] for task in tasks if task.name is not None}}
     atomic_write_json(summary_file, {"key": key, "summary": summary})
     return summary
 
@@ -284,23 +324,35 @@ def train_loop(config: dict) -> list[dict]:
         model = ray.train.torch.prepare_model(step_module)
     state = restore(model, optimizer, scaler)
     history: list[dict] = state["history"] if state else []
-    steps_per_epoch = math.ceil(config["rows"] / world / train_cfg.batch_size)
+    tasks = config["tasks"]
+    task_steps = [math.ceil(task["rows"] / world / train_cfg.batch_size) for task in tasks]
+    steps_per_epoch = sum(task_steps)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
-    collate = Collate(student, (hidden_layers, attention_layers))
-    dev_collate = Collate(student, ([], []))  # dev rows carry texts (words) and labels only
-    train_shard = ray.train.get_dataset_shard("train")
-    dev_shard = ray.train.get_dataset_shard("dev")
+    collates = [Collate(student, (hidden_layers, attention_layers), task["name"]) for task in tasks]
+    dev_collates = [Collate(student, ([], []), task["name"]) for task in tasks]  # dev rows: texts and labels only
+    train_shards = [ray.train.get_dataset_shard(f"train_{i}") for i in range(len(tasks))]
+    dev_shards = [ray.train.get_dataset_shard(f"dev_{i}") for i in range(len(tasks))]
+    group_rows = train_cfg.batch_size * LENGTH_GROUP_BATCHES
 
     for epoch in range(len(history) + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
-        batches = train_shard.iter_batches(batch_size=train_cfg.batch_size, local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
-                                           local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        seed = config["seed"] + 1000 * epoch
+        streams = [(collate(b) for b in length_grouped(
+                        shard.iter_batches(batch_size=group_rows, local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
+                                           local_shuffle_seed=seed + rank),
+                        train_cfg.batch_size, np.random.default_rng(seed + rank)))
+                   for shard, collate in zip(train_shards, collates)]
+        # the task order is drawn alike on every rank
+        batches = interleave(streams, task_steps, np.random.default_rng(seed))
         first_step = (epoch - 1) * steps_per_epoch
-        losses = train_epoch(model, (collate(b) for b in batches), optimizer, scaler, precision, first_step,
-                             total_steps, steps_per_epoch, show_progress=rank == 0)
-        dev_batches = (dev_collate(b) for b in dev_shard.iter_batches(batch_size=train_cfg.batch_size))
-        metrics = {"epoch": epoch, **losses, "dev_score": dev_score(student, dev_batches, precision,
-                                                                    config["tag_names"]),
+        losses = train_epoch(model, batches, optimizer, scaler, precision, first_step, total_steps, steps_per_epoch,
+                             show_progress=rank == 0)
+        scores = [dev_score(student, (collate(b) for b in length_grouped(
+                      shard.iter_batches(batch_size=group_rows), train_cfg.batch_size, None)),
+                      precision, task["tag_names"])
+                  for shard, collate, task in zip(dev_shards, dev_collates, tasks)]
+        named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
+        metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
                    "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
@@ -309,12 +361,82 @@ def train_loop(config: dict) -> list[dict]:
     return history
 
 
+def interleave(streams: list, steps: list[int], rng: np.random.Generator):
+    """Merge per-task batch streams into one: each next batch comes from a task drawn with
+    probability proportional to its expected batches left (``steps``, at least 1 while the
+    stream lasts), so every task is spread over the whole epoch (the task sampling of MT-DNN,
+    Liu et al. 2019). One stream is passed through as is.
+
+    Args:
+        streams: one iterator of batches per task.
+        steps: the expected number of batches of each stream.
+        rng: draws the task order.
+
+    Yields:
+        every batch of every stream, once.
+    """
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    live = dict(enumerate(streams))
+    left = dict(enumerate(steps))
+    while live:
+        names = list(live)
+        weights = np.array([max(left[i], 1) for i in names], dtype=np.float64)
+        pick = names[rng.choice(len(names), p=weights / weights.sum())]
+        try:
+            batch = next(live[pick])
+        except StopIteration:
+            del live[pick]
+            continue
+        left[pick] -= 1
+        yield batch
+
+
+def length_grouped(groups, batch_size: int, rng: np.random.Generator | None):
+    """Cut each group of rows (a Ray Data numpy batch of ``LENGTH_GROUP_BATCHES`` batches) into
+    batches of rows of similar length, so that padding wastes little compute.
+
+    Rows are sorted by their texts' character length (``text`` + ``text_pair``, or the number
+    of words of ``tokens``), cut into batches of ``batch_size`` rows, and the batches are
+    yielded in a random order drawn from ``rng`` (in order when None). The megabatch scheme of
+    transformers' ``LengthGroupedSampler``; the rows are already shuffled across groups.
+
+    Args:
+        groups: iterable of ``{column: np.ndarray [N]}``.
+        batch_size: rows per batch (the last batch of a group may be smaller).
+        rng: shuffles the batch order within each group; None keeps them sorted (dev).
+
+    Yields:
+        ``{column: np.ndarray [<= batch_size]}``.
+    """
+    for group in groups:
+        order = np.argsort(row_lengths(group), kind="stable")
+        starts = np.arange(0, len(order), batch_size)
+        if rng is not None:
+            rng.shuffle(starts)
+        for start in starts:
+            rows = order[start:start + batch_size]
+            yield {column: values[rows] for column, values in group.items()}
+
+
+def row_lengths(group: dict[str, np.ndarray]) -> np.ndarray:
+    """Length of each row's input: words for token tasks, else characters of ``text`` (+ ``text_pair``)."""
+    if "tokens" in group:
+        return np.fromiter((len(words) for words in group["tokens"]), dtype=np.int64, count=len(group["tokens"]))
+    lengths = np.char.str_len(group["text"].astype(str))
+    if "text_pair" in group:
+        lengths = lengths + np.char.str_len(group["text_pair"].astype(str))
+    return lengths
+
+
 @dataclass
 class Batch:
     """One collated batch.
 
     Attributes:
-        features: the student's inputs (see :meth:`Student.featurize`), int64 tensors.
+        features: the student's inputs (see :meth:`Student.featurize`), int64 tensors, and the
+            ``task`` name (a str) for a multi-task student.
         teacher: the teacher's signals: ``logits`` [B, C] float32, or [B, W, C] for a tagger
             (KD rows only), and with layer terms ``hidden_{l}`` [B, T, D], ``attention_{l}``
             [B, H, T, T] and ``mask`` [B, T].
@@ -328,7 +450,8 @@ class Batch:
     mask: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        move = lambda d: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # noqa: E731
+                          for k, v in d.items()}
         return Batch(move(self.features), move(self.teacher), self.labels.to(device, non_blocking=True),
                      None if self.mask is None else self.mask.to(device, non_blocking=True))
 
@@ -392,7 +515,7 @@ def dev_score(student: Student, batches, precision: Precision, tag_names: list[s
             predicted += predictions.tolist()
             gold += labels.tolist()
         else:
-            real = batch.features["attention_mask"].bool().cpu()  # [B, W]
+            real = student.word_mask(batch.features).cpu()  # [B, W]
             predicted += [row[keep].tolist() for row, keep in zip(predictions, real)]
             gold += [row[keep].tolist() for row, keep in zip(labels, real)]
     student.train()
@@ -468,13 +591,22 @@ class Collate:
     Args:
         student: the student whose :meth:`Student.featurize` tokenizes the texts.
         layers: ``(hidden_layers, attention_layers)`` of the teacher that the loss reads.
+        task: the task name a multi-task student is called with (``features["task"]``), or None.
     """
 
-    def __init__(self, student: Student, layers: tuple[list[int], list[int]]):
+    def __init__(self, student: Student, layers: tuple[list[int], list[int]], task: str | None = None):
         self.student = student
         self.hidden_layers, self.attention_layers = layers
+        self.task = task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
+        """A Ray Data batch -> :class:`Batch` (see :meth:`rows`), with the task name among the features."""
+        collated = self.rows(batch)
+        if self.task is not None:
+            collated.features["task"] = self.task
+        return collated
+
+    def rows(self, batch: dict[str, np.ndarray]) -> Batch:
         """Columns ``text`` [B] (``text_pair`` [B]), ``label`` [B] and the teacher's signals -> :class:`Batch`;
         rows of words (``tokens``) go to :meth:`tagged`."""
         if "tokens" in batch:
@@ -503,7 +635,7 @@ class Collate:
         labels [B, W] (-1 on padding and unlabeled words), teacher ``logits`` [B, W, C] and the
         distillation mask [B, W] (real words that the teacher saw)."""
         features = self.student.featurize([[str(word) for word in words] for words in batch["tokens"]])
-        real = features["attention_mask"].bool()  # [B, W]
+        real = self.student.word_mask(features)  # [B, W]
         width = real.shape[1]
         labels = pad_words(batch["tags"], width, NO_LABEL)  # [B, W]
         teacher, mask = {}, None

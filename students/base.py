@@ -68,6 +68,11 @@ class Student(nn.Module):
         """
         raise NotImplementedError
 
+    def word_mask(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The real words [B, W] of a batch that :meth:`featurize` made from word lists: the
+        attention mask of a word-level tagger; sub-word students override it."""
+        return features["attention_mask"].bool()
+
     def save(self, directory: str | Path) -> Path:
         """Write the student folder atomically; returns it."""
         raise NotImplementedError

@@ -25,7 +25,7 @@ from pipeline.config import MultiTaskLSTMConfig
 from students.base import Student, StudentOutput, register
 from students.bilstm import (BiLSTMEncoder, MLPHead, build_lstm_student, featurize_texts, pair_features,
                              read_weights, real_positions, save_folder)
-from students.vocab import Vocabulary, load_vocabulary
+from students.vocab import Vocabulary, encode_words, load_vocabulary
 
 TaskKind = Literal["sentence", "pair", "token"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
@@ -101,9 +101,17 @@ class MultiTaskLSTMStudent(Student):
                           task.num_labels, cfg.dropout)
             for name, task in self.tasks.items()})
 
-    def featurize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """See :func:`students.bilstm.featurize_texts`; give ``pairs`` for ``pair`` tasks."""
+    def featurize(self, texts: list[str] | list[list[str]], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Sentences: see :func:`students.bilstm.featurize_texts` (give ``pairs`` for ``pair``
+        tasks). Word lists, for ``token`` tasks: see :func:`students.vocab.encode_words`
+        (``input_ids``, ``attention_mask`` [B, T], ``word_starts``, ``word_mask`` [B, W])."""
+        if texts and not isinstance(texts[0], str):
+            return encode_words(self.vocab, [list(words) for words in texts], self.cfg.max_length)
         return featurize_texts(self.vocab, self.cfg.max_length, texts, pairs)
+
+    def word_mask(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The real words [B, W] of a batch of word lists (``features["word_mask"]``)."""
+        return features["word_mask"]
 
     def task(self, name: str) -> Task:
         """The task called ``name``.
@@ -116,8 +124,8 @@ class MultiTaskLSTMStudent(Student):
         return self.tasks[name]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str,
-                pair_input_ids: torch.Tensor | None = None,
-                pair_attention_mask: torch.Tensor | None = None) -> StudentOutput:
+                pair_input_ids: torch.Tensor | None = None, pair_attention_mask: torch.Tensor | None = None,
+                word_starts: torch.Tensor | None = None, word_mask: torch.Tensor | None = None) -> StudentOutput:
         """Logits of ``task`` for a right-padded batch.
 
         Args:
@@ -125,11 +133,15 @@ class MultiTaskLSTMStudent(Student):
             task: a name from the task table.
             pair_input_ids, pair_attention_mask: int64 [B, T2] second sentences; required by, and
                 only by, ``pair`` tasks.
+            word_starts: int64 [B, W], for ``token`` tasks on word lists: the token position of
+                each word's first piece, whose state is tagged. ``word_mask`` [B, W] is not read
+                (the loss and the scores mask the words).
 
         Returns:
-            ``logits`` float32 [B, C_task] (sentence, pair) or [B, T, C_task] (token; padding
-            positions hold logits too, to be masked by the loss); ``hidden_states`` the encoder's
-            (``[B, T, E]`` then ``[B, T, 2H]`` per layer) except for pairs.
+            ``logits`` float32 [B, C_task] (sentence, pair), [B, W, C_task] (token, with
+            ``word_starts``) or [B, T, C_task] (token, per piece); padding positions hold logits
+            too, to be masked by the loss; ``hidden_states`` the encoder's (``[B, T, E]`` then
+            ``[B, T, 2H]`` per layer) except for pairs.
 
         Raises:
             KeyError: unknown task. ValueError: pair inputs missing or unexpected.
@@ -140,7 +152,10 @@ class MultiTaskLSTMStudent(Student):
         head = self.heads[task]
         states = self.encoder(input_ids, attention_mask)
         if kind == "token":
-            return StudentOutput(logits=head(states[-1]), hidden_states=states)  # [B, T, C]
+            tokens = states[-1]  # [B, T, 2H]
+            if word_starts is not None:
+                tokens = tokens.gather(1, word_starts.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # [B, W, 2H]
+            return StudentOutput(logits=head(tokens), hidden_states=states)  # [B, W or T, C]
         sentence = self.attention(states[-1], attention_mask)  # [B, 2H]
         if kind == "sentence":
             return StudentOutput(logits=head(sentence), hidden_states=states)  # [B, C]

@@ -55,6 +55,15 @@ class Vocabulary(Protocol):
             tokens and 0 on padding.
         """
 
+    def word_pieces(self, words: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+        """Ids of each word on its own, and the ids a sentence starts and ends with.
+
+        Returns:
+            ``(pieces, prefix, suffix)``: one id list per word (no special ids), and the special
+            ids before and after a sentence (``[CLS]`` and ``[SEP]`` for WordPiece, none for
+            SentencePiece), as :meth:`encode` adds them.
+        """
+
     def save(self, directory: Path) -> None:
         """Write the vocabulary's files into ``directory``."""
 
@@ -86,6 +95,11 @@ class WordPieceVocabulary:
         batch = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
                                return_token_type_ids=False, return_tensors="pt")
         return batch["input_ids"].long(), batch["attention_mask"].long()
+
+    def word_pieces(self, words: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+        """See :meth:`Vocabulary.word_pieces`."""
+        pieces = self.tokenizer(list(words), add_special_tokens=False)["input_ids"]
+        return pieces, [self.tokenizer.cls_token_id], [self.tokenizer.sep_token_id]
 
     def save(self, directory: Path) -> None:
         """Write the tokenizer's files (``save_pretrained``)."""
@@ -159,6 +173,10 @@ class SentencePieceVocabulary:
             attention_mask[i, :len(ids)] = 1
         return input_ids, attention_mask
 
+    def word_pieces(self, words: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+        """See :meth:`Vocabulary.word_pieces`."""
+        return self.processor.encode(list(words)), [], []
+
     def save(self, directory: Path) -> None:
         """Write ``sentencepiece.model``."""
         (directory / SENTENCEPIECE_FILE).write_bytes(self.model_proto)
@@ -174,6 +192,45 @@ class SentencePieceVocabulary:
         if not path.is_file():
             raise ArtifactError(path, "missing; rerun the train stage")
         return cls(path.read_bytes())
+
+
+def encode_words(vocab: Vocabulary, sentences: list[list[str]], max_length: int) -> dict[str, torch.Tensor]:
+    """Ids of sentences given as words, with the position of each word's first piece, so that
+    a sub-word encoder can tag words (the first-sub-token rule of BERT's CoNLL-2003 tagger).
+
+    Each sentence is ``prefix + pieces of every word + suffix`` (see :meth:`Vocabulary.word_pieces`),
+    cut to ``max_length`` ids (the suffix is kept). A word whose first piece is cut off, or
+    that has no pieces at all, is left out of ``word_mask``.
+
+    Returns:
+        int64 ``input_ids`` and ``attention_mask`` [B, T] (T <= max_length), ``word_starts``
+        [B, W] (index into T of each word's first piece; 0 where the word is left out or
+        padding) and bool ``word_mask`` [B, W], W the most words in a sentence.
+    """
+    rows, starts = [], []
+    for words in sentences:
+        pieces, prefix, suffix = vocab.word_pieces(words)
+        budget = max(max_length - len(prefix) - len(suffix), 0)
+        ids, first = list(prefix), []
+        for word in pieces:
+            fits = bool(word) and len(ids) - len(prefix) < budget
+            first.append(len(ids) if fits else -1)
+            ids += word
+        rows.append(ids[:len(prefix) + budget] + suffix)
+        starts.append(first)
+    width, num_words = max(len(ids) for ids in rows), max((len(first) for first in starts), default=0)
+    input_ids = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    word_starts = torch.zeros((len(rows), num_words), dtype=torch.long)
+    word_mask = torch.zeros((len(rows), num_words), dtype=torch.bool)
+    for i, (ids, first) in enumerate(zip(rows, starts)):
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, :len(ids)] = 1
+        first = torch.tensor(first, dtype=torch.long)
+        word_mask[i, :len(first)] = first >= 0
+        word_starts[i, :len(first)] = first.clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "word_starts": word_starts,
+            "word_mask": word_mask}
 
 
 VOCABULARIES: dict[VocabKind, type[WordPieceVocabulary] | type[SentencePieceVocabulary]] = {

@@ -102,3 +102,15 @@ def test_save_then_load_gives_identical_outputs(tiny_teacher_dir, transfer_texts
     assert isinstance(loaded, MultiTaskLSTMStudent) and not loaded.training and loaded.tasks == model.tasks
     expected, got = run_all(model), run_all(loaded)
     assert all(torch.equal(got[name], expected[name]) for name in TASKS)
+
+
+def test_token_task_on_word_lists_tags_each_word_at_its_first_piece(tiny_teacher_dir, transfer_texts):
+    model = build(tiny_teacher_dir, transfer_texts).eval()
+    words = [sentence.split() for sentence in SENTENCES]
+    features = model.featurize(words)
+    assert torch.equal(model.word_mask(features), features["word_mask"])
+    logits = model(**features, task="ner").logits
+    assert logits.shape == (3, max(map(len, words)), 5)
+    per_piece = model(input_ids=features["input_ids"], attention_mask=features["attention_mask"], task="ner").logits
+    for i, row in enumerate(words):  # word j's logits are those of the piece where it starts
+        torch.testing.assert_close(logits[i, :len(row)], per_piece[i, features["word_starts"][i, :len(row)]])

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.errors import ArtifactError, ConfigError
 from students.vocab import (SENTENCEPIECE_FILE, SentencePieceVocabulary, WordPieceVocabulary, build_vocabulary,
-                            load_vocabulary)
+                            encode_words, load_vocabulary)
 
 VOCAB_SIZE = 200
 
@@ -70,3 +70,26 @@ def test_wordpiece_encodes_like_the_teacher_tokenizer(wordpiece, tiny_teacher_di
     assert ids[0].tolist() == expected[0] and ids[1, :3].tolist() == expected[1] and ids[1, 3:].eq(0).all()
     assert mask.tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
     assert wordpiece.encode(["word " * 50], max_length=8)[0].shape == (1, 8)
+
+
+def test_wordpiece_words_start_at_their_first_sub_token(wordpiece):
+    words = [["unbelievably", "good", "film"], ["fine"]]
+    features = encode_words(wordpiece, words, max_length=16)
+    ids, starts, mask = features["input_ids"], features["word_starts"], features["word_mask"]
+    expected = wordpiece.tokenizer(words, is_split_into_words=True)
+    assert ids[0].tolist() == expected["input_ids"][0]  # [CLS] pieces [SEP], as the tokenizer joins words
+    first = [expected.word_ids(0).index(w) for w in range(3)]
+    assert starts[0].tolist() == first and mask.tolist() == [[True] * 3, [True, False, False]]
+    assert first[1] - first[0] > 1  # "unbelievably" is several pieces
+    assert features["attention_mask"].sum(dim=1).tolist() == [len(expected["input_ids"][0]), 3]
+
+
+def test_words_cut_off_by_max_length_are_masked(wordpiece, sentencepiece):
+    words = [["good"] * 10]
+    cut = encode_words(wordpiece, words, max_length=6)  # [CLS] + 4 words + [SEP]
+    assert cut["input_ids"].shape == (1, 6) and cut["input_ids"][0, -1] == wordpiece.tokenizer.sep_token_id
+    assert cut["word_mask"][0].tolist() == [True] * 4 + [False] * 6
+    assert cut["word_starts"][0, :4].tolist() == [1, 2, 3, 4] and cut["word_starts"][0, 4:].eq(0).all()
+    pieces = encode_words(sentencepiece, [["ka", "ka"]], max_length=32)
+    per_word = sentencepiece.processor.encode(["ka"])[0]
+    assert pieces["word_starts"][0].tolist() == [0, len(per_word)]  # no specials in SentencePiece
