@@ -1,6 +1,7 @@
 """``distill``: the command line.
 
     distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
+                  (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
     distill bench label CONFIG [--rows 4000] [--emit-layers 3,6] [--set key=value ...]
@@ -16,8 +17,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.config import load_config, preset_names
-from pipeline.errors import DistillError
+from pipeline.config import MultiTaskRunConfig, load_config, preset_names
+from pipeline.errors import ConfigError, DistillError
 
 
 def layer_pair(text: str) -> tuple[int, int]:
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
         if args.command == "bench":
+            if isinstance(cfg, MultiTaskRunConfig):
+                raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
             if args.what == "label":
                 from pipeline import bench

@@ -481,6 +481,54 @@ class RunConfig(Section):
         return self.output_dir / self.name
 
 
+class MultiTaskRunConfig(Section):
+    """A multi-task student (Liu et al. 2019) distilled from the teachers of finished single-task runs.
+
+    ``tasks`` maps each task's name (its head in the student) to the folder of a run that
+    ``distill run`` took through its label stage: the task's kind and labels come from that
+    run's ``config.yaml``, its soft labels from its label shards, its labeled rows and dev
+    (and test) split from its data stage, so each task keeps its own teacher. A YAML file with
+    a top-level ``tasks`` key is read as this config.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    tasks: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], Path] = Field(min_length=1)
+    train: TrainConfig = TrainConfig(student=MultiTaskLSTMConfig())
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _multitask_student_by_default(cls, raw: Any) -> Any:
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(train, dict) and isinstance(train.get("student", {}), dict):
+            student = train.get("student", {})
+            return {**raw, "train": {**train, "student": {"family": "multitask_lstm", **student}}}
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_multitask(self) -> "MultiTaskRunConfig":
+        if self.train.student.family != "multitask_lstm":
+            raise ValueError(f"train.student.family is {self.train.student.family}; a config with tasks trains "
+                             f"family multitask_lstm")
+        if self.train.num_workers != 1:
+            raise ValueError("train.num_workers must be 1 for a multi-task student (each step trains one task's "
+                             "head, and DDP would need every rank to draw the same task)")
+        layer_terms = [t for t in ("hidden", "attention", "embedding_cosine", "pkd") if getattr(self.train.loss, t)]
+        if layer_terms:
+            raise ValueError(f"train.loss.{layer_terms[0]} needs a transformer student; a multi-task LSTM learns "
+                             f"from ce and kd only")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """``output_dir / name``: where every artifact of this run lives."""
+        return self.output_dir / self.name
+
+
 TAGGER_FAMILIES = ("cnn_lstm",)
 """Student families that tag words (logits [B, W, C]); the others classify sentences."""
 
@@ -488,6 +536,9 @@ TAGGER_FAMILIES = ("cnn_lstm",)
 def task_conflicts(cfg: RunConfig) -> list[str]:
     """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
     family = cfg.train.student.family
+    if family == "multitask_lstm":
+        return ["train.student.family: multitask_lstm learns several runs' tasks at once; write a config with "
+                "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
     if cfg.data.task == "sequence":
         return [f"train.student.family: {family} tags words; it needs data.task: token, or use bilstm or "
                 f"transformer"] if family in TAGGER_FAMILIES else []
@@ -513,15 +564,18 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
 
 
-def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | MultiTaskRunConfig:
     """Load a preset name or a YAML file, apply ``a.b=value`` overrides, and validate.
+
+    A mapping with a top-level ``tasks`` key is a :class:`MultiTaskRunConfig`, any other a
+    :class:`RunConfig`.
 
     Args:
         source: a preset name (see :func:`preset_names`) or a path to a YAML file.
         overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars.
 
     Returns:
-        The validated, frozen :class:`RunConfig`.
+        The validated, frozen config.
 
     Raises:
         ConfigError: the file is missing or not YAML, an override is malformed, a field is
@@ -534,13 +588,16 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig:
     return validate_config(raw, origin)
 
 
-def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig:
+def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | MultiTaskRunConfig:
     """Validate a parsed config mapping; see :func:`load_config` for the errors raised."""
+    root = MultiTaskRunConfig if "tasks" in raw else RunConfig
     try:
-        cfg = RunConfig.model_validate(raw)
+        cfg = root.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
+        lines = [_describe(err, root) for err in exc.errors()]
         raise ConfigError(f"{origin}: {len(lines)} invalid field(s):\n  " + "\n  ".join(lines)) from None
+    if isinstance(cfg, MultiTaskRunConfig):
+        return cfg
     lines = task_conflicts(cfg)
     if lines:
         raise ConfigError(f"{origin}: {len(lines)} setting(s) do not fit data.task {cfg.data.task}:\n  "
@@ -580,21 +637,21 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = _field_path(err["loc"])
+def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = _field_path(err["loc"], root) or "config"
     if err["type"] == "extra_forbidden":
-        parent = _model_at(err["loc"][:-1])
+        parent = _model_at(err["loc"][:-1], root)
         field = str(err["loc"][-1])
         known = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(field, known, n=1)
-        hint = f"; did you mean {_field_path(err['loc'][:-1])}.{close[0]}?" if close else ""
+        hint = f"; did you mean {_field_path(err['loc'][:-1], root)}.{close[0]}?" if close else ""
         return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
     return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
-def _field_path(loc: tuple) -> str:
+def _field_path(loc: tuple, root: type[BaseModel]) -> str:
     """The dotted config path of an error location, without the tags of tagged unions."""
-    parts, model = [], RunConfig
+    parts, model = [], root
     for part in loc:
         if isinstance(model, _Union) and model.by_tag(str(part)) is not None:
             model = model.by_tag(str(part))
@@ -604,8 +661,8 @@ def _field_path(loc: tuple) -> str:
     return ".".join(parts)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = RunConfig
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

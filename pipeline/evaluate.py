@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.artifacts import RunDir
-from pipeline.config import RunConfig
+from pipeline.config import EvaluateConfig, RunConfig
 from pipeline.entity_metrics import entity_scores
 from pipeline.latency import batch1_latency_ms
 from students.base import META_FILE, load_student
@@ -81,7 +81,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     for name, (model, featurize, folder) in models.items():
         scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
                   for key, value in score(predict(model, featurize, split), split.gold, tags).items()}
-        results[name] = {**scores, **measure(model, featurize, folder, splits["dev"], cfg)}
+        results[name] = {**scores, **measure(model, featurize, folder, splits["dev"], cfg.evaluate)}
         log.info("evaluate: %s %s, %d parameters, %.1f MB, p50 %.2f ms", name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), results[name]["parameters"],
                  results[name]["size_mb"], results[name]["latency"]["p50_ms"])
@@ -163,7 +163,7 @@ def predict(model: nn.Module, featurize: Callable, split: Split) -> list:
     return predictions
 
 
-def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg: RunConfig) -> dict[str, Any]:
+def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg: EvaluateConfig) -> dict[str, Any]:
     """Parameter count, weight-file size (MB) and batch-1 latency (ms) of one model.
 
     Args:
@@ -171,12 +171,12 @@ def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg
         featurize: texts (and pairs) -> the model's input tensors, padded per batch.
         folder: where its weights lie (``*.safetensors`` are counted).
         dev: the dev split; its first :data:`LATENCY_ROWS` rows are timed one at a time.
-        cfg: reads ``evaluate.latency_runs`` and ``evaluate.latency_warmup``.
+        cfg: the ``evaluate`` section (``latency_runs``, ``latency_warmup``).
     """
     singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None)
                for i in range(min(LATENCY_ROWS, len(dev.texts)))]
     latency = batch1_latency_ms(lambda b: logits_of(model, b), singles,
-                                cfg.evaluate.latency_runs, cfg.evaluate.latency_warmup)
+                                cfg.latency_runs, cfg.latency_warmup)
     weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     return {"parameters": sum(p.numel() for p in model.parameters()),
             "size_mb": round(weights / 2**20, 2), "latency": latency}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.artifacts import RunDir, atomic_write_json, atomic_write_text
@@ -14,11 +15,13 @@ def collect(run_dir: RunDir, stages: list[str]) -> dict[str, Any]:
     return {stage: run_dir.require(stage) for stage in stages}
 
 
-def write(run_dir: RunDir, name: str, stages: list[str]) -> dict[str, Any]:
-    """Write ``metrics.json`` and ``report.md`` into the run directory; returns the metrics."""
+def write(run_dir: RunDir, name: str, stages: list[str],
+          render_markdown: Callable[[str, dict[str, Any]], str] | None = None) -> dict[str, Any]:
+    """Write ``metrics.json`` and ``report.md`` (by ``render_markdown``, default :func:`render`)
+    into the run directory; returns the metrics."""
     metrics = collect(run_dir, stages)
     atomic_write_json(run_dir.metrics_file, metrics)
-    atomic_write_text(run_dir.report_file, render(name, metrics))
+    atomic_write_text(run_dir.report_file, (render_markdown or render)(name, metrics))
     return metrics
 
 

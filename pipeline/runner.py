@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from pipeline import data, evaluate, finetune, label, report, train
+from pipeline import data, evaluate, finetune, label, multitask, report, train
 from pipeline.artifacts import RunDir, atomic_write_text, fingerprint, sha256_file
-from pipeline.config import RunConfig
+from pipeline.config import MultiTaskRunConfig, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.tracking import Tracker
 from teachers.ensemble import weight_files
@@ -29,13 +29,15 @@ STAGES: dict[str, Callable[[RunConfig, RunDir], dict[str, Any]]] = {
     "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run}
 """Stage name -> stage function, in pipeline order."""
 
-def needs_ray(cfg: RunConfig, stage: str) -> bool:
+def needs_ray(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:
     """Whether a stage uses Ray: label and train always, data when it augments."""
     return stage in {"label", "train"} or (stage == "data" and cfg.data.augment is not None)
 
 
-def stage_inputs(cfg: RunConfig, stage: str) -> Any:
+def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
     """What a stage's output depends on besides the stages before it."""
+    if isinstance(cfg, MultiTaskRunConfig):
+        return multitask.stage_inputs(cfg, stage)
     if stage == "data":
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.test, cfg.data.unlabeled)
                  if s is not None]
@@ -57,11 +59,12 @@ def file_stats(files: Iterable[Path]) -> list[tuple[str, int, str]]:
     return [(f.name, f.stat().st_size, sha256_file(f)) for f in files]
 
 
-def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
+                 force: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every stage up to and including ``until``.
 
     Args:
-        cfg: the validated run config.
+        cfg: the validated run config; a multi-task config runs :data:`pipeline.multitask.STAGES`.
         until: the last stage to run.
         force: stages to redo even when fresh (the stages after them are redone too).
 
@@ -72,9 +75,11 @@ def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...]
         ConfigError: ``until`` or ``force`` names an unknown stage.
         DistillError: any stage's input error (see each stage).
     """
-    names = list(STAGES)
+    multi = isinstance(cfg, MultiTaskRunConfig)
+    stages = multitask.STAGES if multi else STAGES
+    names = list(stages)
     for stage in (until, *force):
-        if stage not in STAGES:
+        if stage not in stages:
             raise ConfigError(f"unknown stage {stage!r}; stages are {names}")
     run_dir = RunDir(cfg.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -97,13 +102,13 @@ def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...]
             for stale in run_dir.remove_partial_files(stage):
                 log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
             began = time.perf_counter()
-            summary = STAGES[stage](cfg, run_dir)
+            summary = stages[stage](cfg, run_dir)
             manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
             log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
             if tracker:
                 tracker.log_stage(stage, manifests[stage])
         if until == "evaluate":
-            report.write(run_dir, cfg.name, names)
+            report.write(run_dir, cfg.name, names, multitask.render if multi else None)
             log.info("report: %s", run_dir.report_file)
     finally:
         if tracker:
@@ -111,7 +116,7 @@ def run_pipeline(cfg: RunConfig, until: str = "evaluate", force: tuple[str, ...]
     return manifests
 
 
-def start_ray(cfg: RunConfig) -> None:
+def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:
     """Connect to the configured Ray cluster, or start a local instance, once per process."""
     import ray
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.config import RunConfig
+from pipeline.config import MultiTaskRunConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Tracker:
             "online" (the runner creates no tracker when it is "disabled").
     """
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig | MultiTaskRunConfig):
         import wandb
 
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,12 @@ class Tracker:
             for step, loss in enumerate(manifest.get("loss_history", [])):
                 self.run.log({"finetune/loss": loss, "finetune/tenth": step})
         if stage == "evaluate":
+            for task, results in manifest.get("tasks", {}).items():  # a multi-task run's scores, per task
+                for model in ("kd", "ce_only"):
+                    for key, value in results.get(model, {}).items():
+                        self.run.summary[f"{model}/{task}_{key}"] = value
             for model, metrics in manifest["models"].items():
-                for key in manifest["score_keys"]:
+                for key in manifest.get("score_keys", []):
                     self.run.summary[f"{model}/{key}"] = metrics[key]
                 self.run.summary[f"{model}/parameters"] = metrics["parameters"]
                 self.run.summary[f"{model}/size_mb"] = metrics["size_mb"]

@@ -337,7 +337,7 @@ def train_loop(config: dict) -> list[dict]:
     for epoch in range(len(history) + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
         seed = config["seed"] + 1000 * epoch
-        streams = [(collate(b) for b in length_grouped(
+        streams = [map(collate, length_grouped(
                         shard.iter_batches(batch_size=group_rows, local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
                                            local_shuffle_seed=seed + rank),
                         train_cfg.batch_size, np.random.default_rng(seed + rank)))
@@ -347,7 +347,7 @@ def train_loop(config: dict) -> list[dict]:
         first_step = (epoch - 1) * steps_per_epoch
         losses = train_epoch(model, batches, optimizer, scaler, precision, first_step, total_steps, steps_per_epoch,
                              show_progress=rank == 0)
-        scores = [dev_score(student, (collate(b) for b in length_grouped(
+        scores = [dev_score(student, map(collate, length_grouped(
                       shard.iter_batches(batch_size=group_rows), train_cfg.batch_size, None)),
                       precision, task["tag_names"])
                   for shard, collate, task in zip(dev_shards, dev_collates, tasks)]
