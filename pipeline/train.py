@@ -332,15 +332,11 @@ def train_loop(config: dict) -> list[dict]:
     dev_collates = [Collate(student, ([], []), task["name"]) for task in tasks]  # dev rows: texts and labels only
     train_shards = [ray.train.get_dataset_shard(f"train_{i}") for i in range(len(tasks))]
     dev_shards = [ray.train.get_dataset_shard(f"dev_{i}") for i in range(len(tasks))]
-    group_rows = train_cfg.batch_size * LENGTH_GROUP_BATCHES
 
     for epoch in range(len(history) + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
         seed = config["seed"] + 1000 * epoch
-        streams = [map(collate, length_grouped(
-                        shard.iter_batches(batch_size=group_rows, local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
-                                           local_shuffle_seed=seed + rank),
-                        train_cfg.batch_size, np.random.default_rng(seed + rank)))
+        streams = [map(collate, shuffled_batches(shard, train_cfg.batch_size, seed + rank))
                    for shard, collate in zip(train_shards, collates)]
         # the task order is drawn alike on every rank
         batches = interleave(streams, task_steps, np.random.default_rng(seed))
@@ -348,8 +344,8 @@ def train_loop(config: dict) -> list[dict]:
         losses = train_epoch(model, batches, optimizer, scaler, precision, first_step, total_steps, steps_per_epoch,
                              show_progress=rank == 0)
         scores = [dev_score(student, map(collate, length_grouped(
-                      shard.iter_batches(batch_size=group_rows), train_cfg.batch_size, None)),
-                      precision, task["tag_names"])
+                      shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
+                      train_cfg.batch_size, None)), precision, task["tag_names"])
                   for shard, collate, task in zip(dev_shards, dev_collates, tasks)]
         named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
         metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
@@ -391,6 +387,24 @@ def interleave(streams: list, steps: list[int], rng: np.random.Generator):
             continue
         left[pick] -= 1
         yield batch
+
+
+def shuffled_batches(shard, batch_size: int, seed: int):
+    """One epoch of a worker's training rows as numpy batches: shuffled within a buffer of
+    :data:`LOCAL_SHUFFLE_ROWS` rows (on top of the dataset's shuffled file order), then cut
+    into batches of similar length (:func:`length_grouped`) in a random order.
+
+    Args:
+        shard: a Ray Data dataset or a worker's ``DataIterator``.
+        batch_size: rows per batch.
+        seed: seeds the shuffle buffer and the batch order (vary it per epoch and rank).
+
+    Yields:
+        ``{column: np.ndarray [<= batch_size]}``.
+    """
+    groups = shard.iter_batches(batch_size=batch_size * LENGTH_GROUP_BATCHES,
+                                local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS, local_shuffle_seed=seed)
+    return length_grouped(groups, batch_size, np.random.default_rng(seed))
 
 
 def length_grouped(groups, batch_size: int, rng: np.random.Generator | None):

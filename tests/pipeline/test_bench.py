@@ -115,5 +115,15 @@ def test_readback_streams_a_quarter_then_all_shards_and_reports_memory(tmp_path,
     assert "hidden_2" in result["columns"] and "attention_2" in result["columns"]
     assert whole["float32_mb"] > quarter["float32_mb"] and whole["disk_mb"] > 3 * quarter["disk_mb"]
     assert 100 < whole["peak_rss_mb"] < 4000
+    assert 50 < whole["peak_private_mb"] <= whole["peak_rss_mb"]  # private memory is a part of RSS
     assert read_json(tmp_path / "readback.json") == result
-    assert "peak RSS MB" in bench_readback.render(result)
+    assert "peak RSS MB" in bench_readback.render(result) and "peak private MB" in bench_readback.render(result)
+
+
+def test_private_memory_grows_with_an_allocation():
+    from pipeline.bench_readback import private_memory_mb
+
+    before = private_memory_mb()
+    block = bytearray(200 * 2**20)  # 200 MB, touched
+    block[::4096] = b"x" * len(block[::4096])
+    assert private_memory_mb() - before > 150
