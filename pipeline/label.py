@@ -143,6 +143,7 @@ class ShardLabeler:
     def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
         """Write one shard atomically and return its index entry."""
         rows = self.transfer.slice(start, stop - start)
+        began_at = time.time()
         began = time.perf_counter()
         if "tokens" in rows.column_names:
             base = ["id", "tokens", "tags"]
@@ -169,7 +170,7 @@ class ShardLabeler:
         signal_bytes = {name: table.column(name).nbytes for name in table.column_names[len(base):]}
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
-                "signal_bytes": json.dumps(signal_bytes)}
+                "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes)}
 
 
 def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:
@@ -204,8 +205,11 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
     Returns:
         Summary for the manifest: shards, rows, classes, rows labeled by this call and their
-        examples/s (wall clock, actor start included), bytes per example on disk, and the
-        in-memory bytes per example of each signal (``signal_bytes_per_example``).
+        examples/s (``throughput_eps``: wall clock, actor start-up included; ``labeling_eps``
+        over ``labeling_window_s``, from the first shard's start to the last shard's write,
+        i.e. with the teachers loaded, as a loop that has its model in memory is timed),
+        bytes per example on disk, and the in-memory bytes per example of each signal
+        (``signal_bytes_per_example``).
     """
     label = cfg.label
     transfer_file = run_dir.split_file("transfer")
@@ -250,9 +254,13 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     for entry in entries:
         for name, size in json.loads(entry["signal_bytes"]).items():
             signal_bytes[name] = signal_bytes.get(name, 0) + size
+    labeled = [done[s["shard"]] for s in todo]
+    window = max(e["ended_at"] for e in labeled) - min(e["began_at"] for e in labeled) if labeled else 0.0
     return {"shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
             "rows_labeled_now": labeled_now,
             "throughput_eps": round(labeled_now / elapsed, 1) if labeled_now else None,
+            "labeling_window_s": round(window, 3),
+            "labeling_eps": round(labeled_now / window, 1) if window > 0 else None,
             "stored_bytes_per_example": round(stored_bytes / num_rows, 1),
             "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()}}
 

@@ -37,7 +37,7 @@ def test_render_lists_three_ways_with_ratio_and_bytes():
     way = {"seconds": 2.0, "examples_per_s": 50.0, "speedup_vs_naive": 1.0, "useful_gflops_per_s": 1.5,
            "fraction_of_peak": 0.01}
     stage = {**way, "speedup_vs_naive": 8.5, "stored_bytes_per_example": 61.0,
-             "signal_bytes_per_example": {"logits": 8.0}}
+             "signal_bytes_per_example": {"logits": 8.0}, "labeling": {**way, "speedup_vs_naive": 9.25}}
     text = render({"rows": 100, "matmul_peak_gflops": 150.0, "threads": 2, "emit_layers": [3, 6],
                    "ways": {"naive": way, "label stage": stage,
                             "label + signals": {**stage, "stored_bytes_per_example": 12_345.0}}})
@@ -45,8 +45,10 @@ def test_render_lists_three_ways_with_ratio_and_bytes():
     assert "100 rows" in lines[0] and "150.0 GFLOP/s" in lines[0] and "[3, 6]" in lines[0]
     assert lines[2].split()[0] == "naive" and lines[2].split()[-1] == "-"
     assert lines[3].split()[:2] == ["label", "stage"] and "8.50x" in lines[3] and lines[3].endswith("61.0")
-    assert lines[4].endswith("12,345.0")
-    assert lines[5] == "bytes/example, label stage: logits 8.0"
+    assert lines[4].split()[:2] == ["labeling", "only"] and "9.25x" in lines[4]
+    assert lines[5].endswith("12,345.0")
+    assert lines[7].startswith("labeling only: from the first shard's start")
+    assert lines[8] == "bytes/example, label stage: logits 8.0"
 
 
 @pytest.fixture
@@ -80,6 +82,9 @@ def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run,
     for way in (stage, signals):  # on 24 rows the actors' start-up dominates: slower than naive
         assert way["examples_per_s"] == pytest.approx(24 / way["seconds"], abs=0.05)
         assert way["speedup_vs_naive"] < 1 and way["fraction_of_peak"] < naive["fraction_of_peak"]
+        # the labeling window leaves out the actors' start-up, so it is a part of the stage's time
+        assert 0 < way["labeling"]["seconds"] < way["seconds"] - 1
+        assert way["labeling"]["examples_per_s"] == pytest.approx(24 / way["labeling"]["seconds"], rel=0.2)  # s rounded
     assert stage["signal_bytes_per_example"] == {"logits": 8.0}  # 2 float32 logits
     from transformers import AutoTokenizer
 
