@@ -11,7 +11,6 @@ one of ``clusters/deepspeed/``) override the generated ones.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
