@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RunConfig, load_config, preset_names, validate_config
+from pipeline.config import MultiTaskRunConfig, RunConfig, load_config, preset_names, validate_config
 from pipeline.conll import CONLL2003_TAGS
 from pipeline.errors import ConfigError
 
@@ -15,8 +15,11 @@ MINIMAL = {"name": "t", "data": {"train": {"path": "a.tsv"}, "dev": {"path": "b.
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_loads(preset):
     cfg = load_config(preset)
-    assert isinstance(cfg, RunConfig)
     assert cfg.name == preset
+    if isinstance(cfg, MultiTaskRunConfig):  # a run over other presets' runs
+        assert set(cfg.tasks) == {"sst2", "conll2003"} and cfg.train.student.family == "multitask_lstm"
+        return
+    assert isinstance(cfg, RunConfig)
     if cfg.data.task == "token":
         assert tuple(cfg.data.labels) == CONLL2003_TAGS and cfg.train.student.family == "cnn_lstm"
         assert cfg.data.test is not None
