@@ -84,7 +84,7 @@ def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run,
         assert way["speedup_vs_naive"] < 1 and way["fraction_of_peak"] < naive["fraction_of_peak"]
         # the labeling window leaves out the actors' start-up, so it is a part of the stage's time
         assert 0 < way["labeling"]["seconds"] < way["seconds"] - 1
-        assert way["labeling"]["examples_per_s"] == pytest.approx(24 / way["labeling"]["seconds"], rel=0.2)  # s rounded
+        assert way["labeling"]["examples_per_s"] > 2 * way["examples_per_s"]
     assert stage["signal_bytes_per_example"] == {"logits": 8.0}  # 2 float32 logits
     from transformers import AutoTokenizer
 

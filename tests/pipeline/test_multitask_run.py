@@ -111,13 +111,14 @@ def sources(tmp_path_factory, tiny_teacher_dir) -> dict[str, Path]:
 
 
 def test_one_student_learns_both_tasks_from_their_teachers(tmp_path, sources, ray_local):
-    cfg = multitask_config(tmp_path, sources)
+    # no CE-only twin: it is the same fit() on the labeled files, and would double the test's time
+    cfg = multitask_config(tmp_path, sources, ce_only_baseline=False)
     manifests = run_pipeline(cfg)
 
     trained = manifests["train"]
-    assert set(trained) >= {"kd", "ce_only"}
+    assert "kd" in trained and "ce_only" not in trained
     kd = trained["kd"]
-    assert kd["rows"] == 192 + 192 and trained["ce_only"]["rows"] == 96 + 96
+    assert kd["rows"] == 192 + 192
     assert {"dev_sst", "dev_ner", "loss_kd", "loss_ce"} <= set(kd["history"][0])
     best = max(kd["history"], key=lambda h: h["dev_score"])
     assert kd["best_dev_sst"] == best["dev_sst"] and kd["best_dev_ner"] == best["dev_ner"]
@@ -128,6 +129,7 @@ def test_one_student_learns_both_tasks_from_their_teachers(tmp_path, sources, ra
     assert sst["kind"] == "sentence" and ner["kind"] == "token"
     assert sst["kd"]["dev_accuracy"] == pytest.approx(kd["best_dev_sst"], abs=1e-4)  # the published student is the best
     assert sst["kd"]["dev_accuracy"] > 0.9 and ner["kd"]["dev_entity_f1"] > 0.9
+    assert "ce_only" not in sst and set(evaluation["models"]) == {"kd"}
     assert sst["teacher"] is None  # the source runs were not evaluated
     assert evaluation["latency_task"] == "sst" and evaluation["models"]["kd"]["latency"]["p50_ms"] > 0
     report = (RunDir(cfg.run_dir).report_file).read_text()
