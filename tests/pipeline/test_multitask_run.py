@@ -110,6 +110,7 @@ def sources(tmp_path_factory, tiny_teacher_dir) -> dict[str, Path]:
             "ner": source_run(root, "ner", "token", tagged_rows, tiny_teacher_dir)}
 
 
+@pytest.mark.slow  # about 90 s: it keeps the default suite under 15 minutes; the parts below run in it
 def test_one_student_learns_both_tasks_from_their_teachers(tmp_path, sources, ray_local):
     # no CE-only twin: it is the same fit() on the labeled files, and would double the test's time
     cfg = multitask_config(tmp_path, sources, ce_only_baseline=False)
