@@ -460,17 +460,12 @@ class RayConfig(Section):
     num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local instance; None = all")
 
 
-class RunConfig(Section):
-    """A whole distillation run, loaded from one YAML file."""
+class RunBase(Section):
+    """What every run config has: its name and folder, seed, evaluation, tracking and Ray."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: Path = Path("runs")
     seed: int = 0
-    data: DataConfig
-    teacher: TeacherConfig = TeacherConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    label: LabelConfig = LabelConfig()
-    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
@@ -481,7 +476,17 @@ class RunConfig(Section):
         return self.output_dir / self.name
 
 
-class MultiTaskRunConfig(Section):
+class RunConfig(RunBase):
+    """A whole distillation run, loaded from one YAML file."""
+
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    label: LabelConfig = LabelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class MultiTaskRunConfig(RunBase):
     """A multi-task student (Liu et al. 2019) distilled from the teachers of finished single-task runs.
 
     ``tasks`` maps each task's name (its head in the student) to the folder of a run that
@@ -491,14 +496,8 @@ class MultiTaskRunConfig(Section):
     a top-level ``tasks`` key is read as this config.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    output_dir: Path = Path("runs")
-    seed: int = 0
     tasks: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], Path] = Field(min_length=1)
     train: TrainConfig = TrainConfig(student=MultiTaskLSTMConfig())
-    evaluate: EvaluateConfig = EvaluateConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    ray: RayConfig = RayConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -522,11 +521,6 @@ class MultiTaskRunConfig(Section):
             raise ValueError(f"train.loss.{layer_terms[0]} needs a transformer student; a multi-task LSTM learns "
                              f"from ce and kd only")
         return self
-
-    @property
-    def run_dir(self) -> Path:
-        """``output_dir / name``: where every artifact of this run lives."""
-        return self.output_dir / self.name
 
 
 TAGGER_FAMILIES = ("cnn_lstm",)

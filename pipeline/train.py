@@ -114,8 +114,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         raise ArtifactError(run_dir.teacher_dir, "missing; run the finetune stage first")
     check_gpus(cfg.train)
     initial_dir = build_initial_student(cfg, run_dir)
-    return {kind: fit(kind, cfg.train, cfg.seed, run_dir, [task], loss, initial_dir,
-                      teacher_hidden_size(run_dir.teacher_dir))
+    hidden_size = teacher_hidden_size(run_dir.teacher_dir)
+    return {kind: fit(kind, cfg.train, cfg.seed, run_dir, [task], loss, initial_dir, hidden_size)
             for kind, (task, loss) in runs.items()}
 
 
@@ -361,7 +361,7 @@ def interleave(streams: list, steps: list[int], rng: np.random.Generator):
     """Merge per-task batch streams into one: each next batch comes from a task drawn with
     probability proportional to its expected batches left (``steps``, at least 1 while the
     stream lasts), so every task is spread over the whole epoch (the task sampling of MT-DNN,
-    Liu et al. 2019). One stream is passed through as is.
+    Liu et al. 2019).
 
     Args:
         streams: one iterator of batches per task.
@@ -371,9 +371,6 @@ def interleave(streams: list, steps: list[int], rng: np.random.Generator):
     Yields:
         every batch of every stream, once.
     """
-    if len(streams) == 1:
-        yield from streams[0]
-        return
     live = dict(enumerate(streams))
     left = dict(enumerate(steps))
     while live:

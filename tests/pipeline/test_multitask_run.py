@@ -23,6 +23,7 @@ from pipeline.artifacts import RunDir, atomic_write_json, sha256_file
 from pipeline.config import MultiTaskRunConfig, validate_config
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.runner import run_pipeline
+from test_train import sentences  # the sentence rule of the train stage's tests
 
 FILLER = "the movie plot was quite a story film scenes music really very met in from said".split()
 CITIES = ["Paris", "Berlin", "Tokyo", "Lagos"]
@@ -30,14 +31,7 @@ TAGS = ["O", "B-LOC"]
 
 
 def sentence_rows(count: int, seed: int) -> dict[str, list]:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for _ in range(count):
-        label = rng.randrange(2)
-        words = rng.choices(FILLER, k=rng.randint(3, 7))
-        words.insert(rng.randrange(len(words) + 1), "good" if label else "bad")
-        texts.append(" ".join(words))
-        labels.append(label)
+    texts, labels = sentences(count, seed)
     return {"text": texts, "label": labels}
 
 
