@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from pipeline.config import AugmentConfig
-from pipeline.errors import DataError
+from core.errors import DataError
 
 
 @dataclass(frozen=True)

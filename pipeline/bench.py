@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import label
-from pipeline.artifacts import RunDir, atomic_write_json
+from core.artifacts import atomic_write_json
+from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig, SignalsConfig
-from pipeline.errors import ArtifactError
+from core.errors import ArtifactError
 from pipeline.runner import start_ray
 from teachers.inference import check_signals
 

@@ -26,7 +26,8 @@ import ray
 import torch
 
 from pipeline import train
-from pipeline.artifacts import RunDir, atomic_write_json
+from core.artifacts import atomic_write_json
+from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
 from pipeline.runner import start_ray
 from students.base import build_student, load_student

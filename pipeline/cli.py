@@ -18,7 +18,7 @@ import logging
 import sys
 
 from pipeline.config import MultiTaskRunConfig, load_config, preset_names
-from pipeline.errors import ConfigError, DistillError
+from core.errors import ConfigError, DistillError
 
 
 def layer_pair(text: str) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 A run is described by a :class:`RunConfig` whose sections share their names with the
 pipeline stages (``data``, ``finetune``, ``label``, ``train``, ``evaluate``) and the CLI.
 Every default lives in the type. Unknown keys and wrong types fail before any work with a
-:class:`~pipeline.errors.ConfigError` that lists every bad field, the allowed values and,
+:class:`~core.errors.ConfigError` that lists every bad field, the allowed values and,
 for a misspelled key, the closest valid one (torchtune/STYLE.md convention).
 """
 
@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 """Environment variable naming the folder that relative data paths resolve against."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import datasets
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 CONLL2003_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 """The 9 IOB2 tags of CoNLL-2003 NER, in the order of the Hugging Face ``conll2003`` dataset."""

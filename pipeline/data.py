@@ -30,11 +30,12 @@ from pathlib import Path
 
 import datasets
 
-from pipeline.artifacts import RunDir, atomic_path
+from core.artifacts import atomic_path
+from pipeline.artifacts import RunDir
 from pipeline.augment import augment, read_pos_lexicon
 from pipeline.config import DataConfig, RunConfig, SplitConfig
 from pipeline.conll import read_conll
-from pipeline.errors import DataError
+from core.errors import DataError
 
 log = logging.getLogger(__name__)
 

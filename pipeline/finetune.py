@@ -14,7 +14,7 @@ import datasets
 
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
-from pipeline.precision import select_precision
+from core.precision import select_precision
 from teachers.checkpoint import is_classifier_for, load_classifier, load_tokenizer, resolve_teacher
 from teachers.finetune import finetune_classifier, save_hf
 

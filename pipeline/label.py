@@ -54,9 +54,10 @@ import ray
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from pipeline.artifacts import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
+from core.artifacts import atomic_path, atomic_write_json, read_json, sha256_file
+from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import LabelConfig, RunConfig, SignalsConfig
-from pipeline.precision import device_name, select_precision
+from core.precision import device_name, select_precision
 from teachers.ensemble import check_teachers, combine_logits, weight_files
 from teachers.inference import check_signals, check_tensor_parallel
 

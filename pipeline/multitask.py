@@ -28,7 +28,7 @@ import torch
 from pipeline import train
 from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig, RunConfig, load_config
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from pipeline.evaluate import STUDENT_KINDS, Split, hardware, measure, predict, read_split, score, tag_names
 from students.base import META_FILE, Student, load_student
 from students.multitask import build_multitask_student

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.artifacts import RunDir, atomic_write_json, atomic_write_text
+from core.artifacts import atomic_write_json, atomic_write_text
+from pipeline.artifacts import RunDir
 
 MODEL_TITLES = {"teacher": "teacher (fine-tuned)", "kd": "student, KD", "ce_only": "student, CE only"}
 

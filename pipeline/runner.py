@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from pipeline import data, evaluate, finetune, label, multitask, report, train
-from pipeline.artifacts import RunDir, atomic_write_text, fingerprint, sha256_file
+from core.artifacts import atomic_write_text, sha256_file
+from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from pipeline.tracking import Tracker
 from teachers.ensemble import weight_files
 

@@ -55,11 +55,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import RunDir, atomic_write_json, fingerprint, read_json, sha256_file
+from core.artifacts import atomic_write_json, read_json, sha256_file
+from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import LossConfig, RunConfig, TrainConfig
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from pipeline.evaluate import dev_metric_name, score, tag_names
-from pipeline.precision import Precision, deepspeed_config, make_optimizer, select_precision
+from core.precision import Precision, deepspeed_config, make_optimizer, select_precision
 from students.base import Student, StudentOutput, build_student, load_student
 from students.losses import NO_LABEL, DistillationLoss, LossTerms
 

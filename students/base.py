@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 
 META_FILE = "student.json"
 """Name of the file in a student folder that says which family loads it."""

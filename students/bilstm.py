@@ -30,9 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from pipeline.artifacts import atomic_dir
+from core.artifacts import atomic_dir
 from pipeline.config import BiLSTMStudentConfig, MultiTaskLSTMConfig
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from students.base import Student, StudentOutput, register, write_meta
 from students.vocab import Vocabulary, build_vocabulary, load_vocabulary
 

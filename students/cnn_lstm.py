@@ -31,9 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.artifacts import atomic_dir
+from core.artifacts import atomic_dir
 from pipeline.config import CNNLSTMTaggerConfig
-from pipeline.errors import ArtifactError
+from core.errors import ArtifactError
 from students.base import Student, StudentOutput, register, write_meta
 
 PAD, UNK = "<pad>", "<unk>"

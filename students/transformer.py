@@ -30,9 +30,9 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertForSequenceClassification, BertModel, PreTrainedTokenizerBase)
 
-from pipeline.artifacts import atomic_dir
+from core.artifacts import atomic_dir
 from pipeline.config import TransformerStudentConfig
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from students.base import Student, StudentOutput, register, write_meta
 from teachers.checkpoint import is_classifier_for, load_tokenizer
 

@@ -22,7 +22,7 @@ import sentencepiece as spm
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 
 VocabKind = Literal["teacher", "sentencepiece"]
 """The ``train.student.vocab`` values."""

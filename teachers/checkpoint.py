@@ -15,7 +15,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from pipeline.config import DEFAULT_TEACHER
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 
 def resolve_teacher(model: str) -> Path | str:

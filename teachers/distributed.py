@@ -14,7 +14,7 @@ import socket
 
 import torch.distributed as dist
 
-from pipeline.precision import distributed_backend
+from core.precision import distributed_backend
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 """Weight files of a Hugging Face checkpoint folder, single or sharded."""

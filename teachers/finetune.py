@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from pipeline.artifacts import atomic_dir
+from core.artifacts import atomic_dir
 from pipeline.config import FinetuneConfig
-from pipeline.precision import Precision, deepspeed_config
+from core.precision import Precision, deepspeed_config
 from teachers.checkpoint import encode, load_classifier, load_tokenizer
 from teachers.distributed import init_single_process
 from teachers.token_alignment import encode_words, subtoken_labels
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def finetune_deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int) -> dict[str, Any]:
     """The DeepSpeed config dict for a fine-tune of ``total_steps`` optimizer steps: see
-    :func:`pipeline.precision.deepspeed_config`, plus a linear warm-up and decay of the
+    :func:`core.precision.deepspeed_config`, plus a linear warm-up and decay of the
     learning rate (``WarmupDecayLR``); ``cfg.deepspeed_config`` keys override the generated ones."""
     warmup = max(1, int(cfg.warmup_ratio * total_steps))  # DeepSpeed needs at least one step
     scheduler = {"type": "WarmupDecayLR", "params": {
@@ -58,7 +58,7 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
         label_names: class (tag) names in index order.
         out_dir: written atomically (a temporary folder renamed at the end).
         cfg: epochs, batch size, learning rate, ZeRO stage.
-        precision: from :func:`pipeline.precision.select_precision`.
+        precision: from :func:`core.precision.select_precision`.
         max_length: tokens per row; longer rows are truncated.
         seed: for the shuffling and the new classification head.
         task: "sequence" or "token" (see :data:`teachers.checkpoint.CLASSIFIERS`).

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from pipeline.config import SignalsConfig
-from pipeline.errors import ConfigError
-from pipeline.precision import Precision
+from core.errors import ConfigError
+from core.precision import Precision
 from teachers.checkpoint import CLASSIFIERS, encode, load_tokenizer
 from teachers.distributed import init_single_process
 from teachers.token_alignment import encode_words, words_logits

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from pipeline.artifacts import RunDir, atomic_path, fingerprint, read_json
-from pipeline.errors import ArtifactError
+from core.artifacts import atomic_path, read_json
+from pipeline.artifacts import RunDir, fingerprint
+from core.errors import ArtifactError
 
 
 def test_fingerprint_is_stable_and_sensitive():

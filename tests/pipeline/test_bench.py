@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import RunDir, read_json
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
 from pipeline.bench import bench_label, encoder_flops, matmul_peak_flops, render, way_result
 from pipeline.config import validate_config
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 
 def test_encoder_flops_by_hand():

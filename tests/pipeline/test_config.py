@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import MultiTaskRunConfig, RunConfig, load_config, preset_names, validate_config
 from pipeline.conll import CONLL2003_TAGS
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 MINIMAL = {"name": "t", "data": {"train": {"path": "a.tsv"}, "dev": {"path": "b.tsv"}, "labels": [0, 1]}}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.conll import CONLL2003_TAGS, read_conll
-from pipeline.errors import DataError
+from core.errors import DataError
 
 DATA = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline import data
 from pipeline.artifacts import RunDir
 from pipeline.config import validate_config
-from pipeline.errors import DataError
+from core.errors import DataError
 
 HEADER = "sentence\tlabel\n"
 

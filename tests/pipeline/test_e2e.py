@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import RunDir, read_json
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
 from pipeline.config import load_config
 from pipeline.runner import run_pipeline
 

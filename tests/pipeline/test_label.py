@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import data, finetune, label
-from pipeline.artifacts import RunDir, read_json, sha256_file
+from core.artifacts import read_json, sha256_file
+from pipeline.artifacts import RunDir
 from pipeline.config import validate_config
-from pipeline.errors import ConfigError
-from pipeline.precision import select_precision
+from core.errors import ConfigError
+from core.precision import select_precision
 from teachers.inference import TeacherInference
 
 ROWS = 50

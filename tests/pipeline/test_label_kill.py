@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import RunDir, read_json
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
 
 ROWS, SHARD_ROWS = 12_000, 400
 

@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from pipeline import train
-from pipeline.artifacts import RunDir, atomic_write_json, sha256_file
+from core.artifacts import atomic_write_json, sha256_file
+from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig, validate_config
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from pipeline.runner import run_pipeline
 from test_train import sentences  # the sentence rule of the train stage's tests
 

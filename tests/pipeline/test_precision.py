@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from pipeline import precision
-from pipeline.precision import Precision, make_optimizer, select_precision
+from core import precision
+from core.precision import Precision, make_optimizer, select_precision
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def cuda(monkeypatch):
 
 def test_auto_on_cpu_is_fp32_and_logged(cuda, caplog):
     cuda(False)
-    with caplog.at_level(logging.INFO, logger="pipeline.precision"):
+    with caplog.at_level(logging.INFO, logger="core.precision"):
         choice = select_precision("auto", "train")
     assert (choice.name, choice.device, choice.dtype) == ("fp32", "cpu", torch.float32)
     assert not choice.autocast and not choice.needs_grad_scaler
@@ -39,7 +39,7 @@ def test_auto_on_cuda_prefers_bf16_then_fp16_with_scaler(cuda):
 def test_explicit_bf16_on_a_slow_cpu_warns(cuda, monkeypatch, caplog):
     cuda(False)
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.precision"):
+    with caplog.at_level(logging.WARNING, logger="core.precision"):
         choice = select_precision("bf16", "finetune")
     assert choice.name == "bf16" and choice.device == "cpu"
     assert "expect a large slowdown" in caplog.text
@@ -98,7 +98,7 @@ def test_apex_fused_adam_when_asked_on_cuda(apex):
 
 def test_missing_apex_warns_once_and_uses_fused_adamw(apex, caplog):
     apex(False)
-    with caplog.at_level(logging.WARNING, logger="pipeline.precision"):
+    with caplog.at_level(logging.WARNING, logger="core.precision"):
         first = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CUDA, use_apex=True)
         second = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CUDA, use_apex=True)
     for opt in (first, second):
@@ -111,7 +111,7 @@ def test_missing_apex_warns_once_and_uses_fused_adamw(apex, caplog):
 
 def test_apex_on_cpu_falls_back_with_a_warning(apex, caplog):
     apex(True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.precision"):
+    with caplog.at_level(logging.WARNING, logger="core.precision"):
         opt = make_optimizer(params(), lr=1e-3, weight_decay=0.0, precision=CPU, use_apex=True)
     assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
     assert "apex FusedAdam runs on CUDA only and this run is on cpu" in caplog.text

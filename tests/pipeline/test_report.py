@@ -1,7 +1,8 @@
 """report.md and metrics.json from stage manifests."""
 
 from pipeline import report
-from pipeline.artifacts import RunDir, read_json
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
 
 
 def model(acc, params, p50):

@@ -18,9 +18,10 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from pipeline import data, train
-from pipeline.artifacts import RunDir, read_json
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
 from pipeline.config import validate_config
-from pipeline.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from pipeline.runner import run_pipeline
 from students.cnn_lstm import build_cnn_lstm_tagger
 from teachers.checkpoint import load_tokenizer

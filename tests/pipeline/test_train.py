@@ -22,9 +22,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipeline import train
-from pipeline.artifacts import RunDir, atomic_write_json, sha256_file
+from core.artifacts import atomic_write_json, sha256_file
+from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig, validate_config
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from students.base import load_student
 
 TEACHER_HIDDEN = 32

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel
 
 from pipeline.config import BiLSTMStudentConfig
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from students.base import load_student
 from students.bilstm import BiLSTMStudent, build_bilstm_student, max_pool, pair_features
 

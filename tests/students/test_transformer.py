@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipeline.config import TransformerStudentConfig
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from students.base import load_student
 from students.transformer import (TransformerStudent, build_transformer_student, layer_similarities,
                                   selected_teacher_layers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError, ConfigError
 from students.vocab import (SENTENCEPIECE_FILE, SentencePieceVocabulary, WordPieceVocabulary, build_vocabulary,
                             encode_words, load_vocabulary)
 

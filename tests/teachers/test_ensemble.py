@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 from teachers.ensemble import check_teachers, combine_logits
 
 LN3 = math.log(3)

@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from pipeline.config import FinetuneConfig
-from pipeline.precision import Precision, select_precision
+from core.precision import Precision, select_precision
 from teachers.checkpoint import is_classifier_for, load_classifier, resolve_teacher
 from teachers.finetune import finetune_deepspeed_config, finetune_classifier
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.precision import select_precision
+from core.precision import select_precision
 from teachers.inference import TeacherInference, length_sorted_batches
 
 
@@ -63,7 +63,7 @@ def test_hidden_states_and_attention_maps_match_an_unpadded_forward(tiny_teacher
 
 def test_fp16_storage_and_bad_layers(tiny_teacher_dir):
     from pipeline.config import SignalsConfig
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
                                signals=SignalsConfig(hidden_layers=[1]))
@@ -113,7 +113,7 @@ def test_tensor_parallel_goes_to_init_inference_and_fails_clearly_where_it_canno
     import json
     from pathlib import Path
 
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
     from teachers.inference import check_tensor_parallel, inference_config
 
     fp32 = select_precision("fp32", "test")
