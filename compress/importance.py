@@ -94,7 +94,7 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
     for layer_id, layer in enumerate(layers):
         if head_mask is not None and heads[layer_id]:
             handles.append(layer.attention.output.dense.register_forward_pre_hook(
-                _head_hook(head_mask[layer_id, heads[layer_id]])))
+                _head_hook(head_mask[layer_id], heads[layer_id])))
         if neuron_masks is not None:
             handles.append(layer.intermediate.register_forward_hook(_neuron_hook(neuron_masks[layer_id])))
     try:
@@ -104,12 +104,14 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
             handle.remove()
 
 
-def _head_hook(mask: torch.Tensor):
-    """Forward pre-hook of attention.output.dense scaling head p's context by ``mask[p]`` [H_l]."""
+def _head_hook(mask: torch.Tensor, heads: list[int]):
+    """Forward pre-hook of attention.output.dense scaling the context of the layer's p-th head
+    by ``mask[heads[p]]`` (``mask`` [H] over original head ids)."""
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         context = args[0]
-        heads = context.view(*context.shape[:-1], len(mask), -1)  # [B, T, H_l, d]
-        return (heads * mask.to(context.dtype)[:, None]).view(context.shape), *args[1:]  # [B, T, H_l * d]
+        scale = mask[heads].to(context.dtype)  # [H_l], indexed per call: a new graph node each forward
+        per_head = context.view(*context.shape[:-1], len(heads), -1)  # [B, T, H_l, d]
+        return (per_head * scale[:, None]).view(context.shape), *args[1:]  # [B, T, H_l * d]
     return hook
 
 

@@ -6,32 +6,14 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from compress.importance import masked
 from compress.slicing import (NoHeads, count_parameters, drop_layers, kept_heads, layers_to_drop, load_pruned,
                               prune_ffn_neurons, prune_heads)
 
-HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 3
+HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 3  # the sizes of conftest.tiny_bert
 HEAD_SIZE = HIDDEN // HEADS
-
-
-def tiny_bert(seed: int = 0, layers: int = LAYERS) -> BertForSequenceClassification:
-    """A random 3-layer BERT classifier (hidden 32, 4 heads, FFN 64, 2 labels) in eval mode."""
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
-                        intermediate_size=FFN, max_position_embeddings=32, num_labels=2, initializer_range=0.2)
-    return BertForSequenceClassification(config).eval()
-
-
-def random_inputs(seed: int = 1, batch: int = 3, length: int = 7) -> dict[str, torch.Tensor]:
-    """input_ids / attention_mask (last row padded) / token_type_ids, int64 [B, T]."""
-    generator = torch.Generator().manual_seed(seed)
-    attention_mask = torch.ones(batch, length, dtype=torch.long)
-    attention_mask[-1, length // 2:] = 0
-    return {"input_ids": torch.randint(0, 100, (batch, length), generator=generator),
-            "attention_mask": attention_mask,
-            "token_type_ids": torch.randint(0, 2, (batch, length), generator=generator)}
 
 
 @torch.no_grad()
@@ -46,8 +28,8 @@ def head_mask_of(removed: dict[int, list[int]], layers: int = LAYERS) -> torch.T
     return mask
 
 
-def test_sliced_heads_equal_masked_heads_and_parameters_drop():
-    model, inputs = tiny_bert(), random_inputs()
+def test_sliced_heads_equal_masked_heads_and_parameters_drop(bert, inputs):
+    model = bert
     removed = {0: [1, 3], 1: [0, 1, 2, 3], 2: [2]}  # layer 1 loses every head
     with masked(model, head_mask=head_mask_of(removed)):
         expected = logits(model, inputs)
@@ -66,8 +48,8 @@ def test_sliced_heads_equal_masked_heads_and_parameters_drop():
         prune_heads(model, {2: [2]})
 
 
-def test_sliced_neurons_equal_masked_neurons():
-    model, inputs = tiny_bert(), random_inputs()
+def test_sliced_neurons_equal_masked_neurons(bert, inputs):
+    model = bert
     removed = {0: list(range(0, FFN, 2)), 2: [5, 7, 63]}
     masks = [torch.ones(FFN) for _ in range(LAYERS)]
     for layer, neurons in removed.items():
@@ -81,8 +63,8 @@ def test_sliced_neurons_equal_masked_neurons():
     assert model.bert.config.pruning["intermediate_sizes"] == [32, 64, 61]
 
 
-def test_dropped_layers_equal_skipped_layers():
-    model, inputs = tiny_bert(), random_inputs()
+def test_dropped_layers_equal_skipped_layers(bert, inputs):
+    model = bert
     identity = [model.bert.encoder.layer[1].register_forward_hook(lambda module, args, output: args[0])]
     expected = logits(model, inputs)
     identity[0].remove()
@@ -97,8 +79,8 @@ def test_layers_to_drop_reuses_the_student_strategies():
     assert layers_to_drop(6, 4, "drop_symmetric") == [2, 3]
 
 
-def test_pruned_model_reloads_to_identical_logits(tmp_path):
-    model, inputs = tiny_bert(), random_inputs()
+def test_pruned_model_reloads_to_identical_logits(bert, inputs, tmp_path):
+    model = bert
     prune_heads(model, {0: [0], 2: [0, 1, 2, 3]})
     prune_ffn_neurons(model, {1: list(range(40))})
     drop_layers(model, [1])
@@ -110,8 +92,8 @@ def test_pruned_model_reloads_to_identical_logits(tmp_path):
     assert kept_heads(reloaded) == [[1, 2], []]
 
 
-def test_unpruned_folder_loads_too(tmp_path):
-    model, inputs = tiny_bert(), random_inputs()
+def test_unpruned_folder_loads_too(bert, inputs, tmp_path):
+    model = bert
     model.save_pretrained(tmp_path)
     assert torch.equal(logits(load_pruned(tmp_path), inputs), logits(model, inputs))
 
