@@ -6,6 +6,7 @@
     recover:            distil the pruned model on the teacher's stored logits (Hinton et al. 2015)
     sensitivity:        accuracy vs fraction of heads / FFN neurons masked, one shot, no recovery
     plot_*:             the sensitivity curves and the head-importance heat map as PNG files
+                        (matplotlib's object API, which renders PNGs with the Agg canvas; no pyplot state)
 
 Batches are plain dicts of tensors, as the label shards give them: input_ids, attention_mask,
 token_type_ids int64 [B, T], teacher_logits float [B, C] (soft labels) and/or labels int64 [B]

@@ -72,13 +72,14 @@ def bert_encoder(model: nn.Module) -> BertModel:
 
 
 def pruning_state(model: nn.Module) -> dict[str, list]:
-    """The model's ``config.pruning`` record (see the module docstring), created for an unpruned model."""
+    """A copy of the model's ``config.pruning`` record (see the module docstring); for an unpruned
+    model, the record of its full structure (the config is left without one)."""
     config = bert_encoder(model).config
-    if getattr(config, "pruning", None) is None:
-        config.pruning = {"layers": list(range(config.num_hidden_layers)),
-                          "heads": [list(range(config.num_attention_heads))] * config.num_hidden_layers,
-                          "intermediate_sizes": [config.intermediate_size] * config.num_hidden_layers}
-    return config.pruning
+    record = getattr(config, "pruning", None) or {
+        "layers": list(range(config.num_hidden_layers)),
+        "heads": [list(range(config.num_attention_heads))] * config.num_hidden_layers,
+        "intermediate_sizes": [config.intermediate_size] * config.num_hidden_layers}
+    return {key: list(values) for key, values in record.items()}
 
 
 def kept_heads(model: nn.Module) -> list[list[int]]:
@@ -156,14 +157,17 @@ def prune_heads(model: nn.Module, heads: dict[int, list[int]]) -> None:
     """
     encoder, state = bert_encoder(model), pruning_state(model)
     _check_layers(heads, len(encoder.encoder.layer), "prune_heads")
+    for layer_id, removed in heads.items():  # check all before slicing any
+        missing = sorted(set(removed) - set(state["heads"][layer_id]))
+        if missing:
+            raise ValueError(f"prune_heads: layer {layer_id} has no heads {missing}; "
+                             f"its heads are {state['heads'][layer_id]}")
     for layer_id, removed in heads.items():
         current = state["heads"][layer_id]
-        missing = sorted(set(removed) - set(current))
-        if missing:
-            raise ValueError(f"prune_heads: layer {layer_id} has no heads {missing}; its heads are {current}")
         kept = [h for h in current if h not in set(removed)]
         _keep_head_positions(encoder.encoder.layer[layer_id], [current.index(h) for h in kept], _head_size(encoder))
-        state["heads"] = [kept if i == layer_id else h for i, h in enumerate(state["heads"])]
+        state["heads"][layer_id] = kept
+    encoder.config.pruning = state
 
 
 def prune_ffn_neurons(model: nn.Module, neurons: dict[int, list[int]]) -> None:
@@ -180,14 +184,16 @@ def prune_ffn_neurons(model: nn.Module, neurons: dict[int, list[int]]) -> None:
     encoder, state = bert_encoder(model), pruning_state(model)
     _check_layers(neurons, len(encoder.encoder.layer), "prune_ffn_neurons")
     sizes = list(state["intermediate_sizes"])
-    for layer_id, removed in neurons.items():
+    for layer_id, removed in neurons.items():  # check all before slicing any
         bad = sorted(i for i in set(removed) if not 0 <= i < sizes[layer_id])
         if bad:
             raise ValueError(f"prune_ffn_neurons: layer {layer_id} has neurons 0..{sizes[layer_id] - 1}; got {bad}")
+    for layer_id, removed in neurons.items():
         kept = [i for i in range(sizes[layer_id]) if i not in set(removed)]
         _keep_neuron_positions(encoder.encoder.layer[layer_id], kept)
         sizes[layer_id] = len(kept)
     state["intermediate_sizes"] = sizes
+    encoder.config.pruning = state
 
 
 def drop_layers(model: nn.Module, layers: list[int]) -> None:

@@ -131,3 +131,9 @@ def test_real_minilm_prunes_40_percent_of_heads_and_half_the_ffn():
                                                 + 6 * 768 * (2 * hidden + 1))
     assert (logits(model, inputs) - expected).abs().max() <= 1e-5
     assert time.perf_counter() - start < 20, "over 20 s: mark this test slow"
+
+
+def test_a_bad_head_id_changes_nothing(bert):
+    with pytest.raises(ValueError, match="layer 2 has no heads \\[4\\]"):
+        prune_heads(bert, {0: [1], 2: [4]})
+    assert kept_heads(bert) == [[0, 1, 2, 3]] * LAYERS and getattr(bert.config, "pruning", None) is None
