@@ -218,10 +218,10 @@ def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
 
 def plot_head_importance(importance: torch.Tensor, path: str | Path) -> Path:
     """Draw the head-importance heat map (float [L, H], NaN = pruned, left blank) to a PNG; returns it."""
-    figure = Figure(figsize=(1 + 0.45 * importance.shape[1], 1 + 0.45 * importance.shape[0]))
+    figure = Figure(figsize=(max(4.5, 1.5 + 0.45 * importance.shape[1]), max(3.0, 1 + 0.45 * importance.shape[0])))
     axes = figure.subplots()
     image = axes.imshow(importance.float().numpy(), cmap="viridis", aspect="auto")
-    axes.set(xlabel="head", ylabel="layer", title="Head importance (Michel et al. 2019)",
+    axes.set(xlabel="head", ylabel="layer", title="Head importance (blank: pruned)",
              xticks=range(importance.shape[1]), yticks=range(importance.shape[0]))
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
