@@ -1,0 +1,1 @@
+"""Compression of trained students: pruning, quantization, export and inference backends."""
