@@ -5,6 +5,11 @@ pipeline stages (``data``, ``finetune``, ``label``, ``train``, ``evaluate``) and
 Every default lives in the type. Unknown keys and wrong types fail before any work with a
 :class:`~core.errors.ConfigError` that lists every bad field, the allowed values and,
 for a misspelled key, the closest valid one (torchtune/STYLE.md convention).
+
+The sections of components live beside their code and are composed here: the student
+families' configs (the ``train.student`` union) and the loss terms (``train.loss``) come from
+the registries :data:`students.registry.FAMILIES` and :data:`students.terms.TERMS`, the
+teacher's ``finetune`` and ``label.emit`` sections from :mod:`teachers`.
 """
 
 from __future__ import annotations
