@@ -37,10 +37,11 @@ import torch
 from pipeline import label
 from core.artifacts import atomic_write_json
 from pipeline.artifacts import RunDir
-from pipeline.config import RunConfig, SignalsConfig
+from pipeline.config import RunConfig
 from core.errors import ArtifactError
 from pipeline.runner import start_ray
 from teachers.inference import check_signals
+from teachers.signals import SignalsConfig
 
 log = logging.getLogger(__name__)
 

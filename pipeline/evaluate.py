@@ -26,8 +26,10 @@ from pipeline.artifacts import RunDir
 from pipeline.config import EvaluateConfig, RunConfig
 from pipeline.entity_metrics import entity_scores
 from pipeline.latency import batch1_latency_ms
-from students.base import META_FILE, load_student
-from teachers.checkpoint import CLASSIFIERS, load_tokenizer
+from students.base import META_FILE
+from students.registry import load_student
+from core.hf_checkpoint import load_tokenizer
+from teachers.checkpoint import CLASSIFIERS
 from teachers.token_alignment import WordTagger, word_features
 
 log = logging.getLogger(__name__)

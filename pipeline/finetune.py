@@ -15,7 +15,8 @@ import datasets
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
 from core.precision import select_precision
-from teachers.checkpoint import is_classifier_for, load_classifier, load_tokenizer, resolve_teacher
+from core.hf_checkpoint import is_classifier_for, load_tokenizer
+from teachers.checkpoint import load_classifier, resolve_teacher
 from teachers.finetune import finetune_classifier, save_hf
 
 log = logging.getLogger(__name__)

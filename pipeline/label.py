@@ -56,10 +56,11 @@ from transformers import AutoConfig
 
 from core.artifacts import atomic_path, atomic_write_json, read_json, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
-from pipeline.config import LabelConfig, RunConfig, SignalsConfig
+from pipeline.config import LabelConfig, RunConfig
 from core.precision import device_name, select_precision
 from teachers.ensemble import check_teachers, combine_logits, weight_files
 from teachers.inference import check_signals, check_tensor_parallel
+from teachers.signals import SignalsConfig
 
 log = logging.getLogger(__name__)
 

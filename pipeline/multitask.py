@@ -30,8 +30,8 @@ from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig, RunConfig, load_config
 from core.errors import ArtifactError, ConfigError
 from pipeline.evaluate import STUDENT_KINDS, Split, hardware, measure, predict, read_split, score, tag_names
-from students.base import META_FILE, Student, load_student
-from students.multitask import build_multitask_student
+from students.base import META_FILE, BuildInputs, Student
+from students.registry import build_student, load_student
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ def run_train(cfg: MultiTaskRunConfig, run_dir: RunDir) -> dict:
     teacher_dir = sources[0].run_dir.teacher_dir
     texts = [text for source in sources for text in transfer_texts(source)]
     torch.manual_seed(cfg.seed)
-    student = build_multitask_student(cfg.train.student, {s.name: (s.kind, len(s.cfg.data.labels)) for s in sources},
-                                      teacher_dir, texts)
+    tasks = {s.name: (s.kind, len(s.cfg.data.labels)) for s in sources}
+    student = build_student(cfg.train.student, BuildInputs(teacher_dir, texts, tasks=tasks))
     initial_dir = student.save(run_dir.stage_dir("train") / "initial")
     log.info("multitask: tasks %s; %d transfer texts for the vocabulary", {s.name: s.kind for s in sources}, len(texts))
     kd = [train.TaskData(s.name, train.soft_label_files(s.run_dir, len(s.cfg.data.labels), cfg.train.loss),

@@ -57,12 +57,15 @@ from tqdm.auto import tqdm
 
 from core.artifacts import atomic_write_json, read_json, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
-from pipeline.config import LossConfig, RunConfig, TrainConfig
+from pipeline.config import RunConfig, TrainConfig
 from core.errors import ArtifactError, ConfigError
 from pipeline.evaluate import dev_metric_name, score, tag_names
 from core.precision import Precision, deepspeed_config, make_optimizer, select_precision
-from students.base import Student, StudentOutput, build_student, load_student
-from students.losses import NO_LABEL, DistillationLoss, LossTerms
+from students.base import BuildInputs, Student, StudentOutput
+from students.distillation import DistillationLoss, LossTerms
+from students.losses import NO_LABEL
+from students.registry import FAMILIES, build_student, load_student
+from students.terms import LossConfig, layer_terms, teacher_layers
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +158,8 @@ def build_initial_student(cfg: RunConfig, run_dir: RunDir) -> Path:
     transfer = pq.read_table(run_dir.split_file("transfer"), columns=text_columns(run_dir.split_file("transfer")))
     texts = [t for column in transfer.columns for t in column.to_pylist()]
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg.train.student, len(cfg.data.labels), run_dir.teacher_dir, texts,
-                            sentence_pairs="text_pair" in transfer.column_names)
+    student = build_student(cfg.train.student, BuildInputs(run_dir.teacher_dir, texts, len(cfg.data.labels),
+                                                           sentence_pairs="text_pair" in transfer.column_names))
     return student.save(run_dir.stage_dir("train") / "initial")
 
 
@@ -168,16 +171,16 @@ def check_loss_fits_student(cfg: RunConfig) -> None:
             has no such outputs, or with a student ``max_length`` other than the teacher's (the
             per-token signals are aligned token by token).
     """
-    layer_terms = [name for name in ("hidden", "attention", "embedding_cosine", "pkd")
-                   if getattr(cfg.train.loss, name) is not None]
-    if not layer_terms:
+    needs_layers = layer_terms(cfg.train.loss)
+    if not needs_layers:
         return
     student = cfg.train.student
-    if student.family != "transformer":
-        raise ConfigError(f"train.loss.{layer_terms[0]} needs a student with hidden states and attention maps "
-                          f"(train.student.family: transformer), not {student.family}")
+    if not FAMILIES[student.family].layer_outputs:
+        layer_families = [name for name, family in FAMILIES.items() if family.layer_outputs]
+        raise ConfigError(f"train.loss.{needs_layers[0]} needs a student with hidden states and attention maps "
+                          f"(train.student.family: {' or '.join(layer_families)}), not {student.family}")
     if student.max_length != cfg.teacher.max_length:
-        raise ConfigError(f"train.loss.{layer_terms[0]} aligns student and teacher tokens, so "
+        raise ConfigError(f"train.loss.{needs_layers[0]} aligns student and teacher tokens, so "
                           f"train.student.max_length ({student.max_length}) must equal teacher.max_length "
                           f"({cfg.teacher.max_length})")
 
@@ -688,9 +691,8 @@ def pad_attention(rows: np.ndarray, lengths: np.ndarray, width: int) -> torch.Te
 
 def layers_needed(loss: LossConfig) -> tuple[list[int], list[int]]:
     """Teacher ``(hidden_layers, attention_layers)`` that the loss's layer maps read, sorted."""
-    hidden = {t for term in (loss.hidden, loss.embedding_cosine, loss.pkd) if term for t in term.layer_map}
-    attention = set(loss.attention.layer_map) if loss.attention else set()
-    return sorted(hidden), sorted(attention)
+    layers = teacher_layers(loss)
+    return layers["hidden"], layers["attention"]
 
 
 def text_columns(path: Path) -> list[str]:

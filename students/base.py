@@ -1,4 +1,5 @@
-"""The interface every student family implements, and the registry that builds and loads them.
+"""The interface every student family implements (the registry that builds and loads them is
+:mod:`students.registry`).
 
 A student is an ``nn.Module`` that owns its input featurisation, so the train stage never
 needs to know the family::
@@ -15,16 +16,14 @@ vocabulary; no pickles.
 
 from __future__ import annotations
 
-import importlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-
-from core.errors import ArtifactError, ConfigError
 
 META_FILE = "student.json"
 """Name of the file in a student folder that says which family loads it."""
@@ -51,8 +50,8 @@ class Student(nn.Module):
     """Base class of the student families (see the module docstring for the contract).
 
     Subclasses set ``family`` (the ``train.student.family`` value) and implement
-    :meth:`featurize`, ``forward``, :meth:`save` and :meth:`load`; registering with
-    :func:`register` lets :func:`load_student` find them.
+    :meth:`featurize`, ``forward``, :meth:`save` and :meth:`load`; an entry in
+    :data:`students.registry.FAMILIES` lets ``build_student`` and ``load_student`` find them.
     """
 
     family: ClassVar[str]
@@ -83,86 +82,37 @@ class Student(nn.Module):
         raise NotImplementedError
 
 
-FAMILIES: dict[str, type[Student]] = {}
-"""Student classes by family name, filled by :func:`register`."""
-
-
-def register(cls: type[Student]) -> type[Student]:
-    """Class decorator adding a student family to :data:`FAMILIES`."""
-    FAMILIES[cls.family] = cls
-    return cls
-
-
 def write_meta(directory: Path, family: str, config: dict[str, Any], **extra: Any) -> None:
     """Write ``student.json``: the family, its config (``model_dump()``) and family-specific fields."""
     meta = {"family": family, "student": config, **extra}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-FAMILY_MODULES = {"bilstm": "students.bilstm", "transformer": "students.transformer",
-                  "cnn_lstm": "students.cnn_lstm", "multitask_lstm": "students.multitask"}
-"""Module of each student family; imported on first use, which registers the family."""
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a family's builder may read besides its ``train.student`` section.
 
-SAMPLE_TEXTS = 256
-"""Transfer-set texts given to builders that score teacher layers (contribution-based dropping)."""
-
-
-def family_class(family: str) -> type[Student]:
-    """The student class of a family, importing its module on first use.
-
-    Raises:
-        KeyError: ``family`` is not one of :data:`FAMILY_MODULES`.
-    """
-    if family not in FAMILIES:
-        importlib.import_module(FAMILY_MODULES[family])
-    return FAMILIES[family]
-
-
-def build_student(cfg, num_labels: int, teacher_dir: Path, transfer_texts: list[str],
-                  sentence_pairs: bool = False) -> Student:
-    """A freshly initialised student of the family ``cfg.family``: a sentence classifier, or a
-    word tagger (cnn_lstm) for token tasks.
-
-    Args:
-        cfg: the ``train.student`` section (one of the family configs of :mod:`pipeline.config`).
-        num_labels: classes C (tags for a tagger).
-        teacher_dir: the fine-tuned teacher (tokenizer, embeddings or layers to copy).
-        transfer_texts: the transfer set's sentences, for families that learn a vocabulary
-            (SentencePiece, the tagger's words: then word lists) or score teacher layers.
+    Attributes:
+        teacher_dir: the fine-tuned teacher's checkpoint folder (tokenizer, embeddings or layers to copy).
+        transfer_texts: the transfer set's sentences (word lists for taggers), for families that
+            learn a vocabulary or score teacher layers; may be empty for the others.
+        num_labels: classes C (tags for a tagger) of a single-task family.
         sentence_pairs: the task classifies sentence pairs (the BiLSTM then is siamese).
-
-    Raises:
-        ConfigError: the family is not built by the train stage (multitask_lstm), or does not fit the teacher
-            (see each family's builder).
+        tasks: ``{name: (kind, num_labels)}`` of a multi-task family.
     """
-    if cfg.family == "bilstm":
-        from students.bilstm import build_bilstm_student
 
-        return build_bilstm_student(cfg, num_labels, teacher_dir, transfer_texts, sentence_pairs)
-    if cfg.family == "transformer":
-        from students.transformer import build_transformer_student
+    teacher_dir: Path
+    transfer_texts: Sequence[str] | Sequence[list[str]] = ()
+    num_labels: int | None = None
+    sentence_pairs: bool = False
+    tasks: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
-        return build_transformer_student(cfg, num_labels, teacher_dir, sample_texts=transfer_texts[:SAMPLE_TEXTS])
-    if cfg.family == "cnn_lstm":
-        from students.cnn_lstm import build_cnn_lstm_tagger
+    def label_count(self) -> int:
+        """``num_labels``.
 
-        return build_cnn_lstm_tagger(cfg, num_labels, transfer_texts)
-    raise ConfigError(f"train.student.family {cfg.family!r} is not built by the train stage; "
-                      f"use bilstm or transformer (sentence tasks) or cnn_lstm (token tasks)")
-
-
-def load_student(directory: str | Path) -> Student:
-    """Load any student folder written by a family's ``save``; the model is in eval mode on the CPU.
-
-    Raises:
-        ArtifactError: the folder has no ``student.json`` or names an unknown family.
-    """
-    directory = Path(directory)
-    meta_file = directory / META_FILE
-    if not meta_file.is_file():
-        raise ArtifactError(meta_file, "missing; rerun the train stage")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    family = meta.get("family")
-    if family not in FAMILY_MODULES:
-        raise ArtifactError(meta_file, f"names student family {family!r}; known: {sorted(FAMILY_MODULES)}")
-    return family_class(family).load(directory, meta).eval()
+        Raises:
+            ValueError: it was not given (a single-task family needs it).
+        """
+        if self.num_labels is None:
+            raise ValueError("this student family classifies into num_labels classes; give BuildInputs.num_labels")
+        return self.num_labels

@@ -23,24 +23,49 @@ shared with the multi-task student (:mod:`students.multitask`). A saved student 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from pydantic import Field
 from transformers import AutoModel
 
 from core.artifacts import atomic_dir
-from pipeline.config import BiLSTMStudentConfig, MultiTaskLSTMConfig
+from core.config import Section
 from core.errors import ArtifactError, ConfigError
-from students.base import Student, StudentOutput, register, write_meta
+from students.base import BuildInputs, Student, StudentOutput, write_meta
 from students.vocab import Vocabulary, build_vocabulary, load_vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
 """Name of the weights file in an LSTM student folder."""
 
-LSTMConfig = BiLSTMStudentConfig | MultiTaskLSTMConfig
-"""Configs of the families built on :class:`BiLSTMEncoder`; they share the encoder and vocabulary fields."""
+
+
+class LSTMConfig(Section):
+    """The vocabulary and encoder fields of the families built on :class:`BiLSTMEncoder` (``bilstm``
+    and ``multitask_lstm``)."""
+
+    vocab: Literal["teacher", "sentencepiece"] = Field(
+        default="teacher", description="teacher: the teacher's WordPiece ids; sentencepiece: a unigram "
+                                       "vocabulary of vocab_size pieces trained on the transfer set")
+    vocab_size: int = Field(default=8000, gt=100, description="pieces, with vocab: sentencepiece")
+    embed_dim: int = Field(default=300, gt=0)
+    hidden_dim: int = Field(default=300, gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+    init_from_teacher_embeddings: bool = Field(
+        default=False, description="copy the teacher's word embeddings; needs vocab: teacher and "
+                                   "embed_dim == teacher hidden size")
+
+
+class BiLSTMStudentConfig(LSTMConfig):
+    """``train.student`` of the BiLSTM student (Tang et al. 2019) over the teacher's WordPiece
+    vocabulary, or over a SentencePiece vocabulary trained on the transfer set (``vocab: sentencepiece``)."""
+
+    family: Literal["bilstm"] = "bilstm"
+
 
 LSTMStudent = TypeVar("LSTMStudent", bound=Student)
 
@@ -220,7 +245,6 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-@register
 class BiLSTMStudent(Student):
     """Max-pooled BiLSTM classifier (Tang et al. 2019, figure 1), single sentences or siamese pairs.
 
@@ -314,23 +338,21 @@ def build_lstm_student(make: Callable[[Vocabulary], LSTMStudent], cfg: LSTMConfi
     return student
 
 
-def build_bilstm_student(cfg: BiLSTMStudentConfig, num_labels: int, teacher_dir: str | Path,
-                         transfer_texts: list[str] | None, sentence_pairs: bool = False) -> BiLSTMStudent:
+def build_bilstm_student(cfg: BiLSTMStudentConfig, inputs: BuildInputs) -> BiLSTMStudent:
     """A freshly initialised BiLSTM student, in training mode on the CPU.
 
     Args:
         cfg: the ``train.student`` section.
-        num_labels: number of classes C.
-        teacher_dir: the teacher's checkpoint folder (its tokenizer and, with
-            ``init_from_teacher_embeddings``, its word embeddings).
-        transfer_texts: transfer-set sentences to train a SentencePiece vocabulary on; required
-            with ``vocab: sentencepiece``, unused otherwise.
-        sentence_pairs: build the siamese pair classifier.
+        inputs: ``num_labels`` C; ``teacher_dir``, the teacher's checkpoint folder (its tokenizer
+            and, with ``init_from_teacher_embeddings``, its word embeddings); ``transfer_texts``
+            to train a SentencePiece vocabulary on (required with ``vocab: sentencepiece``);
+            ``sentence_pairs`` builds the siamese pair classifier.
 
     Raises:
         ConfigError: embeddings copied into a SentencePiece vocabulary, ``embed_dim`` differs from
             the teacher's hidden size, or ``vocab_size`` is too large for the transfer set.
-        ValueError: ``vocab: sentencepiece`` without transfer texts.
+        ValueError: ``vocab: sentencepiece`` without transfer texts, or no ``num_labels``.
     """
-    return build_lstm_student(lambda vocab: BiLSTMStudent(cfg, vocab, num_labels, sentence_pairs), cfg,
-                              teacher_dir, transfer_texts)
+    num_labels = inputs.label_count()
+    return build_lstm_student(lambda vocab: BiLSTMStudent(cfg, vocab, num_labels, inputs.sentence_pairs), cfg,
+                              inputs.teacher_dir, inputs.transfer_texts)

@@ -25,16 +25,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.artifacts import atomic_dir
-from pipeline.config import CNNLSTMTaggerConfig
+from core.config import Section
 from core.errors import ArtifactError
-from students.base import Student, StudentOutput, register, write_meta
+from students.base import BuildInputs, Student, StudentOutput, write_meta
 
 PAD, UNK = "<pad>", "<unk>"
 """Entries 0 and 1 of both vocabularies."""
@@ -45,7 +46,22 @@ WORDS_FILE = "words.json"
 CHARS_FILE = "chars.json"
 
 
-@register
+class CNNLSTMTaggerConfig(Section):
+    """``train.student`` of the sequence tagger of Izsak et al. (2019): character CNN + word
+    embeddings + BiLSTM, one label per word."""
+
+    family: Literal["cnn_lstm"] = "cnn_lstm"
+    word_embed_dim: int = Field(default=100, gt=0)
+    word_vocab_size: int = Field(default=20000, gt=1, description="most frequent words of the transfer set")
+    char_embed_dim: int = Field(default=30, gt=0)
+    char_filters: int = Field(default=50, gt=0)
+    char_kernel: int = Field(default=3, gt=0)
+    max_word_chars: int = Field(default=20, gt=0)
+    hidden_dim: int = Field(default=200, gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+
+
 class CNNLSTMTagger(Student):
     """Character-CNN + word-embedding BiLSTM tagger (see the module docstring).
 
@@ -175,22 +191,22 @@ class CNNLSTMTagger(Student):
         return model
 
 
-def build_cnn_lstm_tagger(cfg: CNNLSTMTaggerConfig, num_labels: int,
-                          transfer_tokens: list[list[str]]) -> CNNLSTMTagger:
+def build_cnn_lstm_tagger(cfg: CNNLSTMTaggerConfig, inputs: BuildInputs) -> CNNLSTMTagger:
     """A freshly initialised tagger with vocabularies built from the transfer set.
 
     Args:
         cfg: the ``train.student`` section.
-        num_labels: C, the tags.
-        transfer_tokens: the transfer set's sentences as word lists.
+        inputs: ``num_labels`` C (the tags) and ``transfer_texts``, the transfer set's sentences
+            as word lists.
 
     Returns:
         The tagger, in training mode, on the CPU. Its word vocabulary holds the
         ``cfg.word_vocab_size`` most frequent lower-cased words (ties: first seen first), its
         character vocabulary every character of those sentences, in order of frequency.
     """
+    transfer_tokens = inputs.transfer_texts
     word_counts = Counter(word.lower() for sentence in transfer_tokens for word in sentence)
     char_counts = Counter(char for sentence in transfer_tokens for word in sentence for char in word)
     words = [PAD, UNK] + [word for word, _ in word_counts.most_common(cfg.word_vocab_size) if word not in (PAD, UNK)]
     chars = [PAD, UNK] + [char for char, _ in char_counts.most_common()]
-    return CNNLSTMTagger(cfg, num_labels, words, chars)
+    return CNNLSTMTagger(cfg, inputs.label_count(), words, chars)

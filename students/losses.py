@@ -1,4 +1,5 @@
-"""The distillation loss: named terms, each a pure function, summed by :class:`DistillationLoss`.
+"""The distillation loss terms, each a pure function; :data:`students.terms.TERMS` names them and
+:class:`students.distillation.DistillationLoss` sums them.
 
 One loss path serves every student: the terms read a :class:`~students.base.StudentOutput`
 (logits, hidden states, attention maps) and the teacher signals of the batch, so a BiLSTM
@@ -20,16 +21,12 @@ NaN, when no position is valid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipeline.config import LayerTermConfig, LossConfig, ScheduleConfig
-from students.base import StudentOutput
+from students.loss_config import LossConfigBase, ScheduleConfig
 
 NO_LABEL = -1
 """Label of a row (or word) without a hard label; it gets no CE term (same value as ``pipeline.data``)."""
@@ -219,7 +216,7 @@ def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tens
 
 
 def schedule_multiplier(schedule: ScheduleConfig | None, progress: float) -> float:
-    """Multiplier of a term's weight at training progress ``p`` (see :class:`~pipeline.config.ScheduleConfig`).
+    """Multiplier of a term's weight at training progress ``p`` (see :class:`~students.loss_config.ScheduleConfig`).
 
     None: 1. ``linear_warmup``: ``min(1, p / over)``. ``linear_decay``: ``1 - (1 - final) * min(1, p / over)``.
 
@@ -236,7 +233,7 @@ def schedule_multiplier(schedule: ScheduleConfig | None, progress: float) -> flo
     return 1.0 - (1.0 - schedule.final) * ramp
 
 
-def temperature_at(loss_cfg: LossConfig, progress: float) -> float:
+def temperature_at(loss_cfg: LossConfigBase, progress: float) -> float:
     """KD temperature at progress ``p``: ``temperature``, or linear to ``final_temperature`` over training.
 
     ``tau(p) = tau_0 + (tau_final - tau_0) * p``.
@@ -249,149 +246,3 @@ def temperature_at(loss_cfg: LossConfig, progress: float) -> float:
     if loss_cfg.final_temperature is None:
         return loss_cfg.temperature
     return loss_cfg.temperature + (loss_cfg.final_temperature - loss_cfg.temperature) * progress
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    """One step's loss.
-
-    Attributes:
-        total: float32 scalar to back-propagate: ``sum_name weights[name] * terms[name]``.
-        terms: the unweighted float32 scalar of every enabled term, by config name (for logging).
-        weights: the effective weight of every enabled term at this progress
-            (``weight * schedule_multiplier``).
-    """
-
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    weights: dict[str, float]
-
-
-class DistillationLoss(nn.Module):
-    """The configured weighted sum of loss terms, with the learned projections it needs.
-
-    ``total = sum_{enabled terms} weight * schedule_multiplier(schedule, p) * term``. A layer
-    term (hidden, attention, embedding_cosine, pkd) is the mean over its ``layer_map`` entries,
-    so its weight does not grow with the number of mapped layers.
-
-    Projections: when the student and teacher widths differ, ``hidden`` and ``pkd`` each own one
-    ``nn.Linear(D_s, D_t)`` shared by all their mapped layers (TinyBERT's ``W_h``, one matrix as in
-    its code); with equal widths there is none, so a student initialised from teacher layers
-    starts aligned. ``embedding_cosine`` is never projected (DistilBERT's students share the
-    teacher's width; a learned projection could meet the cosine target on its own), so it needs
-    equal widths. Put this module's parameters in the optimizer with the student's.
-
-    Args:
-        loss_cfg: the ``train.loss`` section.
-        student_hidden_size: ``D_s``, or None for a family without hidden states.
-        teacher_hidden_size: ``D_t``, or None when unknown (logit terms only).
-
-    Raises:
-        ValueError: a hidden-state term is enabled without both widths, or embedding_cosine
-            with different widths.
-    """
-
-    def __init__(self, loss_cfg: LossConfig, student_hidden_size: int | None, teacher_hidden_size: int | None):
-        super().__init__()
-        self.loss_cfg = loss_cfg
-        self.projections = nn.ModuleDict()
-        for name in ("hidden", "embedding_cosine", "pkd"):
-            if getattr(loss_cfg, name) is None:
-                continue
-            if student_hidden_size is None or teacher_hidden_size is None:
-                raise ValueError(f"train.loss.{name} needs hidden states, but the student or teacher width is "
-                                 f"unknown (student {student_hidden_size}, teacher {teacher_hidden_size}); "
-                                 f"use a transformer student or remove train.loss.{name}")
-            if student_hidden_size != teacher_hidden_size:
-                if name == "embedding_cosine":
-                    raise ValueError(f"train.loss.embedding_cosine needs equal widths, got student "
-                                     f"{student_hidden_size} and teacher {teacher_hidden_size}; set "
-                                     f"train.student.hidden_size: {teacher_hidden_size} or use train.loss.hidden")
-                self.projections[name] = nn.Linear(student_hidden_size, teacher_hidden_size)
-
-    def forward(self, student: StudentOutput, teacher: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                mask: torch.Tensor | None, progress: float) -> LossTerms:
-        """The loss of one batch.
-
-        Args:
-            student: the student's output; logits [B, C] or [B, W, C], and for the layer terms
-                ``hidden_states`` (index l = layer l, 0 = embeddings) and ``attentions`` (index l - 1).
-            teacher: the batch's teacher signals, on the student's device: ``logits`` like the
-                student's, ``hidden_{l}`` [B, T, D_t], ``attention_{l}`` [B, H, T, T] and ``mask``
-                [B, T] bool (real tokens of the token signals). Empty for a CE-only batch.
-            labels: int64 [B] or [B, W], -1 where there is no hard label.
-            mask: bool [B] or [B, W], the logit positions to distil (padding words of a tagger
-                are False); None = all.
-            progress: fraction of training done, in [0, 1], for schedules and temperature.
-
-        Returns:
-            :class:`LossTerms`.
-
-        Raises:
-            ValueError: a teacher signal a term needs is missing from the batch (the message
-                names the term and the ``label.emit`` setting that produces it), a student layer
-                named by a ``layer_map`` does not exist, or the shapes disagree.
-        """
-        cfg = self.loss_cfg
-        enabled = cfg.terms()
-        terms: dict[str, torch.Tensor] = {}
-        for name in enabled:
-            if name == "ce":
-                terms[name] = ce_loss(student.logits, labels)
-            elif name == "kd":
-                teacher_logits = _signal(teacher, "logits", "kd", "logits are always emitted; rerun the label stage")
-                terms[name] = logit_kd_loss(student.logits, teacher_logits, temperature_at(cfg, progress),
-                                            cfg.kd.kind, mask)
-            else:
-                terms[name] = self._layer_term(name, student, teacher)
-        weights = {name: term.weight * schedule_multiplier(term.schedule, progress)
-                   for name, term in enabled.items()}
-        total = sum(weights[name] * value for name, value in terms.items())
-        return LossTerms(total=total, terms=terms, weights=weights)
-
-    def _layer_term(self, name: str, student: StudentOutput, teacher: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Mean over ``layer_map`` of one token-level term (hidden, attention, embedding_cosine or pkd)."""
-        term_cfg: LayerTermConfig = getattr(self.loss_cfg, name)
-        signal, emit = ("attention", "attention_layers") if name == "attention" else ("hidden", "hidden_layers")
-        # PKD reads position 0 only; the other terms average over the real tokens.
-        token_mask = None if name == "pkd" else _signal(teacher, "mask", name, f"it comes with label.emit.{emit}")
-        values = []
-        for teacher_layer, student_layer in term_cfg.layer_map.items():
-            s = _student_layer(student, name, student_layer)
-            t = _signal(teacher, f"{signal}_{teacher_layer}", name, f"add {teacher_layer} to label.emit.{emit}")
-            if name == "attention":
-                values.append(attention_loss(s, t, token_mask, term_cfg.kind))
-            elif name == "hidden":
-                values.append(hidden_mse_loss(self._project(name, s), t, token_mask))
-            elif name == "embedding_cosine":
-                values.append(embedding_cosine_loss(s, t, token_mask))
-            else:
-                values.append(pkd_loss(self._project(name, s[:, 0]), t[:, 0]))  # [CLS] = position 0
-        return torch.stack(values).mean()
-
-    def _project(self, name: str, states: torch.Tensor) -> torch.Tensor:
-        """Student states [..., D_s] through the term's ``W_h`` to [..., D_t]; unchanged when widths match."""
-        return self.projections[name](states) if name in self.projections else states
-
-
-def _signal(teacher: Mapping[str, torch.Tensor], key: str, term: str, fix: str) -> torch.Tensor:
-    """``teacher[key]``, or a ValueError naming the config term that needs it and how to emit it."""
-    if key not in teacher:
-        raise ValueError(f"train.loss.{term} needs the teacher signal {key!r}, which this batch lacks "
-                         f"({fix}); present: {sorted(teacher) or 'none'}")
-    return teacher[key]
-
-
-def _student_layer(student: StudentOutput, term: str, layer: int) -> torch.Tensor:
-    """The student's state of ``layer`` for ``term`` (attention maps for "attention", else hidden
-    states), or a ValueError naming the ``layer_map`` entry that points past the student."""
-    if term == "attention":
-        layers, first, kind = student.attentions, 1, "attention maps"
-    else:
-        layers, first, kind = student.hidden_states, 0, "hidden states"
-    if not layers:
-        raise ValueError(f"train.loss.{term} needs the student's {kind}, which this student family does not return")
-    if not first <= layer < first + len(layers):
-        raise ValueError(f"train.loss.{term}.layer_map names student layer {layer}, but the student's {kind} "
-                         f"cover layers {first}..{first + len(layers) - 1}")
-    return layers[layer - first]

@@ -19,16 +19,24 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from pipeline.config import MultiTaskLSTMConfig
-from students.base import Student, StudentOutput, register
-from students.bilstm import (BiLSTMEncoder, MLPHead, build_lstm_student, featurize_texts, pair_features,
+from students.base import BuildInputs, Student, StudentOutput
+from students.bilstm import (BiLSTMEncoder, LSTMConfig, MLPHead, build_lstm_student, featurize_texts, pair_features,
                              read_weights, real_positions, save_folder)
 from students.vocab import Vocabulary, encode_words, load_vocabulary
 
 TaskKind = Literal["sentence", "pair", "token"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+
+
+class MultiTaskLSTMConfig(LSTMConfig):
+    """``train.student`` of the attentive multi-task LSTM of Liu et al. (2019): shared embeddings and
+    BiLSTM encoder with attention, and one head per task (sentence classification or tagging)."""
+
+    family: Literal["multitask_lstm"] = "multitask_lstm"
+    attention_dim: int = Field(default=128, gt=0)
 
 
 class Task(NamedTuple):
@@ -78,7 +86,6 @@ def check_tasks(tasks: dict[str, tuple[str, int]]) -> dict[str, Task]:
     return checked
 
 
-@register
 class MultiTaskLSTMStudent(Student):
     """Shared embeddings, BiLSTM encoder and attention; one MLP head per task (Liu et al. 2019).
 
@@ -177,19 +184,19 @@ class MultiTaskLSTMStudent(Student):
         return student
 
 
-def build_multitask_student(cfg: MultiTaskLSTMConfig, tasks: dict[str, tuple[str, int]], teacher_dir: str | Path,
-                            transfer_texts: list[str] | None) -> MultiTaskLSTMStudent:
+def build_multitask_student(cfg: MultiTaskLSTMConfig, inputs: BuildInputs) -> MultiTaskLSTMStudent:
     """A freshly initialised multi-task student; see :func:`students.bilstm.build_bilstm_student`.
 
     Args:
         cfg: the ``train.student`` section.
-        tasks: ``{name: (kind, num_labels)}``.
-        teacher_dir: the teacher's checkpoint folder.
-        transfer_texts: sentences of all tasks, for ``vocab: sentencepiece``.
+        inputs: ``tasks`` ``{name: (kind, num_labels)}``; ``teacher_dir``, the teacher's
+            checkpoint folder; ``transfer_texts``, sentences of all tasks, for ``vocab: sentencepiece``.
 
     Raises:
         ConfigError, ValueError: as :func:`students.bilstm.build_bilstm_student`, and
-            :func:`check_tasks`.
+            :func:`check_tasks` (no ``tasks`` included).
     """
+    tasks = dict(inputs.tasks)
     check_tasks(tasks)
-    return build_lstm_student(lambda vocab: MultiTaskLSTMStudent(cfg, vocab, tasks), cfg, teacher_dir, transfer_texts)
+    return build_lstm_student(lambda vocab: MultiTaskLSTMStudent(cfg, vocab, tasks), cfg, inputs.teacher_dir,
+                              list(inputs.transfer_texts))

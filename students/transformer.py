@@ -24,20 +24,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import Field
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertForSequenceClassification, BertModel, PreTrainedTokenizerBase)
 
 from core.artifacts import atomic_dir
-from pipeline.config import TransformerStudentConfig
+from core.config import Section
 from core.errors import ArtifactError, ConfigError
-from students.base import Student, StudentOutput, register, write_meta
-from teachers.checkpoint import is_classifier_for, load_tokenizer
+from core.hf_checkpoint import is_classifier_for, load_tokenizer
+from students.base import BuildInputs, Student, StudentOutput, write_meta
+
+
+class TransformerStudentConfig(Section):
+    """``train.student`` of a small BERT student (TinyBERT / DistilBERT style) built with
+    transformers' BERT classes.
+
+    Sizes left at None take the teacher's. With the teacher's width, head count and FFN size the
+    student's layers are initialised from teacher layers chosen by ``layer_init``:
+
+        drop_top, drop_bottom, drop_alternate, drop_symmetric   layer dropping, Sajjad et al. (2020)
+        drop_contribution   drop the layers whose output is most similar (cosine) to their input
+        uniform             student layer i from teacher layer ceil(i * L_t / L_s) (TinyBERT's map)
+        random              no copy (always the case when the sizes differ from the teacher's)
+    """
+
+    family: Literal["transformer"] = "transformer"
+    num_layers: int = Field(default=4, gt=0)
+    hidden_size: int | None = Field(default=None, gt=0)
+    num_heads: int | None = Field(default=None, gt=0)
+    intermediate_size: int | None = Field(default=None, gt=0)
+    layer_init: Literal["drop_top", "drop_bottom", "drop_alternate", "drop_symmetric", "drop_contribution",
+                        "uniform", "random"] = "uniform"
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+
 
 LAYER_INIT_STRATEGIES: tuple[str, ...] = get_args(TransformerStudentConfig.model_fields["layer_init"].annotation)
 """The values of ``train.student.layer_init``, read from the config type."""
+
+SAMPLE_TEXTS = 256
+"""Transfer-set texts on which ``drop_contribution`` scores the teacher's layers."""
 
 
 def selected_teacher_layers(strategy: str, teacher_layers: int, student_layers: int,
@@ -146,7 +175,6 @@ def layer_similarities(encoder: BertModel, tokenizer: PreTrainedTokenizerBase, t
     return (totals / tokens).float()
 
 
-@register
 class TransformerStudent(Student):
     """A ``BertForSequenceClassification`` student with the teacher's tokenizer.
 
@@ -285,8 +313,7 @@ def student_bert_config(cfg: TransformerStudentConfig, teacher: BertConfig, num_
     return BertConfig.from_dict({**values, "num_labels": num_labels})
 
 
-def build_transformer_student(cfg: TransformerStudentConfig, num_labels: int, teacher_dir: str | Path,
-                              sample_texts: list[str] | None = None) -> TransformerStudent:
+def build_transformer_student(cfg: TransformerStudentConfig, inputs: BuildInputs) -> TransformerStudent:
     """A student initialised from a local BERT teacher checkpoint (offline).
 
     Copies, from the teacher: the embeddings, pooler and (when the teacher is a classifier for
@@ -296,20 +323,21 @@ def build_transformer_student(cfg: TransformerStudentConfig, num_labels: int, te
 
     Args:
         cfg: the ``train.student`` section (family ``transformer``).
-        num_labels: number of classes C.
-        teacher_dir: a local Hugging Face checkpoint folder of a BERT model (any head or none).
-        sample_texts: sentences on which ``drop_contribution`` measures the layers
-            (:func:`layer_similarities`); unused by the other strategies.
+        inputs: ``num_labels`` C; ``teacher_dir``, a local Hugging Face checkpoint folder of a
+            BERT model (any head or none); ``transfer_texts``, whose first :data:`SAMPLE_TEXTS`
+            sentences ``drop_contribution`` measures the layers on (:func:`layer_similarities`);
+            unused by the other strategies.
 
     Returns:
         The student in train mode on the CPU, with ``teacher_layers`` set.
 
     Raises:
         ConfigError: the teacher is not BERT, or the sizes and ``layer_init`` conflict.
-        ValueError: ``drop_contribution`` without ``sample_texts``.
+        ValueError: ``drop_contribution`` without transfer texts.
     """
+    num_labels, teacher_dir, sample_texts = inputs.label_count(), inputs.teacher_dir, inputs.transfer_texts[:SAMPLE_TEXTS]
     if cfg.layer_init == "drop_contribution" and not sample_texts:
-        raise ValueError("layer_init drop_contribution needs sample_texts to measure the teacher's layers")
+        raise ValueError("layer_init drop_contribution needs transfer_texts to measure the teacher's layers")
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), local_files_only=True,
                                                                  dtype=torch.float32).eval()
     if teacher.config.model_type != "bert":

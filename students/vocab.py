@@ -254,7 +254,7 @@ def build_vocabulary(kind: VocabKind, vocab_size: int, teacher_dir: str | Path,
     """
     if kind == "teacher":
         return WordPieceVocabulary.load(Path(teacher_dir))
-    if transfer_texts is None:
+    if not transfer_texts:
         raise ValueError("vocab: sentencepiece needs the transfer-set texts to train on")
     return SentencePieceVocabulary.train(transfer_texts, vocab_size)
 

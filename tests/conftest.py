@@ -28,7 +28,8 @@ def save_tiny_teacher(folder, seed: int = 0, label_names=("negative", "positive"
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-    from teachers.checkpoint import load_tokenizer, resolve_teacher
+    from core.hf_checkpoint import load_tokenizer
+    from teachers.checkpoint import resolve_teacher
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -23,8 +23,9 @@ from pipeline.artifacts import RunDir
 from pipeline.config import validate_config
 from core.errors import ConfigError, DataError
 from pipeline.runner import run_pipeline
+from students.base import BuildInputs
 from students.cnn_lstm import build_cnn_lstm_tagger
-from teachers.checkpoint import load_tokenizer
+from core.hf_checkpoint import load_tokenizer
 from teachers.token_alignment import WordTagger, encode_words, word_features, words_logits
 
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
@@ -189,7 +190,7 @@ def test_collate_pads_tags_teacher_logits_and_the_distillation_mask():
     torch.manual_seed(0)
     student = build_cnn_lstm_tagger(validate_config({
         "name": "t", "data": {"task": "token", "train": {"path": "a"}, "dev": {"path": "b"}, "labels": TAGS},
-        "train": {"student": {"family": "cnn_lstm"}}}).train.student, len(TAGS), [["Alice", "met", "Bob"]])
+        "train": {"student": {"family": "cnn_lstm"}}}).train.student, BuildInputs(Path("unused"), [["Alice", "met", "Bob"]], len(TAGS)))
     c = len(TAGS)
     batch = {"tokens": np.array([np.array(["Alice", "met", "Bob"]), np.array(["Paris"])], dtype=object),
              "tags": np.array([np.array([1, 0, 1]), np.array([], dtype=np.int64)], dtype=object),

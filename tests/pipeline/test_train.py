@@ -26,7 +26,7 @@ from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig, validate_config
 from core.errors import ArtifactError, ConfigError
-from students.base import load_student
+from students.registry import load_student
 
 TEACHER_HIDDEN = 32
 FILLER = "the movie plot actors was were quite rather a an story film scenes music really very".split()

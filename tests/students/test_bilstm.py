@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from pipeline.config import BiLSTMStudentConfig
 from core.errors import ConfigError
-from students.base import load_student
-from students.bilstm import BiLSTMStudent, build_bilstm_student, max_pool, pair_features
+from students.base import BuildInputs
+from students.bilstm import BiLSTMStudent, BiLSTMStudentConfig, build_bilstm_student, max_pool, pair_features
+from students.registry import load_student
 
 TEACHER_HIDDEN = 32  # tests/conftest.py's tiny teacher
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
@@ -24,7 +24,8 @@ def small(**overrides) -> BiLSTMStudentConfig:
 
 def build(tiny_teacher_dir, transfer_texts, num_labels=3, sentence_pairs=False, **overrides) -> BiLSTMStudent:
     torch.manual_seed(0)
-    return build_bilstm_student(small(**overrides), num_labels, tiny_teacher_dir, transfer_texts, sentence_pairs)
+    return build_bilstm_student(small(**overrides), BuildInputs(tiny_teacher_dir, transfer_texts or (), num_labels,
+                                                                sentence_pairs))
 
 
 @pytest.mark.parametrize("vocab", ["teacher", "sentencepiece"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-import students.cnn_lstm  # noqa: F401  (registers the family for load_student)
-from pipeline.config import CNNLSTMTaggerConfig
-from students.base import FAMILIES, load_student
-from students.cnn_lstm import PAD, UNK, UNK_ID, CNNLSTMTagger, build_cnn_lstm_tagger
+from students.base import BuildInputs
+from students.cnn_lstm import PAD, UNK, UNK_ID, CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
+from students.registry import FAMILIES, load_student
 
 TRANSFER = [["Peter", "Blackburn"], ["EU", "rejects", "German", "call"], ["the", "The", "THE"]]
 CFG = CNNLSTMTaggerConfig(word_embed_dim=8, word_vocab_size=3, char_embed_dim=4, char_filters=6, char_kernel=3,
@@ -19,11 +20,11 @@ NUM_LABELS = 9
 @pytest.fixture
 def tagger():
     torch.manual_seed(0)
-    return build_cnn_lstm_tagger(CFG, NUM_LABELS, TRANSFER)
+    return build_cnn_lstm_tagger(CFG, BuildInputs(Path("unused"), TRANSFER, NUM_LABELS))
 
 
 def test_vocabularies_keep_the_most_frequent_lower_cased_words(tagger):
-    assert FAMILIES["cnn_lstm"] is CNNLSTMTagger
+    assert FAMILIES["cnn_lstm"].config is CNNLSTMTaggerConfig and FAMILIES["cnn_lstm"].tags_tokens
     # "the" occurs 3 times; the rest once each, ties kept in order of first occurrence
     assert tagger.words == [PAD, UNK, "the", "peter", "blackburn"]
     assert tagger.chars[:3] == [PAD, UNK, "e"]  # "e" is the most frequent character (7 times)
@@ -88,4 +89,4 @@ def test_bad_inputs_are_refused(tagger):
         tagger(word_ids=features["word_ids"], char_ids=features["char_ids"],
                attention_mask=features["attention_mask"], input_ids=features["word_ids"] + 1)
     with pytest.raises(ValueError, match="char_kernel is 4"):
-        build_cnn_lstm_tagger(CFG.model_copy(update={"char_kernel": 4}), NUM_LABELS, TRANSFER)
+        build_cnn_lstm_tagger(CFG.model_copy(update={"char_kernel": 4}), BuildInputs(Path("unused"), TRANSFER, NUM_LABELS))

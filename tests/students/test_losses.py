@@ -13,11 +13,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pipeline.config import (AttentionTermConfig, LayerTermConfig, LogitTermConfig, LossConfig, ScheduleConfig,
-                             TermConfig)
 from students.base import StudentOutput
-from students.losses import (DistillationLoss, attention_loss, ce_loss, embedding_cosine_loss, hidden_mse_loss,
-                             logit_kd_loss, pkd_loss, schedule_multiplier, temperature_at)
+from students.distillation import DistillationLoss
+from students.loss_config import AttentionTermConfig, LayerTermConfig, LogitTermConfig, ScheduleConfig, TermConfig
+from students.losses import (attention_loss, ce_loss, embedding_cosine_loss, hidden_mse_loss, logit_kd_loss, pkd_loss,
+                             schedule_multiplier, temperature_at)
+from students.terms import LossConfig
 
 LN3 = math.log(3)
 # KL([3/4, 1/4] || [1/2, 1/2]) = 3/4 ln(3/2) + 1/4 ln(1/2)

