@@ -66,6 +66,9 @@ STATIC_KEEP_FP32 = ("LayerNormalization", "Erf", "Add", "Softmax")
 residual sums and the attention softmax lose accuracy in int8 for little speed)."""
 
 CALIBRATION_METHODS = ("minmax", "percentile")
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLSTM", "ConvInteger", "QGemm"})
+"""Ops whose presence shows a graph was quantized already."""
 
 
 def recipe_for(family: str, method: str) -> Recipe:
@@ -87,11 +90,20 @@ def graph_input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def _quantizable(model: onnx.ModelProto, ops: Iterable[str], family: str, method: str) -> list[str]:
-    """The op types of ``ops`` present in ``model``; ConfigError naming family and method if none is."""
-    present = [op for op in ops if op in op_counts(model)]
+    """The op types of ``ops`` present in ``model``.
+
+    Raises:
+        ConfigError: naming family and method, if the graph is already quantized or has none of ``ops``.
+    """
+    counts = op_counts(model)
+    quantized = sorted(QUANTIZED_OPS.intersection(counts))
+    if quantized:
+        raise ConfigError(f"{method} of family {family!r}: the graph is already quantized (has {quantized}); "
+                          "quantize the fp32 export instead")
+    present = [op for op in ops if op in counts]
     if not present:
         raise ConfigError(f"{method} finds nothing to quantize for family {family!r}: the graph has none of "
-                          f"{list(ops)}; export the model's fp32 graph, not an already quantized one")
+                          f"{list(ops)}; export the model's fp32 graph")
     return present
 
 
