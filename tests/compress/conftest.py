@@ -1,9 +1,12 @@
-"""Fixtures of the compress tests: a tiny random BERT classifier and random inputs for it."""
+"""Fixtures of the compress tests: a tiny random BERT classifier, random inputs for it, and tiny
+fp32 ONNX classifiers (helpers in tiny_onnx.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import tiny_onnx
+from tiny_onnx import BERT_INPUTS, LSTM_INPUTS, TinyLSTMClassifier, export
 from transformers import BertConfig, BertForSequenceClassification
 
 
@@ -53,3 +56,17 @@ def transfer_batches() -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(5)
     return [{**random_inputs(seed=1), "teacher_logits": 3 * torch.randn(3, 2, generator=generator)},
             {**random_inputs(seed=2), "labels": torch.tensor([0, 1, 1])}]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_onnx(tmp_path_factory) -> str:
+    """fp32 ONNX file of :func:`tiny_bert` (seed 0); inputs int64 [B, T] x 3, logits [B, 2]."""
+    torch.manual_seed(0)
+    return export(tiny_onnx.tiny_bert(), BERT_INPUTS, tmp_path_factory.mktemp("bert") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_lstm_onnx(tmp_path_factory) -> str:
+    """fp32 ONNX file of :class:`TinyLSTMClassifier` (seed 0); inputs int64 [B, T] x 2, logits [B, 2]."""
+    torch.manual_seed(0)
+    return export(TinyLSTMClassifier().eval(), LSTM_INPUTS, tmp_path_factory.mktemp("lstm") / "model.onnx")

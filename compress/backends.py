@@ -1,0 +1,201 @@
+"""One small interface over every runtime a variant can ship on: PyTorch, ONNX Runtime, ExecuTorch.
+
+Each backend's ``load(path_or_model, threads)`` returns a :class:`Predictor`, so the benchmark
+measures every variant the same way::
+
+    predictor = BACKENDS["onnxruntime"]("variants/int8", threads=1)   # folder with model.onnx
+    logits = predictor.predict({"input_ids": ids, "attention_mask": mask})   # float32 [B, C]
+
+Inputs are int64 numpy arrays keyed by feature name (extra keys are ignored); outputs are the
+logits as a float32 numpy array ([B, C], or [B, T, C] for taggers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.artifacts import read_json
+from core.errors import ArtifactError, ConfigError
+
+META_FILE = "meta.json"
+FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_ids", "char_ids",
+                 "pair_input_ids", "pair_attention_mask")
+"""Every feature a model family's featurizer makes (students/ and the BERT teacher)."""
+
+
+class Predictor(Protocol):
+    """A loaded model on one runtime.
+
+    Attributes:
+        input_names: the features :meth:`predict` feeds the model, in the model's order.
+    """
+
+    input_names: list[str]
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits float32 [B, C] (or [B, T, C]) of int64 features [B, T] (char_ids [B, W, L])."""
+
+
+def _select(features: dict[str, np.ndarray], names: list[str], where: str) -> list[np.ndarray]:
+    """The arrays of ``names`` in order, as contiguous int64; ConfigError naming the missing ones."""
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ConfigError(f"{where} needs features {missing} (it takes {names}); featurize with the variant's family")
+    return [np.ascontiguousarray(features[name], dtype=np.int64) for name in names]
+
+
+def _model_file(path: str | Path, filename: str) -> Path:
+    """``path`` itself if a file, else ``path / filename``; ArtifactError if it does not exist."""
+    path = Path(path)
+    file = path / filename if path.is_dir() else path
+    if not file.is_file():
+        raise ArtifactError(file, f"missing; export the variant ({filename}) first")
+    return file
+
+
+def _variant_meta(model_file: Path) -> dict:
+    """The ``meta.json`` beside a model file, or {} when there is none."""
+    meta_file = model_file.parent / META_FILE
+    return read_json(meta_file) if meta_file.is_file() else {}
+
+
+class OnnxRuntimePredictor:
+    """An ONNX file on ONNX Runtime's CPU provider, all graph optimizations on.
+
+    Args:
+        path: ``model.onnx`` or a variant folder holding it.
+        threads: intra-op threads (inter-op 1, sequential execution).
+
+    Raises:
+        ArtifactError: the file is missing or ONNX Runtime cannot load it (corrupted, unknown op).
+    """
+
+    def __init__(self, path: str | Path, threads: int):
+        import onnxruntime as ort
+
+        self.path = _model_file(path, "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+            raise ArtifactError(self.path, f"ONNX Runtime cannot load it ({error}); re-export the variant") from error
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = dict(zip(self.input_names, _select(features, self.input_names, str(self.path))))
+        return self.session.run(None, feeds)[0]
+
+
+class PyTorchPredictor:
+    """An fp32 or PyTorch-quantized model run eagerly under ``torch.inference_mode``.
+
+    Args:
+        path_or_model: an ``nn.Module`` whose output is a tensor or has ``.logits`` (a Student or
+            a Hugging Face classifier), a student folder (``student.json``) or a Hugging Face folder.
+        threads: ``torch.set_num_threads`` (process-wide).
+
+    The input names are the features of :data:`FEATURE_NAMES` that the model's forward takes;
+    ``predict`` passes those present in the batch (optional pair features may be absent).
+    """
+
+    def __init__(self, path_or_model: str | Path | nn.Module, threads: int):
+        torch.set_num_threads(threads)
+        self.model = path_or_model if isinstance(path_or_model, nn.Module) else _load_torch_folder(Path(path_or_model))
+        self.model.eval()
+        parameters = inspect.signature(self.model.forward).parameters
+        self.input_names = [name for name in parameters if name in FEATURE_NAMES]
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        present = [name for name in self.input_names if name in features]
+        inputs = {name: torch.from_numpy(array) for name, array in zip(present, _select(features, present, "model"))}
+        with torch.inference_mode():
+            output = self.model(**inputs)
+        return getattr(output, "logits", output).float().numpy()
+
+
+def _load_torch_folder(folder: Path) -> nn.Module:
+    """A student folder (``student.json``) or a Hugging Face classifier folder (``config.json``)."""
+    from students.base import META_FILE as STUDENT_META
+    from students.base import load_student
+
+    if (folder / STUDENT_META).is_file():
+        return load_student(folder)
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(folder, f"has neither {STUDENT_META} nor config.json; pass a student or Hugging Face folder")
+    import transformers
+
+    architecture = read_json(folder / "config.json").get("architectures", [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ArtifactError(folder / "config.json", f"names architecture {architecture!r} unknown to transformers")
+    return model_class.from_pretrained(folder)
+
+
+class ExecuTorchPredictor:
+    """A ``.pte`` program run by ExecuTorch's Python runtime (``executorch.runtime.Runtime``).
+
+    The program has no input names, so ``meta.json`` beside it must list ``input_names`` in the
+    program's order; if its ``settings.fixed_length`` is set (a program exported with a static
+    length), inputs are right-padded with 0 (padding id, mask 0) to it and token logits cut back.
+    The program must accept the batch size given (a dynamic batch dimension, or the one exported).
+
+    Args:
+        path: ``model.pte`` or a variant folder holding it (and ``meta.json``).
+        threads: size of ExecuTorch's shared threadpool (XNNPACK kernels), process-wide.
+
+    Raises:
+        ArtifactError: the program or its meta.json input names are missing, or it cannot load.
+    """
+
+    def __init__(self, path: str | Path, threads: int):
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+
+        self.path = _model_file(path, "model.pte")
+        meta = _variant_meta(self.path)
+        if not meta.get("input_names"):
+            raise ArtifactError(self.path.parent / META_FILE, "must list input_names, the .pte program's input order")
+        self.input_names = list(meta["input_names"])
+        self.fixed_length = meta.get("settings", {}).get("fixed_length")
+        _unsafe_reset_threadpool(threads)
+        try:
+            self.method = Runtime.get().load_program(self.path).load_method("forward")
+        except Exception as error:  # the runtime raises RuntimeError/ValueError by cause
+            raise ArtifactError(self.path, f"ExecuTorch cannot load it ({error}); re-export the variant") from error
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        arrays = _select(features, self.input_names, str(self.path))
+        length = arrays[0].shape[1]
+        if self.fixed_length:
+            if length > self.fixed_length:
+                raise ConfigError(f"{self.path} takes at most {self.fixed_length} tokens, got {length}; "
+                                  "truncate to the exported length")
+            arrays = [np.pad(a, [(0, 0), (0, self.fixed_length - length)] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+        logits = self.method.execute([torch.from_numpy(a) for a in arrays])[0].numpy()
+        return logits[:, :length] if logits.ndim == 3 else logits
+
+
+BACKENDS: dict[str, Callable[..., Predictor]] = {
+    "pytorch": PyTorchPredictor,
+    "onnxruntime": OnnxRuntimePredictor,
+    "executorch": ExecuTorchPredictor,
+}
+"""Backend name -> ``load(path_or_model, threads) -> Predictor``."""
+
+
+def load_predictor(backend: str, path_or_model: str | Path | nn.Module, threads: int) -> Predictor:
+    """``BACKENDS[backend](path_or_model, threads)``; ConfigError naming the backend if unknown."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is unknown; choose from {sorted(BACKENDS)}")
+    return BACKENDS[backend](path_or_model, threads)
