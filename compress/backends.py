@@ -23,6 +23,9 @@ from torch import nn
 
 from core.artifacts import read_json
 from core.errors import ArtifactError, ConfigError
+from compress.slicing import load_pruned
+from students.base import META_FILE as STUDENT_META_FILE
+from students.registry import load_student
 
 META_FILE = "meta.json"
 FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_ids", "char_ids",
@@ -125,21 +128,13 @@ class PyTorchPredictor:
 
 
 def _load_torch_folder(folder: Path) -> nn.Module:
-    """A student folder (``student.json``) or a Hugging Face classifier folder (``config.json``)."""
-    from students.base import META_FILE as STUDENT_META
-    from students.base import load_student
-
-    if (folder / STUDENT_META).is_file():
+    """A student folder (``student.json``) or a Hugging Face BERT classifier folder (``config.json``),
+    pruned (:func:`compress.slicing.load_pruned`) or not."""
+    if (folder / STUDENT_META_FILE).is_file():
         return load_student(folder)
     if not (folder / "config.json").is_file():
-        raise ArtifactError(folder, f"has neither {STUDENT_META} nor config.json; pass a student or Hugging Face folder")
-    import transformers
-
-    architecture = read_json(folder / "config.json").get("architectures", [None])[0]
-    model_class = getattr(transformers, architecture or "", None)
-    if model_class is None:
-        raise ArtifactError(folder / "config.json", f"names architecture {architecture!r} unknown to transformers")
-    return model_class.from_pretrained(folder)
+        raise ArtifactError(folder, f"has neither {STUDENT_META_FILE} nor config.json; pass a student or Hugging Face folder")
+    return load_pruned(folder)
 
 
 class ExecuTorchPredictor:
