@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.config import MultiTaskRunConfig, load_config, preset_names
+from pipeline.config import MultiTaskRunConfig
+from pipeline.config_loading import load_config, preset_names
 from core.errors import ConfigError, DistillError
 
 

@@ -11,7 +11,7 @@ import pytest
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
 from pipeline.bench import bench_label, encoder_flops, matmul_peak_flops, render, way_result
-from pipeline.config import validate_config
+from pipeline.config_loading import validate_config
 from core.errors import ConfigError
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import MultiTaskRunConfig, RunConfig, load_config, preset_names, validate_config
+from pipeline.config import MultiTaskRunConfig, RunConfig
+from pipeline.config_loading import load_config, preset_names, validate_config
 from pipeline.conll import CONLL2003_TAGS
 from core.errors import ConfigError
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline import data, finetune, label
 from core.artifacts import read_json, sha256_file
 from pipeline.artifacts import RunDir
-from pipeline.config import validate_config
+from pipeline.config_loading import validate_config
 from core.errors import ConfigError
 from core.precision import select_precision
 from teachers.inference import TeacherInference
