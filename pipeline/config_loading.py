@@ -2,7 +2,8 @@
 and validation into the types of :mod:`pipeline.config` with one error listing every bad field.
 
 A YAML file (or shipped preset) may start from another with ``base: NAME_OR_PATH`` and state
-only what differs: mappings merge key by key, lists and scalars replace the base's value.
+only what differs: mappings merge key by key, lists and scalars replace the base's value, and
+a ``train.student`` of another ``family`` replaces the base's student.
 Bases chain (a base may have its own ``base``); a relative base path resolves against the
 folder of the file that names it. Unknown keys and wrong types fail before any work with a
 :class:`~core.errors.ConfigError` that names, for a misspelled key, the closest valid one
@@ -114,11 +115,14 @@ def read_with_bases(source: str | Path, relative_to: Path | None = None,
 def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` laid over ``base``: mappings merge recursively, lists and scalars replace.
 
-    Neither argument is modified.
+    A mapping whose ``family`` differs from the base's (another student type, which shares no
+    fields with it) replaces the base's mapping too. Neither argument is modified.
     """
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("family", old.get("family")) == \
+                old.get("family"):
             merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = value

@@ -128,8 +128,25 @@ def _install(handlers: list[logging.Handler], route_third_party: bool = True) ->
         return
     _route_transformers()
     _route_deepspeed()
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "filelock", "urllib3", "fsspec"):
+    _route_datasets()
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         _propagate_only(logging.getLogger(name), logging.INFO)
+    _route_console_loggers()
+
+
+def _route_console_loggers() -> None:
+    """Every third-party logger made so far that writes to the console (torch makes dozens, each
+    with its own stderr handler) loses that handler and passes its records to the root's."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or name.split(".")[0] in CONSOLE_LOGGERS:
+            continue
+        consoles = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler)]
+        for handler in consoles:
+            logger.removeHandler(handler)
+        if consoles:
+            logger.propagate = True
+            logger.setLevel(max(logger.level, logging.INFO))
 
 
 def _propagate_only(logger: logging.Logger, level: int) -> None:
@@ -148,6 +165,15 @@ def _route_transformers() -> None:
     hf_logging.enable_propagation()
     hf_logging.set_verbosity_info()
     hf_logging.disable_progress_bar()  # "Loading weights" bars of small checkpoints
+
+
+def _route_datasets() -> None:
+    """Hugging Face datasets' records to the root handlers, and no bars for its quick table steps
+    ("Generating train split", "Map", "Creating parquet")."""
+    import datasets
+
+    _propagate_only(logging.getLogger("datasets"), logging.INFO)
+    datasets.disable_progress_bars()
 
 
 def _route_deepspeed() -> None:
