@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
             print(f"written: {out_file}")
             return 0
+        log_file = setup_logging(cfg.run_dir / "logs")  # before the stages' imports, which log
+        print(f"log: {log_file}", file=sys.stderr)
         from pipeline.runner import run_pipeline
 
-        log_file = setup_logging(cfg.run_dir / "logs")
-        print(f"log: {log_file}", file=sys.stderr)
         run_pipeline(cfg, until=args.until, force=tuple(args.force))
         print(f"report: {cfg.run_dir / 'report.md'}")
         return 0

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 CONSOLE_LOGGERS = ("pipeline", "students", "teachers", "compress", "core")
@@ -93,6 +94,13 @@ def setup_worker_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setLevel(logging.WARNING)
     _install([handler])
+    threading.excepthook = _log_thread_exception  # e.g. Ray Train's placement-group cleaner thread
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a worker's background thread goes to the log, not to the console."""
+    logging.getLogger("threading").error("thread %s died", getattr(args.thread, "name", "?"),
+                                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def ray_runtime_env() -> dict:
@@ -126,6 +134,9 @@ def _install(handlers: list[logging.Handler], route_third_party: bool = True) ->
     logging.captureWarnings(True)
     if not route_third_party:
         return
+    import torch  # noqa: F401  (its loggers exist from here; imports below log through them)
+
+    _route_console_loggers()
     _route_transformers()
     _route_deepspeed()
     _route_datasets()
