@@ -14,10 +14,11 @@ CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from pipeline.config import MultiTaskRunConfig, load_config, preset_names
+from pipeline.config import MultiTaskRunConfig
+from pipeline.console import setup_logging
+from pipeline.config_loading import load_config, preset_names
 from core.errors import ConfigError, DistillError
 
 
@@ -57,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``distill``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging(None)
     try:
         if args.command == "presets":
             print("\n".join(preset_names()))
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(cfg, MultiTaskRunConfig):
                 raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
+            setup_logging(cfg.run_dir / "logs")
             if args.what == "label":
                 from pipeline import bench
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
             print(f"written: {out_file}")
             return 0
+        log_file = setup_logging(cfg.run_dir / "logs")  # before the stages' imports, which log
+        print(f"log: {log_file}", file=sys.stderr)
         from pipeline.runner import run_pipeline
 
         run_pipeline(cfg, until=args.until, force=tuple(args.force))

@@ -1,10 +1,9 @@
-"""Typed run configuration: one YAML file validated into frozen pydantic models.
+"""Typed run configuration: the frozen pydantic sections of a run.
 
 A run is described by a :class:`RunConfig` whose sections share their names with the
 pipeline stages (``data``, ``finetune``, ``label``, ``train``, ``evaluate``) and the CLI.
-Every default lives in the type. Unknown keys and wrong types fail before any work with a
-:class:`~core.errors.ConfigError` that lists every bad field, the allowed values and,
-for a misspelled key, the closest valid one (torchtune/STYLE.md convention).
+Every default lives in the type; unknown keys are errors. Reading YAML files and presets,
+``--set`` overrides and the error messages live in :mod:`pipeline.config_loading`.
 
 The sections of components live beside their code and are composed here: the student
 families' configs (the ``train.student`` union) and the loss terms (``train.loss``) come from
@@ -14,17 +13,13 @@ teacher's ``finetune`` and ``label.emit`` sections from :mod:`teachers`.
 
 from __future__ import annotations
 
-import difflib
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from core.config import Section
-from core.errors import ConfigError
 from students.bilstm import BiLSTMStudentConfig
 from students.multitask import MultiTaskLSTMConfig
 from students.registry import FAMILIES
@@ -355,151 +350,3 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
                  if value]
     return problems
-
-
-PRESET_PACKAGE = "pipeline.presets"
-
-
-def preset_names() -> list[str]:
-    """Names of the presets shipped inside the package (``distill run NAME``)."""
-    files = resources.files(PRESET_PACKAGE).iterdir()
-    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
-
-
-def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | MultiTaskRunConfig:
-    """Load a preset name or a YAML file, apply ``a.b=value`` overrides, and validate.
-
-    A mapping with a top-level ``tasks`` key is a :class:`MultiTaskRunConfig`, any other a
-    :class:`RunConfig`.
-
-    Args:
-        source: a preset name (see :func:`preset_names`) or a path to a YAML file.
-        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars.
-
-    Returns:
-        The validated, frozen config.
-
-    Raises:
-        ConfigError: the file is missing or not YAML, an override is malformed, a field is
-            unknown or of the wrong type (every such field is listed), or settings do not fit
-            ``data.task`` (a sentence student on a token task; see :func:`task_conflicts`).
-    """
-    raw, origin = _read_source(source)
-    for override in overrides:
-        _apply_override(raw, override)
-    return validate_config(raw, origin)
-
-
-def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | MultiTaskRunConfig:
-    """Validate a parsed config mapping; see :func:`load_config` for the errors raised."""
-    root = MultiTaskRunConfig if "tasks" in raw else RunConfig
-    try:
-        cfg = root.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_describe(err, root) for err in exc.errors()]
-        raise ConfigError(f"{origin}: {len(lines)} invalid field(s):\n  " + "\n  ".join(lines)) from None
-    if isinstance(cfg, MultiTaskRunConfig):
-        return cfg
-    lines = task_conflicts(cfg)
-    if lines:
-        raise ConfigError(f"{origin}: {len(lines)} setting(s) do not fit data.task {cfg.data.task}:\n  "
-                          + "\n  ".join(lines))
-    return cfg
-
-
-def _read_source(source: str | Path) -> tuple[dict[str, Any], str]:
-    path = Path(source)
-    if not path.suffix and str(source) in preset_names():
-        text = resources.files(PRESET_PACKAGE).joinpath(f"{source}.yaml").read_text()
-        origin = f"preset {source!r}"
-    elif path.is_file():
-        text = path.read_text(encoding="utf-8")
-        origin = str(path)
-    else:
-        raise ConfigError(f"{source}: no such config file or preset; presets are {preset_names()}")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
-    return raw, origin
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, value = override.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {override!r}: expected dotted.key=value, e.g. train.epochs=3")
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
-
-
-def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
-    loc = _field_path(err["loc"], root) or "config"
-    if err["type"] == "extra_forbidden":
-        parent = _model_at(err["loc"][:-1], root)
-        field = str(err["loc"][-1])
-        known = sorted(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(field, known, n=1)
-        hint = f"; did you mean {_field_path(err['loc'][:-1], root)}.{close[0]}?" if close else ""
-        return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
-
-
-def _field_path(loc: tuple, root: type[BaseModel]) -> str:
-    """The dotted config path of an error location, without the tags of tagged unions."""
-    parts, model = [], root
-    for part in loc:
-        if isinstance(model, _Union) and model.by_tag(str(part)) is not None:
-            model = model.by_tag(str(part))
-            continue
-        parts.append(str(part))
-        model = _field_model(model, part)
-    return ".".join(parts)
-
-
-def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
-    model: Any = root
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        model = model.by_tag(str(part)) if isinstance(model, _Union) else _field_model(model, part)
-    return None if isinstance(model, _Union) else model
-
-
-def _field_model(model: Any, part: Any) -> Any:
-    """The config model (or :class:`_Union` of models) of field ``part`` of ``model``, else None."""
-    if model is None or isinstance(model, _Union) or str(part) not in model.model_fields:
-        return None
-    choices = _nested_models(model.model_fields[str(part)].annotation)
-    return choices[0] if len(choices) == 1 else (_Union(choices) if choices else None)
-
-
-class _Union:
-    """The models of a tagged union (``train.student``), looked up by their ``family`` tag."""
-
-    def __init__(self, models: list[type[BaseModel]]):
-        self.models = models
-
-    def by_tag(self, tag: str) -> type[BaseModel] | None:
-        return next((m for m in self.models if _family(m) == tag), None)
-
-
-def _family(model: type[BaseModel]) -> str | None:
-    field = model.model_fields.get("family")
-    return field.default if field is not None else None
-
-
-def _nested_models(annotation: Any) -> list[type[BaseModel]]:
-    """The config models inside an annotation (through Optional, unions and Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()):
-        found += _nested_models(arg)
-    return found

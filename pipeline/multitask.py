@@ -27,7 +27,8 @@ import torch
 
 from pipeline import train
 from pipeline.artifacts import RunDir
-from pipeline.config import MultiTaskRunConfig, RunConfig, load_config
+from pipeline.config import MultiTaskRunConfig, RunConfig
+from pipeline.config_loading import load_config
 from core.errors import ArtifactError, ConfigError
 from pipeline.evaluate import STUDENT_KINDS, Split, hardware, measure, predict, read_split, score, tag_names
 from students.base import META_FILE, BuildInputs, Student

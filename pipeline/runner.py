@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import data, evaluate, finetune, label, multitask, report, train
+from pipeline import console, data, evaluate, finetune, label, multitask, report, train
 from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
@@ -110,7 +110,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
                 tracker.log_stage(stage, manifests[stage])
         if until == "evaluate":
             report.write(run_dir, cfg.name, names, multitask.render if multi else None)
-            log.info("report: %s", run_dir.report_file)
+            log.debug("report: %s", run_dir.report_file)
     finally:
         if tracker:
             tracker.finish()
@@ -123,6 +123,9 @@ def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:
 
     if ray.is_initialized():
         return
+    # Workers' output still reaches the console (the train progress bar); their log records go to
+    # the run's logs/ folder (pipeline.console.setup_worker_logging).
     ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
-             include_dashboard=False, log_to_driver=True, configure_logging=False)
-    log.info("ray: %s", ray.cluster_resources())
+             include_dashboard=False, log_to_driver=True, configure_logging=False, logging_level=logging.WARNING,
+             runtime_env=console.ray_runtime_env())
+    log.debug("ray: %s", ray.cluster_resources())

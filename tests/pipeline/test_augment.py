@@ -7,7 +7,8 @@ import pytest
 from pipeline import data
 from pipeline.artifacts import RunDir
 from pipeline.augment import augment, augment_sentence, read_pos_lexicon
-from pipeline.config import AugmentConfig, validate_config
+from pipeline.config import AugmentConfig
+from pipeline.config_loading import validate_config
 from core.errors import DataError
 
 CONLL = "the DT O\nfilm NN O\nmovie NN O\nmovie NN O\nis VBZ O\ngreat JJ O\ngood JJ O\n\nA DT O\nplot NN O\n"

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import MultiTaskRunConfig, RunConfig, load_config, preset_names, validate_config
+from pipeline.config import MultiTaskRunConfig, RunConfig
+from pipeline.config_loading import load_config, preset_names, validate_config
 from pipeline.conll import CONLL2003_TAGS
 from core.errors import ConfigError
 
@@ -87,6 +88,68 @@ def test_user_yaml_file_works_like_a_preset(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(json.dumps(MINIMAL))  # JSON is YAML
     assert load_config(path).name == "t"
+
+
+KEY_VALUES = {
+    # preset: (data.train.limit, finetune.epochs, label.shard_rows, student family, train.epochs, student dim)
+    "sst2": (None, 1.0, 8192, "bilstm", 3, 150),
+    "sst2-quick": (3000, 2.0, 2048, "bilstm", 3, 150),
+    "sst2-sentencepiece": (None, 1.0, 8192, "bilstm", 3, 150),
+    "sst2-transformer": (None, 1.0, 8192, "transformer", 1, None),
+    "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
+    "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(KEY_VALUES))
+def test_presets_on_a_base_keep_their_values(preset):
+    cfg = load_config(preset)
+    student = cfg.train.student
+    assert (cfg.data.train.limit, cfg.finetune.epochs, cfg.label.shard_rows, student.family, cfg.train.epochs,
+            getattr(student, "hidden_dim", None)) == KEY_VALUES[preset]
+
+
+def test_derived_presets_differ_from_their_base_only_where_they_say():
+    base = load_config("sst2").model_dump()
+    sentencepiece = load_config("sst2-sentencepiece").model_dump()
+    assert sentencepiece["train"]["student"] == {**base["train"]["student"], "vocab": "sentencepiece",
+                                                 "init_from_teacher_embeddings": False}
+    assert {k: v for k, v in sentencepiece.items() if k not in ("name", "train")} == \
+        {k: v for k, v in base.items() if k not in ("name", "train")}
+    transformer = load_config("sst2-transformer")
+    assert transformer.train.student.num_layers == 4 and transformer.label.emit.hidden_layers == [3, 6]
+    assert transformer.train.loss.kd.kind == "kl" and transformer.train.loss.hidden.layer_map == {3: 2, 6: 4}
+    quick = load_config("sst2-quick")
+    assert (quick.data.unlabeled.skip, quick.data.unlabeled.limit, quick.data.train.path) == (3000, 12000,
+                                                                                           "sst2/train.tsv")
+
+
+def test_base_chain_merges_and_overrides_apply_last(tmp_path):
+    (tmp_path / "mid.yaml").write_text("base: sst2-quick\nname: mid\ntrain: {epochs: 7, student: {hidden_dim: 64}}\n")
+    (tmp_path / "top.yaml").write_text("base: mid.yaml\nname: top\nlabel: {num_actors: 1}\n")
+    cfg = load_config(tmp_path / "top.yaml", ["train.epochs=9", "data.train.limit=50"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.student.hidden_dim, cfg.train.student.embed_dim) == ("top", 9, 64, 384)
+    assert (cfg.label.num_actors, cfg.label.shard_rows, cfg.data.train.limit, cfg.finetune.epochs) == (1, 2048, 50, 2.0)
+    assert cfg.data.label_names == ["negative", "positive"]  # from sst2, two bases up
+
+
+def test_base_of_another_student_family_replaces_the_student(tmp_path):
+    (tmp_path / "t.yaml").write_text("base: sst2\nname: t\ntrain: {student: {family: transformer, num_layers: 2}}\n")
+    student = load_config(tmp_path / "t.yaml").train.student
+    assert (student.family, student.num_layers, student.max_length) == ("transformer", 2, 64)
+
+
+def test_base_cycle_and_unknown_base_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base 'b\.yaml': .*cycle .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: sst3\nname: c\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: base 'sst3': sst3: no such config file or preset"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [sst2]\nname: d\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: base must be a preset name or a YAML path"):
+        load_config(tmp_path / "d.yaml")
 
 
 def test_split_needs_exactly_one_source():

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import data
 from pipeline.artifacts import RunDir
-from pipeline.config import validate_config
+from pipeline.config_loading import validate_config
 from core.errors import DataError
 
 HEADER = "sentence\tlabel\n"

@@ -11,7 +11,7 @@ import pytest
 from pipeline import data, finetune, label
 from core.artifacts import read_json, sha256_file
 from pipeline.artifacts import RunDir
-from pipeline.config import validate_config
+from pipeline.config_loading import validate_config
 from core.errors import ConfigError
 from core.precision import select_precision
 from teachers.inference import TeacherInference
@@ -195,3 +195,17 @@ def test_a_pair_task_is_finetuned_and_labeled_on_the_pair_encoding(pair_task, ti
     np.testing.assert_allclose(stored_logits(table), expected, atol=1e-5)
     assert np.abs(expected - direct_logits(tiny_teacher_dir, transfer.column("text").to_pylist(),
                                            transfer.column("text_pair").to_pylist())).max() > 1e-4  # it was tuned
+
+
+@pytest.mark.slow  # 36-110 s here: two label runs, one building a ZeRO stage-3 engine per actor
+def test_zero_inference_engine_labels_like_the_plain_engine(run_dir, ray_local):
+    # label.engine: zero runs ZeRO-Inference (stage 3, parameters offloaded to the CPU) inside the
+    # stage's actors; its stored logits equal those of the default engine
+    cfg, run = run_dir
+    label.run(with_label(cfg, num_actors=1), run)
+    plain = read_all(run).sort_by("id")
+    shutil.rmtree(run.stage_dir("label"))  # the engine is not part of the shard plan: start afresh
+    summary = label.run(with_label(cfg, num_actors=1, engine="zero", offload="cpu"), run)
+    zero = read_all(run).sort_by("id")
+    assert summary["rows"] == ROWS and zero.column("id").to_pylist() == list(range(ROWS))
+    np.testing.assert_allclose(stored_logits(zero), stored_logits(plain), atol=1e-5)

@@ -11,17 +11,28 @@ def model(acc, params, p50):
 
 
 def test_report_has_every_model_and_stage(tmp_path):
+    # manifests in the layout the stages write today (data: unlabeled_rows; evaluate: score_keys)
     run = RunDir(tmp_path)
-    run.publish("data", "a", {"train": {"rows": 10}, "transfer": {"rows": 30, "label_counts": {"-1": 20}}}, 1.0)
-    run.publish("evaluate", "b", {"dev_rows": 5, "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
-                                  "models": {"teacher": model(0.9, 1000, 8.0), "kd": model(0.8, 100, 2.0)}}, 2.0)
-    metrics = report.write(run, "demo", ["data", "evaluate"])
-    text = run.report_file.read_text()
-    assert "| teacher (fine-tuned) | 0.9000 | 1,000 |" in text
-    assert "| student, KD | 0.8000 | 100 |" in text and "| 4.0x |" in text
-    assert "transfer set: 30 rows (20 without a hard label)" in text
-    assert "| evaluate | 2.0 |" in text
-    assert read_json(run.metrics_file) == metrics
+    run.publish("data", "a", {"train": {"rows": 10, "unlabeled_rows": 0, "label_counts": {"0": 4, "1": 6}},
+                              "dev": {"rows": 5, "unlabeled_rows": 0, "label_counts": {"0": 2, "1": 3}},
+                              "transfer": {"rows": 30, "unlabeled_rows": 20,
+                                           "label_counts": {"-1": 20, "0": 4, "1": 6}}}, 1.0)
+    run.publish("finetune", "b", {"steps": 3, "final_loss": 0.5}, 4.0)
+    run.publish("evaluate", "c", {"dev_rows": 5, "score_keys": ["dev_accuracy"],
+                                  "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
+                                  "models": {"teacher": model(0.9, 1000, 8.0), "kd": model(0.8, 100, 2.0),
+                                             "ce_only": model(0.7, 100, 4.0)}}, 2.0)
+    metrics = report.write(run, "demo", ["data", "finetune", "evaluate"])
+    lines = run.report_file.read_text().splitlines()
+    assert lines[0] == "# Distillation report: demo"
+    assert "| model | dev accuracy | parameters | size (MB) | batch-1 p50 (ms) | p99 (ms) | speed-up vs teacher |" in lines
+    assert "| teacher (fine-tuned) | 0.9000 | 1,000 | 0.0 | 8.00 | 16.00 | 1.0x |" in lines
+    assert "| student, KD | 0.8000 | 100 | 0.0 | 2.00 | 4.00 | 4.0x |" in lines
+    assert "| student, CE only | 0.7000 | 100 | 0.0 | 4.00 | 8.00 | 2.0x |" in lines
+    assert "Labeled train rows: 10; transfer set: 30 rows (20 without a hard label)." in lines
+    assert [line for line in lines if line.startswith("| data") or line.startswith("| finetune")
+            or line.startswith("| evaluate")] == ["| data | 1.0 |", "| finetune | 4.0 |", "| evaluate | 2.0 |"]
+    assert read_json(run.metrics_file) == metrics == {s: run.manifest(s) for s in ("data", "finetune", "evaluate")}
 
 
 def test_report_of_a_token_task_has_every_score_column(tmp_path):

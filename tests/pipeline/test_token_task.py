@@ -20,7 +20,7 @@ from transformers import AutoModelForTokenClassification
 from pipeline import data, train
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
-from pipeline.config import validate_config
+from pipeline.config_loading import validate_config
 from core.errors import ConfigError, DataError
 from pipeline.runner import run_pipeline
 from students.base import BuildInputs

@@ -24,7 +24,8 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from pipeline import train
 from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
-from pipeline.config import RunConfig, validate_config
+from pipeline.config import RunConfig
+from pipeline.config_loading import validate_config
 from core.errors import ArtifactError, ConfigError
 from students.registry import load_student
 

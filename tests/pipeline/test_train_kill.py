@@ -17,7 +17,7 @@ SCRIPT = """
 import sys, ray
 from pipeline import train
 from pipeline.artifacts import RunDir
-from pipeline.config import load_config
+from pipeline.config_loading import load_config
 cfg = load_config(sys.argv[1])
 ray.init(num_cpus=2, include_dashboard=False)
 train.run(cfg, RunDir(cfg.run_dir))

@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from core.hf_checkpoint import is_classifier_for
-from core.precision import Precision, select_precision
+from core.precision import Precision, deepspeed_config, select_precision
 from teachers.checkpoint import load_classifier, resolve_teacher
 from teachers.finetune import FinetuneConfig, finetune_classifier, finetune_deepspeed_config
 
@@ -27,14 +27,36 @@ def test_generated_config_follows_precision_and_schedule():
     assert cpu["bf16"]["enabled"] is False and cpu["fp16"]["enabled"] is False
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTERS.glob("finetune-*.json")))
-def test_shipped_deepspeed_configs_override_the_generated_keys(name):
-    cfg = FinetuneConfig(deepspeed_config=CLUSTERS / name)
+def known_top_level_keys() -> set[str]:
+    """Every top-level key DeepSpeed's engine config reads (its constants modules name them)."""
+    from deepspeed.runtime import constants
+    from deepspeed.runtime.swap_tensor import constants as aio_constants
+    from deepspeed.runtime.zero import config as zero_config
+
+    return {value for module in (constants, aio_constants, zero_config) for name, value in vars(module).items()
+            if name.isupper() and isinstance(value, str)}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTERS.glob("*.json")))
+def test_shipped_deepspeed_configs_are_valid_and_win_over_the_generated_keys(name):
+    from deepspeed.inference.config import DeepSpeedInferenceConfig
+    from deepspeed.runtime.config import DeepSpeedConfig
+
     shipped = json.loads((CLUSTERS / name).read_text())
-    merged = finetune_deepspeed_config(cfg, Precision("fp32", "cpu", "test"), total_steps=10)
-    for key, value in shipped.items():
-        assert merged[key] == value
-    assert merged["train_micro_batch_size_per_gpu"] == cfg.batch_size
+    if name.startswith("label-inference-"):  # deepspeed.init_inference's keys; its pydantic model forbids others
+        parsed = DeepSpeedInferenceConfig(**shipped)
+        assert parsed.replace_with_kernel_inject == shipped["replace_with_kernel_inject"]
+        return
+    assert set(shipped) <= known_top_level_keys(), f"{name}: unknown keys {set(shipped) - known_top_level_keys()}"
+    merged = deepspeed_config(8, 0, Precision("fp32", "cpu", "test"), CLUSTERS / name)
+    assert {key: merged[key] for key in shipped} == shipped
+    parsed = DeepSpeedConfig(merged)  # ZeRO, fp16 and offload sections are pydantic models forbidding typos
+    zero = shipped.get("zero_optimization", {})
+    assert parsed.zero_config.stage == zero.get("stage", 0)
+    assert parsed.train_micro_batch_size_per_gpu == shipped.get("train_micro_batch_size_per_gpu", 8)
+    assert parsed.float16_config.enabled == shipped.get("fp16", {}).get("enabled", False)
+    if "offload_param" in zero:
+        assert parsed.zero_config.offload_param.device == zero["offload_param"]["device"]
 
 
 def test_default_teacher_resolves_to_the_packaged_minilm():
