@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import LayerTermConfig, LossConfig, ScheduleConfig
+from core.schema import NO_LABEL  # a row (or word) without a hard label gets no CE term
 from students.base import StudentOutput
 
-NO_LABEL = -1
-"""Label of a row (or word) without a hard label; it gets no CE term (same value as ``pipeline.data``)."""
 
 ATTENTION_EPS = 1e-12
 """Floor of the student's attention probabilities inside the log of the KL attention term."""
