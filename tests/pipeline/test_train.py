@@ -164,36 +164,6 @@ def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
         train.soft_label_files(run_dir, 2, cfg.train.loss)
 
 
-def test_padding_of_stored_per_token_signals():
-    lengths = np.array([2, 1])
-    hidden = np.array([np.arange(6, dtype=np.float16), np.arange(3, dtype=np.float16) + 10], dtype=object)
-    padded = train.pad_matrices(hidden, lengths, width=3)  # D = 3
-    assert padded.shape == (2, 3, 3) and padded.dtype == torch.float32
-    assert padded[0, :2].flatten().tolist() == [0, 1, 2, 3, 4, 5] and padded[0, 2].abs().sum() == 0
-    assert padded[1, 0].tolist() == [10, 11, 12] and padded[1, 1:].abs().sum() == 0
-    maps = np.array([np.arange(8, dtype=np.float16), np.array([1, 2], dtype=np.float16)], dtype=object)  # H = 2
-    padded = train.pad_attention(maps, lengths, width=2)
-    assert padded.shape == (2, 2, 2, 2)
-    assert padded[0].flatten().tolist() == list(range(8))
-    assert padded[1, :, 0, 0].tolist() == [1, 2] and padded[1, :, 1].abs().sum() == 0
-
-
-def test_length_grouped_batches_hold_rows_of_similar_length_once_each():
-    texts = np.array(["x" * n for n in [9, 1, 7, 3, 8, 2, 6, 4, 5, 10]], dtype=object)
-    group = {"text": texts, "label": np.arange(10)}
-    batches = list(train.length_grouped([group], batch_size=3, rng=np.random.default_rng(0)))
-    assert [len(b["label"]) for b in sorted(batches, key=lambda b: len(b["text"][0]))] == [3, 3, 3, 1]
-    assert sorted(label for b in batches for label in b["label"].tolist()) == list(range(10))
-    for batch in batches:  # each row keeps its own label, and a batch spans neighbouring lengths
-        assert all(len(texts[label]) == len(text) for text, label in zip(batch["text"], batch["label"]))
-    spans = sorted((min(map(len, b["text"])), max(map(len, b["text"]))) for b in batches)
-    assert spans == [(1, 3), (4, 6), (7, 9), (10, 10)]
-    in_order = list(train.length_grouped([group], batch_size=3, rng=None))
-    assert [len(b["text"][0]) for b in in_order] == [1, 4, 7, 10]
-    words = {"tokens": np.array([["a"] * 3, ["a"], ["a"] * 2], dtype=object)}
-    assert train.row_lengths(words).tolist() == [3, 1, 2]
-
-
 def test_transformer_student_learns_from_streamed_hidden_states_and_attention(tmp_path, ray_local, tiny_teacher_dir):
     """label (hidden states and attention maps of layer 2) -> train a 1-layer transformer on them."""
     from pipeline import label
