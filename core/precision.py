@@ -159,6 +159,11 @@ def _warn_apex_unusable(reason: str) -> None:
     log.warning("train.apex: %s; using torch's fused AdamW instead", reason)
 
 
+GRADIENT_CLIP_NORM = 1.0
+"""Largest global L2 norm of the gradients in training, under either strategy (DeepSpeed's
+``gradient_clipping``, ``torch.nn.utils.clip_grad_norm_`` otherwise)."""
+
+
 def deepspeed_config(micro_batch_size: int, zero_stage: int, precision: Precision, overrides: Path | None,
                      **extra: Any) -> dict[str, Any]:
     """A DeepSpeed engine config for this hardware, with a user's JSON on top.
@@ -181,7 +186,7 @@ def deepspeed_config(micro_batch_size: int, zero_stage: int, precision: Precisio
     generated = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
+        "gradient_clipping": GRADIENT_CLIP_NORM,
         "zero_optimization": zero,
         "fp16": {"enabled": precision.name == "fp16"},
         "bf16": {"enabled": precision.name == "bf16"},

@@ -6,6 +6,7 @@ Layout of ``<output_dir>/<name>/``::
     finetune/teacher/                     stage finetune (Hugging Face format)
     label/shard-00000.parquet ...         stage label (soft labels), with label/shards.json
     train/{kd,ce_only}/                   stage train (student checkpoints)
+    train/ray/<fingerprint>/{kd,ce_only}/ Ray Train's checkpoints, to resume under the stage's fingerprint
     evaluate/                             stage evaluate
     <stage>/manifest.json                 written last: the stage is complete
     report.md, metrics.json               the run's report
@@ -22,7 +23,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ MANIFEST = "manifest.json"
 def fingerprint(*parts: Any) -> str:
     """Short stable hash (16 hex chars) of JSON-serialisable parts.
 
-    Config models count by their non-default fields, so a release that adds a field with a
-    default keeps the fingerprints, and the finished stages, of existing runs. Paths and other
-    objects count by their string form.
+    Config models count by every field, defaults included, so a default changed in code redoes
+    the stages it affects rather than keeping stale ones. Paths and other objects count by
+    their string form.
     """
     blob = json.dumps(parts, sort_keys=True, default=_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -47,15 +48,27 @@ def fingerprint(*parts: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_defaults=True)
+        return value.model_dump(mode="json")
     return str(value)
 
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths and manifests of one run; nothing else builds artifact paths."""
+    """Paths and manifests of one run; nothing else builds artifact paths.
+
+    Attributes:
+        root: the run's folder.
+        stage_fingerprint: the fingerprint of the stage being run (set by the runner through
+            :meth:`for_stage`); the label stage's shards and the train stage's Ray checkpoints
+            resume only under the same one. Empty when a stage is called directly.
+    """
 
     root: Path
+    stage_fingerprint: str = ""
+
+    def for_stage(self, stage_fingerprint: str) -> "RunDir":
+        """This run directory as seen by a stage with this fingerprint."""
+        return replace(self, stage_fingerprint=stage_fingerprint)
 
     # --- stage bookkeeping -------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
@@ -132,6 +145,12 @@ class RunDir:
     def shard_index(self) -> Path:
         """Per-shard manifest of the label stage (shard id, rows, checksum)."""
         return self.stage_dir("label") / "shards.json"
+
+    @property
+    def train_storage(self) -> Path:
+        """Ray Train's storage for the stage being run: ``train/ray/<stage fingerprint>/``
+        (``train/ray/direct/`` for a direct call)."""
+        return self.stage_dir("train") / "ray" / (self.stage_fingerprint or "direct")
 
     def student_dir(self, kind: str) -> Path:
         """One trained student: ``kd`` (distilled) or ``ce_only`` (baseline)."""

@@ -1,8 +1,8 @@
 """``distill bench readback``: memory of the streamed read-back of soft-label shards into training.
 
 Streams a run's label shards into training batches exactly as the train stage does (Ray Data
-``read_parquet``, a per-worker shuffle buffer of :data:`pipeline.train.LOCAL_SHUFFLE_ROWS`
-rows, :class:`pipeline.train.Collate` padding the per-token signals to float32 tensors) but
+``read_parquet``, a per-worker shuffle buffer of :data:`pipeline.batching.LOCAL_SHUFFLE_ROWS`
+rows, :class:`pipeline.collate.Collate` padding the per-token signals to float32 tensors) but
 without a model step, once over a quarter of the shards and once over all of them. Each pass
 runs in its own Ray task, so its peak resident set size is the consumer's alone.
 
@@ -22,10 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 import torch
 
-from pipeline import train
+from core.schema import TaskKind
+from pipeline.batching import LOCAL_SHUFFLE_ROWS, shuffled_batches
+from pipeline.collate import Collate
+from pipeline.data import task_kind
+from pipeline.shards import layers_needed, soft_label_files, training_columns
 from core.artifacts import atomic_write_json
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
@@ -38,16 +43,16 @@ FRACTIONS = (0.25, 1.0)
 
 
 @ray.remote(num_cpus=1)
-def stream_batches(files: list[str], columns: list[str], layers: tuple[list[int], list[int]], student_dir: str,
-                   batch_size: int) -> dict[str, float]:
+def stream_batches(files: list[str], columns: list[str], layers: tuple[list[int], list[int]], kind: TaskKind,
+                   student_dir: str, batch_size: int) -> dict[str, float]:
     """Stream ``files`` into collated training batches; returns rows, seconds, float32 bytes and peak RSS (MB)."""
     student = load_student(student_dir)
-    collate = train.Collate(student, layers)
+    collate = Collate(student, layers, kind)
     dataset = ray.data.read_parquet(files, columns=columns)
     rows = tensor_bytes = 0
     began = time.perf_counter()
     peak_private_mb = 0.0
-    for batch in train.shuffled_batches(dataset, batch_size, seed=0):
+    for batch in shuffled_batches(dataset, batch_size, seed=0, kind=kind):
         collated = collate(batch)
         rows += len(collated.labels)
         tensor_bytes += sum(t.numel() * t.element_size() for t in collated.teacher.values())
@@ -58,16 +63,12 @@ def stream_batches(files: list[str], columns: list[str], layers: tuple[list[int]
 
 
 def private_memory_mb() -> float:
-    """This process's resident anonymous memory (MB, ``RssAnon`` of /proc/self/status): its own
-    heap, without the pages of Ray's shared-memory object store that it has mapped (those count
-    in RSS, are shared with every process, and are bounded by the store's size); 0 where
-    /proc is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            line = next(line for line in status if line.startswith("RssAnon:"))
-    except (OSError, StopIteration):
-        return 0.0
-    return int(line.split()[1]) / 1024  # kB
+    """This process's resident anonymous memory (MB; psutil's ``rss - shared``, i.e. ``RssAnon`` on
+    Linux): its own heap, without the pages of Ray's shared-memory object store that it has
+    mapped (those count in RSS, are shared with every process, and are bounded by the store's
+    size)."""
+    memory = psutil.Process().memory_info()
+    return (memory.rss - memory.shared) / 2**20
 
 
 def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
@@ -85,18 +86,20 @@ def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
     """
     run = RunDir(cfg.run_dir)
     run.require("label")
-    files = train.soft_label_files(run, len(cfg.data.labels), cfg.train.loss)
-    columns = train.training_columns(files[0], cfg.train.loss)
+    kind = task_kind(cfg.data)
+    files = soft_label_files(run, len(cfg.data.labels), cfg.train.loss)
+    columns = training_columns(kind, cfg.train.loss)
     start_ray(cfg)
     passes = []
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
-        student = build_student(cfg.train.student, BuildInputs(run.teacher_dir, ["a sentence"], len(cfg.data.labels)))
+        student = build_student(cfg.train.student, BuildInputs(run.teacher_dir, ["a sentence"], len(cfg.data.labels),
+                                                                  sentence_pairs=kind is TaskKind.PAIR))
         student_dir = str(student.save(Path(tmp) / "student"))
         for fraction in FRACTIONS:
             subset = files[:max(1, round(fraction * len(files)))]
             measured = ray.get(stream_batches.remote([str(f.resolve()) for f in subset], columns,
-                                                     train.layers_needed(cfg.train.loss), student_dir,
+                                                     layers_needed(cfg.train.loss), kind, student_dir,
                                                      cfg.train.batch_size))
             passes.append({"shards": len(subset), "rows": measured["rows"],
                            "disk_mb": round(sum(f.stat().st_size for f in subset) / 2**20, 3),
@@ -104,7 +107,7 @@ def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
                            "rows_per_s": round(measured["rows"] / measured["seconds"], 1),
                            "peak_rss_mb": round(measured["peak_rss_mb"], 1),
                            "peak_private_mb": round(measured["peak_private_mb"], 1)})
-    result = {"run": str(run.root), "columns": columns, "shuffle_buffer_rows": train.LOCAL_SHUFFLE_ROWS,
+    result = {"run": str(run.root), "columns": columns, "shuffle_buffer_rows": LOCAL_SHUFFLE_ROWS,
               "batch_size": cfg.train.batch_size, "passes": passes}
     atomic_write_json(out_file, result)
     return result

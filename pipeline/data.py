@@ -36,11 +36,10 @@ from pipeline.augment import augment, read_pos_lexicon
 from pipeline.config import DataConfig, RunConfig, SplitConfig
 from pipeline.conll import read_conll
 from core.errors import DataError
+from core.schema import ID, LABEL, NO_LABEL, TAGS, TOKENS, TaskKind
 
 log = logging.getLogger(__name__)
 
-NO_LABEL = -1
-"""Label index of a transfer-set row that has no hard label (it gets the KD loss only)."""
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _TEXT_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json"}
@@ -58,6 +57,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             outside ``data.labels`` (for CoNLL files: see :func:`pipeline.conll.read_conll`).
     """
     data = cfg.data
+    kind = task_kind(data)
     read = read_tagged_split if data.task == "token" else read_split
     train = read(data, data.train, labeled=True)
     splits = {"dev": read(data, data.dev, labeled=True)}
@@ -67,22 +67,22 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     summary = {}
     if data.augment is not None:
         lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
-        known = set(sentences(train)).union(*(sentences(extra) for extra in extras))
-        rows = augment(train["id"], sentences(train), data.augment, lexicon, cfg.seed, exclude=known)
-        columns = {name: [row[i] for row in rows] for i, name in enumerate(sentence_columns(data))}
-        extras.append(datasets.Dataset.from_dict({"id": list(range(len(rows))), **columns,
-                                                  "label": [NO_LABEL] * len(rows)}, features=train.features))
+        known = set(sentences(train, kind)).union(*(sentences(extra, kind) for extra in extras))
+        rows = augment(train[ID], sentences(train, kind), data.augment, lexicon, cfg.seed, exclude=known)
+        columns = {name: [row[i] for row in rows] for i, name in enumerate(kind.text_columns)}
+        extras.append(datasets.Dataset.from_dict({ID: list(range(len(rows))), **columns,
+                                                  LABEL: [NO_LABEL] * len(rows)}, features=train.features))
         summary["augmented"] = {"rows": len(rows), "growth": round(len(rows) / len(train), 2)}
         log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(rows), len(rows) / len(train))
-    transfer = build_transfer_set(train, extras)
+    transfer = build_transfer_set(train, extras, kind)
     for name, table in {"train": train, **splits, "transfer": transfer}.items():
         with atomic_path(run_dir.split_file(name)) as tmp:
             table.to_parquet(str(tmp))
-        if data.task == "token":
-            labels = Counter(tag for tags in table["tags"] for tag in tags)
-            unlabeled = sum(not tags for tags in table["tags"])
+        if kind is TaskKind.TOKEN:
+            labels = Counter(tag for tags in table[TAGS] for tag in tags)
+            unlabeled = sum(not tags for tags in table[TAGS])
         else:
-            labels = Counter(table["label"])
+            labels = Counter(table[LABEL])
             unlabeled = labels.get(NO_LABEL, 0)
         summary[name] = {"rows": len(table), "unlabeled_rows": unlabeled,
                          "label_counts": {str(k): v for k, v in sorted(labels.items())}}
@@ -90,20 +90,22 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     return summary
 
 
-def sentence_columns(data: DataConfig) -> list[str]:
-    """The sentence columns of the stored tables: ``["text"]``, or ``["text", "text_pair"]`` for pairs."""
-    return ["text"] if data.text_pair_column is None else ["text", "text_pair"]
+def task_kind(data: DataConfig) -> TaskKind:
+    """The task's kind, decided once from ``data.task`` and ``data.text_pair_column``."""
+    if data.task == "token":
+        return TaskKind.TOKEN
+    return TaskKind.PAIR if data.text_pair_column else TaskKind.SENTENCE
 
 
-def sentences(table: datasets.Dataset) -> list[tuple]:
+def sentences(table: datasets.Dataset, kind: TaskKind) -> list[tuple]:
     """Each row's sentences, ``(text,)``, ``(text, text_pair)`` or ``(tuple_of_words,)`` for token
     tasks: the key rows are deduplicated by."""
-    if "tokens" in table.column_names:
-        return [(tuple(words),) for words in table["tokens"]]
-    return list(zip(*(table[name] for name in ("text", "text_pair") if name in table.column_names)))
+    if kind is TaskKind.TOKEN:
+        return [(tuple(words),) for words in table[TOKENS]]
+    return list(zip(*(table[name] for name in kind.text_columns)))
 
 
-def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset]) -> datasets.Dataset:
+def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset], kind: TaskKind) -> datasets.Dataset:
     """The transfer set: labeled rows (hard labels kept), then extra rows not already present.
 
     A row is present when its sentences, the pair for pair tasks, equal those of an earlier row.
@@ -112,19 +114,20 @@ def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset]) 
         train: the labeled split, columns ``id, text, [text_pair,] label`` (``id, tokens, tags``
             for token tasks).
         extras: unlabeled or augmented rows, same columns; their labels are dropped.
+        kind: the task's kind.
 
     Returns:
         A table with the columns of ``train``, fresh ids ``0..N-1``; extra rows have ``label = -1``
         (``tags = []``).
     """
     parts = [train]
-    seen = set(sentences(train))
-    no_label = {"tags": []} if "tags" in train.column_names else {"label": NO_LABEL}
+    seen = set(sentences(train, kind))
+    no_label = {TAGS: []} if kind is TaskKind.TOKEN else {LABEL: NO_LABEL}
     for extra in extras:
-        keep = [i for i, key in enumerate(sentences(extra)) if not (key in seen or seen.add(key))]
+        keep = [i for i, key in enumerate(sentences(extra, kind)) if not (key in seen or seen.add(key))]
         parts.append(extra.select(keep).map(lambda _: no_label))
     transfer = datasets.concatenate_datasets(parts)
-    transfer = transfer.remove_columns("id").add_column("id", list(range(len(transfer))))
+    transfer = transfer.remove_columns(ID).add_column(ID, list(range(len(transfer))))
     return transfer.select_columns(train.column_names)  # the column order of the other tables
 
 
@@ -152,7 +155,7 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
     if len(table) == 0:
         raise DataError(origin, f"no rows left after skip={split.skip}; lower data.*.skip")
     # stored column name -> source column name
-    sources = dict(zip(sentence_columns(data), (data.text_column, data.text_pair_column)))
+    sources = dict(zip(task_kind(data).text_columns, (data.text_column, data.text_pair_column)))
     for column in [*sources.values()] + ([data.label_column] if labeled else []):
         if column not in table.column_names:
             raise DataError(origin, f"has no column {column!r} (columns: {table.column_names}); "
@@ -161,10 +164,10 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
     rows = len(table)
     labels = label_indices(data, table[data.label_column], origin, split.skip) if labeled else [NO_LABEL] * rows
     return datasets.Dataset.from_dict(
-        {"id": list(range(rows)), **columns, "label": labels},
-        features=datasets.Features({"id": datasets.Value("int64"),
+        {ID: list(range(rows)), **columns, LABEL: labels},
+        features=datasets.Features({ID: datasets.Value("int64"),
                                     **{name: datasets.Value("string") for name in columns},
-                                    "label": datasets.Value("int64")}))
+                                    LABEL: datasets.Value("int64")}))
 
 
 def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datasets.Dataset:
@@ -189,12 +192,12 @@ def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) ->
     if split.skip >= stop:
         raise DataError(path, f"no sentences left after skip={split.skip} (the file has {len(table)}); "
                               f"lower data.*.skip")
-    tags = table["tags"][split.skip:stop] if labeled else [[] for _ in range(split.skip, stop)]
+    tags = table[TAGS][split.skip:stop] if labeled else [[] for _ in range(split.skip, stop)]
     return datasets.Dataset.from_dict(
-        {"id": list(range(stop - split.skip)), "tokens": table["tokens"][split.skip:stop], "tags": tags},
-        features=datasets.Features({"id": datasets.Value("int64"),
-                                    "tokens": datasets.List(datasets.Value("string")),
-                                    "tags": datasets.List(datasets.Value("int64"))}))
+        {ID: list(range(stop - split.skip)), TOKENS: table[TOKENS][split.skip:stop], TAGS: tags},
+        features=datasets.Features({ID: datasets.Value("int64"),
+                                    TOKENS: datasets.List(datasets.Value("string")),
+                                    TAGS: datasets.List(datasets.Value("int64"))}))
 
 
 def checked_sentences(values: list, column: str, origin: Path, first_row: int = 0) -> list[str]:

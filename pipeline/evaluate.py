@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from core.schema import TEXT_PAIR, TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config import EvaluateConfig, RunConfig
+from pipeline.data import task_kind
 from pipeline.entity_metrics import entity_scores
 from pipeline.latency import batch1_latency_ms
 from students.base import META_FILE
@@ -70,9 +72,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """
     torch.manual_seed(cfg.seed)
     tags = tag_names(cfg)
-    splits = {"dev": read_split(run_dir.split_file("dev"))}
+    kind = task_kind(cfg.data)
+    splits = {"dev": read_split(run_dir.split_file("dev"), kind)}
     if cfg.data.test is not None:
-        splits["test"] = read_split(run_dir.split_file("test"))
+        splits["test"] = read_split(run_dir.split_file("test"), kind)
     models: dict[str, tuple[nn.Module, Callable, Path]] = {
         "teacher": teacher_model(run_dir.teacher_dir, cfg.teacher.max_length, cfg.data.task)}
     for kind in STUDENT_KINDS:
@@ -87,8 +90,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         log.info("evaluate: %s %s, %d parameters, %.1f MB, p50 %.2f ms", name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), results[name]["parameters"],
                  results[name]["size_mb"], results[name]["latency"]["p50_ms"])
+    score_keys = [key for key in results["teacher"] if key.split("_", 1)[0] in splits]  # every model's alike
     return {**{f"{name}_rows": len(split.texts) for name, split in splits.items()}, "hardware": hardware(),
-            "score_keys": list(scores), "models": results}
+            "score_keys": score_keys, "models": results}
 
 
 def tag_names(cfg: RunConfig) -> list[str] | None:
@@ -119,13 +123,11 @@ def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str,
     return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
 
 
-def read_split(path: Path) -> Split:
-    """A split table of the data stage (sentence or tagged-word columns) as a :class:`Split`."""
-    table = pq.read_table(path)
-    if "tokens" in table.column_names:
-        return Split(table.column("tokens").to_pylist(), None, table.column("tags").to_pylist())
-    pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
-    return Split(table.column("text").to_pylist(), pairs, table.column("label").to_pylist())
+def read_split(path: Path, kind: TaskKind) -> Split:
+    """A split table of the data stage (the columns of ``kind``) as a :class:`Split`."""
+    table = pq.read_table(path, columns=kind.text_columns + [kind.label_column])
+    pairs = table.column(TEXT_PAIR).to_pylist() if kind is TaskKind.PAIR else None
+    return Split(table.column(kind.text_columns[0]).to_pylist(), pairs, table.column(kind.label_column).to_pylist())
 
 
 def teacher_model(teacher_dir: Path, max_length: int, task: str = "sequence") -> tuple[nn.Module, Callable, Path]:

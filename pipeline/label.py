@@ -6,36 +6,22 @@ of ``label.num_actors`` actors, one shard in flight per actor so that a free act
 next one; each actor runs ``label.cpus_per_actor`` torch threads, loads the teacher once under
 ``deepspeed.init_inference`` and, per shard, runs
 length-sorted dynamic batches and writes ``label/shard-NNNNN.parquet`` atomically with the
-columns (those after ``label`` as ``label.emit`` configures)
-
-    id            int64                   transfer-set row id
-    text          string
-    text_pair     string                  second sentence, for pair tasks only
-    label         int64                   hard label index, -1 when none
-    logits        list<float32>[C]        teacher logits (soft labels); with label.teachers combined
-    topk_values   list<float32>[k]        instead of logits with ``logits_top_k``: the k largest
-    topk_indices  list<int32>[k]          ... and their class ids, largest first
-    length        int32                   real tokens T of the row (with per-token signals)
-    hidden_{l}    list<float16>[T * D]    hidden states of layer l, row-major [T, D]
-    attention_{l} list<float16>[H * T * T] attention maps of layer l, row-major [H, T, T]
-
-For token tasks (``data.task: token``) the shards hold word-level soft labels of the token
-classifier, each word's first sub-token's logits (:meth:`TeacherInference.word_logits`):
-
-    id            int64                   transfer-set row id
-    tokens        list<string>            the sentence's W words
-    tags          list<int64>             hard tag per word, [] when none
-    logits        list<float32>[W * C]    teacher logits, row-major [W, C]; zeros for words without a signal
-    num_words     int32                   W
-    word_mask     list<bool>[W]           False for words cut off by teacher.max_length: no teacher signal
+columns of :mod:`core.schema` (the row's ``id``, inputs and hard labels, then the teacher's
+signals as ``label.emit`` configures: ``logits`` or ``topk_values``/``topk_indices``, and with
+per-token signals ``length``, ``hidden_{l}``, ``attention_{l}``). For token tasks the shards
+hold word-level soft labels of the token classifier, each word's first sub-token's logits
+(:meth:`TeacherInference.word_logits`), with ``num_words`` and ``word_mask``.
 
 With ``label.teachers`` the extra teachers label the same rows and ``logits`` holds their
 combination with the run's teacher (:func:`teachers.ensemble.combine_logits`); per-token
 signals come from the run's teacher alone.
 
-``label/shards.json`` lists every finished shard (shard id, row range, rows, SHA-256). It is
-rewritten after each shard, so a killed run keeps its finished shards and a rerun verifies
-their checksums and redoes only the rest.
+``label/shards.json`` lists every finished shard (shard id, row range, rows, SHA-256) under the
+stage's fingerprint (:attr:`RunDir.stage_fingerprint`, from the runner: the label config, the
+content of every teacher weight file and, upstream, the transfer set). It is rewritten after
+each shard, so a killed run keeps its finished shards and a rerun under the same fingerprint
+verifies their checksums and redoes only the rest; under another fingerprint every shard is
+relabeled.
 """
 
 from __future__ import annotations
@@ -55,10 +41,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from core.artifacts import atomic_path, atomic_write_json, read_json, sha256_file
-from pipeline.artifacts import RunDir, fingerprint
-from pipeline.config import LabelConfig, RunConfig
 from core.precision import device_name, select_precision
-from teachers.ensemble import check_teachers, combine_logits, weight_files
+from core.schema import (LENGTH, LOGITS, NUM_WORDS, TEXT, TEXT_PAIR, TOKENS, TOPK_INDICES, TOPK_VALUES, WORD_MASK,
+                         TaskKind, is_per_token_signal)
+from pipeline.artifacts import RunDir
+from pipeline.config import LabelConfig, RunConfig
+from pipeline.data import task_kind
+from teachers.ensemble import check_teachers, combine_logits
 from teachers.inference import check_signals, check_tensor_parallel
 from teachers.signals import SignalsConfig
 
@@ -81,13 +70,13 @@ def plan_shards(num_rows: int, shard_rows: int) -> list[dict[str, int]]:
             for i in range(math.ceil(num_rows / shard_rows))]
 
 
-def finished_shards(run_dir: RunDir, plan_key: str) -> dict[int, dict[str, Any]]:
-    """Shards of an earlier run with the same plan whose files exist and match their checksum."""
+def finished_shards(run_dir: RunDir) -> dict[int, dict[str, Any]]:
+    """Shards of an earlier run under the same stage fingerprint whose files exist and match their checksum."""
     if not run_dir.shard_index.exists():
         return {}
     index = read_json(run_dir.shard_index)
-    if index.get("plan") != plan_key:
-        log.info("label: the shard plan changed; relabeling every shard")
+    if index.get("fingerprint") != run_dir.stage_fingerprint:
+        log.info("label: the stage's inputs changed; relabeling every shard")
         return {}
     done = {}
     for entry in index["shards"]:
@@ -104,16 +93,16 @@ class ShardLabeler:
 
     Args:
         teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (``id, text, [text_pair,] label``, or ``id, tokens, tags``).
+        transfer_file: Parquet transfer set (the columns of ``kind``, see :mod:`core.schema`).
         run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
         max_length: teacher tokens per row.
         label: the label section: precision, batching, signals, DeepSpeed engine, combine mode.
         extra_teacher_dirs: absolute folders of ``label.teachers``; they emit logits only.
-        task: ``data.task``; "token" labels the words of ``tokens`` rows with a token classifier.
+        kind: the task's kind; ``token`` labels the words of ``tokens`` rows with a token classifier.
     """
 
     def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig,
-                 extra_teacher_dirs: list[str], task: str = "sequence"):
+                 extra_teacher_dirs: list[str], kind: TaskKind = TaskKind.SENTENCE):
         import torch
 
         from teachers.inference import TeacherInference
@@ -124,7 +113,8 @@ class ShardLabeler:
         self.teacher = TeacherInference(
             Path(teacher_dir), precision, max_length, label.max_batch_size,
             label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config,
-            label.tensor_parallel, task)
+            label.tensor_parallel, "token" if kind is TaskKind.TOKEN else "sequence")
+        self.kind = kind
         self.extra_teachers = [TeacherInference(
             Path(folder), precision, max_length, label.max_batch_size, label.max_batch_tokens, SignalsConfig(),
             label.engine, label.offload, label.nvme_path, label.deepspeed_config, label.tensor_parallel)
@@ -147,15 +137,14 @@ class ShardLabeler:
         rows = self.transfer.slice(start, stop - start)
         began_at = time.time()
         began = time.perf_counter()
-        if "tokens" in rows.column_names:
-            base = ["id", "tokens", "tags"]
-            outputs = self.teacher.word_logits(rows.column("tokens").to_pylist())
+        base = self.kind.base_columns
+        if self.kind is TaskKind.TOKEN:
+            outputs = self.teacher.word_logits(rows.column(TOKENS).to_pylist())
             columns = word_signal_columns(outputs)
             num_labels = self.teacher.num_labels
         else:
-            base = [c for c in ("id", "text", "text_pair", "label") if c in rows.column_names]
-            texts = rows.column("text").to_pylist()
-            pairs = rows.column("text_pair").to_pylist() if "text_pair" in base else None
+            texts = rows.column(TEXT).to_pylist()
+            pairs = rows.column(TEXT_PAIR).to_pylist() if self.kind is TaskKind.PAIR else None
             outputs = self.teacher.outputs(texts, pairs)
             if self.extra_teachers:
                 outputs["logits"] = combine_logits(
@@ -179,17 +168,17 @@ def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int
     """Arrow columns of one shard from :meth:`TeacherInference.outputs` (see the module docstring)."""
     logits = outputs["logits"]  # [n, C] float32
     if top_k is None:
-        columns = {"logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])}
+        columns = {LOGITS: pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])}
     else:
         k = min(top_k, logits.shape[1])
         indices = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [n, k], largest first
         values = np.take_along_axis(logits, indices, axis=1)  # [n, k]
-        columns = {"topk_values": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
-                   "topk_indices": pa.FixedSizeListArray.from_arrays(pa.array(indices.astype(np.int32).reshape(-1)), k)}
-    if "length" in outputs:
-        columns["length"] = pa.array(outputs["length"], type=pa.int32())
+        columns = {TOPK_VALUES: pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
+                   TOPK_INDICES: pa.FixedSizeListArray.from_arrays(pa.array(indices.astype(np.int32).reshape(-1)), k)}
+    if LENGTH in outputs:
+        columns[LENGTH] = pa.array(outputs[LENGTH], type=pa.int32())
     for name, per_row in outputs.items():
-        if name.startswith(("hidden_", "attention_")):
+        if is_per_token_signal(name):
             columns[name] = pa.array([a.reshape(-1) for a in per_row], type=pa.list_(pa.from_numpy_dtype(per_row[0].dtype)))
     return columns
 
@@ -197,9 +186,9 @@ def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int
 def word_signal_columns(outputs: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:
     """Arrow columns of one token-task shard from :meth:`TeacherInference.word_logits`: flat
     ``logits`` (row-major [W, C]), ``num_words`` and ``word_mask`` (see the module docstring)."""
-    return {"logits": pa.array([row.reshape(-1) for row in outputs["logits"]], type=pa.list_(pa.float32())),
-            "num_words": pa.array([len(mask) for mask in outputs["word_mask"]], type=pa.int32()),
-            "word_mask": pa.array(outputs["word_mask"], type=pa.list_(pa.bool_()))}
+    return {LOGITS: pa.array([row.reshape(-1) for row in outputs["logits"]], type=pa.list_(pa.float32())),
+            NUM_WORDS: pa.array([len(mask) for mask in outputs["word_mask"]], type=pa.int32()),
+            WORD_MASK: pa.array(outputs["word_mask"], type=pa.list_(pa.bool_()))}
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
@@ -221,13 +210,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
     check_teachers(run_dir.teacher_dir, label.teachers)
     check_tensor_parallel(label.tensor_parallel, device_name())
-    # Everything that changes a shard's content: a shard written under another plan is redone.
-    # Without extra teachers the key is the single-teacher one, so earlier runs keep their shards.
-    ensemble = [label.combine, [[sha256_file(f) for f in weight_files(t)] for t in label.teachers]]
-    plan_key = fingerprint(num_rows, rows_per_shard, label.emit, label.precision, cfg.teacher.max_length,
-                           sha256_file(transfer_file), sha256_file(run_dir.teacher_dir / "model.safetensors"),
-                           *(ensemble if label.teachers else []))
-    done = finished_shards(run_dir, plan_key)
+    done = finished_shards(run_dir)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
     began = time.perf_counter()
@@ -241,12 +224,12 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
                 "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,
-                "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers], "task": cfg.data.task})
+                "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers], "kind": task_kind(cfg.data)})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
                 entry = {k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}
                 done[entry["shard"]] = entry
-                atomic_write_json(run_dir.shard_index, shard_index(run_dir, plan_key, done))
+                atomic_write_json(run_dir.shard_index, shard_index(run_dir, done))
                 bar.update(entry["rows"])
     elapsed = time.perf_counter() - began
     entries = sorted(done.values(), key=lambda e: e["shard"])
@@ -267,8 +250,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()}}
 
 
-def shard_index(run_dir: RunDir, plan_key: str, done: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """The ``shards.json`` payload: the plan key, the class count and every finished shard."""
+def shard_index(run_dir: RunDir, done: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The ``shards.json`` payload: the stage fingerprint, the class count and every finished shard."""
     entries = sorted(done.values(), key=lambda e: e["shard"])
-    return {"plan": plan_key, "num_labels": entries[0]["num_labels"],
+    return {"fingerprint": run_dir.stage_fingerprint, "num_labels": entries[0]["num_labels"],
             "shards": [{**e, "file": run_dir.shard_file(e["shard"]).name} for e in entries]}

@@ -6,7 +6,7 @@ Two stages, run by :func:`pipeline.runner.run_pipeline` like a single-task run's
 
     train     the student of every task's soft labels (``kd``) and its CE-only twin on every
               task's labeled rows (``ce_only``), from one initial student; each step trains one
-              task, drawn in proportion to its batches (:func:`pipeline.train.interleave`)
+              task, drawn in proportion to its batches (:func:`pipeline.batching.interleave`)
     evaluate  every task's dev (and test) scores of both students, beside each source run's
               teacher; parameters, size and batch-1 latency of the student on the first task
 
@@ -25,7 +25,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from core.schema import TOKENS, TaskKind
 from pipeline import train
+from pipeline.data import task_kind
+from pipeline.shards import require_file, soft_label_files
 from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig, RunConfig
 from pipeline.config_loading import load_config
@@ -55,11 +58,9 @@ class SourceTask:
     run_dir: RunDir
 
     @property
-    def kind(self) -> str:
-        """The student's head for it: ``token`` (tagging), ``pair`` or ``sentence``."""
-        if self.cfg.data.task == "token":
-            return "token"
-        return "pair" if self.cfg.data.text_pair_column else "sentence"
+    def kind(self) -> TaskKind:
+        """The task's kind, and the student's head for it: ``token`` (tagging), ``pair`` or ``sentence``."""
+        return task_kind(self.cfg.data)
 
     @property
     def tag_names(self) -> list[str] | None:
@@ -118,15 +119,15 @@ def run_train(cfg: MultiTaskRunConfig, run_dir: RunDir) -> dict:
     teacher_dir = sources[0].run_dir.teacher_dir
     texts = [text for source in sources for text in transfer_texts(source)]
     torch.manual_seed(cfg.seed)
-    tasks = {s.name: (s.kind, len(s.cfg.data.labels)) for s in sources}
+    tasks = {s.name: (s.kind.value, len(s.cfg.data.labels)) for s in sources}
     student = build_student(cfg.train.student, BuildInputs(teacher_dir, texts, tasks=tasks))
     initial_dir = student.save(run_dir.stage_dir("train") / "initial")
     log.info("multitask: tasks %s; %d transfer texts for the vocabulary", {s.name: s.kind for s in sources}, len(texts))
-    kd = [train.TaskData(s.name, train.soft_label_files(s.run_dir, len(s.cfg.data.labels), cfg.train.loss),
-                         train.require_file(s.run_dir.split_file("dev")), s.tag_names) for s in sources]
+    kd = [train.TaskData(s.name, s.kind, soft_label_files(s.run_dir, len(s.cfg.data.labels), cfg.train.loss),
+                         require_file(s.run_dir.split_file("dev")), s.tag_names) for s in sources]
     runs = {"kd": (kd, cfg.train.loss)}
     if cfg.train.ce_only_baseline:
-        ce = [train.TaskData(s.name, [train.require_file(s.run_dir.split_file("train"))], task.dev_file, s.tag_names)
+        ce = [train.TaskData(s.name, s.kind, [require_file(s.run_dir.split_file("train"))], task.dev_file, s.tag_names)
               for s, task in zip(sources, kd)]
         runs["ce_only"] = (ce, cfg.train.loss.ce_only())
     hidden_size = train.teacher_hidden_size(teacher_dir)
@@ -137,9 +138,9 @@ def run_train(cfg: MultiTaskRunConfig, run_dir: RunDir) -> dict:
 def transfer_texts(source: SourceTask) -> list[str]:
     """The sentences of a task's transfer set (word lists joined by spaces; both sentences of pairs)."""
     path = source.run_dir.split_file("transfer")
-    table = pq.read_table(path, columns=train.text_columns(path))
-    if "tokens" in table.column_names:
-        return [" ".join(words) for words in table.column("tokens").to_pylist()]
+    table = pq.read_table(path, columns=source.kind.text_columns)
+    if source.kind is TaskKind.TOKEN:
+        return [" ".join(words) for words in table.column(TOKENS).to_pylist()]
     return [text for column in table.columns for text in column.to_pylist()]
 
 
@@ -160,9 +161,9 @@ def run_evaluate(cfg: MultiTaskRunConfig, run_dir: RunDir) -> dict:
         raise ArtifactError(run_dir.student_dir("kd"), "missing; run the train stage first")
     tasks = {}
     for source in sources:
-        splits = {name: read_split(source.run_dir.split_file(name)) for name in SPLITS
+        splits = {name: read_split(source.run_dir.split_file(name), source.kind) for name in SPLITS
                   if source.run_dir.split_file(name).is_file()}
-        results: dict[str, Any] = {"kind": source.kind}
+        results: dict[str, Any] = {"kind": source.kind.value}
         for kind, student in students.items():
             results[kind] = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
                              for key, value in score(predict(student, task_featurizer(student, source.name), split),
@@ -174,7 +175,7 @@ def run_evaluate(cfg: MultiTaskRunConfig, run_dir: RunDir) -> dict:
                               if teacher else None)
         tasks[source.name] = results
     first = sources[0]
-    dev: Split = read_split(first.run_dir.split_file("dev"))
+    dev: Split = read_split(first.run_dir.split_file("dev"), first.kind)
     models = {kind: measure(student, task_featurizer(student, first.name), run_dir.student_dir(kind), dev,
                             cfg.evaluate) for kind, student in students.items()}
     return {"tasks": tasks, "models": models, "latency_task": first.name, "hardware": hardware()}

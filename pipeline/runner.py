@@ -46,12 +46,20 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
         # where the data lies (data.root) does not count, only the content of its files
         return [cfg.data.model_copy(update={"root": None}), file_stats(f for f in files if f is not None and f.exists())]
-    if stage == "label" and cfg.label.teachers:
-        # an extra teacher's weights replaced in place rerun the stage; its shard plan key then relabels
-        weights = [f for folder in cfg.label.teachers for f in weight_files(folder)]
-        return [cfg.label, cfg.teacher.max_length, file_stats(weights)]
-    return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "label": [cfg.label, cfg.teacher.max_length],
-            "train": [cfg.train, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
+    if stage == "label":
+        # every teacher counts by the content of all its weight files (sharded checkpoints too):
+        # a teacher replaced in place relabels, under a new fingerprint
+        teachers = [RunDir(cfg.run_dir).teacher_dir, *cfg.label.teachers]
+        return [cfg.label, cfg.teacher.max_length, [file_stats(weight_files(folder)) for folder in teachers]]
+    return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "train": [cfg.train, cfg.seed],
+            "evaluate": [cfg.evaluate]}[stage]
+
+
+def stage_fingerprint(cfg: RunConfig | MultiTaskRunConfig, stage: str, upstream: str) -> str:
+    """The fingerprint of a stage: its inputs (:func:`stage_inputs`) and the stage before's
+    fingerprint ``upstream``. The stage sees it as :attr:`RunDir.stage_fingerprint`, under
+    which its partial work (label shards, train checkpoints) resumes."""
+    return fingerprint(stage, stage_inputs(cfg, stage), upstream)
 
 
 def file_stats(files: Iterable[Path]) -> list[tuple[str, int, str]]:
@@ -90,7 +98,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
     stage_fp, rerun = "", False
     try:
         for stage in names[: names.index(until) + 1]:
-            stage_fp = fingerprint(stage, stage_inputs(cfg, stage), stage_fp)
+            stage_fp = stage_fingerprint(cfg, stage, stage_fp)
             rerun = rerun or stage in force or not run_dir.is_fresh(stage, stage_fp)
             if not rerun:
                 log.info("stage %s: up to date, reusing %s", stage, run_dir.root / stage)
@@ -103,7 +111,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
             for stale in run_dir.remove_partial_files(stage):
                 log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
             began = time.perf_counter()
-            summary = stages[stage](cfg, run_dir)
+            summary = stages[stage](cfg, run_dir.for_stage(stage_fp))
             manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
             log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
             if tracker:

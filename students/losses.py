@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from students.loss_config import LossConfigBase, ScheduleConfig
+from core.schema import NO_LABEL  # a row (or word) without a hard label gets no CE term
 
-NO_LABEL = -1
-"""Label of a row (or word) without a hard label; it gets no CE term (same value as ``pipeline.data``)."""
 
 ATTENTION_EPS = 1e-12
 """Floor of the student's attention probabilities inside the log of the KL attention term."""

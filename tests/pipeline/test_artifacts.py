@@ -15,12 +15,22 @@ def test_fingerprint_is_stable_and_sensitive():
     assert len(fingerprint("x")) == 16
 
 
-def test_config_fingerprints_ignore_default_values():
+def test_config_fingerprints_count_default_values_too():
     from pipeline.config import LabelConfig
 
-    assert fingerprint(LabelConfig()) == fingerprint(LabelConfig(shard_rows=2048)) == fingerprint({})
-    assert fingerprint(LabelConfig(shard_rows=16)) == fingerprint({"shard_rows": 16})
+    default = LabelConfig().shard_rows
+    assert fingerprint(LabelConfig()) == fingerprint(LabelConfig(shard_rows=default))
+    assert fingerprint(LabelConfig()) == fingerprint(LabelConfig().model_dump(mode="json"))  # the full dump
+    assert fingerprint(LabelConfig()) != fingerprint({})  # a default changed in code changes the fingerprint
     assert fingerprint(LabelConfig(emit={"hidden_layers": [1]})) != fingerprint(LabelConfig())
+
+
+def test_a_stage_sees_its_fingerprint_and_resumes_ray_training_under_it(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.stage_fingerprint == "" and run.train_storage == tmp_path / "train" / "ray" / "direct"
+    staged = run.for_stage("abc123")
+    assert staged.root == run.root and staged.stage_fingerprint == "abc123"
+    assert staged.train_storage == tmp_path / "train" / "ray" / "abc123"
 
 
 def test_publish_marks_a_stage_fresh_for_its_fingerprint_only(tmp_path):

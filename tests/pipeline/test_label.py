@@ -12,9 +12,8 @@ from pipeline import data, finetune, label
 from core.artifacts import read_json, sha256_file
 from pipeline.artifacts import RunDir
 from pipeline.config_loading import validate_config
+from pipeline.runner import stage_fingerprint
 from core.errors import ConfigError
-from core.precision import select_precision
-from teachers.inference import TeacherInference
 
 ROWS = 50
 
@@ -73,9 +72,8 @@ def test_every_row_is_labeled_once_with_the_teachers_logits(run_dir, ray_local):
     table = read_all(run)
     assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
     assert table.column("label").to_pylist()[:20] == [i % 2 for i in range(20)]
-    teacher = TeacherInference(run.teacher_dir, select_precision("fp32", "test"), max_length=32)
-    expected = teacher.logits(table.column("text").to_pylist())
-    np.testing.assert_allclose(np.stack(table.column("logits").to_numpy(zero_copy_only=False)), expected, atol=1e-5)
+    expected = direct_logits(run.teacher_dir, table.column("text").to_pylist())  # a plain transformers forward
+    np.testing.assert_allclose(stored_logits(table), expected, atol=1e-5)
 
 
 def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
@@ -110,8 +108,7 @@ def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
     hidden_size = 32  # the tiny teacher's
     assert [len(h) for h in table.column("hidden_2").to_pylist()] == (lengths * hidden_size).tolist()
     assert [len(a) for a in table.column("attention_2").to_pylist()] == (lengths**2).tolist()  # one head
-    full = TeacherInference(run.teacher_dir, select_precision("fp32", "test"), max_length=32).logits(
-        table.column("text").to_pylist())
+    full = direct_logits(run.teacher_dir, table.column("text").to_pylist())
     np.testing.assert_array_equal(np.stack(table.column("topk_indices").to_numpy(zero_copy_only=False))[:, 0],
                                   full.argmax(1))
     per_example = summary["signal_bytes_per_example"]
@@ -148,16 +145,21 @@ def with_label(cfg, **changes):
     return validate_config({**raw, "label": {**raw["label"], **changes}})
 
 
+def staged(cfg, run):
+    """The run directory as the runner hands it to the label stage: with the stage's fingerprint."""
+    return run.for_stage(stage_fingerprint(cfg, "label", upstream=""))
+
+
 def test_extra_teachers_soft_labels_are_combined(run_dir, second_tiny_teacher_dir, ray_local):
     cfg, run = run_dir
     texts = pq.read_table(run.split_file("transfer")).column("text").to_pylist()
     own, other = direct_logits(run.teacher_dir, texts), direct_logits(second_tiny_teacher_dir, texts)
     assert np.abs(own - other).max() > 0.5  # the two teachers disagree clearly
     cfg = with_label(cfg, num_actors=1, shard_rows=25, teachers=[str(second_tiny_teacher_dir)])
-    assert label.run(cfg, run)["rows_labeled_now"] == ROWS
+    assert label.run(cfg, staged(cfg, run))["rows_labeled_now"] == ROWS
     np.testing.assert_allclose(stored_logits(read_all(run).sort_by("id")), (own + other) / 2, atol=1e-5)
 
-    summary = label.run(with_label(cfg, combine="mean_probs"), run)
+    summary = label.run(with_label(cfg, combine="mean_probs"), staged(with_label(cfg, combine="mean_probs"), run))
     assert summary["rows_labeled_now"] == ROWS  # another combine mode: a new plan, every shard relabeled
     stored = stored_logits(read_all(run).sort_by("id"))
     mean_probs = (softmax(own) + softmax(other)) / 2
@@ -165,8 +167,10 @@ def test_extra_teachers_soft_labels_are_combined(run_dir, second_tiny_teacher_di
     np.testing.assert_allclose(softmax(stored), mean_probs, atol=1e-6)
     assert np.abs(softmax(stored) - softmax((own + other) / 2)).max() > 1e-3  # the modes differ
 
-    assert label.run(with_label(cfg, combine="mean_probs"), run)["rows_labeled_now"] == 0
-    assert label.run(with_label(cfg, teachers=[]), run)["rows_labeled_now"] == ROWS  # teacher removed: relabel
+    mean_probs_cfg = with_label(cfg, combine="mean_probs")
+    assert label.run(mean_probs_cfg, staged(mean_probs_cfg, run))["rows_labeled_now"] == 0
+    alone = with_label(cfg, teachers=[])
+    assert label.run(alone, staged(alone, run))["rows_labeled_now"] == ROWS  # teacher removed: relabel
 
 
 def test_a_mismatched_teacher_fails_before_any_shard(run_dir, make_tiny_teacher):
@@ -209,3 +213,32 @@ def test_zero_inference_engine_labels_like_the_plain_engine(run_dir, ray_local):
     zero = read_all(run).sort_by("id")
     assert summary["rows"] == ROWS and zero.column("id").to_pylist() == list(range(ROWS))
     np.testing.assert_allclose(stored_logits(zero), stored_logits(plain), atol=1e-5)
+
+
+def test_a_sharded_teacher_is_labeled_and_fingerprinted_by_every_weight_file(run_dir, ray_local):
+    """A teacher saved in several safetensors shards: the stage's fingerprint hashes every shard,
+    so a teacher whose second shard changes relabels; the logits are the teacher's own."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    cfg, run = run_dir
+    teacher = AutoModelForSequenceClassification.from_pretrained(run.teacher_dir)
+    (run.teacher_dir / "model.safetensors").unlink()
+    teacher.save_pretrained(run.teacher_dir, max_shard_size="100KB")
+    weight_shards = sorted(run.teacher_dir.glob("model-*-of-*.safetensors"))
+    assert len(weight_shards) > 1 and not (run.teacher_dir / "model.safetensors").exists()
+
+    first = staged(cfg, run)
+    assert label.run(cfg, first)["rows_labeled_now"] == ROWS
+    texts = read_all(run).sort_by("id").column("text").to_pylist()
+    np.testing.assert_allclose(stored_logits(read_all(run).sort_by("id")), direct_logits(run.teacher_dir, texts),
+                               atol=1e-5)
+    assert label.run(cfg, staged(cfg, run))["rows_labeled_now"] == 0  # same weights: every shard kept
+
+    with torch.no_grad():
+        teacher.classifier.bias += 1.0  # the classifier lies in the last shard
+    teacher.save_pretrained(run.teacher_dir, max_shard_size="100KB")
+    assert staged(cfg, run).stage_fingerprint != first.stage_fingerprint
+    assert label.run(cfg, staged(cfg, run))["rows_labeled_now"] == ROWS
+    np.testing.assert_allclose(stored_logits(read_all(run).sort_by("id")), direct_logits(run.teacher_dir, texts),
+                               atol=1e-5)

@@ -12,13 +12,11 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import train
 from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig
@@ -133,17 +131,6 @@ def test_one_student_learns_both_tasks_from_their_teachers(tmp_path, sources, ra
     assert "| ner | dev entity f1 | - |" in report and "| sst | dev accuracy | - |" in report
 
     assert run_pipeline(cfg)["train"] == trained  # a rerun reuses the students
-
-
-def test_interleave_yields_every_batch_once_spread_over_the_epoch():
-    streams = [iter([("a", i) for i in range(3)]), iter([("b", i) for i in range(9)])]
-    merged = list(train.interleave(streams, [3, 9], np.random.default_rng(0)))
-    assert sorted(merged) == [("a", i) for i in range(3)] + [("b", i) for i in range(9)]
-    assert [i for task, i in merged if task == "a"] == [0, 1, 2]  # each task's own order is kept
-    first_a = next(k for k, (task, _) in enumerate(merged) if task == "a")
-    assert first_a < 6  # the small task is not left to the end
-    single = iter([1, 2])
-    assert list(train.interleave([single], [2], np.random.default_rng(0))) == [1, 2]
 
 
 def test_missing_source_run_names_its_config_file(tmp_path, ray_local):

@@ -17,7 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
-from pipeline import data, train
+from core.schema import TaskKind
+from pipeline import data
+from pipeline.collate import Collate
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
 from pipeline.config_loading import validate_config
@@ -197,7 +199,7 @@ def test_collate_pads_tags_teacher_logits_and_the_distillation_mask():
              "logits": np.array([np.arange(3 * c, dtype=np.float32), np.ones(c, dtype=np.float32)], dtype=object),
              "num_words": np.array([3, 1], dtype=np.int32),
              "word_mask": np.array([np.array([True, True, False]), np.array([True])], dtype=object)}
-    out = train.Collate(student, ([], []))(batch)
+    out = Collate(student, ([], []), TaskKind.TOKEN)(batch)
     assert out.labels.tolist() == [[1, 0, 1], [-1, -1, -1]]
     assert out.mask.tolist() == [[True, True, False], [True, False, False]]
     assert out.teacher["logits"].shape == (2, 3, c)

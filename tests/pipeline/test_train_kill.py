@@ -13,9 +13,11 @@ from test_train import build_run
 
 from pipeline import train
 
+from pipeline.checkpoints import TRAIN_STATE_FILE
+
 SCRIPT = """
 import sys, ray
-from pipeline import train
+from pipeline.checkpoints import TRAIN_STATE_FILE
 from pipeline.artifacts import RunDir
 from pipeline.config_loading import load_config
 cfg = load_config(sys.argv[1])
@@ -25,7 +27,7 @@ train.run(cfg, RunDir(cfg.run_dir))
 
 
 def first_checkpoint(storage):
-    states = sorted(storage.glob("kd/checkpoint_*/" + train.TRAIN_STATE_FILE))
+    states = sorted(storage.glob("kd/checkpoint_*/" + TRAIN_STATE_FILE))
     return states[0] if states else None
 
 
@@ -36,7 +38,7 @@ def test_sigkill_after_an_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path,
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(config_file)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    storage = run_dir.stage_dir("train") / "ray"
+    storage = run_dir.train_storage
     deadline = time.monotonic() + 300
     while first_checkpoint(storage) is None:
         assert process.poll() is None, "the training ended before it could be killed"

@@ -1,0 +1,250 @@
+"""The per-worker training loop of the train stage (run by Ray Train's :class:`TorchTrainer`).
+
+Both strategies optimise alike: AdamW (:func:`core.precision.make_optimizer`), gradients
+clipped to a global L2 norm of :data:`core.precision.GRADIENT_CLIP_NORM`, and a linear
+warmup then linear decay to 0 of the learning rate (transformers'
+``get_linear_schedule_with_warmup``, over ``train.warmup_fraction`` of the steps), stepped once
+per optimizer step. With ``strategy: ddp`` the loop clips and steps them itself; with
+``strategy: deepspeed`` the engine does (``gradient_clipping`` in its config and the same
+scheduler object passed to ``deepspeed.initialize``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from core.precision import GRADIENT_CLIP_NORM, Precision, deepspeed_config, make_optimizer, select_precision
+from core.schema import TaskKind
+from pipeline.batching import LENGTH_GROUP_BATCHES, interleave, length_grouped, shuffled_batches
+from pipeline.checkpoints import is_deepspeed, report, restore
+from pipeline.collate import Batch, Collate
+from pipeline.config import TrainConfig
+from students.terms import LossConfig
+from pipeline.evaluate import dev_metric_name, score
+from pipeline.shards import layers_needed
+from students.base import Student, StudentOutput
+from students.registry import load_student
+from students.distillation import DistillationLoss, LossTerms
+
+log = logging.getLogger(__name__)
+
+
+class DistillationStep(nn.Module):
+    """The student and its loss in one module, so that DDP or DeepSpeed syncs the loss's
+    learned projections together with the student.
+
+    Args:
+        student: any student family.
+        loss: the loss module of ``train.loss``.
+    """
+
+    def __init__(self, student: Student, loss: DistillationLoss):
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(self, features: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor,
+                mask: torch.Tensor | None, progress: float) -> LossTerms:
+        """The loss terms of one batch (see :class:`Batch`); ``mask`` selects the logit positions
+        to distil (None = all), ``progress`` in [0, 1] drives the schedules."""
+        output: StudentOutput = self.student(**features)
+        return self.loss(output, teacher, labels, mask, progress)
+
+
+def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Precision, total_steps: int):
+    """The model to call, its optimizer, LR schedule and grad scaler, for ``train.strategy``.
+
+    Args:
+        step_module: the module to train (a :class:`DistillationStep`), on ``precision.device``.
+        train_cfg: reads ``strategy``, ``lr``, ``weight_decay``, ``warmup_fraction``, ``apex``,
+            ``batch_size``, ``zero_stage`` and ``deepspeed_config``.
+        precision: the training precision.
+        total_steps: optimizer steps of the whole training (the schedule's length).
+
+    Returns:
+        ``(model, optimizer, scheduler, scaler)``: ``model`` is a DeepSpeed engine or
+        ``step_module`` itself (for Ray Train's ``prepare_model`` to wrap in DDP); the
+        scheduler is a ``LambdaLR`` of linear warmup and decay.
+    """
+    optimizer = make_optimizer(step_module.parameters(), train_cfg.lr, train_cfg.weight_decay, precision,
+                               train_cfg.apex)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(train_cfg.warmup_fraction * total_steps),
+                                                total_steps)
+    scaler = torch.amp.GradScaler(precision.device, enabled=precision.needs_grad_scaler)
+    if train_cfg.strategy == "deepspeed":
+        import deepspeed
+
+        model, optimizer, _, scheduler = deepspeed.initialize(
+            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, dist_init_required=False,
+            config=deepspeed_config(train_cfg.batch_size, train_cfg.zero_stage, precision, train_cfg.deepspeed_config))
+    else:
+        model = step_module
+    return model, optimizer, scheduler, scaler
+
+
+def optimizer_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                   precision: Precision, progress: float) -> LossTerms:
+    """Forward, backward, clip to :data:`GRADIENT_CLIP_NORM`, optimizer and schedule step on one batch.
+
+    A DeepSpeed engine does the precision, loss scaling, clipping and schedule step itself.
+
+    Returns:
+        The batch's loss terms.
+    """
+    if is_deepspeed(model):
+        terms = model(batch.features, batch.teacher, batch.labels, batch.mask, progress)
+        model.backward(terms.total)
+        model.step()
+        return terms
+    with precision.autocast_context():
+        terms = model(batch.features, batch.teacher, batch.labels, batch.mask, progress)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms.total).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return terms
+
+
+def train_loop(config: dict) -> list[dict]:
+    """Per-worker training function of :class:`TorchTrainer`; returns the epoch history.
+
+    Args:
+        config: the ``train_loop_config`` built by :func:`pipeline.train.fit`.
+    """
+    train_cfg: TrainConfig = config["train"]
+    loss_cfg: LossConfig = config["loss"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    precision = select_precision(train_cfg.precision, "train")
+    if precision.device == "cpu":
+        torch.set_num_threads(config["threads"])
+    torch.manual_seed(config["seed"] + rank)  # dropout masks differ per rank; weights come from initial_dir
+
+    student = load_student(config["initial_dir"]).train()
+    hidden_layers, attention_layers = layers_needed(loss_cfg)
+    if hidden_layers:
+        student.output_hidden_states = True
+    if attention_layers:
+        student.output_attentions = True
+    step_module = DistillationStep(student, DistillationLoss(loss_cfg, student.hidden_size,
+                                                             config["teacher_hidden_size"]))
+    tasks = config["tasks"]
+    task_steps = [math.ceil(task["rows"] / world / train_cfg.batch_size) for task in tasks]
+    steps_per_epoch = sum(task_steps)
+    total_steps = max(1, train_cfg.epochs * steps_per_epoch)
+    model, optimizer, scheduler, scaler = optimization(step_module, train_cfg, precision, total_steps)
+    if not is_deepspeed(model):
+        model = ray.train.torch.prepare_model(model)  # to the device; DDP with several workers
+    state = restore(model, optimizer, scheduler, scaler)
+    history: list[dict] = state["history"] if state else []
+    kinds = [TaskKind(task["kind"]) for task in tasks]
+    collates = [Collate(student, (hidden_layers, attention_layers), kind, task["name"])
+                for task, kind in zip(tasks, kinds)]
+    dev_collates = [Collate(student, ([], []), kind, task["name"])  # dev rows: texts and labels only
+                    for task, kind in zip(tasks, kinds)]
+    train_shards = [ray.train.get_dataset_shard(f"train_{i}") for i in range(len(tasks))]
+    dev_shards = [ray.train.get_dataset_shard(f"dev_{i}") for i in range(len(tasks))]
+
+    for epoch in range(len(history) + 1, train_cfg.epochs + 1):
+        start = time.perf_counter()
+        seed = config["seed"] + 1000 * epoch
+        streams = [map(collate, shuffled_batches(shard, train_cfg.batch_size, seed + rank, kind))
+                   for shard, collate, kind in zip(train_shards, collates, kinds)]
+        # the task order is drawn alike on every rank
+        batches = interleave(streams, task_steps, np.random.default_rng(seed))
+        first_step = (epoch - 1) * steps_per_epoch
+        losses = train_epoch(model, batches, optimizer, scheduler, scaler, precision, first_step, total_steps,
+                             steps_per_epoch, show_progress=rank == 0)
+        scores = [dev_score(student, map(collate, length_grouped(
+                      shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
+                      train_cfg.batch_size, None, kind)), precision, task["tag_names"])
+                  for shard, collate, task, kind in zip(dev_shards, dev_collates, tasks, kinds)]
+        named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
+        metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
+                   "lr": scheduler.get_last_lr()[0],
+                   "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
+        log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        history.append(metrics)
+        report(metrics, model, optimizer, scheduler, scaler, history, rank)
+    return history
+
+
+def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                precision: Precision, first_step: int, total_steps: int, steps: int,
+                show_progress: bool) -> dict[str, float]:
+    """One pass over this worker's shard; returns the epoch's row-weighted mean losses over all workers.
+
+    ``steps`` (this worker's steps per epoch) sizes the progress bar, shown when ``show_progress``
+    (rank 0).
+
+    Returns:
+        ``{"loss": total, "loss_<term>": unweighted term, ...}`` for every term of the loss.
+    """
+    model.train()
+    device = ray.train.torch.get_device()
+    names: list[str] = []
+    sums = None  # row-weighted sums of total and each term, then the row count
+    for step, batch in enumerate(tqdm(batches, desc="train", unit="step", total=steps, disable=not show_progress),
+                                 start=first_step):
+        batch = batch.to(device)
+        terms = optimizer_step(model, batch, optimizer, scheduler, scaler, precision, min(1.0, step / total_steps))
+        if sums is None:
+            names = list(terms.terms)
+            sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
+        rows = float(len(batch.labels))
+        sums += torch.tensor([terms.total.item() * rows, *(terms.terms[n].item() * rows for n in names), rows],
+                             dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    *values, rows = sums.tolist()
+    return {"loss": values[0] / max(rows, 1), **{f"loss_{n}": v / max(rows, 1) for n, v in zip(names, values[1:])}}
+
+
+@torch.no_grad()
+def dev_score(student: Student, batches, precision: Precision, tag_names: list[str] | None) -> float:
+    """The dev score of :func:`pipeline.evaluate.score`: accuracy of the argmax logit, or, with
+    ``tag_names``, entity-level F1 of the argmax tag of every real word. The student is left in
+    training mode."""
+    student.eval()
+    device = ray.train.torch.get_device()
+    predicted, gold = [], []
+    for batch in batches:
+        batch = batch.to(device)
+        with precision.autocast_context():
+            predictions = student(**batch.features).logits.argmax(dim=-1).cpu()  # [B] or [B, W]
+        labels = batch.labels.cpu()
+        if tag_names is None:
+            predicted += predictions.tolist()
+            gold += labels.tolist()
+        else:
+            real = student.word_mask(batch.features).cpu()  # [B, W]
+            predicted += [row[keep].tolist() for row, keep in zip(predictions, real)]
+            gold += [row[keep].tolist() for row, keep in zip(labels, real)]
+    student.train()
+    return score(predicted, gold, tag_names)[dev_metric_name(tag_names)]
+
+
+def peak_rss_mb() -> float:
+    """The largest peak resident set size (MB) of any training worker process so far."""
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64,
+                        device=ray.train.torch.get_device())  # ru_maxrss is in KiB on Linux
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return round(peak.item(), 1)
