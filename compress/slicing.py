@@ -77,7 +77,7 @@ def bert_encoder(model: nn.Module) -> BertModel:
     return encoder
 
 
-def pruning_state(model: nn.Module) -> dict[str, list]:
+def pruning_state(model: nn.Module) -> dict[str, list | int]:
     """A copy of the model's ``config.pruning`` record (see the module docstring); the layer fields
     it lacks (all of them for an unpruned model) describe the full structure. The config is left
     as it is."""

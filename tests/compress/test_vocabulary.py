@@ -138,7 +138,8 @@ def test_onnx_export_contains_the_remap_and_matches(model, tokenizer, keep_ids, 
     inputs = encode(tokenizer, ["a wonderful , gripping movie", "the plot is thin"])  # "wonderful" -> [UNK]
     names = INPUT_NAMES
     path = tmp_path / "model.onnx"
-    dynamic = ({"dynamic_shapes": {name: {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")} for name in names}}
+    batch_dim, tokens_dim = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    dynamic = ({"dynamic_shapes": {name: {0: batch_dim, 1: tokens_dim} for name in names}}
                if dynamo else {"dynamic_axes": {name: {0: "batch", 1: "tokens"} for name in names}})
     torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=names, output_names=["logits"],
                       dynamo=dynamo, **dynamic)
