@@ -19,6 +19,8 @@ The saved pruned model. Layers keep different head counts and FFN sizes, which a
                 "heads": [[0, 3, 7], [1, 2], ...],    # per kept layer, its kept original head ids
                 "intermediate_sizes": [768, 512, ...]}  # per kept layer, its FFN width
 
+(plus ``vocab`` and ``vocab_unk_id`` once :func:`compress.vocabulary.prune_vocabulary` ran).
+
 ``config.num_hidden_layers`` is the kept layer count, while ``num_attention_heads`` and
 ``intermediate_size`` stay the original sizes. ``model.save_pretrained(folder)`` writes it as
 usual; :func:`load_pruned` builds the original-size model from the config, slices every layer
@@ -33,6 +35,7 @@ attention map (``output_attentions`` skips it).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +46,11 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import BertModel, PreTrainedModel
 
+from compress.vocabulary import prune_vocabulary
 from core.errors import ArtifactError
 from students.transformer import selected_teacher_layers
+
+_PER_LAYER_KEYS = ("layers", "heads", "intermediate_sizes")
 
 
 class NoHeads(nn.Module):
@@ -71,15 +77,15 @@ def bert_encoder(model: nn.Module) -> BertModel:
     return encoder
 
 
-def pruning_state(model: nn.Module) -> dict[str, list]:
-    """A copy of the model's ``config.pruning`` record (see the module docstring); for an unpruned
-    model, the record of its full structure (the config is left without one)."""
+def pruning_state(model: nn.Module) -> dict[str, list | int]:
+    """A copy of the model's ``config.pruning`` record (see the module docstring); the layer fields
+    it lacks (all of them for an unpruned model) describe the full structure. The config is left
+    as it is."""
     config = bert_encoder(model).config
-    record = getattr(config, "pruning", None) or {
-        "layers": list(range(config.num_hidden_layers)),
-        "heads": [list(range(config.num_attention_heads))] * config.num_hidden_layers,
-        "intermediate_sizes": [config.intermediate_size] * config.num_hidden_layers}
-    return {key: list(values) for key, values in record.items()}
+    full = {"layers": list(range(config.num_hidden_layers)),
+            "heads": [list(range(config.num_attention_heads))] * config.num_hidden_layers,
+            "intermediate_sizes": [config.intermediate_size] * config.num_hidden_layers}
+    return copy.deepcopy({**full, **(getattr(config, "pruning", None) or {})})
 
 
 def kept_heads(model: nn.Module) -> list[list[int]]:
@@ -217,7 +223,7 @@ def drop_layers(model: nn.Module, layers: list[int]) -> None:
         if hasattr(layer.attention.self, "layer_idx"):
             layer.attention.self.layer_idx = new_id
     encoder.config.num_hidden_layers = len(kept)
-    encoder.config.pruning = {key: [values[i] for i in kept] for key, values in state.items()}
+    encoder.config.pruning = {**state, **{key: [state[key][i] for i in kept] for key in _PER_LAYER_KEYS}}
 
 
 def layers_to_drop(num_layers: int, keep: int, strategy: str,
@@ -234,7 +240,8 @@ def load_pruned(folder: str | Path) -> PreTrainedModel:
     """Load a model saved with ``save_pretrained`` after pruning (or an unpruned one), in eval mode.
 
     Builds the config's architecture at its original sizes, slices each layer to the sizes of
-    ``config.pruning`` and loads ``model.safetensors`` strictly.
+    ``config.pruning`` (and the word embeddings to its ``vocab``, with
+    :func:`compress.vocabulary.prune_vocabulary`) and loads ``model.safetensors`` strictly.
 
     Raises:
         ArtifactError: no config.json / model.safetensors, or weights that do not fit the record.
@@ -249,10 +256,13 @@ def load_pruned(folder: str | Path) -> PreTrainedModel:
     architecture = getattr(transformers, (config.architectures or ["BertModel"])[0])
     model = architecture(config)
     if record is not None:
-        for layer, heads, size in zip(bert_encoder(model).encoder.layer, record["heads"],
-                                      record["intermediate_sizes"], strict=True):
+        state = pruning_state(model)
+        for layer, heads, size in zip(bert_encoder(model).encoder.layer, state["heads"],
+                                      state["intermediate_sizes"], strict=True):
             _keep_head_positions(layer, range(len(heads)), _head_size(model))
             _keep_neuron_positions(layer, range(size))
+        if "vocab" in state:
+            prune_vocabulary(model, state["vocab"], state["vocab_unk_id"])
     try:
         model.load_state_dict(load_file(str(weights_file)), strict=True)
     except RuntimeError as error:
