@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config field, e.g. --set train.epochs=3 (repeatable)")
     run = commands.choices["run"]
-    run.add_argument("--until", default="evaluate", help="last stage to run (data, finetune, label, train, evaluate)")
+    run.add_argument("--until", default="benchmark",
+                     help="last stage to run (data, finetune, label, train, evaluate, and the optional prune, export, "
+                          "quantize, benchmark when the config has their sections)")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage and the ones after it")
     commands.add_parser("presets", help="list the presets shipped with the package")
     bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")

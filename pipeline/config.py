@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from core.config import Section
+from pipeline.compress_config import BenchmarkConfig, ExportConfig, PruneConfig, QuantizeConfig
 from students.bilstm import BiLSTMStudentConfig
 from students.multitask import MultiTaskLSTMConfig
 from students.registry import FAMILIES
@@ -277,6 +278,10 @@ class RunConfig(RunBase):
     finetune: FinetuneConfig = FinetuneConfig()
     label: LabelConfig = LabelConfig()
     train: TrainConfig = TrainConfig()
+    prune: PruneConfig | None = Field(default=None, description="optional: prune transformer models, then recover")
+    export: ExportConfig | None = Field(default=None, description="optional: ONNX and ExecuTorch files, parity-checked")
+    quantize: QuantizeConfig | None = Field(default=None, description="optional: int8 and fp16 variants")
+    benchmark: BenchmarkConfig | None = Field(default=None, description="optional: every variant measured")
 
 
 class MultiTaskRunConfig(RunBase):

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from pipeline import console, data, evaluate, finetune, label, multitask, report, train
+from pipeline import (benchmark, console, data, evaluate, export, finetune, label, multitask, prune, quantize, report,
+                      train)
 from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
@@ -27,8 +28,13 @@ from teachers.ensemble import weight_files
 log = logging.getLogger(__name__)
 
 STAGES: dict[str, Callable[[RunConfig, RunDir], dict[str, Any]]] = {
-    "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run}
+    "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run,
+    "prune": prune.run, "export": export.run, "quantize": quantize.run, "benchmark": benchmark.run}
 """Stage name -> stage function, in pipeline order."""
+
+OPTIONAL_STAGES = ("prune", "export", "quantize", "benchmark")
+"""Stages that run only when the config has their section (``prune:``, ...)."""
+
 
 def needs_ray(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:
     """Whether a stage uses Ray: label and train always, data when it augments."""
@@ -51,8 +57,15 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
         # a teacher replaced in place relabels, under a new fingerprint
         teachers = [RunDir(cfg.run_dir).teacher_dir, *cfg.label.teachers]
         return [cfg.label, cfg.teacher.max_length, [file_stats(weight_files(folder)) for folder in teachers]]
+    if stage in OPTIONAL_STAGES:
+        return [getattr(cfg, stage), cfg.seed]
     return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "train": [cfg.train, cfg.seed],
             "evaluate": [cfg.evaluate]}[stage]
+
+
+def configured(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:
+    """Whether a stage runs for this config: always, unless it is optional and its section is absent."""
+    return stage not in OPTIONAL_STAGES or getattr(cfg, stage, None) is not None
 
 
 def stage_fingerprint(cfg: RunConfig | MultiTaskRunConfig, stage: str, upstream: str) -> str:
@@ -68,13 +81,14 @@ def file_stats(files: Iterable[Path]) -> list[tuple[str, int, str]]:
     return [(f.name, f.stat().st_size, sha256_file(f)) for f in files]
 
 
-def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
+def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
                  force: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every stage up to and including ``until``.
 
     Args:
         cfg: the validated run config; a multi-task config runs :data:`pipeline.multitask.STAGES`.
-        until: the last stage to run.
+        until: the last stage to run (a multi-task run ends at ``evaluate``); optional stages
+            without a config section are skipped.
         force: stages to redo even when fresh (the stages after them are redone too).
 
     Returns:
@@ -86,10 +100,13 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
     """
     multi = isinstance(cfg, MultiTaskRunConfig)
     stages = multitask.STAGES if multi else STAGES
-    names = list(stages)
+    all_names = list(stages)
+    if multi and until in STAGES and until not in stages:  # a multi-task run ends at its evaluate stage
+        until = all_names[-1]
     for stage in (until, *force):
         if stage not in stages:
-            raise ConfigError(f"unknown stage {stage!r}; stages are {names}")
+            raise ConfigError(f"unknown stage {stage!r}; stages are {all_names}")
+    names = [name for name in all_names[: all_names.index(until) + 1] if configured(cfg, name)]
     run_dir = RunDir(cfg.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -97,7 +114,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
     manifests: dict[str, Any] = {}
     stage_fp, rerun = "", False
     try:
-        for stage in names[: names.index(until) + 1]:
+        for stage in names:
             stage_fp = stage_fingerprint(cfg, stage, stage_fp)
             rerun = rerun or stage in force or not run_dir.is_fresh(stage, stage_fp)
             if not rerun:
@@ -116,7 +133,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "evaluate",
             log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
             if tracker:
                 tracker.log_stage(stage, manifests[stage])
-        if until == "evaluate":
+        if "evaluate" in names:
             report.write(run_dir, cfg.name, names, multitask.render if multi else None)
             log.debug("report: %s", run_dir.report_file)
     finally:
