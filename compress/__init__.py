@@ -1,0 +1,1 @@
+"""Compression and shipping of trained models: pruning, quantization, export, backends."""
