@@ -74,7 +74,7 @@ def dynamic_shapes(names: list[str], fixed: dict[str, int] | None = None,
     dims: dict[str, torch.export.Dim] = {}
     shapes = []
     for axes in input_axes(names).values():
-        shapes.append({axis: dims.setdefault(name, torch.export.Dim(name, max=max_sizes.get(name, torch.inf)))
+        shapes.append({axis: dims.setdefault(name, torch.export.Dim(name, max=max_sizes.get(name) or torch.inf))
                        for axis, name in axes.items() if name not in fixed})
     return tuple(shapes)
 

@@ -162,10 +162,15 @@ class MaskedBiLSTM(nn.Module):
 
     Args:
         lstm: bidirectional, batch-first, without projections.
+        unroll: run the recurrence as a Python loop over time steps, both directions at once
+            (for ``torch.export``, which fixes the length anyway: about 3x fewer graph nodes than
+            its own unrolling of ``nn.LSTM``, so ExecuTorch lowering is faster); else call the
+            ``nn.LSTM`` modules (for ONNX, which keeps them as ``LSTM`` nodes of any length).
     """
 
-    def __init__(self, lstm: nn.LSTM):
+    def __init__(self, lstm: nn.LSTM, unroll: bool = False):
         super().__init__()
+        self.unroll = unroll
         assert lstm.bidirectional and lstm.batch_first and lstm.proj_size == 0, "a batch-first BiLSTM"
         self.directions = nn.ModuleList()
         names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if lstm.bias else [])
@@ -183,20 +188,53 @@ class MaskedBiLSTM(nn.Module):
         padding = (steps >= lengths.unsqueeze(1)).unsqueeze(-1)  # [B, T, 1]
         states = inputs
         for layer in range(0, len(self.directions), 2):
-            ahead, _ = self.directions[layer](states)  # [B, T, H]
-            back, _ = self.directions[layer + 1](reverse_within_lengths(states, lengths))  # [B, T, H], reversed
+            ahead, back = self.directions[layer], self.directions[layer + 1]
+            reverse = reverse_within_lengths(states, lengths)
+            if self.unroll:
+                ahead, back = unrolled_lstm(ahead, back, torch.stack([states, reverse]))  # [2, B, T, H]
+            else:
+                ahead, back = ahead(states)[0], back(reverse)[0]  # [B, T, H] each; back is reversed
             states = torch.cat([ahead, reverse_within_lengths(back, lengths)], dim=-1).masked_fill(padding, 0.0)
         return states  # [B, T, 2H]
+
+
+def unrolled_lstm(ahead: nn.LSTM, back: nn.LSTM, inputs: torch.Tensor) -> torch.Tensor:
+    """Two one-layer ``nn.LSTM``s over their own inputs, step by step in Python (PyTorch's gate
+    order i, f, g, o; zero initial states).
+
+    Args:
+        ahead, back: unidirectional, batch-first LSTMs of equal sizes.
+        inputs: float [2, B, T, D], ``ahead``'s then ``back``'s.
+
+    Returns:
+        float [2, B, T, H], the hidden state at every step.
+    """
+    weight_ih = torch.stack([ahead.weight_ih_l0, back.weight_ih_l0])  # [2, 4H, D]
+    weight_hh = torch.stack([ahead.weight_hh_l0, back.weight_hh_l0]).transpose(1, 2)  # [2, H, 4H]
+    _, batch, width, dim = inputs.shape
+    gates_in = torch.bmm(inputs.reshape(2, batch * width, dim), weight_ih.transpose(1, 2))  # [2, B*T, 4H]
+    gates_in = gates_in.reshape(2, batch, width, -1)  # [2, B, T, 4H]
+    if ahead.bias:
+        gates_in = gates_in + torch.stack([ahead.bias_ih_l0 + ahead.bias_hh_l0,
+                                           back.bias_ih_l0 + back.bias_hh_l0]).reshape(2, 1, 1, -1)
+    hidden = inputs.new_zeros((2, batch, ahead.hidden_size))  # [2, B, H]
+    cell, steps = hidden, []
+    for step in range(width):
+        i, f, g, o = (gates_in[:, :, step] + torch.bmm(hidden, weight_hh)).chunk(4, dim=-1)  # [2, B, H] each
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        hidden = torch.sigmoid(o) * torch.tanh(cell)
+        steps.append(hidden)
+    return torch.stack(steps, dim=2)  # [2, B, T, H]
 
 
 class MaskedBiLSTMEncoder(nn.Module):
     """Drop-in for :class:`students.bilstm.BiLSTMEncoder` (same parameters, same outputs) that
     :class:`MaskedBiLSTM` runs instead of packing."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, unroll: bool = False):
         super().__init__()
         self.embedding = encoder.embedding
-        self.layers = nn.ModuleList(MaskedBiLSTM(lstm) for lstm in encoder.layers)
+        self.layers = nn.ModuleList(MaskedBiLSTM(lstm, unroll) for lstm in encoder.layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """See :meth:`students.bilstm.BiLSTMEncoder.forward`."""
@@ -213,10 +251,10 @@ class MaskedTagger(nn.Module):
     """The cnn_lstm tagger's forward (:meth:`students.cnn_lstm.CNNLSTMTagger.forward`, eval mode)
     with :class:`MaskedBiLSTM` in place of packing; shares the tagger's parameters."""
 
-    def __init__(self, tagger: nn.Module):
+    def __init__(self, tagger: nn.Module, unroll: bool = False):
         super().__init__()
         self.tagger = tagger
-        self.lstm = MaskedBiLSTM(tagger.lstm)
+        self.lstm = MaskedBiLSTM(tagger.lstm, unroll)
 
     def forward(self, word_ids: torch.Tensor, char_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """int64 word_ids [B, T], char_ids [B, T, L], attention_mask [B, T] -> logits float32 [B, T, C]."""
@@ -248,21 +286,22 @@ class LogitsOnly(nn.Module):
         model: a :class:`students.base.Student` or a Hugging Face sequence/token classifier.
         input_names: the feature order of ``forward`` (:func:`input_names_of`).
         task: the head of a multitask student; None for other families.
+        unroll_lstm: unroll the LSTM families' recurrence over time steps (see :class:`MaskedBiLSTM`).
 
     Raises:
         ConfigError: an unknown family, or a task missing for (or given to the wrong) family.
     """
 
-    def __init__(self, model: nn.Module, input_names: list[str], task: str | None = None):
+    def __init__(self, model: nn.Module, input_names: list[str], task: str | None = None, unroll_lstm: bool = False):
         super().__init__()
         self.family = family_of(model)
         check_task(model, task)
         self.input_names, self.task = list(input_names), task
         model.eval()
         if self.family == "cnn_lstm":
-            model = MaskedTagger(model)
+            model = MaskedTagger(model, unroll_lstm)
         elif self.family in ("bilstm", "multitask_lstm"):
-            model = with_encoder(model, MaskedBiLSTMEncoder(model.encoder))
+            model = with_encoder(model, MaskedBiLSTMEncoder(model.encoder, unroll_lstm))
         self.model = model
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
