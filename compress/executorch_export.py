@@ -1,0 +1,172 @@
+"""ExecuTorch export (``.pte`` with the XNNPACK delegate) of every family, for phones, and its runner.
+
+    export_executorch(model, "model.pte", example_features(model, texts))  # -> settings for meta.json
+    ExecuTorchModel("model.pte")(features)                                   # logits, as PyTorch's
+
+Pipeline: ``torch.export`` of :class:`compress.traceable.LogitsOnly` -> ``executorch.exir.
+to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``.to_executorch()`` -> bytes.
+
+Shapes, per family:
+
+- teacher, transformer: dynamic batch (up to ``max_batch``) and sequence (up to the model's
+  ``max_position_embeddings``), checked at batch 1-5 and lengths 5-31.
+- bilstm, multitask_lstm, cnn_lstm: ``torch.export`` unrolls ``nn.LSTM`` over time steps and
+  fails on a dynamic sequence ("specialized it to be a constant"), so these are exported at a
+  fixed, padded length (their ``max_length``, the example's length for cnn_lstm, or
+  ``fixed_length``) with a dynamic batch. Padding positions do not change their logits (the
+  masked path of :mod:`compress.traceable`), so :class:`ExecuTorchModel` pads inputs with 0 to
+  that length, and cuts per-position logits back.
+
+The file describes itself through constant methods (ExecuTorch's way of storing settings):
+``fixed_length`` (0 when dynamic), ``padded_inputs`` (1 per input padded to it) and
+``pads_output`` (1 when logits axis 1 is padded too).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core.artifacts import atomic_path
+from core.errors import ArtifactError, ConfigError
+from compress.onnx_export import check_example, dynamic_shapes
+from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES, LogitsOnly, output_axes
+
+DEFAULT_MAX_BATCH = 32
+"""Largest batch a ``.pte`` with a dynamic batch takes (ExecuTorch plans memory for it)."""
+
+
+def max_sequence_length(model: torch.nn.Module) -> int | None:
+    """Longest input a model reads: its ``max_length`` (students), ``max_position_embeddings``
+    (teachers), or None (cnn_lstm: any number of words)."""
+    if hasattr(model, "cfg"):
+        return getattr(model.cfg, "max_length", None)
+    return model.config.max_position_embeddings
+
+
+def pad_sequences(features: list[torch.Tensor], padded: list[bool], length: int) -> list[torch.Tensor]:
+    """Right-pad axis 1 of the ``padded`` features with 0 to ``length``.
+
+    Raises:
+        ValueError: a feature is longer than ``length``.
+    """
+    out = []
+    for feature, pad in zip(features, padded):
+        if pad and feature.shape[1] > length:
+            raise ValueError(f"input of length {feature.shape[1]} is longer than the {length} positions the .pte was "
+                             f"exported at; truncate it or export with a larger fixed_length")
+        extra = [0, 0] * (feature.dim() - 2) + [0, length - feature.shape[1]] if pad else []
+        out.append(F.pad(feature, extra) if pad else feature)
+    return out
+
+
+def export_executorch(model: torch.nn.Module, out_path: str | Path, example_features: dict[str, torch.Tensor],
+                      fixed_length: int | None = None, task: str | None = None,
+                      max_batch: int = DEFAULT_MAX_BATCH) -> dict:
+    """Write the model's logits graph as an ExecuTorch program lowered to XNNPACK.
+
+    Args:
+        model: any family (see :mod:`compress.traceable`); put in eval mode.
+        out_path: the ``.pte`` file, written atomically.
+        example_features: int64 tensors from :func:`compress.traceable.example_features`, every
+            variable axis at least 2 long.
+        fixed_length: export the sequence axes at this padded length; None keeps them dynamic
+            for the BERT families and uses the model's ``max_length`` for the LSTM families
+            (the example's length for cnn_lstm, which has none).
+        task: the multitask head to export.
+        max_batch: the largest batch the program takes.
+
+    Returns:
+        Settings for ``meta.json``: ``input_names``, ``fixed_length`` (None when dynamic),
+        ``max_batch``, ``export_s`` (seconds), ``size_mb``.
+
+    Raises:
+        ConfigError: bad example features (or longer than ``fixed_length``), an unknown family,
+            a missing task, or an export or lowering error (chained), naming family and backend.
+    """
+    names = check_example(model, example_features, task, "executorch")
+    view, out_path, start = LogitsOnly(model, names, task, unroll_lstm=True), Path(out_path), time.perf_counter()
+    if fixed_length is None and view.family in LSTM_FAMILIES:
+        fixed_length = (max_sequence_length(model) if view.family != "cnn_lstm"
+                        else example_features["word_ids"].shape[1])
+    padded = [fixed_length is not None and AXES[name][1] in SEQUENCE_AXES for name in names]
+    try:
+        features = pad_sequences(list(example_features.values()), padded, fixed_length or 0)
+    except ValueError as error:
+        raise ConfigError(f"executorch export of family {view.family}: example {error}") from None
+    max_sizes = {"batch": max_batch, "sequence": max_sequence_length(model), "pair_sequence": max_sequence_length(model)}
+    fixed = dict.fromkeys(SEQUENCE_AXES, fixed_length) if fixed_length else {}
+    pads_output = int(fixed_length is not None and output_axes(model, task).get(1) == "sequence")
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        program = torch.export.export(view, tuple(features), dynamic_shapes=(dynamic_shapes(names, fixed, max_sizes),))
+        lowered = to_edge_transform_and_lower(
+            program, partitioner=[XnnpackPartitioner()],
+            constant_methods={"fixed_length": fixed_length or 0, "padded_inputs": [int(p) for p in padded],
+                              "pads_output": pads_output}).to_executorch()
+    except Exception as error:  # torch.export and exir errors: name what failed
+        raise ConfigError(f"family {view.family} does not export to backend executorch ({type(error).__name__}; "
+                          f"see the chained error); try fixed_length=") from error
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(lowered.buffer)
+    return {"input_names": names, "fixed_length": fixed_length, "max_batch": max_batch,
+            "export_s": round(time.perf_counter() - start, 2), "size_mb": round(out_path.stat().st_size / 2**20, 3)}
+
+
+class ExecuTorchModel:
+    """A ``.pte`` written by :func:`export_executorch`, run by ExecuTorch's Python runtime.
+
+    Args:
+        path: the ``.pte`` file.
+
+    Raises:
+        ArtifactError: the file is missing, corrupt, or lacks the methods the export writes.
+    """
+
+    def __init__(self, path: str | Path):
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(self.path, "missing; export the model again")
+        try:
+            program = Runtime.get().load_program(self.path)
+            self.forward = program.load_method("forward")
+            self.fixed_length = int(program.load_method("fixed_length").execute([])[0])
+            self.padded_inputs = [bool(p) for p in program.load_method("padded_inputs").execute([])]
+            self.pads_output = bool(program.load_method("pads_output").execute([])[0])
+        except Exception as error:  # the runtime raises RuntimeError or ValueError on bad bytes
+            raise ArtifactError(self.path, f"ExecuTorch cannot load it ({error}); export the model again") from None
+
+    def __call__(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of a batch.
+
+        Args:
+            features: int64 tensors in the exported input order.
+
+        Returns:
+            float32 logits [B, C] or [B, T or W, C], cut back to the input's length.
+
+        Raises:
+            ArtifactError: the program rejects the inputs (another model's file, a batch over
+                ``max_batch``).
+            ValueError: an input longer than the fixed length.
+        """
+        if len(features) != len(self.padded_inputs):
+            raise ArtifactError(self.path, f"takes {len(self.padded_inputs)} inputs, given {len(features)}; "
+                                           f"it was exported from another model")
+        length = features[0].shape[1]
+        if self.fixed_length:
+            features = pad_sequences([f.long() for f in features], self.padded_inputs, self.fixed_length)
+        try:
+            logits = self.forward.execute([f.long().contiguous() for f in features])[0]
+        except Exception as error:
+            raise ArtifactError(self.path, f"ExecuTorch rejected inputs of shapes "
+                                           f"{[tuple(f.shape) for f in features]} ({error})") from None
+        return logits[:, :length] if self.pads_output else logits
+
