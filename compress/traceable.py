@@ -30,6 +30,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from core.errors import ConfigError
+from core.hf_checkpoint import load_tokenizer
 from students.base import Student
 
 TEACHER = "teacher"
@@ -130,8 +131,6 @@ def example_features(model: nn.Module, texts: list[str] | list[list[str]], task:
         texts = [text.split() if isinstance(text, str) else list(text) for text in texts]
     if family == TEACHER:
         if tokenizer is None:
-            from teachers.checkpoint import load_tokenizer
-
             tokenizer = load_tokenizer(model.name_or_path)
         features = dict(tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt"))
     else:
