@@ -302,6 +302,7 @@ class LogitsOnly(nn.Module):
         elif self.family in ("bilstm", "multitask_lstm"):
             model = with_encoder(model, MaskedBiLSTMEncoder(model.encoder, unroll_lstm))
         self.model = model
+        self.eval()
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
         """int64 features in ``input_names`` order -> float32 logits [B, C] or [B, T or W, C]."""
