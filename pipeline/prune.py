@@ -249,6 +249,7 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
         plots.append(sensitivity_plot(target, dev, score_batches, cfg, out))
     importance = head_importance(model, score_batches, cfg.temperature)  # [L, H] before pruning
     _, steps = prune_iteratively(model, score_batches, cfg.heads, cfg.ffn, cfg.iterations, cfg.temperature)
+    log.debug("prune: %s steps %s", name, steps)
     if cfg.vocabulary:
         texts, pairs = transfer_texts(files, kind)
         prune_vocabulary(model, used_token_ids(target.tokenizer, texts, pairs, target.max_length),

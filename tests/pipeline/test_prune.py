@@ -22,9 +22,9 @@ from pipeline.config_loading import validate_config
 from pipeline.data import task_kind
 from pipeline.runner import run_pipeline, stage_fingerprint
 from pipeline.shards import soft_label_files
-from pipeline.variants import VariantMeta, read_meta, run_models
+from pipeline.variants import read_meta, run_models
 from students.terms import LossConfig
-from students.transformer import TransformerStudent, TransformerStudentConfig
+from students.transformer import TransformerStudent
 from test_train import MINILM, build_run
 
 HEADS, FFN = 4, 64
@@ -62,7 +62,8 @@ def finished_run(tmp_path, student: dict, **prune_section) -> tuple[RunConfig, R
     tiny_bert(layers=2, seed=0).save_pretrained(run_dir.teacher_dir)
     tokenizer.save_pretrained(run_dir.teacher_dir)
     if student["family"] == "transformer":
-        TransformerStudent(tiny_bert(layers=1, seed=1), tokenizer, cfg.train.student, []).save(run_dir.student_dir("kd"))
+        student = TransformerStudent(tiny_bert(layers=1, seed=1), tokenizer, cfg.train.student, [])
+        student.save(run_dir.student_dir("kd"))
     return cfg, run_dir
 
 
@@ -109,9 +110,10 @@ def test_teacher_and_transformer_student_pruned_recovered_and_saved(tmp_path):
 
         folder = run_dir.stage_dir("prune") / f"{name}-pruned"
         reloaded = load_pruned(folder)
-        assert prune.structure(reloaded) == {key: result[f"{key}_after"] for key in ("parameters", "heads", "ffn",
-                                                                                      "vocab")}
-        assert prune.dev_accuracy(reloaded, tokenizer_featurize(folder, max_length), dev) == result["dev_accuracy_recovered"]
+        kinds = ("parameters", "heads", "ffn", "vocab")
+        assert prune.structure(reloaded) == {key: result[f"{key}_after"] for key in kinds}
+        reloaded_accuracy = prune.dev_accuracy(reloaded, tokenizer_featurize(folder, max_length), dev)
+        assert reloaded_accuracy == result["dev_accuracy_recovered"]
         meta = read_meta(folder)
         assert (meta.name, meta.model, meta.parent, meta.method, meta.backend, meta.precision) == (
             f"{name}-pruned", f"{name}-pruned", name, "prune", "pytorch", "fp32")
