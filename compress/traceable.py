@@ -130,7 +130,7 @@ def example_features(model: nn.Module, texts: list[str] | list[list[str]], task:
         texts = [text.split() if isinstance(text, str) else list(text) for text in texts]
     if family == TEACHER:
         if tokenizer is None:
-            from teachers.checkpoint import load_tokenizer
+            from core.hf_checkpoint import load_tokenizer
 
             tokenizer = load_tokenizer(model.name_or_path)
         features = dict(tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt"))
