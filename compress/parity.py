@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from core.errors import ArtifactError, ConfigError
-from compress.backends import ExecuTorchPredictor, OnnxRuntimePredictor, Predictor
+from compress.backends import ExecuTorchPredictor, OnnxRuntimePredictor, Predictor, PyTorchPredictor
 from compress.traceable import family_of, input_names_of
 
-BACKENDS = ("onnx", "executorch")
+BACKENDS = ("onnx", "executorch", "pytorch")
+"""What a checked file is: an ONNX file, an ExecuTorch program, or a PyTorch model folder."""
 MODES = ("logits", "predictions")
 
 
@@ -32,7 +33,8 @@ def model_logits(model: torch.nn.Module, features: dict[str, torch.Tensor], task
 
 
 def exported_predictor(path: Path, backend: str, input_names: list[str]) -> Predictor:
-    """The :mod:`compress.backends` predictor of an exported file (one thread), fed ``input_names``.
+    """The :mod:`compress.backends` predictor of an exported file (one thread; a PyTorch folder on
+    torch's current threads), fed ``input_names``.
 
     Raises:
         ArtifactError: the file is missing or does not load, or takes other inputs than
@@ -44,6 +46,8 @@ def exported_predictor(path: Path, backend: str, input_names: list[str]) -> Pred
             raise ArtifactError(path, f"takes inputs {predictor.input_names}, the model {input_names}; "
                                       "it was exported from another model")
         return predictor
+    if backend == "pytorch":
+        return PyTorchPredictor(path, threads=torch.get_num_threads())
     return ExecuTorchPredictor(path, threads=1, input_names=input_names)
 
 
@@ -75,8 +79,8 @@ def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, ba
 
     Args:
         reference_model: the PyTorch model the file was exported from (any family).
-        exported_path: the ``.onnx`` or ``.pte`` file.
-        backend: ``"onnx"`` or ``"executorch"``.
+        exported_path: the ``.onnx`` or ``.pte`` file (a model folder for ``"pytorch"``).
+        backend: ``"onnx"``, ``"executorch"`` or ``"pytorch"`` (e.g. a quantized copy, see ``predictor``).
         feature_batches: batches from :func:`compress.traceable.example_features`, at batch
             sizes and lengths not used at export time.
         atol: largest allowed max |PyTorch - exported| logit difference, in ``mode="logits"``.
