@@ -16,8 +16,6 @@ from pipeline.variants import load_variant, stage_variants
 
 from test_export import finished_run
 
-pytestmark = pytest.mark.slow  # the module's export and quantization: about 20 s of CPU, 30-50 s on a loaded machine
-
 MIN_AGREEMENT = 0.5
 """The random tiny teacher's logits are close to ties, so int8 may flip a few of its predictions."""
 
@@ -30,6 +28,7 @@ def quantized_run(tmp_path_factory):
     return cfg, run_dir, quantize.run(cfg, run_dir)
 
 
+@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_every_method_of_every_model(quantized_run):
     cfg, run_dir, summary = quantized_run
     precisions = {"onnxruntime-int8-dynamic", "onnxruntime-int8-static", "onnxruntime-fp16", "pytorch-int8-dynamic"}
@@ -53,6 +52,7 @@ def test_every_method_of_every_model(quantized_run):
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
 
 
+@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_torch_dynamic_variant_is_quantized_on_load(quantized_run):
     _, run_dir, summary = quantized_run
     meta = next(m for m in stage_variants(run_dir, "quantize") if m.name == "kd/pytorch-int8-dynamic")
@@ -62,6 +62,7 @@ def test_torch_dynamic_variant_is_quantized_on_load(quantized_run):
     assert quantized  # the LSTM and Linear layers were swapped for dynamic int8 ones
 
 
+@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_corrupted_export_fails_naming_the_file(quantized_run, tmp_path):
     cfg, run_dir, _ = quantized_run
     copy = RunDir(tmp_path / "run")
@@ -71,3 +72,23 @@ def test_corrupted_export_fails_naming_the_file(quantized_run, tmp_path):
     with pytest.raises(ArtifactError, match="cannot load it") as error:
         quantize.run(cfg, copy)
     assert error.value.path == broken
+
+
+def test_runner_runs_export_and_quantize_after_the_trained_stages(tmp_path):
+    from pipeline.config import EvaluateConfig
+    from pipeline.runner import run_pipeline, stage_fingerprint
+
+    cfg, run_dir = finished_run(tmp_path, export=ExportConfig(formats=["onnx"], parity_rows=4),
+                                quantize=QuantizeConfig(methods=["dynamic_int8", "torch_dynamic_int8"],
+                                                        calibration_rows=8, min_agreement=MIN_AGREEMENT),
+                                evaluate=EvaluateConfig(latency_runs=2, latency_warmup=0))
+    upstream = ""
+    for stage, summary in (("data", {"train": {"rows": 128}, "transfer": {"rows": 384, "label_counts": {}}}),
+                           ("finetune", {}), ("label", {}), ("train", {})):  # done by hand in finished_run
+        upstream = stage_fingerprint(cfg, stage, upstream)
+        run_dir.publish(stage, upstream, summary, 0.0)
+    manifests = run_pipeline(cfg, until="quantize")
+    assert set(manifests["export"]["variants"]) == {"teacher/onnxruntime-fp32", "kd/onnxruntime-fp32"}
+    assert set(manifests["quantize"]["variants"]) == {f"{model}/{p}" for model in ("teacher", "kd")
+                                                      for p in ("onnxruntime-int8-dynamic", "pytorch-int8-dynamic")}
+    assert run_pipeline(cfg, until="quantize")["quantize"] == manifests["quantize"]  # fresh: reused
