@@ -114,7 +114,7 @@ class PyTorchPredictor:
 
     def __init__(self, path_or_model: str | Path | nn.Module, threads: int):
         torch.set_num_threads(threads)
-        self.model = path_or_model if isinstance(path_or_model, nn.Module) else _load_torch_folder(Path(path_or_model))
+        self.model = path_or_model if isinstance(path_or_model, nn.Module) else load_model_folder(path_or_model)
         self.model.eval()
         parameters = inspect.signature(self.model.forward).parameters
         self.input_names = [name for name in parameters if name in FEATURE_NAMES]
@@ -127,11 +127,17 @@ class PyTorchPredictor:
         return getattr(output, "logits", output).float().numpy()
 
 
-def _load_torch_folder(folder: Path) -> nn.Module:
-    """A student folder (``student.json``) or a Hugging Face BERT classifier folder (``config.json``),
-    pruned (:func:`compress.slicing.load_pruned`) or not."""
+def load_model_folder(folder: str | Path) -> nn.Module:
+    """The PyTorch model of a student folder (``student.json``, through the registry) or of a
+    Hugging Face BERT classifier folder (``config.json``), pruned (:func:`compress.slicing.load_pruned`)
+    or not, in eval mode.
+
+    Raises:
+        ArtifactError: the folder has neither file, or its weights do not load.
+    """
+    folder = Path(folder)
     if (folder / STUDENT_META_FILE).is_file():
-        return load_student(folder)
+        return load_student(folder).eval()
     if not (folder / "config.json").is_file():
         raise ArtifactError(folder, f"has neither {STUDENT_META_FILE} nor config.json; pass a student or Hugging Face folder")
     return load_pruned(folder)
@@ -140,34 +146,48 @@ def _load_torch_folder(folder: Path) -> nn.Module:
 class ExecuTorchPredictor:
     """A ``.pte`` program run by ExecuTorch's Python runtime (``executorch.runtime.Runtime``).
 
-    The program has no input names, so ``meta.json`` beside it must list ``input_names`` in the
-    program's order; if its ``settings.fixed_length`` is set (a program exported with a static
-    length), inputs are right-padded with 0 (padding id, mask 0) to it and token logits cut back.
-    The program must accept the batch size given (a dynamic batch dimension, or the one exported).
+    The program has no input names: they are given, or read from ``input_names`` of the
+    ``meta.json`` beside it. A program written by :func:`compress.executorch_export.export_executorch`
+    describes its own padding through constant methods (``fixed_length``, ``padded_inputs``,
+    ``pads_output``; a program without them is taken as dynamic): inputs are right-padded with 0
+    (padding id, mask 0) to the fixed length and per-position logits cut back to the input's.
+    The program must accept the batch size given (a dynamic batch up to its ``max_batch``).
 
     Args:
         path: ``model.pte`` or a variant folder holding it (and ``meta.json``).
         threads: size of ExecuTorch's shared threadpool (XNNPACK kernels), process-wide.
+        input_names: the program's inputs in order; None reads them from ``meta.json``.
 
     Raises:
-        ArtifactError: the program or its meta.json input names are missing, or it cannot load.
+        ArtifactError: the program is missing or cannot load, its input names are unknown, or
+            it takes another number of inputs (another model's program).
     """
 
-    def __init__(self, path: str | Path, threads: int):
+    def __init__(self, path: str | Path, threads: int, input_names: list[str] | None = None):
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
 
         self.path = _model_file(path, "model.pte")
-        meta = _variant_meta(self.path)
-        if not meta.get("input_names"):
-            raise ArtifactError(self.path.parent / META_FILE, "must list input_names, the .pte program's input order")
-        self.input_names = list(meta["input_names"])
-        self.fixed_length = meta.get("settings", {}).get("fixed_length")
+        if input_names is None:
+            input_names = _variant_meta(self.path).get("input_names")
+            if not input_names:
+                raise ArtifactError(self.path.parent / META_FILE, "must list input_names, the .pte program's input order")
+        self.input_names = list(input_names)
         _unsafe_reset_threadpool(threads)
         try:
-            self.method = Runtime.get().load_program(self.path).load_method("forward")
+            program = Runtime.get().load_program(self.path)
+            self.method = program.load_method("forward")
+            padded = "fixed_length" in program.method_names
+            self.fixed_length = int(program.load_method("fixed_length").execute([])[0]) if padded else 0
+            self.padded_inputs = ([bool(p) for p in program.load_method("padded_inputs").execute([])] if padded
+                                  else [False] * len(self.input_names))
+            self.pads_output = padded and bool(program.load_method("pads_output").execute([])[0])
+            inputs = self.method.metadata.num_inputs()
         except Exception as error:  # the runtime raises RuntimeError/ValueError by cause
             raise ArtifactError(self.path, f"ExecuTorch cannot load it ({error}); re-export the variant") from error
+        if inputs != len(self.input_names):
+            raise ArtifactError(self.path, f"takes {inputs} inputs, given {self.input_names}; "
+                                           "it was exported from another model")
 
     def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
         arrays = _select(features, self.input_names, str(self.path))
@@ -176,9 +196,14 @@ class ExecuTorchPredictor:
             if length > self.fixed_length:
                 raise ConfigError(f"{self.path} takes at most {self.fixed_length} tokens, got {length}; "
                                   "truncate to the exported length")
-            arrays = [np.pad(a, [(0, 0), (0, self.fixed_length - length)] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
-        logits = self.method.execute([torch.from_numpy(a) for a in arrays])[0].numpy()
-        return logits[:, :length] if logits.ndim == 3 else logits
+            arrays = [np.pad(a, [(0, 0), (0, self.fixed_length - length)] + [(0, 0)] * (a.ndim - 2)) if pad else a
+                      for a, pad in zip(arrays, self.padded_inputs)]
+        try:
+            logits = self.method.execute([torch.from_numpy(a) for a in arrays])[0].numpy()
+        except Exception as error:  # the runtime raises RuntimeError on shapes it cannot take
+            raise ArtifactError(self.path, f"ExecuTorch rejected inputs of shapes {[a.shape for a in arrays]} "
+                                           f"({error})") from error
+        return logits[:, :length] if self.pads_output else logits
 
 
 BACKENDS: dict[str, Callable[..., Predictor]] = {

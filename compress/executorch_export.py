@@ -1,7 +1,7 @@
-"""ExecuTorch export (``.pte`` with the XNNPACK delegate) of every family, for phones, and its runner.
+"""ExecuTorch export (``.pte`` with the XNNPACK delegate) of every family, for phones.
 
     export_executorch(model, "model.pte", example_features(model, texts))  # -> settings for meta.json
-    ExecuTorchModel("model.pte")(features)                                   # logits, as PyTorch's
+    ExecuTorchPredictor("model.pte", 1, input_names).predict(features)     # compress.backends: logits
 
 Pipeline: ``torch.export`` of :class:`compress.traceable.LogitsOnly` -> ``executorch.exir.
 to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``.to_executorch()`` -> bytes.
@@ -14,13 +14,14 @@ Shapes, per family:
   fails on a dynamic sequence ("specialized it to be a constant"), so these are exported at a
   fixed, padded length (their ``max_length``, the example's length for cnn_lstm, or
   ``fixed_length``) with a dynamic batch. Padding positions do not change their logits (the
-  masked path of :mod:`compress.traceable`), so :class:`ExecuTorchModel` pads inputs with 0 to
-  that length, and cuts per-position logits back. cnn_lstm's characters axis is fixed too (it
+  masked path of :mod:`compress.traceable`), so :class:`compress.backends.ExecuTorchPredictor`
+  pads inputs with 0 to that length, and cuts per-position logits back. cnn_lstm's characters axis is fixed too (it
   always is ``max_word_chars``): XNNPACK's reshape takes one dynamic axis only.
 
 The file describes itself through constant methods (ExecuTorch's way of storing settings):
 ``fixed_length`` (0 when dynamic), ``padded_inputs`` (1 per input padded to it) and
-``pads_output`` (1 when logits axis 1 is padded too).
+``pads_output`` (1 when logits axis 1 is padded too); the predictor reads them, so the program
+alone says how to feed it (``meta.json``'s ``settings.fixed_length`` only records it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from core.artifacts import atomic_path
-from core.errors import ArtifactError, ConfigError
+from core.errors import ConfigError
 from compress.onnx_export import check_example, dynamic_shapes
 from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES, LogitsOnly, output_axes
 
@@ -118,57 +119,3 @@ def export_executorch(model: torch.nn.Module, out_path: str | Path, example_feat
         tmp.write_bytes(lowered.buffer)
     return {"input_names": names, "fixed_length": fixed_length, "max_batch": max_batch,
             "export_s": round(time.perf_counter() - start, 2), "size_mb": round(out_path.stat().st_size / 2**20, 3)}
-
-
-class ExecuTorchModel:
-    """A ``.pte`` written by :func:`export_executorch`, run by ExecuTorch's Python runtime.
-
-    Args:
-        path: the ``.pte`` file.
-
-    Raises:
-        ArtifactError: the file is missing, corrupt, or lacks the methods the export writes.
-    """
-
-    def __init__(self, path: str | Path):
-        from executorch.runtime import Runtime
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ArtifactError(self.path, "missing; export the model again")
-        try:
-            program = Runtime.get().load_program(self.path)
-            self.forward = program.load_method("forward")
-            self.fixed_length = int(program.load_method("fixed_length").execute([])[0])
-            self.padded_inputs = [bool(p) for p in program.load_method("padded_inputs").execute([])]
-            self.pads_output = bool(program.load_method("pads_output").execute([])[0])
-        except Exception as error:  # the runtime raises RuntimeError or ValueError on bad bytes
-            raise ArtifactError(self.path, f"ExecuTorch cannot load it ({error}); export the model again") from None
-
-    def __call__(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Logits of a batch.
-
-        Args:
-            features: int64 tensors in the exported input order.
-
-        Returns:
-            float32 logits [B, C] or [B, T or W, C], cut back to the input's length.
-
-        Raises:
-            ArtifactError: the program rejects the inputs (another model's file, a batch over
-                ``max_batch``).
-            ValueError: an input longer than the fixed length.
-        """
-        if len(features) != len(self.padded_inputs):
-            raise ArtifactError(self.path, f"takes {len(self.padded_inputs)} inputs, given {len(features)}; "
-                                           f"it was exported from another model")
-        length = features[0].shape[1]
-        if self.fixed_length:
-            features = pad_sequences([f.long() for f in features], self.padded_inputs, self.fixed_length)
-        try:
-            logits = self.forward.execute([f.long().contiguous() for f in features])[0]
-        except Exception as error:
-            raise ArtifactError(self.path, f"ExecuTorch rejected inputs of shapes "
-                                           f"{[tuple(f.shape) for f in features]} ({error})") from None
-        return logits[:, :length] if self.pads_output else logits
-

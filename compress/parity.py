@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.errors import ArtifactError, ConfigError
+from compress.backends import ExecuTorchPredictor, OnnxRuntimePredictor, Predictor, PyTorchPredictor
 from compress.traceable import family_of, input_names_of
 
-BACKENDS = ("onnx", "executorch")
+BACKENDS = ("onnx", "executorch", "pytorch")
+"""What a checked file is: an ONNX file, an ExecuTorch program, or a PyTorch model folder."""
 MODES = ("logits", "predictions")
 
 
@@ -30,41 +31,35 @@ def model_logits(model: torch.nn.Module, features: dict[str, torch.Tensor], task
         return model.eval()(**kwargs).logits.float()
 
 
-def onnx_runner(path: Path, input_names: list[str]):
-    """``features -> logits`` through ONNX Runtime (CPU).
+def exported_predictor(path: Path, backend: str, input_names: list[str]) -> Predictor:
+    """The :mod:`compress.backends` predictor of an exported file (one thread; a PyTorch folder on
+    torch's current threads), fed ``input_names``.
 
     Raises:
-        ArtifactError: the file does not load, or takes other inputs than ``input_names``.
+        ArtifactError: the file is missing or does not load, or takes other inputs than
+            ``input_names`` (another model's file).
     """
-    import onnxruntime
-
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types
-        raise ArtifactError(path, f"ONNX Runtime cannot load it ({error}); export the model again") from None
-    names = [node.name for node in session.get_inputs()]
-    if names != input_names:
-        raise ArtifactError(path, f"takes inputs {names}, the model {input_names}; it was exported from another model")
-
-    def run(features: list[torch.Tensor]) -> torch.Tensor:
-        feed = {name: feature.numpy() for name, feature in zip(names, features)}
-        try:
-            return torch.from_numpy(session.run(None, feed)[0])
-        except Exception as error:
-            raise ArtifactError(path, f"ONNX Runtime rejected inputs of shapes "
-                                      f"{[tuple(f.shape) for f in features]} ({error})") from None
-    return run
-
-
-def exported_runner(path: Path, backend: str, input_names: list[str]):
-    """``features -> logits`` for an exported file of ``backend``."""
-    if not path.is_file():
-        raise ArtifactError(path, "missing; export the model again")
     if backend == "onnx":
-        return onnx_runner(path, input_names)
-    from compress.executorch_export import ExecuTorchModel
+        predictor = OnnxRuntimePredictor(path, threads=1)
+        if predictor.input_names != input_names:
+            raise ArtifactError(path, f"takes inputs {predictor.input_names}, the model {input_names}; "
+                                      "it was exported from another model")
+        return predictor
+    if backend == "pytorch":
+        return PyTorchPredictor(path, threads=torch.get_num_threads())
+    return ExecuTorchPredictor(path, threads=1, input_names=input_names)
 
-    return ExecuTorchModel(path)
+
+def predicted_logits(predictor: Predictor, features: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    """A predictor's logits of torch features; ArtifactError naming ``path`` if it rejects their shapes."""
+    arrays = {name: tensor.numpy() for name, tensor in features.items()}
+    try:
+        return torch.from_numpy(predictor.predict(arrays)).float()
+    except (ArtifactError, ConfigError):
+        raise
+    except Exception as error:  # ONNX Runtime raises its own Fail/InvalidArgument types
+        raise ArtifactError(path, f"rejected inputs of shapes {[a.shape for a in arrays.values()]} "
+                                  f"({error})") from error
 
 
 def real_positions(features: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -78,13 +73,13 @@ def real_positions(features: dict[str, torch.Tensor], logits: torch.Tensor) -> t
 
 def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, backend: str,
                  feature_batches: list[dict[str, torch.Tensor]], atol: float = 1e-4, mode: str = "logits",
-                 min_agreement: float = 1.0, task: str | None = None) -> dict:
+                 min_agreement: float = 1.0, task: str | None = None, predictor: Predictor | None = None) -> dict:
     """Run the model and its exported file on the same batches and compare the logits.
 
     Args:
         reference_model: the PyTorch model the file was exported from (any family).
-        exported_path: the ``.onnx`` or ``.pte`` file.
-        backend: ``"onnx"`` or ``"executorch"``.
+        exported_path: the ``.onnx`` or ``.pte`` file (a model folder for ``"pytorch"``).
+        backend: ``"onnx"``, ``"executorch"`` or ``"pytorch"`` (e.g. a quantized copy, see ``predictor``).
         feature_batches: batches from :func:`compress.traceable.example_features`, at batch
             sizes and lengths not used at export time.
         atol: largest allowed max |PyTorch - exported| logit difference, in ``mode="logits"``.
@@ -92,6 +87,8 @@ def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, ba
         min_agreement: smallest allowed fraction of equal predictions over real rows/positions,
             in ``mode="predictions"``.
         task: the multitask head the file was exported for.
+        predictor: the file already loaded (e.g. :func:`compress.quantize.quantize_torch_dynamic`'s
+            model in a :class:`compress.backends.PyTorchPredictor`); None loads ``exported_path``.
 
     Returns:
         ``{"backend", "mode", "max_abs_diff", "agreement", "shapes"}``: the largest difference
@@ -108,11 +105,11 @@ def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, ba
     if not feature_batches:
         raise ConfigError("parity check needs at least one feature batch")
     path, names = Path(exported_path), input_names_of(reference_model, task)
-    run = exported_runner(path, backend, names)
+    predictor = predictor or exported_predictor(path, backend, names)
     max_diff, agree, total, shapes = 0.0, 0, 0, []
     for features in feature_batches:
         expected = model_logits(reference_model, features, task)
-        got = run([features[name] for name in names]).float()
+        got = predicted_logits(predictor, features, path)
         batch, length = features[names[0]].shape[:2]
         shapes.append([int(batch), int(length)])
         if got.shape != expected.shape:

@@ -137,16 +137,24 @@ def teacher_model(teacher_dir: Path, max_length: int, task: str = "sequence") ->
     so that it returns word logits [B, W, C] like a tagging student.
     """
     model = CLASSIFIERS[task].from_pretrained(str(teacher_dir)).eval()
+    return (WordTagger(model).eval() if task == "token" else model), teacher_featurizer(teacher_dir, max_length,
+                                                                                        task), teacher_dir
+
+
+def teacher_featurizer(teacher_dir: Path, max_length: int, task: str = "sequence") -> Callable:
+    """``(texts, pairs=None) -> features``: the tokenizer of a Hugging Face folder, truncating to
+    ``max_length`` tokens: int64 tensors [B, T] (``input_ids``, ``attention_mask``,
+    ``token_type_ids``); for ``task="token"`` the texts are word lists and ``first_subtoken``
+    [B, W] is added (:func:`teachers.token_alignment.word_features`)."""
     tokenizer = load_tokenizer(teacher_dir)
     if task == "token":
-        return WordTagger(model).eval(), lambda sentences, pairs=None: word_features(tokenizer, sentences,
-                                                                                       max_length), teacher_dir
+        return lambda sentences, pairs=None: word_features(tokenizer, sentences, max_length)
 
     def featurize(texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         return dict(tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt"))
 
-    return model, featurize, teacher_dir
+    return featurize
 
 
 def predict(model: nn.Module, featurize: Callable, split: Split) -> list:

@@ -18,12 +18,20 @@ folder and the benchmark quantizes it on load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from compress.backends import Predictor, load_model_folder, load_predictor
+from compress.quantize import quantize_torch_dynamic
 from core.artifacts import atomic_write_json, read_json
 from pipeline.artifacts import RunDir
+from pipeline.evaluate import teacher_featurizer
+from students.base import META_FILE as STUDENT_META_FILE
+from students.registry import load_student
 
 META_FILE = "meta.json"
 """Name of the file that describes a model or variant folder."""
@@ -102,3 +110,63 @@ def stage_variants(run_dir: RunDir, stage: str) -> list[VariantMeta]:
     if not folder.is_dir():
         return []
     return [read_meta(sub) for sub in sorted(folder.iterdir()) if (sub / META_FILE).is_file()]
+
+
+def model_family(folder: Path) -> str:
+    """The family of a model folder: ``student.json``'s ``family``, or ``teacher`` for a Hugging Face folder."""
+    student_meta = folder / STUDENT_META_FILE
+    return read_json(student_meta)["family"] if student_meta.is_file() else "teacher"
+
+
+def is_token_classifier(folder: Path) -> bool:
+    """Whether a Hugging Face folder holds a token classifier (logits per sub-token, [B, T, C])."""
+    config = folder / "config.json"
+    return config.is_file() and any(name.endswith("ForTokenClassification")
+                                    for name in read_json(config).get("architectures") or [])
+
+
+def load_variant(run_dir: RunDir, meta: VariantMeta, threads: int) -> Predictor:
+    """A :class:`compress.backends.Predictor` of any model or variant of the run.
+
+    ``pytorch`` variants whose ``settings`` say ``torch_dynamic`` are quantized on load
+    (:func:`compress.quantize.quantize_torch_dynamic`); the others load ``meta.file`` with
+    :func:`compress.backends.load_predictor` (an ExecuTorch program's padding comes from the
+    program itself, its input order from the ``meta.json`` beside it).
+
+    Args:
+        run_dir: the run.
+        meta: the variant (from :func:`read_meta` or :func:`stage_variants`).
+        threads: intra-op threads of the backend (process-wide for PyTorch and ExecuTorch).
+
+    Raises:
+        ArtifactError: the file is missing or does not load.
+        ConfigError: an unknown backend.
+    """
+    path = run_dir.root / meta.file
+    if meta.backend == "pytorch" and meta.settings.get("torch_dynamic"):
+        return load_predictor("pytorch", quantize_torch_dynamic(load_model_folder(path)), threads)
+    return load_predictor(meta.backend, path, threads)
+
+
+def featurizer(run_dir: RunDir, meta: VariantMeta, max_length: int) -> Callable[..., dict[str, np.ndarray]]:
+    """``(texts, pairs=None) -> {feature name: int64 array}``: the inputs of a variant, made by its
+    source model folder, padded per batch.
+
+    A student folder featurizes with its own ``featurize`` (its vocabulary and ``max_length``);
+    a Hugging Face folder with its tokenizer truncating to ``max_length`` tokens (the run's
+    ``teacher.max_length``, as :func:`pipeline.evaluate.teacher_model`); a token classifier
+    takes word lists and adds ``first_subtoken`` [B, W] (for mapping its sub-token logits to words).
+
+    Returns:
+        int64 arrays [B, T] (``char_ids`` [B, T, L]); predictors ignore the keys they do not take.
+    """
+    folder = run_dir.root / meta.source
+    if (folder / STUDENT_META_FILE).is_file():
+        featurize = load_student(folder).featurize
+    else:
+        featurize = teacher_featurizer(folder, max_length, "token" if is_token_classifier(folder) else "sequence")
+
+    def numpy_features(texts: list, pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        return {name: np.asarray(tensor, dtype=np.int64) for name, tensor in featurize(texts, pairs).items()}
+
+    return numpy_features

@@ -80,9 +80,11 @@ def test_executorch_pads_to_the_fixed_length(tmp_path):
     torch.manual_seed(0)
     model = MeanPoolClassifier().eval()
     example = tuple(torch.from_numpy(a) for a in random_features(1, LSTM_INPUTS, seq_len=16).values())
-    program = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()])
+    program = to_edge_transform_and_lower(  # the padding settings export_executorch stores in the program
+        torch.export.export(model, example), partitioner=[XnnpackPartitioner()],
+        constant_methods={"fixed_length": 16, "padded_inputs": [1, 1], "pads_output": 0})
     (tmp_path / "model.pte").write_bytes(program.to_executorch().buffer)
-    (tmp_path / "meta.json").write_text(json.dumps({"input_names": LSTM_INPUTS, "settings": {"fixed_length": 16}}))
+    (tmp_path / "meta.json").write_text(json.dumps({"input_names": LSTM_INPUTS}))
     predictor = load_predictor("executorch", tmp_path, threads=1)
     features = random_features(1, LSTM_INPUTS, seed=5, seq_len=7)
     with torch.inference_mode():

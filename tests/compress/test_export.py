@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from compress.executorch_export import ExecuTorchModel, export_executorch
+from compress.backends import ExecuTorchPredictor
+from compress.executorch_export import export_executorch
 from compress.onnx_export import export_onnx
 from compress.parity import check_parity, model_logits
 from compress.traceable import LogitsOnly, example_features, input_names_of
@@ -40,12 +41,11 @@ def models(tiny_teacher_dir):
     torch.manual_seed(0)
     texts = [" ".join(WORDS[i:i + 9]) for i in range(0, len(WORDS) - 9)]
     lstm = {"embed_dim": 16, "hidden_dim": 8, "max_length": FIXED_LENGTH, "vocab": "teacher"}
-    multitask = build_multitask_student(MultiTaskLSTMConfig(**lstm, attention_dim=6),
-                                        BuildInputs(tiny_teacher_dir, texts,
-                                                    tasks={"sst2": ("sentence", 2), "ner": ("token", 5)}))
+    multitask = build_multitask_student(MultiTaskLSTMConfig(**lstm, attention_dim=6), BuildInputs(
+        tiny_teacher_dir, texts, tasks={"sst2": ("sentence", 2), "ner": ("token", 5)}))
     built = {"teacher": AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir),
              "transformer": build_transformer_student(TransformerStudentConfig(num_layers=1, max_length=64),
-                                                      BuildInputs(tiny_teacher_dir, texts, 2)),
+                                                      BuildInputs(tiny_teacher_dir, texts, num_labels=2)),
              "bilstm": build_bilstm_student(BiLSTMStudentConfig(**lstm), BuildInputs(tiny_teacher_dir, texts, 3)),
              "multitask_lstm:sst2": multitask, "multitask_lstm:ner": multitask,
              "cnn_lstm": build_cnn_lstm_tagger(CNNLSTMTaggerConfig(word_embed_dim=8, word_vocab_size=30,
@@ -116,14 +116,15 @@ def test_executorch_export_and_parity(models, exported, case):
 
 
 @pytest.mark.slow
-def test_executorch_runner_pads_to_the_fixed_length_and_cuts_tag_logits_back(models, exported):
+def test_executorch_predictor_pads_to_the_fixed_length_and_cuts_tag_logits_back(models, exported):
     path, _ = exported("cnn_lstm", "executorch")
-    runner = ExecuTorchModel(path)
-    assert (runner.fixed_length, runner.padded_inputs, runner.pads_output) == (FIXED_LENGTH, [True, True, True], True)
-    features = example_features(models["cnn_lstm"], CHECK_TEXTS[1])
-    assert runner(list(features.values())).shape == (3, 9, 9)
-    with pytest.raises(ValueError, match="longer than the 16 positions"):
-        runner(list(example_features(models["cnn_lstm"], [" ".join(WORDS * 2)]).values()))
+    predictor = ExecuTorchPredictor(path, 1, input_names_of(models["cnn_lstm"]))
+    assert (predictor.fixed_length, predictor.padded_inputs, predictor.pads_output) == (FIXED_LENGTH, [True] * 3, True)
+    features = {k: v.numpy() for k, v in example_features(models["cnn_lstm"], CHECK_TEXTS[1]).items()}
+    assert predictor.predict(features).shape == (3, 9, 9)
+    long = example_features(models["cnn_lstm"], [" ".join(WORDS * 2)])
+    with pytest.raises(ConfigError, match="at most 16 tokens"):
+        predictor.predict({k: v.numpy() for k, v in long.items()})
 
 
 @pytest.mark.parametrize("backend", ["onnx", "executorch"])
