@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -45,6 +46,7 @@ from pipeline.evaluate import Split, dev_metric_name, predict_with, read_split, 
 from pipeline.variants import (META_FILE, VariantMeta, featurizer, load_variant, read_meta, run_models,
                                stage_variants)
 from students.base import META_FILE as STUDENT_META_FILE
+from teachers.token_alignment import NO_SUBTOKEN
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     results = []
     try:
         for meta in tqdm(metas, desc="benchmark", unit="variant"):
-            result = measure_one(run_dir, meta, dev, tags, bench, threads)
+            result = measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length)
             results.append(result)
             first = result["threads"][latency_key(threads)]
             log.info("benchmark: %s %s %.4f, p50 %.2f ms, %.2f MB", meta.name, score_key, result["score"],
@@ -162,12 +164,14 @@ def load(run_dir: RunDir, meta: VariantMeta, threads: int):
 
 
 def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] | None, bench: BenchmarkConfig,
-                threads: dict[str, int]) -> dict[str, Any]:
-    """Dev score, size, parameters and per-thread-count latency of one variant (see :func:`measure_run`)."""
-    featurize = featurizer(run_dir, meta)
+                threads: dict[str, int], max_length: int) -> dict[str, Any]:
+    """Dev score, size, parameters and per-thread-count latency of one variant (see :func:`measure_run`);
+    a teacher's tokenizer truncates to ``max_length`` tokens."""
+    featurize = featurizer(run_dir, meta, max_length)
     batch_size = min(bench.batch_size, meta.settings.get("max_batch") or bench.batch_size)
     predictor = load(run_dir, meta, max(threads.values()))
-    dev_score = score(predict_with(predictor.predict, featurize, dev, batch_size), dev.gold, tags)
+    dev_score = score(predict_with(lambda batch: word_logits(predictor.predict(batch), batch), featurize, dev,
+                                   batch_size), dev.gold, tags)
     model = getattr(predictor, "model", None) if meta.backend == "pytorch" else None
     result = {"name": meta.name, "model": meta.model, "backend": meta.backend, "precision": meta.precision,
               "parent": meta.parent, "method": meta.method, "family": meta.family,
@@ -189,6 +193,17 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
                                   "peak_rss_mb": round(peak_rss_mb(), 1)}
         del predictor
     return result
+
+
+def word_logits(logits: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """A token classifier's sub-token logits [B, T, C] as word logits [B, W, C] by the rule of
+    :class:`teachers.token_alignment.WordTagger` (a word's first sub-token; zeros where it has
+    none, ``first_subtoken`` -1); any other logits as they are."""
+    if logits.ndim != 3 or "first_subtoken" not in batch:
+        return logits
+    first = batch["first_subtoken"]  # [B, W]
+    words = np.take_along_axis(logits, np.maximum(first, 0)[..., None], axis=1)  # [B, W, C]
+    return np.where((first == NO_SUBTOKEN)[..., None], 0.0, words)
 
 
 def variant_size_mb(run_dir: RunDir, meta: VariantMeta, model: torch.nn.Module | None) -> float:
