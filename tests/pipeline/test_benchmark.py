@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
+import yaml
 
 from compress.onnx_export import export_onnx
 from compress.quantize import quantize_dynamic_int8
@@ -17,6 +19,7 @@ from core.errors import ArtifactError
 from core.hf_checkpoint import load_tokenizer
 from pipeline import benchmark, evaluate, report
 from pipeline.artifacts import RunDir
+from pipeline.cli import main
 from pipeline.config_loading import validate_config
 from pipeline.tracking import Tracker
 from pipeline.variants import VariantMeta, variant_folder, write_meta
@@ -162,6 +165,27 @@ def test_wandb_run_holds_the_benchmark_table(measured):
         assert row["dev_accuracy"] == v["dev_accuracy"] and row["p50_ms_1"] == v["threads"]["1"]["p50_ms"]
         assert row["peak_rss_mb_all"] == v["threads"]["all"]["peak_rss_mb"]
     assert logged_summary["benchmark/baseline"] == summary["baseline"]
+
+
+def test_bench_latency_command_writes_the_json(measured, capsys):
+    cfg, run_dir, summary = measured
+    config = run_dir.root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["bench", "latency", str(config), "--set", "tracking.mode=disabled"]) == 0
+    written = json.loads((run_dir.root / "bench" / "latency.json").read_text())
+    assert [v["name"] for v in written["variants"]] == [v["name"] for v in summary["variants"]]
+    assert [v["dev_accuracy"] for v in written["variants"]] == [v["dev_accuracy"] for v in summary["variants"]]
+    assert (run_dir.root / "bench" / "latency.png").is_file()
+    assert "| teacher/onnxruntime-fp32 | onnxruntime | fp32 |" in capsys.readouterr().out
+
+
+def test_token_classifier_logits_are_taken_at_each_words_first_subtoken():
+    logits = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)  # [B=2, T=4, C=3]
+    first = np.array([[1, 3], [2, -1]])  # [B, W=2]; -1: a padding word
+    words = benchmark.word_logits(logits, {"first_subtoken": first})
+    np.testing.assert_array_equal(words, [[logits[0, 1], logits[0, 3]], [logits[1, 2], [0, 0, 0]]])
+    np.testing.assert_array_equal(benchmark.word_logits(logits[:, 0], {"first_subtoken": first}), logits[:, 0])
+    np.testing.assert_array_equal(benchmark.word_logits(logits, {}), logits)
 
 
 def nested(row: dict, key: str) -> dict:
