@@ -15,7 +15,8 @@ Shapes, per family:
   fixed, padded length (their ``max_length``, the example's length for cnn_lstm, or
   ``fixed_length``) with a dynamic batch. Padding positions do not change their logits (the
   masked path of :mod:`compress.traceable`), so :class:`ExecuTorchModel` pads inputs with 0 to
-  that length, and cuts per-position logits back.
+  that length, and cuts per-position logits back. cnn_lstm's characters axis is fixed too (it
+  always is ``max_word_chars``): XNNPACK's reshape takes one dynamic axis only.
 
 The file describes itself through constant methods (ExecuTorch's way of storing settings):
 ``fixed_length`` (0 when dynamic), ``padded_inputs`` (1 per input padded to it) and
@@ -98,7 +99,8 @@ def export_executorch(model: torch.nn.Module, out_path: str | Path, example_feat
     except ValueError as error:
         raise ConfigError(f"executorch export of family {view.family}: example {error}") from None
     max_sizes = {"batch": max_batch, "sequence": max_sequence_length(model), "pair_sequence": max_sequence_length(model)}
-    fixed = dict.fromkeys(SEQUENCE_AXES, fixed_length) if fixed_length else {}
+    fixed = {**(dict.fromkeys(SEQUENCE_AXES, fixed_length) if fixed_length else {}),
+             "chars": None}  # always max_word_chars; XNNPACK reshapes take one dynamic axis (batch)
     pads_output = int(fixed_length is not None and output_axes(model, task).get(1) == "sequence")
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

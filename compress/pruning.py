@@ -15,7 +15,7 @@ token_type_ids int64 [B, T], teacher_logits float [B, C] (soft labels) and/or la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +128,9 @@ def recover(model: nn.Module, batches: Batches, epochs: int = 1, lr: float = 5e-
 
     Args:
         model: the model to train in place.
-        batches: re-iterable batches (module docstring), each passed once per epoch.
+        batches: re-iterable batches (module docstring), each passed once per epoch. A sized
+            re-iterable (with ``len()``, e.g. a view that streams them from disk) is iterated as
+            it is; anything else is listed first.
         epochs: passes over ``batches``.
         lr: peak learning rate.
         temperature: T of the KL term.
@@ -141,8 +143,9 @@ def recover(model: nn.Module, batches: Batches, epochs: int = 1, lr: float = 5e-
     Raises:
         ValueError: ``batches`` is empty.
     """
-    batches = list(batches)
-    if not batches:
+    if not isinstance(batches, Sized):
+        batches = list(batches)
+    if not len(batches):
         raise ValueError("recover needs at least one batch")
     total_steps = epochs * len(batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from core.errors import ConfigError
+from core.hf_checkpoint import load_tokenizer
 from students.base import Student
 
 TEACHER = "teacher"
@@ -130,8 +131,6 @@ def example_features(model: nn.Module, texts: list[str] | list[list[str]], task:
         texts = [text.split() if isinstance(text, str) else list(text) for text in texts]
     if family == TEACHER:
         if tokenizer is None:
-            from teachers.checkpoint import load_tokenizer
-
             tokenizer = load_tokenizer(model.name_or_path)
         features = dict(tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt"))
     else:
@@ -303,6 +302,7 @@ class LogitsOnly(nn.Module):
         elif self.family in ("bilstm", "multitask_lstm"):
             model = with_encoder(model, MaskedBiLSTMEncoder(model.encoder, unroll_lstm))
         self.model = model
+        self.eval()
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
         """int64 features in ``input_names`` order -> float32 logits [B, C] or [B, T or W, C]."""

@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import MultiTaskRunConfig
-from pipeline.console import setup_logging
-from pipeline.config_loading import load_config, preset_names
-from core.errors import ConfigError, DistillError
+from pipeline.console import quiet_import_noise, setup_logging
+
+quiet_import_noise()  # before the imports below bring in torch and transformers
+
+from pipeline.config import MultiTaskRunConfig  # noqa: E402
+from pipeline.config_loading import load_config, preset_names  # noqa: E402
+from core.errors import ConfigError, DistillError  # noqa: E402
 
 
 def layer_pair(text: str) -> tuple[int, int]:

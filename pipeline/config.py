@@ -215,7 +215,7 @@ class TrainConfig(Section):
     epochs: int = Field(default=5, gt=0)
     batch_size: int = Field(default=64, gt=0)
     lr: float = Field(default=1e-3, gt=0, description="peak learning rate: linear warmup to it, then linear decay to 0")
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of the steps that warm the LR up")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="share of the steps that warm the LR up")
     weight_decay: float = Field(default=0.0, ge=0)
     num_workers: int = Field(default=1, gt=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"

@@ -45,6 +45,18 @@ RAY_ENV = {
 """Environment of the driver and (inherited) of Ray's processes, set before ``ray.init``."""
 
 
+IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
+"""Loggers that warn while being imported, before any handler is set up: torchao (pulled in by
+transformers' quantizers) about CUDA kernels a CPU build lacks, and torch's pytree about enums
+that torchao registers. Nothing in them asks the user to act, so they keep ERROR and above only."""
+
+
+def quiet_import_noise() -> None:
+    """Silence :data:`IMPORT_NOISE_LOGGERS` below ERROR; call before importing torch or transformers."""
+    for name in IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 class _OurPackages(logging.Filter):
     """Passes records of :data:`CONSOLE_LOGGERS` only."""
 
@@ -86,6 +98,7 @@ def setup_worker_logging() -> None:
     Without :data:`LOG_DIR_ENV` (a worker outside a run) records at WARNING and above go to the
     worker's stderr, which Ray keeps in its session folder.
     """
+    quiet_import_noise()
     log_dir = os.environ.get(LOG_DIR_ENV)
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)

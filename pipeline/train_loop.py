@@ -3,7 +3,7 @@
 Both strategies optimise alike: AdamW (:func:`core.precision.make_optimizer`), gradients
 clipped to a global L2 norm of :data:`core.precision.GRADIENT_CLIP_NORM`, and a linear
 warmup then linear decay to 0 of the learning rate (transformers'
-``get_linear_schedule_with_warmup``, over ``train.warmup_fraction`` of the steps), stepped once
+``get_linear_schedule_with_warmup``, over ``train.warmup_ratio`` of the steps), stepped once
 per optimizer step. With ``strategy: ddp`` the loop clips and steps them itself; with
 ``strategy: deepspeed`` the engine does (``gradient_clipping`` in its config and the same
 scheduler object passed to ``deepspeed.initialize``).
@@ -67,7 +67,7 @@ def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Prec
 
     Args:
         step_module: the module to train (a :class:`DistillationStep`), on ``precision.device``.
-        train_cfg: reads ``strategy``, ``lr``, ``weight_decay``, ``warmup_fraction``, ``apex``,
+        train_cfg: reads ``strategy``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``apex``,
             ``batch_size``, ``zero_stage`` and ``deepspeed_config``.
         precision: the training precision.
         total_steps: optimizer steps of the whole training (the schedule's length).
@@ -79,7 +79,7 @@ def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Prec
     """
     optimizer = make_optimizer(step_module.parameters(), train_cfg.lr, train_cfg.weight_decay, precision,
                                train_cfg.apex)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(train_cfg.warmup_fraction * total_steps),
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(train_cfg.warmup_ratio * total_steps),
                                                 total_steps)
     scaler = torch.amp.GradScaler(precision.device, enabled=precision.needs_grad_scaler)
     if train_cfg.strategy == "deepspeed":

@@ -9,12 +9,17 @@ and a leaked MASTER_PORT would make every label actor bind the same port.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import socket
 
 import torch.distributed as dist
 
 from core.precision import distributed_backend
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -31,8 +36,13 @@ def init_single_process() -> None:
     if dist.is_available() and dist.is_initialized():
         return
     if "RANK" in os.environ:  # started by a launcher
-        deepspeed.init_distributed(dist_backend=distributed_backend(), verbose=False)
-        return
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeedEngine asserts that it is set
-    deepspeed.init_distributed(dist_backend=distributed_backend(), auto_mpi_discovery=False, verbose=False,
-                               init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        options = {}
+    else:
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeedEngine asserts that it is set
+        options = {"auto_mpi_discovery": False, "init_method": f"tcp://127.0.0.1:{free_port()}", "rank": 0,
+                   "world_size": 1}
+    printed = io.StringIO()  # DeepSpeed prints that it built its shared-memory op: the log's, not the user's
+    with contextlib.redirect_stdout(printed):
+        deepspeed.init_distributed(dist_backend=distributed_backend(), verbose=False, **options)
+    if printed.getvalue().strip():
+        log.debug("deepspeed: %s", printed.getvalue().strip())

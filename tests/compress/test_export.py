@@ -13,11 +13,11 @@ from compress.onnx_export import export_onnx
 from compress.parity import check_parity, model_logits
 from compress.traceable import LogitsOnly, example_features, input_names_of
 from core.errors import ArtifactError, ConfigError
-from pipeline.config import BiLSTMStudentConfig, CNNLSTMTaggerConfig, MultiTaskLSTMConfig, TransformerStudentConfig
-from students.bilstm import build_bilstm_student
-from students.cnn_lstm import build_cnn_lstm_tagger
-from students.multitask import build_multitask_student
-from students.transformer import build_transformer_student
+from students.base import BuildInputs
+from students.bilstm import BiLSTMStudentConfig, build_bilstm_student
+from students.cnn_lstm import CNNLSTMTaggerConfig, build_cnn_lstm_tagger
+from students.multitask import MultiTaskLSTMConfig, build_multitask_student
+from students.transformer import TransformerStudentConfig, build_transformer_student
 
 WORDS = ("the film is a good one but its plot is thin and the cast does what it can with a script that goes on "
          "and on until nobody in the room cares about who did it").split()
@@ -41,16 +41,17 @@ def models(tiny_teacher_dir):
     texts = [" ".join(WORDS[i:i + 9]) for i in range(0, len(WORDS) - 9)]
     lstm = {"embed_dim": 16, "hidden_dim": 8, "max_length": FIXED_LENGTH, "vocab": "teacher"}
     multitask = build_multitask_student(MultiTaskLSTMConfig(**lstm, attention_dim=6),
-                                        {"sst2": ("sentence", 2), "ner": ("token", 5)}, tiny_teacher_dir, texts)
+                                        BuildInputs(tiny_teacher_dir, texts,
+                                                    tasks={"sst2": ("sentence", 2), "ner": ("token", 5)}))
     built = {"teacher": AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir),
              "transformer": build_transformer_student(TransformerStudentConfig(num_layers=1, max_length=64),
-                                                      2, tiny_teacher_dir, sample_texts=texts),
-             "bilstm": build_bilstm_student(BiLSTMStudentConfig(**lstm), 3, tiny_teacher_dir, texts),
+                                                      BuildInputs(tiny_teacher_dir, texts, 2)),
+             "bilstm": build_bilstm_student(BiLSTMStudentConfig(**lstm), BuildInputs(tiny_teacher_dir, texts, 3)),
              "multitask_lstm:sst2": multitask, "multitask_lstm:ner": multitask,
              "cnn_lstm": build_cnn_lstm_tagger(CNNLSTMTaggerConfig(word_embed_dim=8, word_vocab_size=30,
                                                                    char_embed_dim=4, char_filters=6, char_kernel=3,
                                                                    max_word_chars=6, hidden_dim=7, num_layers=2),
-                                               9, [text.split() for text in texts])}
+                                               BuildInputs(tiny_teacher_dir, [text.split() for text in texts], 9))}
     return {case: model.eval() for case, model in built.items()}
 
 

@@ -11,7 +11,8 @@ import torch
 
 from compress.slicing import count_parameters, drop_layers, load_pruned, prune_ffn_neurons, prune_heads
 from compress.vocabulary import RemappedEmbedding, prune_vocabulary, used_token_ids
-from teachers.checkpoint import load_tokenizer, resolve_teacher
+from core.hf_checkpoint import load_tokenizer
+from teachers.checkpoint import resolve_teacher
 
 TRANSFER_SET = ["a gripping , funny movie", "the plot is thin and the acting is dull",
                 "one of the best films of the year !"]

@@ -68,7 +68,7 @@ def token_config(root: Path, teacher: Path, **sections):
         "teacher": {"model": str(teacher), "max_length": 12},
         "finetune": {"force": True, "epochs": 4, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0},
         "label": {"shard_rows": 64, "num_actors": 1},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2,
+        "train": {"epochs": 3, "batch_size": 8, "lr": 2e-2, "warmup_ratio": 0.0,  # mean LR 1e-2 over the decay
                   "student": {"family": "cnn_lstm", "word_embed_dim": 16, "char_embed_dim": 8, "char_filters": 8,
                               "hidden_dim": 16, "dropout": 0.1}},
         "evaluate": {"latency_runs": 5, "latency_warmup": 1},

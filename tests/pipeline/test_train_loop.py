@@ -49,7 +49,7 @@ def process_group(monkeypatch):
 
 
 def train(strategy: str, module: nn.Module) -> tuple[list[float], list[float]]:
-    cfg = TrainConfig(strategy=strategy, zero_stage=1, lr=0.05, warmup_fraction=0.25, batch_size=4, precision="fp32")
+    cfg = TrainConfig(strategy=strategy, zero_stage=1, lr=0.05, warmup_ratio=0.25, batch_size=4, precision="fp32")
     precision = select_precision("fp32", "test")
     model, optimizer, scheduler, scaler = optimization(module, cfg, precision, total_steps=STEPS)
     rates, norms = [], []
