@@ -17,7 +17,7 @@ from compress.slicing import load_pruned
 from compress.traceable import example_features
 from core.errors import ArtifactError
 from core.hf_checkpoint import load_tokenizer
-from pipeline import benchmark, evaluate, report
+from pipeline import benchmark, evaluate, report, report_compress
 from pipeline.artifacts import RunDir
 from pipeline.cli import main
 from pipeline.config_loading import validate_config
@@ -146,6 +146,19 @@ def test_report_has_the_variants_section(measured):
         row = next(line for line in section.splitlines() if line.startswith(f"| {v['name']} |"))
         assert f"| {v['dev_accuracy']:.4f} | {v['threads']['1']['p50_ms']:.2f} |" in row
         assert row.endswith(f"| {v['speedup_vs_teacher_best']:.2f}x | {v['size_ratio_vs_teacher_best']:.3f} |")
+
+
+def test_prune_section_lists_each_model_and_its_sensitivity_plot():
+    kd = {"heads_before": 24, "heads_after": 14, "ffn_before": 3072, "ffn_after": 1536, "vocab_before": 30522,
+          "vocab_after": 9000, "parameters_before": 22_700_000, "parameters_after": 9_100_000,
+          "dev_accuracy_before": 0.9, "dev_accuracy_pruned": 0.7, "dev_accuracy_recovered": 0.88,
+          "plots": ["sensitivity-kd.png", "head_importance-kd.png"]}
+    drop = {"layers_before": 6, "layers_after": 4, "parameters_before": 22_700_000, "parameters_after": 19_000_000,
+            "dev_accuracy_before": 0.91, "dev_accuracy_dropped": 0.6, "dev_accuracy_finetuned": 0.89}
+    lines = report_compress.prune_section({"models": {"kd": kd}, "layer_drop": drop})
+    assert "| kd | 14/24 | 1536/3072 | 9000/30522 | 9,100,000 (of 22,700,000) | 0.9000 | 0.7000 | 0.8800 |" in lines
+    assert any(line.startswith("| teacher-layerdrop") and "layers 4/6" in line and "0.8900" in line for line in lines)
+    assert [line for line in lines if line.startswith("![")] == ["![sensitivity-kd](prune/sensitivity-kd.png)"]
 
 
 def test_wandb_run_holds_the_benchmark_table(measured):
