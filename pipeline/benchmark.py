@@ -36,16 +36,15 @@ from tqdm.auto import tqdm
 
 from compress.latency import machine_info, measure, peak_rss_mb, reset_peak_rss, size_mb
 from compress.pareto import pareto_front, plot_pareto
-from core.artifacts import atomic_write_json, read_json
+from core.artifacts import atomic_write_json
 from core.errors import ArtifactError, DistillError
 from pipeline.artifacts import RunDir
 from pipeline.compress_config import BenchmarkConfig
 from pipeline.config import RunConfig
 from pipeline.data import task_kind
 from pipeline.evaluate import Split, dev_metric_name, predict_with, read_split, score, tag_names
-from pipeline.variants import (META_FILE, VariantMeta, featurizer, load_variant, read_meta, run_models,
-                               stage_variants)
-from students.base import META_FILE as STUDENT_META_FILE
+from pipeline.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
+                               run_models, stage_variants)
 from teachers.token_alignment import NO_SUBTOKEN
 
 log = logging.getLogger(__name__)
@@ -115,6 +114,11 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     finally:
         torch.set_num_threads(torch_threads)
     variants = [{**{k: v for k, v in r.items() if k != "score"}, score_key: r["score"]} for r in results]
+    fp32_parameters = {v["model"]: v["parameters"] for v in variants if v["backend"] == "pytorch"
+                       and v["precision"] == "fp32"}
+    for v in variants:  # a PyTorch model quantized on load holds the fp32 model's parameters, packed
+        if v["backend"] == "pytorch" and v["precision"] != "fp32":
+            v["parameters"] = fp32_parameters[v["model"]]
     baseline = add_ratios(variants, score_key, latency_key(threads))
     points = pareto_points(variants, score_key, latency_key(threads))
     return {"machine": {**machine_info(), "threads": threads}, "score_key": score_key, "dev_rows": len(dev.texts),
@@ -145,9 +149,7 @@ def model_meta(run_dir: RunDir, name: str, folder: Path) -> VariantMeta:
     one made here for the teacher and the trained students, which have none."""
     if (folder / META_FILE).is_file():
         return read_meta(folder)
-    relative = str(folder.relative_to(run_dir.root))
-    student_json = folder / STUDENT_META_FILE
-    family = read_json(student_json)["family"] if student_json.is_file() else "teacher"
+    relative, family = str(folder.relative_to(run_dir.root)), model_family(folder)
     return VariantMeta(name=name, model=name, backend="pytorch", precision="fp32", file=relative, source=relative,
                        method="finetune" if family == "teacher" else "distill", family=family)
 
@@ -170,14 +172,12 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
     featurize = featurizer(run_dir, meta, max_length)
     batch_size = min(bench.batch_size, meta.settings.get("max_batch") or bench.batch_size)
     predictor = load(run_dir, meta, max(threads.values()))
-    dev_score = score(predict_with(lambda batch: word_logits(predictor.predict(batch), batch), featurize, dev,
-                                   batch_size), dev.gold, tags)
-    model = getattr(predictor, "model", None) if meta.backend == "pytorch" else None
+    model = predictor.model if meta.backend == "pytorch" else None
     result = {"name": meta.name, "model": meta.model, "backend": meta.backend, "precision": meta.precision,
               "parent": meta.parent, "method": meta.method, "family": meta.family,
               "size_mb": round(variant_size_mb(run_dir, meta, model), 4),
               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
-              "score": round(dev_score[dev_metric_name(tags)], 4)}
+              "score": round(dev_score(predictor, featurize, dev, tags, batch_size), 4)}
     del predictor, model
     rows = min(bench.latency_rows, len(dev.texts))
     singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None) for i in range(rows)]
@@ -193,6 +193,13 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
                                   "peak_rss_mb": round(peak_rss_mb(), 1)}
         del predictor
     return result
+
+
+def dev_score(predictor, featurize, dev: Split, tags: list[str] | None, batch_size: int) -> float:
+    """The dev score (:func:`pipeline.evaluate.dev_metric_name`) of a loaded variant, in length-sorted
+    batches of ``batch_size`` rows."""
+    predictions = predict_with(lambda batch: word_logits(predictor.predict(batch), batch), featurize, dev, batch_size)
+    return score(predictions, dev.gold, tags)[dev_metric_name(tags)]
 
 
 def word_logits(logits: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
