@@ -103,26 +103,25 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     threads = thread_counts(bench.threads)
     metas = all_variants(run_dir)
     torch_threads = torch.get_num_threads()
-    results = []
+    variants = []
     try:
         for meta in tqdm(metas, desc="benchmark", unit="variant"):
-            result = measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length)
-            results.append(result)
-            first = result["threads"][latency_key(threads)]
-            log.info("benchmark: %s %s %.4f, p50 %.2f ms, %.2f MB", meta.name, score_key, result["score"],
-                     first["p50_ms"], result["size_mb"])
+            variants.append(measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length))
+            first = variants[-1]["threads"][latency_key(threads)]
+            log.info("benchmark: %s %s %.4f, p50 %.2f ms, %.2f MB", meta.name, score_key, variants[-1][score_key],
+                     first["p50_ms"], variants[-1]["size_mb"])
     finally:
         torch.set_num_threads(torch_threads)
-    variants = [{**{k: v for k, v in r.items() if k != "score"}, score_key: r["score"]} for r in results]
-    fp32_parameters = {v["model"]: v["parameters"] for v in variants if v["backend"] == "pytorch"
-                       and v["precision"] == "fp32"}
+    fp32_parameters = {v["model"]: v["parameters"] for v in variants
+                       if v["backend"] == "pytorch" and v["precision"] == "fp32"}
     for v in variants:  # a PyTorch model quantized on load holds the fp32 model's parameters, packed
         if v["backend"] == "pytorch" and v["precision"] != "fp32":
             v["parameters"] = fp32_parameters[v["model"]]
     baseline = add_ratios(variants, score_key, latency_key(threads))
     points = pareto_points(variants, score_key, latency_key(threads))
     return {"machine": {**machine_info(), "threads": threads}, "score_key": score_key, "dev_rows": len(dev.texts),
-            "latency_rows": min(bench.latency_rows, len(dev.texts)), "batch_size": bench.batch_size, "variants": variants, "pareto": [p["name"] for p in pareto_front(points)], "baseline": baseline}
+            "latency_rows": min(bench.latency_rows, len(dev.texts)), "batch_size": bench.batch_size,
+            "variants": variants, "pareto": [p["name"] for p in pareto_front(points)], "baseline": baseline}
 
 
 def thread_counts(threads: list[int]) -> dict[str, int]:
@@ -177,7 +176,7 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
               "parent": meta.parent, "method": meta.method, "family": meta.family,
               "size_mb": round(variant_size_mb(run_dir, meta, model), 4),
               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
-              "score": round(dev_score(predictor, featurize, dev, tags, batch_size), 4)}
+              f"dev_{dev_metric_name(tags)}": round(dev_score(predictor, featurize, dev, tags, batch_size), 4)}
     del predictor, model
     rows = min(bench.latency_rows, len(dev.texts))
     singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None) for i in range(rows)]
@@ -243,8 +242,9 @@ def add_ratios(variants: list[dict], score_key: str, thread_key: str) -> str:
     candidates = [v for v in variants if v["model"] == "teacher"
                   and v[score_key] >= teacher[score_key] - ACCURACY_TOLERANCE]
     best = min(candidates, key=lambda v: v["threads"][thread_key]["p50_ms"])
+    best_p50 = best["threads"][thread_key]["p50_ms"]
     for v in variants:
-        v["speedup_vs_teacher_best"] = round(best["threads"][thread_key]["p50_ms"] / v["threads"][thread_key]["p50_ms"], 3)
+        v["speedup_vs_teacher_best"] = round(best_p50 / v["threads"][thread_key]["p50_ms"], 3)
         v["size_ratio_vs_teacher_best"] = round(v["size_mb"] / best["size_mb"], 4)
         v["accuracy_ratio_vs_teacher"] = round(v[score_key] / teacher[score_key], 4) if teacher[score_key] else None
     return best["name"]

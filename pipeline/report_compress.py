@@ -71,8 +71,8 @@ def prune_section(summary: dict[str, Any]) -> list[str]:
                      f"{m['dev_accuracy_pruned']:.4f} | {m['dev_accuracy_recovered']:.4f} |")
     drop = summary.get("layer_drop")  # None when prune.layer_drop is unset
     if drop:
-        lines.append(f"| teacher-layerdrop (Sajjad et al. 2020) | layers {drop['layers_after']}/{drop['layers_before']} "
-                     f"| | | {drop['parameters_after']:,} (of {drop['parameters_before']:,}) | "
+        lines.append(f"| teacher-layerdrop (Sajjad et al. 2020) | layers {drop['layers_after']}/"
+                     f"{drop['layers_before']} | | | {drop['parameters_after']:,} (of {drop['parameters_before']:,}) | "
                      f"{drop['dev_accuracy_before']:.4f} | {drop['dev_accuracy_dropped']:.4f} | "
                      f"{drop['dev_accuracy_finetuned']:.4f} |")
     plots = [plot for m in summary["models"].values() for plot in m["plots"] if plot.startswith(PRUNE_PLOT_PREFIX)]
