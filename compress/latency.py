@@ -77,6 +77,32 @@ def size_mb(path: str | Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (Linux ``VmHWM``, by writing 5 to
+    ``/proc/self/clear_refs``), so :func:`peak_rss_mb` reports the peak from now on.
+
+    Returns:
+        False where the kernel does not allow it (not Linux, or before 4.0); the peak then
+        stays the process's lifetime peak.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (10^6 bytes): ``VmHWM`` since the last
+    :func:`reset_peak_rss`, else the lifetime peak (``ru_maxrss``)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6  # kB (KiB) in /proc
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB
+
+
 def _measure_in_this_process(backend: str, path: str, threads: int, batches1, batch32, runs: int, warmup: int) -> dict:
     """Load and measure one variant here (the body of the spawned process); adds memory figures."""
     from compress.backends import load_predictor

@@ -6,6 +6,7 @@
     distill presets
     distill bench label CONFIG [--rows 4000] [--emit-layers 3,6] [--set key=value ...]
     distill bench readback CONFIG [--set key=value ...]
+    distill bench latency CONFIG [--set key=value ...]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2.
@@ -47,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage and the ones after it")
     commands.add_parser("presets", help="list the presets shipped with the package")
     bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
-    bench.add_argument("what", choices=["label", "readback"],
+    bench.add_argument("what", choices=["label", "readback", "latency"],
                        help="label: the label stage against a naive transformers loop; readback: memory of "
-                            "streaming the label shards into training batches, a quarter of them against all")
+                            "streaming the label shards into training batches, a quarter of them against all; "
+                            "latency: the benchmark stage's measurement of every variant, against the teacher's "
+                            "best variant")
     bench.add_argument("config", help="preset name or YAML file of a run that has finished its finetune stage "
-                                      "(label: --until finetune; readback: --until label)")
+                                      "(label: --until finetune; readback: --until label; latency: --until quantize, "
+                                      "the benchmark section's settings)")
     bench.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
     bench.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
                        help="two teacher layers whose hidden states and attention maps the third way emits "
@@ -81,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline import bench
 
                 print(bench.render(bench.bench_label(cfg, args.rows, out_file, args.emit_layers)))
-            else:
+            elif args.what == "readback":
                 from pipeline import bench_readback
 
                 print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
+            else:
+                from pipeline import benchmark, report_compress
+
+                print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
             print(f"written: {out_file}")
             return 0
         log_file = setup_logging(cfg.run_dir / "logs")  # before the stages' imports, which log

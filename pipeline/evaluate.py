@@ -162,16 +162,23 @@ def predict(model: nn.Module, featurize: Callable, split: Split) -> list:
 
     Rows are batched in length order (characters, or words for word lists) to keep padding small.
     """
+    with torch.inference_mode():
+        return predict_with(lambda batch: logits_of(model, batch), featurize, split, EVAL_BATCH)
+
+
+def predict_with(logits_fn: Callable, featurize: Callable, split: Split, batch_size: int) -> list:
+    """:func:`predict` through any runtime: ``logits_fn(featurize(texts, pairs))`` gives logits
+    [b, C] or [b, W, C] (a torch tensor or a numpy array) of ``batch_size`` rows at a time,
+    taken in length order."""
     texts, pairs = split.texts, split.pairs
     predictions: list = [None] * len(texts)
     order = np.argsort([len(t) + len(p or "") for t, p in zip(texts, pairs or [None] * len(texts))], kind="stable")
-    with torch.inference_mode():
-        for start in range(0, len(texts), EVAL_BATCH):
-            rows = order[start:start + EVAL_BATCH]
-            batch = featurize([texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None)
-            best = logits_of(model, batch).argmax(-1)  # [b] or [b, W]
-            for j, row in enumerate(rows):
-                predictions[row] = best[j].item() if best.dim() == 1 else best[j, :len(texts[row])].tolist()
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        batch = featurize([texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None)
+        best = logits_fn(batch).argmax(-1)  # [b] or [b, W]
+        for j, row in enumerate(rows):
+            predictions[row] = best[j].item() if best.ndim == 1 else best[j, :len(texts[row])].tolist()
     return predictions
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.artifacts import RunDir
+from pipeline.report_compress import sections
 
 MODEL_TITLES = {"teacher": "teacher (fine-tuned)", "kd": "student, KD", "ce_only": "student, CE only"}
 
@@ -27,7 +28,8 @@ def write(run_dir: RunDir, name: str, stages: list[str],
 
 
 def render(name: str, metrics: dict[str, Any]) -> str:
-    """Markdown report: model table (every score of the evaluate stage), data sizes and stage wall times."""
+    """Markdown report: model table (every score of the evaluate stage), data sizes, stage wall times,
+    and the sections of the prune and benchmark stages when they ran (:mod:`pipeline.report_compress`)."""
     evaluation = metrics["evaluate"]
     models = evaluation["models"]
     keys = evaluation.get("score_keys", ["dev_accuracy"])  # manifests written before test splits existed
@@ -53,6 +55,7 @@ def render(name: str, metrics: dict[str, Any]) -> str:
                   f"({unlabeled} without a hard label).", "",
               "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {stage} | {manifest['wall_s']:.1f} |" for stage, manifest in metrics.items()]
+    lines += sections(metrics)
     return "\n".join(lines) + "\n"
 
 

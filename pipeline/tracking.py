@@ -13,6 +13,12 @@ from pipeline.config import MultiTaskRunConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
+BENCHMARK_COLUMNS = ("name", "model", "backend", "precision", "method", "size_mb", "parameters",
+                     "speedup_vs_teacher_best", "size_ratio_vs_teacher_best", "accuracy_ratio_vs_teacher")
+"""Columns of the benchmark table from each variant (the dev score goes after ``method``)."""
+THREAD_FIGURES = ("p50_ms", "p99_ms", "throughput_eps", "peak_rss_mb")
+"""Figures measured per thread count, one column each per thread count."""
+
 
 class Tracker:
     """One W&B run per ``distill run``; logs each stage's manifest as it completes.
@@ -26,6 +32,7 @@ class Tracker:
         import wandb
 
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_root = cfg.run_dir
         self.run = wandb.init(project=cfg.tracking.project, name=cfg.name, dir=str(cfg.run_dir),
                               mode=cfg.tracking.mode, config=cfg.model_dump(mode="json"),
                               settings=wandb.Settings(silent=True, console="off"))
@@ -53,6 +60,26 @@ class Tracker:
                 self.run.summary[f"{model}/parameters"] = metrics["parameters"]
                 self.run.summary[f"{model}/size_mb"] = metrics["size_mb"]
                 self.run.summary[f"{model}/p50_ms"] = metrics["latency"]["p50_ms"]
+
+        if stage == "benchmark":
+            self.log_benchmark(manifest)
+
+    def log_benchmark(self, summary: dict[str, Any]) -> None:
+        """Log the benchmark's variants as a ``wandb.Table`` (``benchmark/variants``: one row per
+        variant, the columns of :data:`BENCHMARK_COLUMNS` with the thread counts flattened as
+        ``p50_ms_1``, ``p50_ms_all``, ...) and its Pareto plot as a ``wandb.Image``."""
+        import wandb
+
+        fixed = [*BENCHMARK_COLUMNS[:5], summary["score_key"], *BENCHMARK_COLUMNS[5:]]
+        per_thread = [(key, figure) for key in summary["machine"]["threads"] for figure in THREAD_FIGURES]
+        columns = fixed + [f"{figure}_{key}" for key, figure in per_thread]
+        rows = [[v[c] for c in fixed] + [v["threads"][key][figure] for key, figure in per_thread]
+                for v in summary["variants"]]
+        logged = {"benchmark/variants": wandb.Table(columns=columns, data=rows)}
+        if "pareto_png" in summary:
+            logged["benchmark/pareto"] = wandb.Image(str(self.run_root / summary["pareto_png"]))
+        self.run.log(logged)
+        self.run.summary["benchmark/baseline"] = summary["baseline"]
 
     def finish(self) -> None:
         """Close the W&B run."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from tiny_onnx import LSTM_INPUTS, random_features
 
 from compress.backends import load_predictor
-from compress.latency import machine_info, measure, measure_variant, size_mb
+from compress.latency import machine_info, measure, measure_variant, peak_rss_mb, reset_peak_rss, size_mb
 
 
 def sentences(count: int = 5) -> list[dict]:
@@ -51,3 +52,11 @@ def test_machine_info_names_cpu_and_versions():
     assert set(info["cpu_flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                                       "amx_tile", "amx_int8", "fma"}
     assert info["versions"]["onnxruntime"] and info["versions"]["torch"]
+
+
+def test_peak_rss_resets_to_what_runs_after():
+    block = np.ones(40_000_000)  # 320 MB resident
+    with_block = peak_rss_mb()
+    del block
+    assert reset_peak_rss()
+    assert peak_rss_mb() < with_block - 250
