@@ -81,3 +81,37 @@ def test_quick_preset_kd_student_beats_its_ce_only_twin(tmp_path, ray_local):
     models = run_pipeline(cfg)["evaluate"]["models"]
     assert models["teacher"]["dev_accuracy"] > 0.8
     assert models["kd"]["dev_accuracy"] > models["ce_only"]["dev_accuracy"]
+
+
+SHIP_SMOKE = [
+    *SMOKE, "train.epochs=2", "prune.iterations=1", "prune.score_rows=64", "prune.recovery_epochs=0.5",
+    "prune.sensitivity=[0.5]", "quantize.calibration_rows=32", "export.parity_rows=16", "benchmark.runs=20",
+    "benchmark.warmup=2", "benchmark.latency_rows=10", "benchmark.throughput_runs=1", "benchmark.threads=[1]",
+]
+
+
+@needs_sst2
+@pytest.mark.slow
+def test_ship_preset_distils_prunes_exports_quantizes_and_benchmarks(tmp_path, ray_local):
+    """`sst2-ship` on a few hundred real rows: every model of the run reaches ONNX and ExecuTorch
+    with parity, every ONNX export is quantized, and the benchmark measures every variant."""
+    cfg = load_config("sst2-ship", [*SHIP_SMOKE, f"output_dir={tmp_path}", f"data.root={DATA}"])
+    manifests = run_pipeline(cfg)
+    assert list(manifests) == ["data", "finetune", "label", "train", "evaluate", "prune", "export", "quantize",
+                               "benchmark"]
+    pruned = manifests["prune"]["models"]
+    assert set(pruned) == {"teacher", "kd"}
+    for row in pruned.values():
+        assert row["parameters_after"] < row["parameters_before"] and row["vocab_after"] < row["vocab_before"]
+    assert manifests["prune"]["layer_drop"]["layers_after"] == 2
+    models = ["teacher", "kd", "teacher-pruned", "kd-pruned", "teacher-layerdrop"]
+    names = {variant["name"] for variant in manifests["benchmark"]["variants"]}
+    for model in models:
+        assert {f"{model}/onnxruntime-fp32", f"{model}/executorch-fp32", f"{model}/onnxruntime-int8-dynamic",
+                f"{model}/onnxruntime-int8-static", f"{model}/onnxruntime-fp16"} <= names, model
+    by_name = {variant["name"]: variant for variant in manifests["benchmark"]["variants"]}
+    for model in models:  # an fp32 export predicts what its PyTorch model predicts
+        assert by_name[f"{model}/onnxruntime-fp32"]["dev_accuracy"] == pytest.approx(
+            by_name[f"{model}/executorch-fp32"]["dev_accuracy"], abs=2 / 872)
+    assert manifests["benchmark"]["pareto"] and (RunDir(cfg.run_dir).root / "benchmark" / "pareto.png").exists()
+    assert "Compressed and exported variants" in RunDir(cfg.run_dir).report_file.read_text()
