@@ -171,7 +171,8 @@ class ExecuTorchPredictor:
         if input_names is None:
             input_names = _variant_meta(self.path).get("input_names")
             if not input_names:
-                raise ArtifactError(self.path.parent / META_FILE, "must list input_names, the .pte program's input order")
+                raise ArtifactError(self.path.parent / META_FILE,
+                                    "must list input_names, the .pte program's input order")
         self.input_names = list(input_names)
         _unsafe_reset_threadpool(threads)
         try:

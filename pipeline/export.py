@@ -63,16 +63,16 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         batches = parity_batches(featurize, texts[EXPORT_ROWS:], pairs[EXPORT_ROWS:] if pairs else None)
         for export_format in cfg.export.formats:
             meta, result = export_variant(run_dir, name, folder, model, export_format, example, batches,
-                                          cfg.export.atol, fixed_length(model, kind, texts))
+                                          cfg.export.atol, fixed_length(model, kind, run_dir.split_file("dev")))
             summary[meta.name] = result
             log.info("export: %s %.2f MB, max |diff| %.2g, %.1f s", meta.name, result["size_mb"],
                      result["max_abs_diff"], result["export_s"])
     return {"variants": summary}
 
 
-def read_texts(path: Path, kind: TaskKind, rows: int) -> tuple[list, list[str] | None]:
-    """The first ``rows`` rows of a split table: sentences (word lists for token tasks), and
-    second sentences for pair tasks (else None)."""
+def read_texts(path: Path, kind: TaskKind, rows: int | None = None) -> tuple[list, list[str] | None]:
+    """The first ``rows`` rows (None: all) of a split table: sentences (word lists for token
+    tasks), and second sentences for pair tasks (else None)."""
     table = pq.read_table(path, columns=kind.text_columns).slice(0, rows)
     columns = [table.column(name).to_pylist() for name in kind.text_columns]
     return columns[0], (columns[1] if kind is TaskKind.PAIR else None)
@@ -102,13 +102,13 @@ def parity_batches(featurize, texts: list, pairs: list[str] | None) -> list[dict
     return batches
 
 
-def fixed_length(model: nn.Module, kind: TaskKind, dev_texts: list) -> int | None:
+def fixed_length(model: nn.Module, kind: TaskKind, dev_file: Path) -> int | None:
     """The padded length of an ExecuTorch export: None (the exporter's choice: dynamic for BERTs,
     ``max_length`` for LSTM students) except for cnn_lstm taggers, which have no maximum and are
-    exported at the longest dev row read (in words)."""
+    exported at the longest dev sentence (in words), so every dev row fits the program."""
     if family_of(model) != "cnn_lstm" or kind is not TaskKind.TOKEN:
         return None
-    return max(len(words) for words in dev_texts)
+    return max(len(words) for words in read_texts(dev_file, kind)[0])
 
 
 def export_variant(run_dir: RunDir, name: str, folder: Path, model: nn.Module, export_format: str,

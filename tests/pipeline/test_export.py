@@ -3,6 +3,8 @@ of PyTorch at unseen shapes, with the variants' meta.json as pipeline.variants l
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,20 @@ def test_a_truncated_export_fails_parity_naming_the_file(exported_run, tmp_path)
     with pytest.raises(ArtifactError, match="cannot load it") as error:
         check_parity(model, broken, "onnx", batches)
     assert error.value.path == broken
+
+
+def test_token_teacher_exports_its_subtoken_logits(tiny_token_teacher_dir, tmp_path):
+    from pipeline.artifacts import RunDir
+
+    run_dir = RunDir(tmp_path)
+    folder = tmp_path / "finetune" / "teacher"
+    shutil.copytree(tiny_token_teacher_dir, folder)
+    model = load_model_folder(folder)
+    assert type(model).__name__ == "BertForTokenClassification"
+    featurize = export.model_featurizer(model, folder)
+    words = [text.split() for text in sentences(11, seed=4)[0]]
+    meta, result = export.export_variant(run_dir, "teacher", folder, model, "onnx", featurize(words[:2]),
+                                         export.parity_batches(featurize, words[2:], None), 1e-4, None)
+    assert result["max_abs_diff"] <= 1e-4 and [b for b, _ in result["shapes"]] == [1, 3, 5]
+    logits = load_variant(run_dir, meta, 1).predict(featurizer(run_dir, meta, 32)(words[:3]))
+    assert logits.ndim == 3 and logits.shape[0] == 3 and logits.shape[2] == 7  # [B, T sub-tokens, 7 tags]

@@ -28,7 +28,6 @@ def quantized_run(tmp_path_factory):
     return cfg, run_dir, quantize.run(cfg, run_dir)
 
 
-@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_every_method_of_every_model(quantized_run):
     cfg, run_dir, summary = quantized_run
     precisions = {"onnxruntime-int8-dynamic", "onnxruntime-int8-static", "onnxruntime-fp16", "pytorch-int8-dynamic"}
@@ -48,11 +47,11 @@ def test_every_method_of_every_model(quantized_run):
     static = metas["teacher/onnxruntime-int8-static"]
     assert static.settings["calibration"] == "minmax" and static.settings["per_channel"] is True
     assert metas["kd/onnxruntime-fp16"].precision == "fp16"
-    fp16, fp32 = (run_dir.root / metas["teacher/onnxruntime-fp16"].file), run_dir.root / "export/teacher-onnx/model.onnx"
+    fp16 = run_dir.root / metas["teacher/onnxruntime-fp16"].file
+    fp32 = run_dir.root / "export/teacher-onnx/model.onnx"
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
 
 
-@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_torch_dynamic_variant_is_quantized_on_load(quantized_run):
     _, run_dir, summary = quantized_run
     meta = next(m for m in stage_variants(run_dir, "quantize") if m.name == "kd/pytorch-int8-dynamic")
@@ -62,7 +61,6 @@ def test_torch_dynamic_variant_is_quantized_on_load(quantized_run):
     assert quantized  # the LSTM and Linear layers were swapped for dynamic int8 ones
 
 
-@pytest.mark.slow  # the fixture's export and quantization: 20 s of CPU, 30-50 s on a loaded machine
 def test_corrupted_export_fails_naming_the_file(quantized_run, tmp_path):
     cfg, run_dir, _ = quantized_run
     copy = RunDir(tmp_path / "run")
