@@ -71,10 +71,10 @@ def measure(predictor, feature_batches_batch1: list[dict[str, np.ndarray]], feat
 
 
 def size_mb(path: str | Path) -> float:
-    """Size on disk in MB (10^6 bytes) of a file, or of every file under a folder."""
+    """Size on disk in MB (2^20 bytes, as every size in the run) of a file, or of every file under a folder."""
     path = Path(path)
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-    return sum(f.stat().st_size for f in files) / 1e6
+    return sum(f.stat().st_size for f in files) / 2**20
 
 
 def reset_peak_rss() -> bool:

@@ -13,7 +13,6 @@ token-task teacher is exported as the token classifier it is (sub-token logits [
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq

@@ -31,7 +31,7 @@ def test_measure_needs_sentences(tiny_lstm_onnx):
 def test_measure_variant_runs_each_thread_count_in_a_fresh_process(tiny_lstm_onnx):
     report = measure_variant("onnxruntime", tiny_lstm_onnx, sentences(), random_features(32, LSTM_INPUTS),
                              runs=10, warmup=1, threads=(1, 2))
-    assert report["size_mb"] == pytest.approx(os.path.getsize(tiny_lstm_onnx) / 1e6)
+    assert report["size_mb"] == pytest.approx(os.path.getsize(tiny_lstm_onnx) / 2**20)
     assert sorted(report["by_threads"]) == [1, 2]
     for stats in report["by_threads"].values():
         assert 0 < stats["p50_ms"] <= stats["p99_ms"] and stats["throughput_eps"] > 0
@@ -40,8 +40,8 @@ def test_measure_variant_runs_each_thread_count_in_a_fresh_process(tiny_lstm_onn
 
 def test_size_of_a_folder_sums_its_files(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "a.bin").write_bytes(b"x" * 1_000_000)
-    (tmp_path / "sub" / "b.bin").write_bytes(b"x" * 500_000)
+    (tmp_path / "a.bin").write_bytes(b"x" * 2**20)
+    (tmp_path / "sub" / "b.bin").write_bytes(b"x" * 2**19)
     assert size_mb(tmp_path) == pytest.approx(1.5)
     assert size_mb(tmp_path / "a.bin") == pytest.approx(1.0)
 
