@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import MultiTaskRunConfig
 from pipeline.console import setup_logging
 from pipeline.config_loading import load_config, preset_names
 from core.errors import ConfigError, DistillError
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
         if args.command == "bench":
-            if isinstance(cfg, MultiTaskRunConfig):
+            if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
                 raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
             setup_logging(cfg.run_dir / "logs")
