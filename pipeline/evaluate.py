@@ -3,7 +3,9 @@
 Measures the fine-tuned teacher, the distilled student (``kd``) and, when trained, the
 CE-only twin (``ce_only``) on the same rows and the same sentences for latency, each with
 its own featurisation (the teacher's tokenizer, or the student's ``featurize``), on this
-machine's CPU. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
+machine's CPU. The rows are those of the run's tasks (:func:`pipeline.tasks.run_tasks`): a
+single-task run's own, or every source run's of a multi-task run, whose teachers were
+measured by their own runs. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
 precision and recall (:mod:`pipeline.entity_metrics`), the teacher tagging each word with
 its first sub-token (:class:`teachers.token_alignment.WordTagger`).
 """
@@ -124,7 +126,8 @@ def task_splits(task: Task) -> dict[str, Split]:
 
 def task_scores(name: str, model: nn.Module, featurize: Callable, splits: dict[str, Split],
                 task: Task) -> dict[str, float]:
-    """Model ``name``'s scores on a task's splits, ``{<split>_<score>: value}`` rounded to 4 places (see :func:`score`)."""
+    """Model ``name``'s scores on a task's splits, ``{<split>_<score>: value}`` rounded to 4 places
+    (see :func:`score`)."""
     scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
               for key, value in score(predict(model, featurize, split), split.gold, task.tag_names).items()}
     log.info("evaluate: %s on %s: %s", name, task.name or "the run's task",

@@ -61,7 +61,9 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
         return [cfg.label, cfg.teacher.max_length, [file_stats(weight_files(folder)) for folder in teachers]]
     if stage in OPTIONAL_STAGES:
         return [getattr(cfg, stage), cfg.seed]
-    return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "evaluate": [cfg.evaluate]}[stage]
+    if stage == "finetune":
+        return [cfg.teacher, cfg.finetune, cfg.seed]
+    return [cfg.evaluate]
 
 
 def configured(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:

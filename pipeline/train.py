@@ -10,7 +10,9 @@ data and loss tell apart:
              trained when ``train.ce_only_baseline`` is set, for comparison
 
 Both start from the same initial student (``train/initial/``), of any family of
-:mod:`students`. The rows are streamed and batched by :mod:`pipeline.batching` and collated by
+:mod:`students`, and learn the run's tasks (:func:`pipeline.tasks.run_tasks`): a single-task
+run's own, or one per source run of a multi-task run (Liu et al. 2019), each step then
+training one task, drawn in proportion to its batches (:func:`pipeline.batching.interleave`). The rows are streamed and batched by :mod:`pipeline.batching` and collated by
 :mod:`pipeline.collate`.
 
 Every epoch each worker reports its metrics and rank 0 attaches a checkpoint
@@ -155,8 +157,10 @@ def student_inputs(tasks: list[Task]) -> BuildInputs:
     teacher_dir = tasks[0].run_dir.teacher_dir
     if tasks[0].name is None:
         task = tasks[0]
-        return BuildInputs(teacher_dir, task.transfer_texts(), task.num_labels, sentence_pairs=task.kind is TaskKind.PAIR)
-    texts = [" ".join(text) if task.kind is TaskKind.TOKEN else text for task in tasks for text in task.transfer_texts()]
+        return BuildInputs(teacher_dir, task.transfer_texts(), task.num_labels,
+                           sentence_pairs=task.kind is TaskKind.PAIR)
+    texts = [" ".join(text) if task.kind is TaskKind.TOKEN else text
+             for task in tasks for text in task.transfer_texts()]
     log.info("train: tasks %s; %d transfer texts for the vocabulary", {t.name: t.kind for t in tasks}, len(texts))
     return BuildInputs(teacher_dir, texts, tasks={task.name: (task.kind.value, task.num_labels) for task in tasks})
 
