@@ -42,7 +42,8 @@ from pipeline.artifacts import RunDir
 from pipeline.compress_config import BenchmarkConfig
 from pipeline.config import RunConfig
 from pipeline.data import task_kind
-from pipeline.evaluate import Split, dev_metric_name, predict_with, read_split, score, tag_names
+from pipeline.evaluate import Split, dev_metric_name, predict_with, read_split, score
+from pipeline.tasks import tag_names
 from pipeline.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
                                run_models, stage_variants)
 from teachers.token_alignment import NO_SUBTOKEN

@@ -21,7 +21,6 @@ from pipeline.console import quiet_import_noise, setup_logging
 
 quiet_import_noise()  # before the imports below bring in torch and transformers
 
-from pipeline.config import MultiTaskRunConfig  # noqa: E402
 from pipeline.config_loading import load_config, preset_names  # noqa: E402
 from core.errors import ConfigError, DistillError  # noqa: E402
 
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
         if args.command == "bench":
-            if isinstance(cfg, MultiTaskRunConfig):
+            if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
                 raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
             setup_logging(cfg.run_dir / "logs")

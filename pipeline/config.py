@@ -269,6 +269,12 @@ class RunBase(Section):
         """``output_dir / name``: where every artifact of this run lives."""
         return self.output_dir / self.name
 
+    def runs_stage(self, stage: str) -> bool:
+        """Whether this run runs a stage: when it has the stage's section (``data``, ``train``,
+        ``prune``, ...). A multi-task run has only ``train`` and ``evaluate``: its source runs
+        provide the data, finetune and label stages."""
+        return getattr(self, stage, None) is not None
+
 
 class RunConfig(RunBase):
     """A whole distillation run, loaded from one YAML file."""

@@ -3,7 +3,9 @@
 Measures the fine-tuned teacher, the distilled student (``kd``) and, when trained, the
 CE-only twin (``ce_only``) on the same rows and the same sentences for latency, each with
 its own featurisation (the teacher's tokenizer, or the student's ``featurize``), on this
-machine's CPU. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
+machine's CPU. The rows are those of the run's tasks (:func:`pipeline.tasks.run_tasks`): a
+single-task run's own, or every source run's of a multi-task run, whose teachers were
+measured by their own runs. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
 precision and recall (:mod:`pipeline.entity_metrics`), the teacher tagging each word with
 its first sub-token (:class:`teachers.token_alignment.WordTagger`).
 """
@@ -24,11 +26,12 @@ from torch import nn
 
 from core.schema import TEXT_PAIR, TaskKind
 from pipeline.artifacts import RunDir
-from pipeline.config import EvaluateConfig, RunConfig
-from pipeline.data import task_kind
+from core.errors import ArtifactError
+from pipeline.config import EvaluateConfig, MultiTaskRunConfig, RunConfig
 from pipeline.entity_metrics import entity_scores
 from pipeline.latency import batch1_latency_ms
-from students.base import META_FILE
+from pipeline.tasks import Task, run_tasks
+from students.base import META_FILE, Student
 from students.registry import load_student
 from core.hf_checkpoint import load_tokenizer
 from teachers.checkpoint import CLASSIFIERS
@@ -60,44 +63,97 @@ class Split:
     gold: list
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    """Measure every model of the run on the dev split, and on the test split when configured.
+def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
+    """Score every model of the run on each task's dev split (and test split when its run has one),
+    and measure parameters, size and batch-1 latency on the first task's dev rows.
+
+    The models are the trained students (``kd``, ``ce_only``) and, when the run fine-tuned it,
+    the teacher; a multi-task run's teachers are its source runs', whose scores come from those
+    runs' evaluate stages.
 
     Returns:
-        ``{"dev_rows", ["test_rows",] "hardware", "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``;
-        ``score_keys`` lists the score entries of each metrics dict, ``<split>_<score>`` with the
-        scores of :func:`score` (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...),
-        and each metrics dict also holds ``parameters``, ``size_mb`` and ``latency`` (see
+        For a single-task run (one unnamed task): ``{"dev_rows", ["test_rows",] "hardware",
+        "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``; ``score_keys`` lists the
+        score entries of each metrics dict, ``<split>_<score>`` with the scores of :func:`score`
+        (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...), and each metrics dict
+        also holds ``parameters``, ``size_mb`` and ``latency`` (see
         :func:`pipeline.latency.batch1_latency_ms`).
+        For named tasks: ``{"tasks": {task: {"kind", "score_keys", "teacher": {score: value} or
+        None, "kd"/"ce_only": {score: value}}}, "models": {kind: {"parameters", "size_mb",
+        "latency"}}, "latency_task", "hardware"}``; the teacher's scores are None when its run
+        has not been evaluated.
+
+    Raises:
+        ArtifactError: a multi-task run has no KD student (run the train stage first), or a
+            source run is missing or unfinished.
     """
     torch.manual_seed(cfg.seed)
-    tags = tag_names(cfg)
-    kind = task_kind(cfg.data)
-    splits = {"dev": read_split(run_dir.split_file("dev"), kind)}
-    if cfg.data.test is not None:
-        splits["test"] = read_split(run_dir.split_file("test"), kind)
-    models: dict[str, tuple[nn.Module, Callable, Path]] = {
-        "teacher": teacher_model(run_dir.teacher_dir, cfg.teacher.max_length, cfg.data.task)}
-    for kind in STUDENT_KINDS:
-        if run_dir.student_dir(kind).joinpath(META_FILE).exists():
-            student = load_student(run_dir.student_dir(kind))
-            models[kind] = (student, student.featurize, run_dir.student_dir(kind))
-    results = {}
-    for name, (model, featurize, folder) in models.items():
-        scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
-                  for key, value in score(predict(model, featurize, split), split.gold, tags).items()}
-        results[name] = {**scores, **measure(model, featurize, folder, splits["dev"], cfg.evaluate)}
-        log.info("evaluate: %s %s, %d parameters, %.1f MB, p50 %.2f ms", name,
-                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), results[name]["parameters"],
-                 results[name]["size_mb"], results[name]["latency"]["p50_ms"])
-    score_keys = [key for key in results["teacher"] if key.split("_", 1)[0] in splits]  # every model's alike
-    return {**{f"{name}_rows": len(split.texts) for name, split in splits.items()}, "hardware": hardware(),
-            "score_keys": score_keys, "models": results}
+    tasks = run_tasks(cfg, run_dir)
+    models = {name: (student, student.featurize, run_dir.student_dir(name))
+              for name, student in trained_students(run_dir).items()}
+    if cfg.runs_stage("finetune"):  # the run's own teacher, measured beside its students
+        models = {"teacher": teacher_model(run_dir.teacher_dir, cfg.teacher.max_length, cfg.data.task), **models}
+    if not models.keys() & {"teacher", "kd"}:
+        raise ArtifactError(run_dir.student_dir("kd"), "missing; run the train stage first")
+    splits = {task.name: task_splits(task) for task in tasks}
+    scores = {task.name: {name: task_scores(name, model, featurize_for(featurize, task.name), splits[task.name], task)
+                          for name, (model, featurize, _) in models.items()} for task in tasks}
+    first = tasks[0]
+    measured = {name: measure(model, featurize_for(featurize, first.name), folder, splits[first.name]["dev"],
+                              cfg.evaluate) for name, (model, featurize, folder) in models.items()}
+    for name, row in measured.items():
+        log.info("evaluate: %s, %d parameters, %.1f MB, p50 %.2f ms", name, row["parameters"], row["size_mb"],
+                 row["latency"]["p50_ms"])
+    if first.name is None:
+        return {**{f"{name}_rows": len(split.texts) for name, split in splits[None].items()}, "hardware": hardware(),
+                "score_keys": list(next(iter(scores[None].values()))),
+                "models": {name: {**scores[None][name], **measured[name]} for name in models}}
+    return {"tasks": {task.name: named_task_results(task, scores[task.name]) for task in tasks},
+            "models": measured, "latency_task": first.name, "hardware": hardware()}
 
 
-def tag_names(cfg: RunConfig) -> list[str] | None:
-    """The IOB2 tag names of a token task, in index order; None for sequence tasks."""
-    return [str(tag) for tag in cfg.data.labels] if cfg.data.task == "token" else None
+def trained_students(run_dir: RunDir) -> dict[str, Student]:
+    """The run's trained students that exist (``kd``, ``ce_only``), loaded in eval mode."""
+    return {kind: load_student(run_dir.student_dir(kind)) for kind in STUDENT_KINDS
+            if run_dir.student_dir(kind).joinpath(META_FILE).exists()}
+
+
+def task_splits(task: Task) -> dict[str, Split]:
+    """The task's dev split, and its test split when its run configures one."""
+    names = ["dev"] + (["test"] if task.cfg.data.test is not None else [])
+    return {name: read_split(task.run_dir.split_file(name), task.kind) for name in names}
+
+
+def task_scores(name: str, model: nn.Module, featurize: Callable, splits: dict[str, Split],
+                task: Task) -> dict[str, float]:
+    """Model ``name``'s scores on a task's splits, ``{<split>_<score>: value}`` rounded to 4 places
+    (see :func:`score`)."""
+    scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
+              for key, value in score(predict(model, featurize, split), split.gold, task.tag_names).items()}
+    log.info("evaluate: %s on %s: %s", name, task.name or "the run's task",
+             ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return scores
+
+
+def named_task_results(task: Task, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One task of a multi-task run: ``{"kind", "kd"/"ce_only": scores, "score_keys", "teacher"}``;
+    the teacher's scores are its source run's evaluate stage's (None when that has not run)."""
+    keys = list(scores["kd"])
+    teacher = task.run_dir.manifest("evaluate")
+    return {"kind": task.kind.value, **scores, "score_keys": keys,
+            "teacher": {key: teacher["models"]["teacher"].get(key) for key in keys} if teacher else None}
+
+
+def featurize_for(featurize: Callable[..., dict[str, Any]], task: str | None) -> Callable[..., dict[str, Any]]:
+    """``featurize`` itself for an unnamed task; for a named one, its features with ``task`` added
+    (the head a multi-task student runs)."""
+    if task is None:
+        return featurize
+
+    def featurize_task(texts: list, pairs: list[str] | None = None) -> dict[str, Any]:
+        return {**featurize(texts, pairs), "task": task}
+
+    return featurize_task
 
 
 def dev_metric_name(tag_names: list[str] | None) -> str:

@@ -16,21 +16,21 @@ from typing import Any
 
 import yaml
 
-from pipeline import (benchmark, console, data, evaluate, export, finetune, label, multitask, prune, quantize, report,
-                      train)
+from pipeline import benchmark, console, data, evaluate, export, finetune, label, prune, quantize, report, train
 from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
 from core.errors import ConfigError
+from pipeline.tasks import source_fingerprints
 from pipeline.tracking import Tracker
 from teachers.ensemble import weight_files
 
 log = logging.getLogger(__name__)
 
-STAGES: dict[str, Callable[[RunConfig, RunDir], dict[str, Any]]] = {
+STAGES: dict[str, Callable[[RunConfig | MultiTaskRunConfig, RunDir], dict[str, Any]]] = {
     "data": data.run, "finetune": finetune.run, "label": label.run, "train": train.run, "evaluate": evaluate.run,
     "prune": prune.run, "export": export.run, "quantize": quantize.run, "benchmark": benchmark.run}
-"""Stage name -> stage function, in pipeline order."""
+"""Stage name -> stage function, in pipeline order; a run runs those it has a section for (:func:`configured`)."""
 
 OPTIONAL_STAGES = ("prune", "export", "quantize", "benchmark")
 """Stages that run only when the config has their section (``prune:``, ...)."""
@@ -42,9 +42,11 @@ def needs_ray(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:
 
 
 def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
-    """What a stage's output depends on besides the stages before it."""
-    if isinstance(cfg, MultiTaskRunConfig):
-        return multitask.stage_inputs(cfg, stage)
+    """What a stage's output depends on besides the stages before it; for a multi-task run's
+    ``train``, also its source runs' data and label fingerprints (:func:`pipeline.tasks.source_fingerprints`)."""
+    if stage == "train":
+        sources = source_fingerprints(cfg)
+        return [cfg.train, cfg.seed, sources] if sources else [cfg.train, cfg.seed]
     if stage == "data":
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.test, cfg.data.unlabeled)
                  if s is not None]
@@ -59,13 +61,9 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
         return [cfg.label, cfg.teacher.max_length, [file_stats(weight_files(folder)) for folder in teachers]]
     if stage in OPTIONAL_STAGES:
         return [getattr(cfg, stage), cfg.seed]
-    return {"finetune": [cfg.teacher, cfg.finetune, cfg.seed], "train": [cfg.train, cfg.seed],
-            "evaluate": [cfg.evaluate]}[stage]
-
-
-def configured(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> bool:
-    """Whether a stage runs for this config: always, unless it is optional and its section is absent."""
-    return stage not in OPTIONAL_STAGES or getattr(cfg, stage, None) is not None
+    if stage == "finetune":
+        return [cfg.teacher, cfg.finetune, cfg.seed]
+    return [cfg.evaluate]
 
 
 def stage_fingerprint(cfg: RunConfig | MultiTaskRunConfig, stage: str, upstream: str) -> str:
@@ -86,9 +84,8 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
     """Run every stage up to and including ``until``.
 
     Args:
-        cfg: the validated run config; a multi-task config runs :data:`pipeline.multitask.STAGES`.
-        until: the last stage to run (a multi-task run ends at ``evaluate``); optional stages
-            without a config section are skipped.
+        cfg: the validated run config, single- or multi-task.
+        until: the last stage to run; stages the config has no section for are skipped.
         force: stages to redo even when fresh (the stages after them are redone too).
 
     Returns:
@@ -98,15 +95,11 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
         ConfigError: ``until`` or ``force`` names an unknown stage.
         DistillError: any stage's input error (see each stage).
     """
-    multi = isinstance(cfg, MultiTaskRunConfig)
-    stages = multitask.STAGES if multi else STAGES
-    all_names = list(stages)
-    if multi and until in STAGES and until not in stages:  # a multi-task run ends at its evaluate stage
-        until = all_names[-1]
+    all_names = list(STAGES)
     for stage in (until, *force):
-        if stage not in stages:
+        if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; stages are {all_names}")
-    names = [name for name in all_names[: all_names.index(until) + 1] if configured(cfg, name)]
+    names = [name for name in all_names[: all_names.index(until) + 1] if cfg.runs_stage(name)]
     run_dir = RunDir(cfg.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -128,13 +121,13 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
             for stale in run_dir.remove_partial_files(stage):
                 log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
             began = time.perf_counter()
-            summary = stages[stage](cfg, run_dir.for_stage(stage_fp))
+            summary = STAGES[stage](cfg, run_dir.for_stage(stage_fp))
             manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
             log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
             if tracker:
                 tracker.log_stage(stage, manifests[stage])
         if "evaluate" in names:
-            report.write(run_dir, cfg.name, names, multitask.render if multi else None)
+            report.write(run_dir, cfg.name, names)
             log.debug("report: %s", run_dir.report_file)
     finally:
         if tracker:

@@ -10,7 +10,9 @@ data and loss tell apart:
              trained when ``train.ce_only_baseline`` is set, for comparison
 
 Both start from the same initial student (``train/initial/``), of any family of
-:mod:`students`. The rows are streamed and batched by :mod:`pipeline.batching` and collated by
+:mod:`students`, and learn the run's tasks (:func:`pipeline.tasks.run_tasks`): a single-task
+run's own, or one per source run of a multi-task run (Liu et al. 2019), each step then
+training one task, drawn in proportion to its batches (:func:`pipeline.batching.interleave`). The rows are streamed and batched by :mod:`pipeline.batching` and collated by
 :mod:`pipeline.collate`.
 
 Every epoch each worker reports its metrics and rank 0 attaches a checkpoint
@@ -43,10 +45,10 @@ from ray.train.torch import TorchTrainer
 from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
 from pipeline.artifacts import RunDir
-from pipeline.config import RunConfig, TrainConfig
-from pipeline.data import task_kind
-from pipeline.evaluate import dev_metric_name, tag_names
+from pipeline.config import MultiTaskRunConfig, RunConfig, TrainConfig
+from pipeline.evaluate import dev_metric_name
 from pipeline.shards import require_file, soft_label_files, training_columns
+from pipeline.tasks import Task, run_tasks
 from pipeline.train_loop import train_loop
 from students.base import BuildInputs
 from students.registry import FAMILIES, build_student, load_student
@@ -78,14 +80,16 @@ class TaskData:
     tag_names: list[str] | None
 
 
-def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    """Train the KD student (and the CE-only twin) and publish the best checkpoint of each.
+def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
+    """Train the KD student (and the CE-only twin) on the run's tasks and publish the best checkpoint of each.
 
     Args:
-        cfg: the run config; reads ``train``, ``data.labels``, ``data.task``,
-            ``data.text_pair_column``, ``teacher.max_length`` and ``seed``.
-        run_dir: the run directory, with the stage's fingerprint; reads ``label/``, ``data/``
-            and ``finetune/teacher/``.
+        cfg: the run config; reads ``train`` and ``seed``, and of each task's run
+            (:func:`pipeline.tasks.run_tasks`) ``data.labels``, ``data.task``,
+            ``data.text_pair_column`` and ``teacher.max_length``.
+        run_dir: the run directory, with the stage's fingerprint; reads each task's ``label/``,
+            ``data/`` and ``finetune/teacher/`` (the first task's teacher for the student's
+            vocabulary and embeddings).
 
     Returns:
         ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history"}}`` for ``kd``
@@ -93,29 +97,33 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         ("accuracy" or "entity_f1"); ``history`` holds one dict per epoch with
         ``epoch, loss, loss_<term> (one per loss term), dev_score, lr (after the epoch's last
         step), wall_s, peak_rss_mb`` (the largest peak RSS of a worker process, MB: bounded by
-        the shuffle buffer and Ray Data's block budget, not by the transfer set's size).
+        the shuffle buffer and Ray Data's block budget, not by the transfer set's size); named
+        tasks add ``best_dev_<task>`` (see :func:`fit`).
 
     Raises:
         ArtifactError: a soft-label shard, a split or the teacher is missing or fails its
-            checksum, or the shards lack a signal the loss needs.
+            checksum, or the shards lack a signal the loss needs; a multi-task run's source run
+            is missing or unfinished.
         ConfigError: ``train.student`` does not fit the teacher or the loss, or there are fewer
             GPUs than ``train.num_workers`` on a GPU machine.
     """
-    num_labels, kind = len(cfg.data.labels), task_kind(cfg.data)
-    check_loss_fits_student(cfg)
-    dev_file = require_file(run_dir.split_file("dev"))
-    runs = {"kd": (TaskData(None, kind, soft_label_files(run_dir, num_labels, cfg.train.loss), dev_file,
-                            tag_names(cfg)), cfg.train.loss)}
+    tasks = run_tasks(cfg, run_dir)
+    check_loss_fits_student(cfg.train, tasks[0].cfg.teacher.max_length)
+    kd = [TaskData(task.name, task.kind, soft_label_files(task.run_dir, task.num_labels, cfg.train.loss),
+                   require_file(task.run_dir.split_file("dev")), task.tag_names) for task in tasks]
+    runs = {"kd": (kd, cfg.train.loss)}
     if cfg.train.ce_only_baseline:
-        runs["ce_only"] = (TaskData(None, kind, [require_file(run_dir.split_file("train"))], dev_file,
-                                    tag_names(cfg)), cfg.train.loss.ce_only())
-    if not run_dir.teacher_dir.is_dir():
-        raise ArtifactError(run_dir.teacher_dir, "missing; run the finetune stage first")
+        ce = [TaskData(task.name, task.kind, [require_file(task.run_dir.split_file("train"))], data.dev_file,
+                       task.tag_names) for task, data in zip(tasks, kd)]
+        runs["ce_only"] = (ce, cfg.train.loss.ce_only())
+    teacher_dir = tasks[0].run_dir.teacher_dir
+    if not teacher_dir.is_dir():
+        raise ArtifactError(teacher_dir, "missing; run the finetune stage first")
     check_gpus(cfg.train)
-    initial_dir = build_initial_student(cfg, run_dir, kind)
-    hidden_size = teacher_hidden_size(run_dir.teacher_dir)
-    return {name: fit(name, cfg.train, cfg.seed, run_dir, [task], loss, initial_dir, hidden_size)
-            for name, (task, loss) in runs.items()}
+    initial_dir = build_initial_student(cfg, run_dir, tasks)
+    hidden_size = teacher_hidden_size(teacher_dir)
+    return {name: fit(name, cfg.train, cfg.seed, run_dir, task_data, loss, initial_dir, hidden_size)
+            for name, (task_data, loss) in runs.items()}
 
 
 def check_gpus(train_cfg: TrainConfig) -> None:
@@ -126,40 +134,61 @@ def check_gpus(train_cfg: TrainConfig) -> None:
                           f"and each GPU worker needs one; lower train.num_workers")
 
 
-def build_initial_student(cfg: RunConfig, run_dir: RunDir, kind: TaskKind) -> Path:
+def build_initial_student(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir, tasks: list[Task]) -> Path:
     """Build the student both twins start from (seeded), save it to ``train/initial/``, return the folder.
 
     Families with their own vocabulary (SentencePiece, the tagger's words) learn it from the
-    transfer set's texts (word lists for token tasks); a pair task gets a pair student.
+    transfer sets' texts (:func:`student_inputs`).
     """
-    transfer = pq.read_table(run_dir.split_file("transfer"), columns=kind.text_columns)
-    texts = [t for column in transfer.columns for t in column.to_pylist()]
+    inputs = student_inputs(tasks)
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg.train.student, BuildInputs(run_dir.teacher_dir, texts, len(cfg.data.labels),
-                                                           sentence_pairs=kind is TaskKind.PAIR))
+    student = build_student(cfg.train.student, inputs)
     return student.save(run_dir.stage_dir("train") / "initial")
 
 
-def check_loss_fits_student(cfg: RunConfig) -> None:
+def student_inputs(tasks: list[Task]) -> BuildInputs:
+    """What the student's builder reads: the first task's teacher and every task's transfer texts.
+
+    The one unnamed task of a single-task run gives its label count, its word lists (token
+    tasks) and whether it classifies pairs (a pair student); named tasks give a multi-task
+    student its heads, ``{name: (kind, num_labels)}``, and their texts as sentences (word lists
+    joined by spaces).
+    """
+    teacher_dir = tasks[0].run_dir.teacher_dir
+    if tasks[0].name is None:
+        task = tasks[0]
+        return BuildInputs(teacher_dir, task.transfer_texts(), task.num_labels,
+                           sentence_pairs=task.kind is TaskKind.PAIR)
+    texts = [" ".join(text) if task.kind is TaskKind.TOKEN else text
+             for task in tasks for text in task.transfer_texts()]
+    log.info("train: tasks %s; %d transfer texts for the vocabulary", {t.name: t.kind for t in tasks}, len(texts))
+    return BuildInputs(teacher_dir, texts, tasks={task.name: (task.kind.value, task.num_labels) for task in tasks})
+
+
+def check_loss_fits_student(train_cfg: TrainConfig, teacher_max_length: int) -> None:
     """Fail before any work when the loss asks for signals the student cannot match.
+
+    Args:
+        train_cfg: the ``train`` section.
+        teacher_max_length: the (first) teacher's ``teacher.max_length``, tokens.
 
     Raises:
         ConfigError: a hidden-state, attention, cosine or PKD term with a student family that
             has no such outputs, or with a student ``max_length`` other than the teacher's (the
             per-token signals are aligned token by token).
     """
-    needs_layers = layer_terms(cfg.train.loss)
+    needs_layers = layer_terms(train_cfg.loss)
     if not needs_layers:
         return
-    student = cfg.train.student
+    student = train_cfg.student
     if not FAMILIES[student.family].layer_outputs:
         layer_families = [name for name, family in FAMILIES.items() if family.layer_outputs]
         raise ConfigError(f"train.loss.{needs_layers[0]} needs a student with hidden states and attention maps "
                           f"(train.student.family: {' or '.join(layer_families)}), not {student.family}")
-    if student.max_length != cfg.teacher.max_length:
+    if student.max_length != teacher_max_length:
         raise ConfigError(f"train.loss.{needs_layers[0]} aligns student and teacher tokens, so "
                           f"train.student.max_length ({student.max_length}) must equal teacher.max_length "
-                          f"({cfg.teacher.max_length})")
+                          f"({teacher_max_length})")
 
 
 def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: list[TaskData], loss: LossConfig,

@@ -48,3 +48,24 @@ def test_report_of_a_token_task_has_every_score_column(tmp_path):
             in text)
     assert "| teacher (fine-tuned) | 0.9100 | 0.9000 | 0.9200 | 0.8800 | 1,000 |" in text
     assert "Dev rows: 5; test rows: 6." in text and "(20 without a hard label)" in text
+
+
+def test_report_of_several_tasks_has_a_row_per_task_and_score(tmp_path):
+    run = RunDir(tmp_path)
+    latency = {"p50_ms": 1.5, "p99_ms": 3.0, "mean_ms": 1.5}
+    run.publish("train", "a", {"kd": {"best_dev_score": 0.9}}, 3.0)
+    run.publish("evaluate", "b", {
+        "tasks": {"sst": {"kind": "sentence", "kd": {"dev_accuracy": 0.85}, "ce_only": {"dev_accuracy": 0.8},
+                          "score_keys": ["dev_accuracy"], "teacher": {"dev_accuracy": 0.9}},
+                  "ner": {"kind": "token", "kd": {"dev_entity_f1": 0.7}, "score_keys": ["dev_entity_f1"],
+                          "teacher": None}},
+        "models": {"kd": {"parameters": 1234, "size_mb": 0.5, "latency": latency}},
+        "latency_task": "sst", "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"}}, 2.0)
+    report.write(run, "mt", ["train", "evaluate"])
+    lines = run.report_file.read_text().splitlines()
+    assert lines[0] == "# Multi-task distillation report: mt"
+    assert "| sst | dev accuracy | 0.9000 | 0.8500 | 0.8000 |" in lines
+    assert "| ner | dev entity f1 | - | 0.7000 | - |" in lines
+    assert "Batch-1 latency on sst dev rows." in lines
+    assert "| student, KD | 1,234 | 0.5 | 1.50 | 3.00 |" in lines
+    assert lines[-2:] == ["| train | 3.0 |", "| evaluate | 2.0 |"]

@@ -5,7 +5,7 @@ import shutil
 
 from pipeline.artifacts import fingerprint
 from pipeline.config_loading import validate_config
-from pipeline.runner import stage_inputs
+from pipeline.runner import STAGES, stage_inputs
 
 
 def data_fingerprint(root):
@@ -28,3 +28,13 @@ def test_data_stage_fingerprint_follows_file_content_only(tmp_path):
 
     (copy / "train.tsv").write_text("sentence\tlabel\ngood\t0\n")  # same size, other content
     assert data_fingerprint(copy) != original
+
+
+def test_one_stage_list_runs_the_stages_a_config_has_sections_for(tmp_path):
+    single = validate_config({"name": "t", "data": {"train": {"path": "a"}, "dev": {"path": "b"}, "labels": [0, 1]}})
+    multi = validate_config({"name": "mt", "tasks": {"sst": str(tmp_path)}})
+    assert [stage for stage in STAGES if single.runs_stage(stage)] == ["data", "finetune", "label", "train",
+                                                                         "evaluate"]
+    assert [stage for stage in STAGES if multi.runs_stage(stage)] == ["train", "evaluate"]  # the rest: its sources'
+    # a single-task run's train fingerprint is what it was before multi-task runs shared the stage list
+    assert stage_inputs(single, "train") == [single.train, single.seed]
