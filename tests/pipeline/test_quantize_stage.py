@@ -14,7 +14,7 @@ from pipeline.artifacts import RunDir
 from pipeline.compress_config import ExportConfig, QuantizeConfig
 from pipeline.variants import load_variant, stage_variants
 
-from test_export import finished_run
+from test_export_stage import finished_run
 
 MIN_AGREEMENT = 0.5
 """The random tiny teacher's logits are close to ties, so int8 may flip a few of its predictions."""
