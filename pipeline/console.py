@@ -147,6 +147,7 @@ def _install(handlers: list[logging.Handler], route_third_party: bool = True) ->
     logging.captureWarnings(True)
     if not route_third_party:
         return
+    import ray.data  # noqa: F401  (Ray and Ray Data give their loggers console handlers on import)
     import torch  # noqa: F401  (its loggers exist from here; imports below log through them)
 
     _route_console_loggers()
