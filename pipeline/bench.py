@@ -109,11 +109,9 @@ def label_stage_seconds(cfg: RunConfig, transfer: pa.Table, teacher_dir: Path) -
 
 def way_result(seconds: float, rows: int, naive_s: float, useful_flops: float, peak_flops: float) -> dict[str, Any]:
     """One way's row of the table: seconds, examples/s, speed-up over naive, useful GFLOP/s and
-    their fraction of the matmul peak."""
-    return {"seconds": round(seconds, 2), "examples_per_s": round(rows / seconds, 1),
-            "speedup_vs_naive": round(naive_s / seconds, 2),
-            "useful_gflops_per_s": round(useful_flops / seconds / 1e9, 2),
-            "fraction_of_peak": round(useful_flops / seconds / peak_flops, 4)}
+    their fraction of the matmul peak, unrounded (:func:`render` rounds for the table)."""
+    return {"seconds": seconds, "examples_per_s": rows / seconds, "speedup_vs_naive": naive_s / seconds,
+            "useful_gflops_per_s": useful_flops / seconds / 1e9, "fraction_of_peak": useful_flops / seconds / peak_flops}
 
 
 def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] = (3, 6)) -> dict[str, Any]:
