@@ -141,7 +141,8 @@ def torch_dynamic_meta(parent: VariantMeta, model: nn.Module) -> VariantMeta:
 
 def bert_shape(model: nn.Module) -> dict[str, int]:
     """``num_heads`` and ``hidden_size`` for ONNX Runtime's BERT optimizer, from a Hugging Face
-    model's config (``{}`` for students without one, whose recipes do not fuse).
+    model's config or a transformer student's BERT (``{}`` for students without one, whose
+    recipes do not fuse).
 
     A pruned BERT keeps its unpruned config numbers; the optimizer then fuses no Attention in its
     layers of fewer heads (their Q/K/V widths differ from ``hidden_size``), and its output stays
@@ -150,7 +151,8 @@ def bert_shape(model: nn.Module) -> dict[str, int]:
     unpruned (only SkipLayerNormalization and BiasGelu), so dynamic int8 quantizes their MatMul
     and Gather nodes.
     """
-    config = getattr(model, "config", None)
+    hf_model = getattr(model, "model", model)  # a transformer student wraps its BERT as .model
+    config = getattr(hf_model, "config", None)
     if config is None or not hasattr(config, "num_attention_heads"):
         return {}
     return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}

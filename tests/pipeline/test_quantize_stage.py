@@ -90,3 +90,14 @@ def test_runner_runs_export_and_quantize_after_the_trained_stages(tmp_path):
     assert set(manifests["quantize"]["variants"]) == {f"{model}/{p}" for model in ("teacher", "kd")
                                                       for p in ("onnxruntime-int8-dynamic", "pytorch-int8-dynamic")}
     assert run_pipeline(cfg, until="quantize")["quantize"] == manifests["quantize"]  # fresh: reused
+
+
+def test_bert_shape_reads_a_transformer_students_bert(tiny_teacher_dir):
+    # the ONNX Runtime BERT optimizer needs the heads and width of the BERT inside the student
+    from pipeline.quantize import bert_shape
+    from students.base import BuildInputs
+    from students.transformer import TransformerStudentConfig, build_transformer_student
+
+    student = build_transformer_student(TransformerStudentConfig(num_layers=1), BuildInputs(tiny_teacher_dir, ["a"], 2))
+    assert bert_shape(student) == {"num_heads": 2, "hidden_size": 32}
+    assert bert_shape(student.model) == bert_shape(student)
