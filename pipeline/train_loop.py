@@ -19,9 +19,9 @@ import time
 import numpy as np
 import ray.train
 import ray.train.torch
+from ray.experimental import tqdm_ray
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from core.precision import GRADIENT_CLIP_NORM, Precision, deepspeed_config, make_optimizer, select_precision
@@ -201,8 +201,9 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     device = ray.train.torch.get_device()
     names: list[str] = []
     sums = None  # row-weighted sums of total and each term, then the row count
-    for step, batch in enumerate(tqdm(batches, desc="train", unit="step", total=steps, disable=not show_progress),
-                                 start=first_step):
+    # Ray's tqdm: the driver draws the worker's bar in place, instead of a line per update
+    progress = tqdm_ray.tqdm(batches, desc="train", unit="step", total=steps) if show_progress else batches
+    for step, batch in enumerate(progress, start=first_step):
         batch = batch.to(device)
         terms = optimizer_step(model, batch, optimizer, scheduler, scaler, precision, min(1.0, step / total_steps))
         if sums is None:
@@ -211,6 +212,8 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         rows = float(len(batch.labels))
         sums += torch.tensor([terms.total.item() * rows, *(terms.terms[n].item() * rows for n in names), rows],
                              dtype=torch.float64, device=device)
+    if show_progress:
+        progress.close()
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
     *values, rows = sums.tolist()
