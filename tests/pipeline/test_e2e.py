@@ -85,7 +85,8 @@ def test_quick_preset_kd_student_beats_its_ce_only_twin(tmp_path, ray_local):
 
 SHIP_SMOKE = [
     *SMOKE, "train.epochs=2", "prune.iterations=1", "prune.score_rows=64", "prune.recovery_epochs=0.5",
-    "prune.sensitivity=[0.5]", "quantize.calibration_rows=32", "export.parity_rows=16", "benchmark.runs=20",
+    "prune.sensitivity=[0.5]", "quantize.calibration_rows=32", "quantize.min_agreement=0.5", "export.parity_rows=16",
+    "benchmark.runs=20",
     "benchmark.warmup=2", "benchmark.latency_rows=10", "benchmark.throughput_runs=1", "benchmark.threads=[1]",
 ]
 
