@@ -17,7 +17,7 @@ from pipeline.checkpoints import TRAIN_STATE_FILE
 
 SCRIPT = """
 import sys, ray
-from pipeline.checkpoints import TRAIN_STATE_FILE
+from pipeline import train
 from pipeline.artifacts import RunDir
 from pipeline.config_loading import load_config
 cfg = load_config(sys.argv[1])
