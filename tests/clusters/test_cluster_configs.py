@@ -193,6 +193,9 @@ def test_every_ray_pod_mounts_the_shared_volume_and_gpu_workers_autoscale():
         assert len(shared) == 1
         for container in pod["containers"]:
             assert {"name": shared[0], "mountPath": SHARED_MOUNT} in container["volumeMounts"]
+    (_, shell), = kuberay_docs("Pod")  # the pod that copies data in and results out
+    assert shell["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert shell["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == SHARED_MOUNT
 
 
 def test_rayjob_runs_a_valid_config_with_runs_and_data_on_the_shared_volume():
