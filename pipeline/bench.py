@@ -13,7 +13,9 @@ Labels the same transfer-set rows three ways and prints a table (and writes JSON
     label + signals  the same, also emitting the hidden states and attention maps of two
                      teacher layers (``label.emit``; eager attention, so the maps exist)
 
-For each: examples/s, the speed-up over naive, the teacher's achieved FLOP/s on the real
+For each: examples/s, the speed-up over naive, for the label stage its start-up (the stage's
+wall time less its labeling window: Ray Data planning, actor processes started, their imports,
+the teachers loaded), the teacher's achieved FLOP/s on the real
 (non-padding) tokens as a fraction of a float32 matmul peak measured on this machine in the
 same run, and for the label stage the stored bytes per example, in all and per signal.
 FLOPs count the encoder's matrix multiplications (Kaplan et al. 2020 style): per layer and
@@ -114,7 +116,7 @@ def way_result(seconds: float, rows: int, naive_s: float, useful_flops: float, p
             "useful_gflops_per_s": useful_flops / seconds / 1e9, "fraction_of_peak": useful_flops / seconds / peak_flops}
 
 
-def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] = (3, 6)) -> dict[str, Any]:
+def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] | None = (3, 6)) -> dict[str, Any]:
     """Run the three ways on the first ``rows`` transfer-set rows of a run whose label inputs exist.
 
     Args:
@@ -122,7 +124,8 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
             fine-tuned teacher (run ``distill run CONFIG --until finetune`` first).
         rows: transfer-set rows to label.
         out_file: where the JSON result goes.
-        emit_layers: teacher layers whose hidden states and attention maps the third way emits.
+        emit_layers: teacher layers whose hidden states and attention maps the third way emits;
+            None leaves the third way out (a whole split's hidden states take gigabytes).
 
     Returns:
         The result written to ``out_file``.
@@ -139,7 +142,7 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
     if len(transfer) < rows:
         raise ArtifactError(run.split_file("transfer"), f"has {len(transfer)} rows, fewer than --rows {rows}")
     teacher_config = AutoConfig.from_pretrained(run.teacher_dir)
-    signals = SignalsConfig(hidden_layers=list(emit_layers), attention_layers=list(emit_layers))
+    signals = SignalsConfig(hidden_layers=list(emit_layers or ()), attention_layers=list(emit_layers or ()))
     check_signals(signals, teacher_config)
     texts = transfer.column("text").to_pylist()
     real_lengths = np.asarray([len(ids) for ids in AutoTokenizer.from_pretrained(run.teacher_dir)(
@@ -149,14 +152,16 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
     peak = matmul_peak_flops()
 
     naive_s = naive_loop(run.teacher_dir, texts)
-    stage_s, stage = label_stage_seconds(cfg, transfer, run.teacher_dir)
-    signals_cfg = cfg.model_copy(update={"label": cfg.label.model_copy(update={"emit": signals})})
-    signals_s, with_signals = label_stage_seconds(signals_cfg, transfer, run.teacher_dir)
+    stage_ways = {"label stage": cfg}
+    if emit_layers is not None:
+        stage_ways["label + signals"] = cfg.model_copy(update={"label": cfg.label.model_copy(update={"emit": signals})})
     result = {"rows": rows, "teacher": str(run.teacher_dir), "matmul_peak_gflops": round(peak / 1e9, 1),
-              "threads": torch.get_num_threads(), "emit_layers": list(emit_layers),
+              "threads": torch.get_num_threads(), "emit_layers": list(emit_layers or ()),
               "ways": {"naive": way_result(naive_s, rows, naive_s, useful_flops, peak)}}
-    for name, seconds, summary in (("label stage", stage_s, stage), ("label + signals", signals_s, with_signals)):
+    for name, way_cfg in stage_ways.items():
+        seconds, summary = label_stage_seconds(way_cfg, transfer, run.teacher_dir)
         result["ways"][name] = {**way_result(seconds, rows, naive_s, useful_flops, peak),
+                                "startup_s": seconds - summary["labeling_window_s"],
                                 "labeling": way_result(summary["labeling_window_s"], rows, naive_s, useful_flops, peak),
                                 "stored_bytes_per_example": summary["stored_bytes_per_example"],
                                 "signal_bytes_per_example": summary["signal_bytes_per_example"]}
@@ -167,18 +172,21 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
 def render(result: dict[str, Any]) -> str:
     """The result as a plain-text table, then the bytes per example of each signal."""
     lines = [f"label benchmark: {result['rows']} rows, fp32 matmul peak {result['matmul_peak_gflops']} GFLOP/s "
-             f"({result['threads']} threads); signals of layers {result['emit_layers']}",
-             f"{'way':<16} {'seconds':>8} {'examples/s':>11} {'speed-up':>9} {'GFLOP/s':>8} {'of peak':>8} "
-             f"{'stored B/ex':>12}"]
+             f"({result['threads']} threads); signals of layers {result['emit_layers'] or 'none'}",
+             f"{'way':<16} {'seconds':>8} {'start-up s':>10} {'examples/s':>11} {'speed-up':>9} {'GFLOP/s':>8} "
+             f"{'of peak':>8} {'stored B/ex':>12}"]
     for name, way in result["ways"].items():
         stored = way.get("stored_bytes_per_example")
         rows = [(name, way)] + ([("  labeling only", way["labeling"])] if "labeling" in way else [])
         for title, timing in rows:
-            lines.append(f"{title:<16} {timing['seconds']:>8.2f} {timing['examples_per_s']:>11.1f} "
-                         f"{timing['speedup_vs_naive']:>8.2f}x {timing['useful_gflops_per_s']:>8.2f} "
-                         f"{timing['fraction_of_peak']:>7.1%} {'-' if stored is None else f'{stored:,.1f}':>12}")
-    lines.append("labeling only: from the first shard's start to the last shard's write, teachers loaded "
-                 "(the naive loop is also timed with its model loaded)")
+            startup = timing.get("startup_s")
+            lines.append(f"{title:<16} {timing['seconds']:>8.2f} {'-' if startup is None else f'{startup:.2f}':>10} "
+                         f"{timing['examples_per_s']:>11.1f} {timing['speedup_vs_naive']:>8.2f}x "
+                         f"{timing['useful_gflops_per_s']:>8.2f} {timing['fraction_of_peak']:>7.1%} "
+                         f"{'-' if stored is None else f'{stored:,.1f}':>12}")
+    lines.append("start-up: the stage's wall time less its labeling window (Ray Data planning, actors started, "
+                 "their imports, teachers loaded); labeling only: from the first shard's start to the last "
+                 "shard's write (the naive loop is also timed with its model loaded)")
     for name, way in result["ways"].items():
         if "signal_bytes_per_example" in way:
             signals = ", ".join(f"{k} {v:,.1f}" for k, v in way["signal_bytes_per_example"].items())

@@ -4,7 +4,7 @@
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
-    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6] [--set key=value ...]
+    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
     distill bench readback CONFIG [--set key=value ...]
     distill bench latency CONFIG [--set key=value ...]
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
                        help="two teacher layers whose hidden states and attention maps the third way emits "
                             "(default 3,6)")
+    bench.add_argument("--logits-only", action="store_true",
+                       help="label: leave out the third way (a whole split's hidden states take gigabytes)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.what == "label":
                 from pipeline import bench
 
-                print(bench.render(bench.bench_label(cfg, args.rows, out_file, args.emit_layers)))
+                print(bench.render(bench.bench_label(cfg, args.rows, out_file, None if args.logits_only else args.emit_layers)))
             elif args.what == "readback":
                 from pipeline import bench_readback
 

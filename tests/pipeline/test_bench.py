@@ -39,7 +39,7 @@ def test_way_result_by_hand():
 def test_render_lists_three_ways_with_ratio_and_bytes():
     way = {"seconds": 2.0, "examples_per_s": 50.0, "speedup_vs_naive": 1.0, "useful_gflops_per_s": 1.5,
            "fraction_of_peak": 0.01}
-    stage = {**way, "speedup_vs_naive": 8.5, "stored_bytes_per_example": 61.0,
+    stage = {**way, "speedup_vs_naive": 8.5, "stored_bytes_per_example": 61.0, "startup_s": 1.25,
              "signal_bytes_per_example": {"logits": 8.0}, "labeling": {**way, "speedup_vs_naive": 9.25}}
     text = render({"rows": 100, "matmul_peak_gflops": 150.0, "threads": 2, "emit_layers": [3, 6],
                    "ways": {"naive": way, "label stage": stage,
@@ -48,9 +48,10 @@ def test_render_lists_three_ways_with_ratio_and_bytes():
     assert "100 rows" in lines[0] and "150.0 GFLOP/s" in lines[0] and "[3, 6]" in lines[0]
     assert lines[2].split()[0] == "naive" and lines[2].split()[-1] == "-"
     assert lines[3].split()[:2] == ["label", "stage"] and "8.50x" in lines[3] and lines[3].endswith("61.0")
+    assert lines[3].split()[3] == "1.25" and lines[2].split()[2] == "-"  # start-up: the stage only
     assert lines[4].split()[:2] == ["labeling", "only"] and "9.25x" in lines[4]
     assert lines[5].endswith("12,345.0")
-    assert lines[7].startswith("labeling only: from the first shard's start")
+    assert lines[7].startswith("start-up: the stage's wall time less its labeling window")
     assert lines[8] == "bytes/example, label stage: logits 8.0"
 
 
@@ -91,6 +92,7 @@ def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run,
             naive["fraction_of_peak"] * naive["seconds"] / way["seconds"], rel=0.05, abs=1e-4)
         # the labeling window leaves out the actors' start-up, so it is a part of the stage's time
         assert 0 < way["labeling"]["seconds"] <= way["seconds"]
+        assert way["startup_s"] == pytest.approx(way["seconds"] - way["labeling"]["seconds"], abs=0.02)
         labeling = way["labeling"]
         assert labeling["examples_per_s"] * labeling["seconds"] == pytest.approx(
             24, abs=0.005 * labeling["examples_per_s"] + 0.05)
