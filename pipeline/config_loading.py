@@ -182,7 +182,8 @@ def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
         close = difflib.get_close_matches(field, known, n=1)
         hint = f"; did you mean {_field_path(err['loc'][:-1], root)}.{close[0]}?" if close else ""
         return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+    got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"  # a section: too long
+    return f"{loc}: {err['msg']}{got}"
 
 
 def _field_path(loc: tuple, root: type[BaseModel]) -> str:
