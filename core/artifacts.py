@@ -6,6 +6,7 @@ the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ArtifactError
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""``OSError`` numbers of a write that found no room: the disk or the quota is full, or the file
+would pass the size limit (``ulimit -f``)."""
+
+
+@contextmanager
+def disk_full_as_error(path: Path) -> Iterator[None]:
+    """Turn a write's "no space" :class:`OSError` (see :data:`DISK_FULL_ERRNOS`) into an
+    :class:`~core.errors.ArtifactError` that names ``path`` and the fix; other errors pass through.
+
+    Raises:
+        ArtifactError: the disk or quota is full, or the file passed the size limit.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise ArtifactError(path, f"could not be written ({os.strerror(exc.errno)}); free space on its disk "
+                                  f"(or raise the quota / ulimit -f) or set output_dir to a folder on a "
+                                  f"larger disk, then rerun: finished files are kept") from None
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -32,12 +55,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` on success.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        ArtifactError: the write ran out of disk space (see :func:`disk_full_as_error`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with disk_full_as_error(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -47,13 +74,17 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling folder to fill; on success it replaces ``path``.
 
     On an exception the temporary folder is removed and ``path`` is left as it was.
+
+    Raises:
+        ArtifactError: the write ran out of disk space (see :func:`disk_full_as_error`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        yield tmp
+        with disk_full_as_error(path):
+            yield tmp
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     finally:

@@ -12,18 +12,41 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from core.errors import ConfigError
+
+CLASSIFIER_SUFFIXES = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+"""End of the ``architectures`` name of a classifier of each task ("sequence", "token")."""
+
+
+def checkpoint_config(checkpoint: Path | str) -> dict:
+    """The parsed ``config.json`` of a local checkpoint folder.
+
+    Raises:
+        ConfigError: the file is not valid JSON (names the file, the line and the fix).
+    """
+    config_file = Path(checkpoint) / "config.json"
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise ConfigError(f"teacher.model: {config_file} is not valid JSON ({where}); fix the file or save "
+                          f"the checkpoint again with save_pretrained") from None
+
+
+def classifier_labels(config: dict) -> int:
+    """Number of labels of a checkpoint's ``config.json`` mapping (``id2label``, else ``num_labels``)."""
+    return len(config.get("id2label") or {}) or config.get("num_labels", 2)
+
 
 def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequence") -> bool:
     """True when a local checkpoint already is a classifier of ``task`` ("sequence": one label per
     input, "token": one per sub-token) with ``num_labels`` outputs."""
-    config_file = Path(checkpoint) / "config.json"
-    if not config_file.is_file():
+    if not (Path(checkpoint) / "config.json").is_file():
         return False
-    config = json.loads(config_file.read_text())
+    config = checkpoint_config(checkpoint)
     architectures = config.get("architectures") or []
-    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-    suffix = "ForTokenClassification" if task == "token" else "ForSequenceClassification"
-    return any(a.endswith(suffix) for a in architectures) and labels == num_labels
+    return (any(a.endswith(CLASSIFIER_SUFFIXES[task]) for a in architectures)
+            and classifier_labels(config) == num_labels)
 
 
 def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:

@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {cfg.run_dir / 'report.md'}")
         return 0
     except DistillError as exc:
-        print(f"distill: error: {exc}", file=sys.stderr)
+        # an error raised in a Ray actor or task arrives wrapped (ray.exceptions.RayTaskError, a
+        # subclass of the error's type whose text holds the remote traceback); print the error itself
+        cause = getattr(exc, "cause", None)
+        print(f"distill: error: {cause if isinstance(cause, DistillError) else exc}", file=sys.stderr)
         return 2
 
 

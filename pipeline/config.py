@@ -92,11 +92,21 @@ class DataConfig(Section):
     dev: SplitConfig
     test: SplitConfig | None = Field(default=None, description="evaluated by the evaluate stage when given")
     unlabeled: SplitConfig | None = None
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="names of the columns of TSV/CSV files without a header line "
+                                                "(their first line is data); files with a header leave it out")
     text_column: str = "sentence"
+    text_columns: list[str] | None = Field(
+        default=None, min_length=1, description="instead of text_column: columns joined into one input with "
+                                                "text_separator (e.g. [title, description])")
+    text_separator: str = " "
     text_pair_column: str | None = Field(
         default=None, description="second sentence of a sentence-pair task (MRPC, RTE, MNLI); stored as text_pair")
     label_column: str = "label"
     labels: list[int | str] = Field(min_length=2, description="the label set, in class-index order")
+    label_values: list[int | str] | None = Field(
+        default=None, description="what stands for each label in the files, in labels order (e.g. 1..4 for "
+                                  "[World, Sports, Business, Sci/Tech]); a file value may be the label or this")
     label_names: list[str] | None = None
     augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
 
@@ -106,6 +116,16 @@ class DataConfig(Section):
             raise ValueError(f"labels must be distinct, got {self.labels}")
         if self.label_names is not None and len(self.label_names) != len(self.labels):
             raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
+        if self.text_columns is not None and "text_column" in self.model_fields_set:
+            raise ValueError("give text_column (one input column) or text_columns (joined), not both")
+        if self.label_values is not None:
+            if len(self.label_values) != len(self.labels):
+                raise ValueError(f"label_values has {len(self.label_values)} entries but labels has {len(self.labels)}")
+            clash = [(v, self.labels[i]) for i, v in enumerate(self.label_values) if str(v) in map(str, self.labels)
+                     and str(v) != str(self.labels[i])]
+            if clash or len(set(map(str, self.label_values))) != len(self.label_values):
+                raise ValueError(f"label_values must be distinct and not name another label, got {self.label_values} "
+                                 f"for labels {self.labels}")
         if self.task == "token":
             bad = [tag for tag in self.labels if not (tag == "O" or str(tag).startswith(("B-", "I-")))]
             if bad:

@@ -68,15 +68,21 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | 
     try:
         cfg = root.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err, root) for err in exc.errors()]
-        raise ConfigError(f"{origin}: {len(lines)} invalid field(s):\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(_problems(origin, [_describe(err, root) for err in exc.errors()], "invalid field(s)")) \
+            from None
     if isinstance(cfg, MultiTaskRunConfig):
         return cfg
     lines = task_conflicts(cfg)
     if lines:
-        raise ConfigError(f"{origin}: {len(lines)} setting(s) do not fit data.task {cfg.data.task}:\n  "
-                          + "\n  ".join(lines))
+        raise ConfigError(_problems(origin, lines, f"setting(s) do not fit data.task {cfg.data.task}"))
     return cfg
+
+
+def _problems(origin: str, lines: list[str], what: str) -> str:
+    """One line for one problem; a counted list, a line each, for several."""
+    if len(lines) == 1:
+        return f"{origin}: {lines[0]}"
+    return f"{origin}: {len(lines)} {what}:\n  " + "\n  ".join(lines)
 
 
 def read_with_bases(source: str | Path, relative_to: Path | None = None,
@@ -145,7 +151,10 @@ def _read_source(source: str | Path, relative_to: Path | None) -> tuple[dict[str
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{origin}: not valid YAML ({where}{problem}); fix the file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
     return raw, origin, folder
@@ -173,7 +182,8 @@ def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
         close = difflib.get_close_matches(field, known, n=1)
         hint = f"; did you mean {_field_path(err['loc'][:-1], root)}.{close[0]}?" if close else ""
         return f"{loc} is not a field{hint} (fields: {', '.join(known)})"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+    got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"  # a section: too long
+    return f"{loc}: {err['msg']}{got}"
 
 
 def _field_path(loc: tuple, root: type[BaseModel]) -> str:

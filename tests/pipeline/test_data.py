@@ -43,7 +43,10 @@ def test_tables_have_ids_texts_and_label_indices(files):
     assert transfer["text"] == ["a good film", 'a "bad" film', "fine", "new text", "more"]
     assert transfer["label"] == [1, 0, 1, -1, -1]
     assert transfer["id"] == [0, 1, 2, 3, 4]
-    assert summary["transfer"] == {"rows": 5, "unlabeled_rows": 2, "label_counts": {"-1": 2, "0": 1, "1": 2}}
+    assert summary["transfer"] == {"rows": 5, "unlabeled_rows": 2, "label_counts": {"-1": 2, "0": 1, "1": 2},
+                                   "truncated_rows": 0}
+    assert summary["train"]["imbalance"] == 2.0 and summary["dev"]["imbalance"] == 1.0
+    assert summary["label_map"] == {"0": 0, "1": 1}
 
 
 def test_skip_and_limit_take_a_slice(files):
