@@ -26,6 +26,6 @@ def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequ
     return any(a.endswith(suffix) for a in architectures) and labels == num_labels
 
 
-def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
-    """The checkpoint's (fast) tokenizer."""
-    return AutoTokenizer.from_pretrained(str(checkpoint))
+def load_tokenizer(checkpoint: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The checkpoint's (fast) tokenizer; ``trust_remote_code`` lets a checkpoint run its own tokenizer code."""
+    return AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from core.errors import ConfigError
+from teachers.checkpoint import check_checkpoint
 
 WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 """Weight files of a Hugging Face checkpoint folder, single or sharded."""
@@ -46,6 +47,7 @@ def check_teachers(own: Path, teachers: list[Path]) -> None:
         if not (path / "config.json").is_file() or not weight_files(path):
             raise ConfigError(f"{field}: {path} has no config.json or no model weights; "
                               f"give a folder written by save_pretrained")
+        check_checkpoint(path)  # extra teachers never run their own code
         config = AutoConfig.from_pretrained(path)
         architectures = config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
