@@ -41,11 +41,12 @@ def activated(tracker: Tracker | None) -> Iterator[None]:
 
 
 class Stream:
-    """The rows of one step metric ``<namespace>/step``, kept strictly increasing.
+    """The rows of one step metric ``<namespace>/step``, kept non-decreasing.
 
-    A row's ``step`` is its local step (the optimizer step); it is logged at that step plus an
-    offset which grows whenever a row would not land above the last step logged to the metric
-    (a rerun of the stage, a worker restarted from a checkpoint), so the curve continues.
+    A row's ``step`` is its local step (the optimizer step; an epoch's row shares its last
+    step); it is logged at that step plus an offset which grows whenever a row would land below
+    the last step logged to the metric (a rerun of the stage, a worker restarted from a
+    checkpoint), so the curve continues above it.
 
     Args:
         tracker: the open W&B run.
@@ -61,7 +62,7 @@ class Stream:
         """Log rows (``{"step": int, key: float, ...}``) in order."""
         for row in rows:
             last = self.tracker.steps.last.get(self.metric, -1)
-            if self.base + row["step"] <= last:
+            if self.base + row["step"] < last:
                 self.base = last + 1 - row["step"]
         self.tracker.log_rows(self.namespace, rows, self.base)
 
