@@ -1,6 +1,6 @@
 """A tiny run through evaluate, read back from its offline W&B run: live per-step train rows of
 every loss term with the scheduled learning rate, dev scores per epoch, the artifacts, and a
-rerun with ``--force train`` that continues the same run id above the first run's steps."""
+rerun of train (``--force train``, a new lr so that it trains anew) that continues the same run id above the first run's steps."""
 
 import pytest
 import torch
@@ -51,7 +51,9 @@ def test_live_rows_artifacts_and_resume_of_one_wandb_run(pair_task, tiny_teacher
     artifacts = {r.artifact.name for r in records if r.WhichOneof("record_type") == "artifact"}
     assert artifacts == {f"{run.run_id}-report", f"{run.run_id}-student-kd"}
 
-    run_pipeline(cfg, until="train", force=("train",))
+    # the same inputs would only reload the finished Ray run's checkpoint; another lr trains anew
+    run_pipeline(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": LR / 2})}), until="train",
+                 force=("train",))
     assert len(wandb_files(cfg.run_dir)) == 2
     again, _ = logged_values(wandb_files(cfg.run_dir)[-1])
     (rerun,) = [r.run for r in finished_records(wandb_files(cfg.run_dir)[-1]) if r.WhichOneof("record_type") == "run"]
