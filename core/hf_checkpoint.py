@@ -49,6 +49,15 @@ def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequ
             and classifier_labels(config) == num_labels)
 
 
-def load_tokenizer(checkpoint: Path | str) -> PreTrainedTokenizerBase:
-    """The checkpoint's (fast) tokenizer."""
-    return AutoTokenizer.from_pretrained(str(checkpoint))
+def load_tokenizer(checkpoint: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The checkpoint's (fast) tokenizer; ``trust_remote_code`` lets a checkpoint run its own tokenizer code."""
+    return AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)
+
+
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+"""Weight files of a Hugging Face checkpoint folder, single or sharded."""
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files, sorted; empty when it has none."""
+    return sorted(f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern))

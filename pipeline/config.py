@@ -153,6 +153,9 @@ class TeacherConfig(Section):
 
     model: str = DEFAULT_TEACHER
     max_length: int = Field(default=128, gt=0, le=512, description="tokens; longer inputs are truncated")
+    trust_remote_code: bool = Field(
+        default=False, description="run the checkpoint's own Python code (its config's auto_map); only for "
+                                   "checkpoints you trust")
 
 
 class LabelConfig(Section):
@@ -265,6 +268,10 @@ class TrackingConfig(Section):
 
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "distill"
+    entity: str | None = Field(default=None, description="W&B team or user; None = the logged-in user's default")
+    group: str | None = Field(
+        default=None, description="W&B group; None = the run's name, or for a multi-task run its first source "
+                                  "run's group (set the same group in the sources to group them all)")
 
 
 class RayConfig(Section):

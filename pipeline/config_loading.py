@@ -13,6 +13,7 @@ folder of the file that names it. Unknown keys and wrong types fail before any w
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ PRESET_PACKAGE = "pipeline.presets"
 
 BASE_KEY = "base"
 """Top-level key naming the preset or YAML file a config extends."""
+
+SECRET_WORDS = frozenset({"key", "apikey", "token", "password", "passwd", "secret", "credential", "credentials"})
+"""Words of a config key (split at ``_``, ``-`` and ``.``) that mark its value as a secret (:func:`redact`)."""
+REDACTED = "<redacted>"
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+"""The ``user:password@`` of a URL such as ``ray://user:pass@head:10001``."""
 
 
 def preset_names() -> list[str]:
@@ -60,6 +67,19 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | Mu
     for override in overrides:
         _apply_override(raw, override)
     return validate_config(raw, origin)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a config dump with the value of every secret-looking key (a word of
+    :data:`SECRET_WORDS`, e.g. ``api_key``, ``hf_token``) replaced by :data:`REDACTED` and the
+    credentials of URLs removed, for ``config.yaml`` and the W&B config."""
+    if SECRET_WORDS.intersection(re.split(r"[_.\-]", key.lower())) and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return URL_CREDENTIALS.sub(f"{REDACTED}@", value) if isinstance(value, str) else value
 
 
 def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | MultiTaskRunConfig:

@@ -192,7 +192,7 @@ def teacher_model(teacher_dir: Path, max_length: int, task: str = "sequence") ->
     A token classifier is wrapped as a :class:`WordTagger` whose featurizer takes word lists,
     so that it returns word logits [B, W, C] like a tagging student.
     """
-    model = CLASSIFIERS[task].from_pretrained(str(teacher_dir)).eval()
+    model = CLASSIFIERS[task].from_pretrained(str(teacher_dir), use_safetensors=True).eval()
     return (WordTagger(model).eval() if task == "token" else model), teacher_featurizer(teacher_dir, max_length,
                                                                                         task), teacher_dir
 

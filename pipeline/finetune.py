@@ -12,11 +12,12 @@ import logging
 
 import datasets
 
+from pipeline import live_metrics
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
 from core.precision import select_precision
 from core.hf_checkpoint import is_classifier_for, load_tokenizer
-from teachers.checkpoint import load_classifier, resolve_teacher
+from teachers.checkpoint import check_checkpoint, load_classifier, resolve_teacher
 from teachers.finetune import finetune_classifier, save_hf
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,16 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         training loss history (mean per tenth of the run).
     """
     source = resolve_teacher(cfg.teacher.model)
+    remote = cfg.teacher.trust_remote_code
+    check_checkpoint(source, remote)
     names, task = label_names(cfg), cfg.data.task
     if is_classifier_for(source, len(names), task) and not cfg.finetune.force:
         log.info("finetune: %s already is a %d-class %s classifier; skipping fine-tuning", source, len(names), task)
-        save_hf(load_classifier(source, names, task), load_tokenizer(source), run_dir.teacher_dir)
+        save_hf(load_classifier(source, names, task, remote), load_tokenizer(source, remote), run_dir.teacher_dir)
         return {"source": str(source), "finetuned": False}
     train = datasets.Dataset.from_parquet(str(run_dir.split_file("train")))
     precision = select_precision(cfg.finetune.precision, "finetune")
     result = finetune_classifier(source, train, names, run_dir.teacher_dir, cfg.finetune, precision,
-                                 cfg.teacher.max_length, cfg.seed, task)
+                                 cfg.teacher.max_length, cfg.seed, task, remote, live_metrics.local_stream("finetune"))
     log.info("finetune: %d steps, final loss %.4f", result["steps"], result["final_loss"])
     return {"source": str(source), "finetuned": True, "precision": precision.name, **result}

@@ -16,14 +16,15 @@ from typing import Any
 
 import yaml
 
-from pipeline import benchmark, console, data, evaluate, export, finetune, label, prune, quantize, report, train
+from pipeline import benchmark, console, data, evaluate, export, finetune, label, live_metrics, prune, quantize, report, train
 from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
+from pipeline.config_loading import redact
 from core.errors import ConfigError
 from pipeline.tasks import source_fingerprints
 from pipeline.tracking import Tracker
-from teachers.ensemble import weight_files
+from core.hf_checkpoint import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -104,37 +105,48 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
     names = [name for name in all_names[: all_names.index(until) + 1] if cfg.runs_stage(name)]
     run_dir = RunDir(cfg.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(redact(cfg.model_dump(mode="json")),
+                                                                       sort_keys=False))
     tracker = Tracker(cfg) if cfg.tracking.mode != "disabled" else None
     manifests: dict[str, Any] = {}
-    stage_fp, rerun = "", False
     try:
-        for stage in names:
-            stage_fp = stage_fingerprint(cfg, stage, stage_fp)
-            rerun = rerun or stage in force or not run_dir.is_fresh(stage, stage_fp)
-            if not rerun:
-                log.info("stage %s: up to date, reusing %s", stage, run_dir.root / stage)
-                manifests[stage] = run_dir.manifest(stage)
-                continue
-            if needs_ray(cfg, stage):
-                start_ray(cfg)
-            log.info("stage %s: running", stage)
-            run_dir.invalidate(stage)
-            for stale in run_dir.remove_partial_files(stage):
-                log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
-            began = time.perf_counter()
-            summary = STAGES[stage](cfg, run_dir.for_stage(stage_fp))
-            manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
-            log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
-            if tracker:
-                tracker.log_stage(stage, manifests[stage])
-        if "evaluate" in names:
-            report.write(run_dir, cfg.name, names)
-            log.debug("report: %s", run_dir.report_file)
+        with live_metrics.activated(tracker):
+            run_stages(cfg, run_dir, names, force, tracker, manifests)
     finally:
         if tracker:
             tracker.finish()
     return manifests
+
+
+def run_stages(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir, names: list[str], force: tuple[str, ...],
+               tracker: Tracker | None, manifests: dict[str, Any]) -> None:
+    """Run (or reuse) the stages ``names`` in order into ``manifests``, then write the report and
+    log it, the plots and the students to W&B (see :func:`run_pipeline`)."""
+    stage_fp, rerun = "", False
+    for stage in names:
+        stage_fp = stage_fingerprint(cfg, stage, stage_fp)
+        rerun = rerun or stage in force or not run_dir.is_fresh(stage, stage_fp)
+        if not rerun:
+            log.info("stage %s: up to date, reusing %s", stage, run_dir.root / stage)
+            manifests[stage] = run_dir.manifest(stage)
+            continue
+        if needs_ray(cfg, stage):
+            start_ray(cfg)
+        log.info("stage %s: running", stage)
+        run_dir.invalidate(stage)
+        for stale in run_dir.remove_partial_files(stage):
+            log.info("stage %s: removed %s, left by an interrupted run", stage, stale)
+        began = time.perf_counter()
+        summary = STAGES[stage](cfg, run_dir.for_stage(stage_fp))
+        manifests[stage] = run_dir.publish(stage, stage_fp, summary, time.perf_counter() - began)
+        log.info("stage %s: done in %.1f s", stage, manifests[stage]["wall_s"])
+        if tracker:
+            tracker.log_stage(stage, manifests[stage])
+    if "evaluate" in names:
+        report.write(run_dir, cfg.name, names)
+        log.debug("report: %s", run_dir.report_file)
+        if tracker:
+            log.debug("tracking: artifacts %s", tracker.log_artifacts(run_dir))
 
 
 def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:

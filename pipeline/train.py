@@ -44,6 +44,7 @@ from ray.train.torch import TorchTrainer
 
 from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
+from pipeline import live_metrics
 from pipeline.artifacts import RunDir
 from pipeline.config import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluate import dev_metric_name
@@ -238,20 +239,21 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
     threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers)
     log.info("train %s: %d worker(s) with %d thread(s) each, gpu=%s", name, train_cfg.num_workers, threads, use_gpu)
 
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"kind": name, "train": train_cfg, "loss": loss, "seed": seed, "threads": threads,
-                           "tasks": task_configs, "initial_dir": str(initial_dir.resolve()),
-                           "teacher_hidden_size": teacher_hidden_size},
-        scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": reserved}),
-        run_config=RayRunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max")),
-        datasets=datasets,
-        # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
-        dataset_config=DataConfig(datasets_to_split=[key for key in datasets if key.startswith("train_")]),
-    )
-    result = trainer.fit()
+    with live_metrics.relay(f"train/{name}") as live:  # rank 0's per-step rows, logged to W&B as they come
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"kind": name, "train": train_cfg, "loss": loss, "seed": seed, "threads": threads,
+                               "tasks": task_configs, "initial_dir": str(initial_dir.resolve()),
+                               "teacher_hidden_size": teacher_hidden_size, "live": live},
+            scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": reserved}),
+            run_config=RayRunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max")),
+            datasets=datasets,
+            # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
+            dataset_config=DataConfig(datasets_to_split=[key for key in datasets if key.startswith("train_")]),
+        )
+        result = trainer.fit()
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_score"])
     with checkpoint.as_directory() as folder:
         load_student(Path(folder) / "student").save(run_dir.student_dir(name))

