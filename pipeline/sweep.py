@@ -15,10 +15,12 @@ results, best first, go to ``sweep/results.json``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,12 +57,14 @@ class Trial:
         name: the trial's folder name, ``key=value`` of each grid key (without ``train.``) joined by ``,``.
         values: the grid keys' values as given, ``{dotted key: text}``.
         cfg: the validated run config of this point.
+        label_fingerprint: the label stage's fingerprint it trains on (:func:`label_fingerprint`).
         fingerprint: its train stage's fingerprint (:func:`pipeline.runner.stage_fingerprint`).
     """
 
     name: str
     values: dict[str, str]
     cfg: RunConfig
+    label_fingerprint: str
     fingerprint: str
 
 
@@ -111,7 +115,7 @@ def plan_trials(source: str, overrides: list[str], grid: dict[str, list[str]]) -
             raise ConfigError(f"{source}: a sweep tunes a single-task run; give a source run's config")
         train.check_loss_fits_student(cfg.train, cfg.teacher.max_length)
         label_fp = label_fp or label_fingerprint(cfg)  # the same for every point: the grid varies train.* only
-        trials.append(Trial(trial_name(values), values, cfg, stage_fingerprint(cfg, "train", label_fp)))
+        trials.append(Trial(trial_name(values), values, cfg, label_fp, stage_fingerprint(cfg, "train", label_fp)))
     return trials
 
 
@@ -130,10 +134,10 @@ def trial_name(values: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+-]", "_", text)
 
 
-def require_labels(cfg: RunConfig, source: str) -> None:
-    """Raise an :class:`ArtifactError` unless the run's label stage is finished and fresh for ``cfg``."""
-    run_dir = RunDir(cfg.run_dir)
-    if not run_dir.is_fresh("label", label_fingerprint(cfg)):
+def require_labels(trial: Trial, source: str) -> None:
+    """Raise an :class:`ArtifactError` unless the run's label stage is finished and fresh for ``trial``."""
+    run_dir = RunDir(trial.cfg.run_dir)
+    if not run_dir.is_fresh("label", trial.label_fingerprint):
         raise ArtifactError(run_dir.root / "label", f"no finished label stage for this config; run "
                                                     f"`distill run {source} --until label` first")
 
@@ -215,7 +219,7 @@ def prepare(source: str, grid_specs: list[str], overrides: list[str], metric: st
     """
     trials = plan_trials(source, overrides, parse_grid(grid_specs))
     cfg = trials[0].cfg
-    require_labels(cfg, source)
+    require_labels(trials[0], source)
     (task,) = run_tasks(cfg, RunDir(cfg.run_dir))
     return trials, metric_key(task, metric)
 
@@ -258,10 +262,11 @@ def tune_pending(pending: list[Trial], run_dir: RunDir) -> None:
     trainable = tune.with_resources(tune.with_parameters(tune_trial, trials={t.name: t for t in pending},
                                                          total_cpus=cpus), TRIAL_DRIVER_RESOURCES)
     tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search([t.name for t in pending])},
-                       tune_config=tune.TuneConfig(max_concurrent_trials=slots,
+                       tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True,
                                                    trial_dirname_creator=lambda t: t.config["trial"]),
                        run_config=tune.RunConfig(name="tune", storage_path=str(storage.resolve().parent), verbose=0))
-    results = tuner.fit()
+    with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's experiment box: stdout is for the results table
+        results = tuner.fit()
     if results.errors:
         failed = [r for r in results if r.error is not None]
         raise RuntimeError(f"sweep: {len(failed)} trial(s) failed, the first {failed[0].config['trial']} (see "
