@@ -123,13 +123,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     """``distill sweep``: plan and check every trial, then run them (:mod:`pipeline.sweep`); print the table."""
     from pipeline import sweep
     from pipeline.artifacts import RunDir
-    from pipeline.runner import start_ray
 
     trials, metric = sweep.prepare(args.config, args.grid, args.overrides, args.metric)
     cfg = trials[0].cfg
     log_file = setup_logging(cfg.run_dir / "logs")
     print(f"log: {log_file}", file=sys.stderr)
-    start_ray(cfg)
     rows = sweep.run_sweep(trials, metric)
     print(sweep.render(rows))
     print(f"written: {RunDir(cfg.run_dir).sweep_results}")

@@ -35,7 +35,7 @@ from pipeline import evaluate, train
 from pipeline.artifacts import RunDir
 from pipeline.config import RunConfig
 from pipeline.config_loading import load_config
-from pipeline.runner import stage_fingerprint
+from pipeline.runner import stage_fingerprint, start_ray
 from pipeline.tasks import Task, run_tasks
 from students.registry import load_student
 
@@ -227,8 +227,6 @@ def prepare(source: str, grid_specs: list[str], overrides: list[str], metric: st
 def run_sweep(trials: list[Trial], metric: str) -> list[dict[str, Any]]:
     """Run the trials not yet finished through Ray Tune and gather every trial's result, best first.
 
-    The caller owns the Ray instance (:func:`pipeline.runner.start_ray`).
-
     Args:
         trials: from :func:`plan_trials`, of one run.
         metric: the dev score key to rank by (:func:`metric_key`).
@@ -254,7 +252,9 @@ def run_sweep(trials: list[Trial], metric: str) -> list[dict[str, Any]]:
 
 
 def tune_pending(pending: list[Trial], run_dir: RunDir) -> None:
-    """Train the ``pending`` trials in a Ray Tune grid, as many at once as :func:`concurrency` allows."""
+    """Train the ``pending`` trials in a Ray Tune grid, as many at once as :func:`concurrency` allows,
+    on the configured Ray cluster (:func:`pipeline.runner.start_ray`: connected to or started once per process)."""
+    start_ray(pending[0].cfg)
     slots, cpus = concurrency(pending[0].cfg.train.num_workers, int(ray.cluster_resources().get("GPU", 0)),
                               int(ray.cluster_resources().get("CPU", 1)))
     storage = run_dir.sweep_dir / "tune"

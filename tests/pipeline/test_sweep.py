@@ -15,7 +15,7 @@ from pipeline.artifacts import RunDir
 from pipeline.cli import main
 from pipeline.config_loading import load_config
 from pipeline.runner import run_pipeline
-from pipeline.sweep import concurrency, parse_grid, render, trial_name
+from pipeline.sweep import concurrency, parse_grid, plan_trials, render, trial_name
 from core.errors import ConfigError
 from test_train import sentences  # the "good"/"bad" sentence rule of the train stage's tests
 
@@ -49,6 +49,22 @@ def test_a_grid_key_typo_fails_in_one_line_before_any_trial(tmp_path, capsys):
     err = one_line_error(capsys, ["sweep", str(config), "--set-grid", "train.loss.temprature=1,4"])
     assert "train.loss.temprature=1" in err and "did you mean train.loss.temperature?" in err
     assert not (tmp_path / "runs").exists()  # nothing was run or written
+
+
+def test_a_run_without_finished_soft_labels_is_told_to_run_the_label_stage(tmp_path, capsys):
+    config = write_run(tmp_path)
+    err = one_line_error(capsys, ["sweep", str(config), "--set-grid", "train.lr=1e-3,1e-2"])
+    assert err.endswith(f"run `distill run {config} --until label` first")
+
+
+def test_every_grid_point_is_a_validated_config_of_its_own(tmp_path):
+    config = write_run(tmp_path)
+    trials = plan_trials(str(config), ["train.epochs=2"], parse_grid(["train.lr=1e-3,1e-2", "train.loss.temperature=1,4"]))
+    assert [t.name for t in trials] == ["lr=1e-3,loss.temperature=1", "lr=1e-3,loss.temperature=4",
+                                        "lr=1e-2,loss.temperature=1", "lr=1e-2,loss.temperature=4"]
+    assert [(t.cfg.train.lr, t.cfg.train.loss.temperature, t.cfg.train.epochs) for t in trials] == [
+        (1e-3, 1.0, 2), (1e-3, 4.0, 2), (1e-2, 1.0, 2), (1e-2, 4.0, 2)]
+    assert len({t.label_fingerprint for t in trials}) == 1 and len({t.fingerprint for t in trials}) == 4
 
 
 def test_grid_specs_and_names():
@@ -85,13 +101,11 @@ def test_sweep_trains_each_grid_point_on_the_finished_soft_labels_and_reuses_fin
     config = write_run(tmp_path, tiny_teacher_dir)
     run = RunDir(load_config(config).run_dir)
     argv = ["sweep", str(config), "--set-grid", "train.loss.temperature=1,4"]
-    err = one_line_error(capsys, argv)
-    assert f"distill run {config} --until label" in err
-
     run_pipeline(load_config(config), until="label")
     label_manifest = (run.root / "label" / "manifest.json").read_bytes()
     assert main(argv) == 0
     table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["loss.temperature", "dev_accuracy"] and table[3].startswith("written: ")
     results = read_json(run.sweep_results)
     assert results["metric"] == "dev_accuracy" and len(results["trials"]) == 2
     rows = results["trials"]
@@ -102,6 +116,8 @@ def test_sweep_trains_each_grid_point_on_the_finished_soft_labels_and_reuses_fin
         assert line.split()[:2] == [row["values"]["train.loss.temperature"], f"{row['scores']['dev_accuracy']:.4f}"]
         manifest = run.sweep_trial(row["trial"]).manifest("train")
         assert manifest["scores"] == row["scores"] and len(manifest["history"]) == 1  # train.epochs=1
+        # the saved student is the best checkpoint: the evaluate stage's score of it is the train loop's
+        assert row["scores"]["dev_accuracy"] == pytest.approx(manifest["best_dev_score"], abs=1e-4)
     weights = [load_file(run.sweep_trial(row["trial"]).student_dir("kd") / "model.safetensors") for row in rows]
     assert weights[0].keys() == weights[1].keys()
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two students, two trainings
