@@ -297,9 +297,10 @@ def teacher_hidden_size(teacher_dir: Path) -> int:
 def worker_cpus(num_workers: int, total_cpus: int | None = None) -> tuple[int, float]:
     """Torch threads and reserved logical CPUs per worker on a CPU-only cluster.
 
-    Threads: the cluster's CPUs (or ``total_cpus``, a sweep trial's share) shared evenly, at most a node's, at least 1; counted from the
-    cluster's total, not what is free at this instant, so every student of a run gets the same
-    share (Ray waits until the previous trainer has released it). Reserved: the same share of
+    Threads: the cluster's CPUs (or ``total_cpus``, a sweep trial's share) shared evenly, at most a
+    node's, at least 1; counted from the cluster's total, not what is free at this instant, so
+    every student of a run gets the same share (Ray waits until the previous trainer has
+    released it). Reserved: the same share of
     all CPUs but :data:`DATA_CPUS`, which stay free for Ray Data's read tasks; were the workers
     to reserve every CPU, the streamed read could never be scheduled and training would hang.
     """

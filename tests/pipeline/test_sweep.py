@@ -59,7 +59,8 @@ def test_a_run_without_finished_soft_labels_is_told_to_run_the_label_stage(tmp_p
 
 def test_every_grid_point_is_a_validated_config_of_its_own(tmp_path):
     config = write_run(tmp_path)
-    trials = plan_trials(str(config), ["train.epochs=2"], parse_grid(["train.lr=1e-3,1e-2", "train.loss.temperature=1,4"]))
+    grid = parse_grid(["train.lr=1e-3,1e-2", "train.loss.temperature=1,4"])
+    trials = plan_trials(str(config), ["train.epochs=2"], grid)
     assert [t.name for t in trials] == ["lr=1e-3,loss.temperature=1", "lr=1e-3,loss.temperature=4",
                                         "lr=1e-2,loss.temperature=1", "lr=1e-2,loss.temperature=4"]
     assert [(t.cfg.train.lr, t.cfg.train.loss.temperature, t.cfg.train.epochs) for t in trials] == [
