@@ -8,6 +8,8 @@ Layout of ``<output_dir>/<name>/``::
     train/{kd,ce_only}/                   stage train (student checkpoints)
     train/ray/<fingerprint>/{kd,ce_only}/ Ray Train's checkpoints, to resume under the stage's fingerprint
     evaluate/                             stage evaluate
+    sweep/<trial>/train/{kd,manifest.json} ``distill sweep``: one trial's student (a run folder of its own)
+    sweep/results.json                    ``distill sweep``: the trials' dev scores
     <stage>/manifest.json                 written last: the stage is complete
     report.md, metrics.json               the run's report
 
@@ -155,6 +157,20 @@ class RunDir:
     def student_dir(self, kind: str) -> Path:
         """One trained student: ``kd`` (distilled) or ``ce_only`` (baseline)."""
         return self.stage_dir("train") / kind
+
+    @property
+    def sweep_dir(self) -> Path:
+        """``distill sweep``'s folder: a run folder per trial, Ray Tune's files and the results."""
+        return self.stage_dir("sweep")
+
+    def sweep_trial(self, name: str) -> "RunDir":
+        """The run directory of one sweep trial, ``sweep/<name>/``, whose ``train/`` holds its student."""
+        return RunDir(self.sweep_dir / name)
+
+    @property
+    def sweep_results(self) -> Path:
+        """The sweep's trials and dev scores, as JSON."""
+        return self.sweep_dir / "results.json"
 
     @property
     def metrics_file(self) -> Path:

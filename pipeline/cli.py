@@ -7,6 +7,7 @@
     distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
     distill bench readback CONFIG [--set key=value ...]
     distill bench latency CONFIG [--set key=value ...]
+    distill sweep CONFIG --set-grid train.key=v1,v2,... [--set-grid ...] [--set key=value ...] [--metric NAME]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2.
@@ -62,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--logits-only", action="store_true",
                        help="label: leave out the third way (a whole split's hidden states take gigabytes)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep = commands.add_parser("sweep", help="grid search over train.* settings on a run's soft labels (Ray Tune); "
+                                              "prints a table of dev scores, writes sweep/results.json")
+    sweep.add_argument("config", help="preset name or YAML file of a run that has finished its label stage")
+    sweep.add_argument("--set-grid", dest="grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="values of one train.* setting to try, e.g. train.loss.temperature=1,2,4 (repeatable: "
+                            "every combination is a trial)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field for every trial")
+    sweep.add_argument("--metric", default=None, help="dev score to rank by: accuracy (sequence tasks; the default) "
+                                                      "or entity_f1 (the default), entity_precision, entity_recall")
     return parser
 
 
@@ -73,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             print("\n".join(preset_names()))
             return 0
+        if args.command == "sweep":
+            return run_sweep(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
@@ -109,6 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         cause = getattr(exc, "cause", None)
         print(f"distill: error: {cause if isinstance(cause, DistillError) else exc}", file=sys.stderr)
         return 2
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """``distill sweep``: plan and check every trial, then run them (:mod:`pipeline.sweep`); print the table."""
+    from pipeline import sweep
+    from pipeline.artifacts import RunDir
+
+    trials, metric = sweep.prepare(args.config, args.grid, args.overrides, args.metric)
+    cfg = trials[0].cfg
+    log_file = setup_logging(cfg.run_dir / "logs")
+    print(f"log: {log_file}", file=sys.stderr)
+    rows = sweep.run_sweep(trials, metric)
+    print(sweep.render(rows))
+    print(f"written: {RunDir(cfg.run_dir).sweep_results}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -108,12 +108,34 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         ConfigError: ``train.student`` does not fit the teacher or the loss, or there are fewer
             GPUs than ``train.num_workers`` on a GPU machine.
     """
-    tasks = run_tasks(cfg, run_dir)
+    return train_students(cfg, run_dir, run_dir, cfg.train.ce_only_baseline)
+
+
+def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: RunDir, ce_only: bool,
+                   total_cpus: int | None = None) -> dict:
+    """Train the KD student (and, with ``ce_only``, its CE-only twin) of ``source``'s tasks into ``out``.
+
+    The stage trains into its own run directory; a sweep (:mod:`pipeline.sweep`) trains each
+    trial's students into a folder of its own from the same soft labels.
+
+    Args:
+        cfg: the run config (see :func:`run`).
+        source: the run directory whose tasks are read (:func:`pipeline.tasks.run_tasks`).
+        out: the run directory, with a stage fingerprint, that gets ``train/initial/``, the
+            students and Ray Train's checkpoints.
+        ce_only: also train the CE-only twin.
+        total_cpus: logical CPUs the trainers may share (see :func:`worker_cpus`); None for the
+            whole cluster's.
+
+    Returns, Raises:
+        As :func:`run`.
+    """
+    tasks = run_tasks(cfg, source)
     check_loss_fits_student(cfg.train, tasks[0].cfg.teacher.max_length)
     kd = [TaskData(task.name, task.kind, soft_label_files(task.run_dir, task.num_labels, cfg.train.loss),
                    require_file(task.run_dir.split_file("dev")), task.tag_names) for task in tasks]
     runs = {"kd": (kd, cfg.train.loss)}
-    if cfg.train.ce_only_baseline:
+    if ce_only:
         ce = [TaskData(task.name, task.kind, [require_file(task.run_dir.split_file("train"))], data.dev_file,
                        task.tag_names) for task, data in zip(tasks, kd)]
         runs["ce_only"] = (ce, cfg.train.loss.ce_only())
@@ -121,9 +143,9 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
     if not teacher_dir.is_dir():
         raise ArtifactError(teacher_dir, "missing; run the finetune stage first")
     check_gpus(cfg.train)
-    initial_dir = build_initial_student(cfg, run_dir, tasks)
+    initial_dir = build_initial_student(cfg, out, tasks)
     hidden_size = teacher_hidden_size(teacher_dir)
-    return {name: fit(name, cfg.train, cfg.seed, run_dir, task_data, loss, initial_dir, hidden_size)
+    return {name: fit(name, cfg.train, cfg.seed, out, task_data, loss, initial_dir, hidden_size, total_cpus)
             for name, (task_data, loss) in runs.items()}
 
 
@@ -193,7 +215,7 @@ def check_loss_fits_student(train_cfg: TrainConfig, teacher_max_length: int) -> 
 
 
 def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: list[TaskData], loss: LossConfig,
-        initial_dir: Path, teacher_hidden_size: int) -> dict:
+        initial_dir: Path, teacher_hidden_size: int, total_cpus: int | None = None) -> dict:
     """Train one student with Ray Train and copy its best checkpoint to ``run_dir.student_dir(name)``.
 
     An interrupted training under the same stage fingerprint resumes from its latest
@@ -212,6 +234,8 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         loss: the loss to train with (CE only for the twin).
         initial_dir: the initial student's folder.
         teacher_hidden_size: D_t, for the hidden-state projections.
+        total_cpus: logical CPUs this trainer may use (see :func:`worker_cpus`); None for the
+            whole cluster's.
 
     Returns:
         The summary of this student, as in :func:`run`; with named tasks, ``history`` also
@@ -236,7 +260,7 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         task_configs.append({"name": task.name, "kind": task.kind.value, "rows": rows, "tag_names": task.tag_names})
         log.info("train %s: task %s: %d rows streamed from %d file(s)", name, task.name or "-", rows, len(task.files))
     use_gpu = torch.cuda.is_available()
-    threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers)
+    threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers, total_cpus)
     log.info("train %s: %d worker(s) with %d thread(s) each, gpu=%s", name, train_cfg.num_workers, threads, use_gpu)
 
     with live_metrics.relay(f"train/{name}") as live:  # rank 0's per-step rows, logged to W&B as they come
@@ -272,16 +296,17 @@ def teacher_hidden_size(teacher_dir: Path) -> int:
     return AutoConfig.from_pretrained(teacher_dir).hidden_size
 
 
-def worker_cpus(num_workers: int) -> tuple[int, float]:
+def worker_cpus(num_workers: int, total_cpus: int | None = None) -> tuple[int, float]:
     """Torch threads and reserved logical CPUs per worker on a CPU-only cluster.
 
-    Threads: the cluster's CPUs shared evenly, at most a node's, at least 1; counted from the
-    cluster's total, not what is free at this instant, so every student of a run gets the same
-    share (Ray waits until the previous trainer has released it). Reserved: the same share of
+    Threads: the cluster's CPUs (or ``total_cpus``, a sweep trial's share) shared evenly, at most a
+    node's, at least 1; counted from the cluster's total, not what is free at this instant, so
+    every student of a run gets the same share (Ray waits until the previous trainer has
+    released it). Reserved: the same share of
     all CPUs but :data:`DATA_CPUS`, which stay free for Ray Data's read tasks; were the workers
     to reserve every CPU, the streamed read could never be scheduled and training would hang.
     """
-    total_cpus = int(ray.cluster_resources().get("CPU", 1))
+    total_cpus = total_cpus or int(ray.cluster_resources().get("CPU", 1))
     largest_node = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
     threads = max(1, min(largest_node, total_cpus // num_workers))
     return threads, min(float(threads), max(0.0, (total_cpus - DATA_CPUS) / num_workers))
