@@ -64,12 +64,19 @@ def connect(address: str) -> JobSubmissionClient:
 
     Raises:
         ConfigError: nothing listens at ``address`` (checked in seconds, before Ray's client,
-            which would retry for longer).
+            which would retry for longer), or the cluster asks for a token (Ray's token
+            authentication) that this machine does not send.
     """
     check_dashboard_address(address)
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise ConfigError(f"--address {address}: the cluster requires its authentication token; copy it from the "
+                          f"head (`ray get-auth-token`) to ~/.ray/auth_token or $RAY_AUTH_TOKEN and set "
+                          f"RAY_AUTH_MODE=token") from None
 
 
 def attempts(client: JobSubmissionClient, name: str) -> list[JobDetails]:

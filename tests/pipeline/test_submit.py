@@ -3,6 +3,7 @@ started on 127.0.0.1 for this module (``ray start --head --block`` in its own pr
 which the teardown ends)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,18 +72,19 @@ def head():
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
          "--include-dashboard", "true", "--temp-dir", temp_dir, "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"})  # no token on 127.0.0.1
     address = f"http://127.0.0.1:{dashboard}"
     try:
         from ray.job_submission import JobSubmissionClient
 
-        deadline = time.monotonic() + 120
+        deadline, error = time.monotonic() + 120, None
         while True:
-            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            assert process.poll() is None and time.monotonic() < deadline, f"the Ray head did not start: {error}"
             try:
                 JobSubmissionClient(address).list_jobs()
                 break
-            except Exception:
+            except Exception as exc:  # not listening yet, or the dashboard still starting
+                error = exc
                 time.sleep(1)
         yield address
     finally:
@@ -92,6 +94,7 @@ def head():
                 process.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
