@@ -40,6 +40,8 @@ UPLOAD_EXCLUDES = ["runs/", "wandb/", "logs/", ".git", "__pycache__", "docs/", "
 ACTIVE = ("PENDING", "RUNNING")
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
 POLL_S = 2.0
+AGENT_WAIT_S = 60.0
+"""Seconds a submission waits for the job agent of a head that has just started."""
 
 
 def submission_id(name: str, attempt: int) -> str:
@@ -144,11 +146,18 @@ def submit(cfg: RunConfig | MultiTaskRunConfig, address: str, data_dir: str | No
         raise ConfigError(f"run {cfg.name!r} already has job {running[-1]} {jobs[-1].status}; follow it with "
                           f"`distill logs {cfg.name} --address {address} --follow`")
     staged = stage_config(cfg)
+    job = dict(entrypoint=shlex.join(["python", "-m", "pipeline.cli", "run", str(staged), "--until", until]),
+               submission_id=submission_id(cfg.name, next_attempt(cfg.name, [j.submission_id for j in jobs])),
+               runtime_env=runtime_env(data_dir), metadata={"run": cfg.name})
     try:
-        return client.submit_job(
-            entrypoint=shlex.join(["python", "-m", "pipeline.cli", "run", str(staged), "--until", until]),
-            submission_id=submission_id(cfg.name, next_attempt(cfg.name, [j.submission_id for j in jobs])),
-            runtime_env=runtime_env(data_dir), metadata={"run": cfg.name})
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return client.submit_job(**job)
+            except RuntimeError as exc:  # a head started seconds ago has no job agent yet
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL_S)
     finally:  # uploaded by now
         (REPO_ROOT / staged).unlink(missing_ok=True)
         if not any((REPO_ROOT / STAGING_DIR).iterdir()):

@@ -67,8 +67,12 @@ def head():
     """The dashboard address of a one-node Ray cluster (2 CPUs) started with ``ray start --head``."""
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
     dashboard = free_port()
+    # every port Ray would otherwise take by default, so that it cannot meet another Ray on this machine
+    ports = [arg for flag in ("--port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+                              "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
+             for arg in (flag, str(free_port()))]
     process = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
+        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", *ports,
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
          "--include-dashboard", "true", "--temp-dir", temp_dir, "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -91,7 +95,7 @@ def head():
         for sig in (signal.SIGTERM, signal.SIGKILL):  # the head's process group: only what it started
             try:
                 os.killpg(process.pid, sig)
-                process.wait(timeout=20)
+                process.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         shutil.rmtree(temp_dir, ignore_errors=True)
