@@ -11,6 +11,7 @@ keeps the finished stages and the runner reuses them by fingerprint.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import time
@@ -73,6 +74,8 @@ def connect(address: str) -> JobSubmissionClient:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "ray"]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # the client's upload notices are not for the console
     try:
         return JobSubmissionClient(address)
     except AuthenticationError:
@@ -187,12 +190,13 @@ def raise_if_failed(client: JobSubmissionClient, job: JobDetails) -> None:
     """
     if job.status not in ("FAILED", "STOPPED"):
         return
-    message = (job.message or "").splitlines()[0] if job.message else "no message"
+    # Ray appends the logs' tail to the message; the last error line below says what matters
+    message = (job.message or "no message").splitlines()[0].split(", last available logs")[0]
     lines = [line.strip() for line in client.get_job_logs(job.submission_id).splitlines() if line.strip()]
     ours = [line for line in lines if line.startswith("distill: error:")]
     errors = [line for line in lines if re.search(r"\w(Error|Exception)\b", line)]
     last = (ours or errors or lines or ["(no log output)"])[-1]
-    raise DistillError(f"job {job.submission_id} {job.status}: {message.rstrip(',:')}; last error: {last}")
+    raise DistillError(f"job {job.submission_id} {job.status}: {message}; last error: {last}")
 
 
 def print_logs(client: JobSubmissionClient, job_id: str, follow: bool = False) -> None:
