@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,7 +94,7 @@ def head():
         for sig in (signal.SIGTERM, signal.SIGKILL):  # the head's process group: only what it started
             try:
                 os.killpg(process.pid, sig)
-                process.wait(timeout=10)
+                process.wait(timeout=3)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -120,34 +119,37 @@ def tiny_run(tmp_path_factory):
     return config, data, root / "runs" / "tiny"
 
 
-def distill(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.slow
-def test_submit_runs_resubmit_resumes_and_a_remote_failure_is_one_line(head, tiny_run):
+def test_submit_runs_resubmit_resumes_and_a_remote_failure_is_one_line(head, tiny_run, capsys):
     config, data, run_dir = tiny_run
-    first = distill("submit", str(config), "--address", head, "--data-dir", str(data), "--until", "label", "--wait")
-    assert first.returncode == 0, first.stderr
-    assert "distill-tiny-1  SUCCEEDED" in first.stdout
+
+    def distill(*args: str) -> tuple[int, str, str]:
+        """``(exit code, stdout, stderr)`` of ``distill ARGS``, run in this process."""
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    submit_tiny = ("submit", str(config), "--address", head, "--data-dir", str(data), "--until", "label", "--wait")
+    code, out, err = distill(*submit_tiny)
+    assert code == 0, err
+    assert "distill-tiny-1  SUCCEEDED" in out
     stages = ("data", "finetune", "label")
     written_ns = {stage: (run_dir / stage / "manifest.json").stat().st_mtime_ns for stage in stages}
     assert read_json(run_dir / "data" / "manifest.json")["train"]["rows"] == 24
 
-    again = distill("submit", str(config), "--address", head, "--data-dir", str(data), "--until", "label", "--wait")
-    assert again.returncode == 0, again.stderr
-    assert "distill-tiny-2  SUCCEEDED" in again.stdout
+    code, out, err = distill(*submit_tiny)
+    assert code == 0, err
+    assert "distill-tiny-2  SUCCEEDED" in out
     assert {stage: (run_dir / stage / "manifest.json").stat().st_mtime_ns for stage in stages} == written_ns
-    status = distill("status", "tiny", "--address", head)
-    assert status.returncode == 0 and status.stdout.startswith("distill-tiny-2  SUCCEEDED  started 20")
-    logs = distill("logs", "tiny", "--address", head)
-    assert "stage label: up to date, reusing" in logs.stdout
+    code, out, _ = distill("status", "tiny", "--address", head)
+    assert code == 0 and out.startswith("distill-tiny-2  SUCCEEDED  started 20")
+    _, out, _ = distill("logs", "tiny", "--address", head)
+    assert "stage label: up to date, reusing" in out
 
-    failing = distill("submit", str(config), "--set", "name=tiny-nodata", "--address", head,
-                      "--data-dir", str(data / "missing"), "--until", "data", "--wait")
-    assert failing.returncode == 2
-    (line,) = [line for line in failing.stderr.splitlines() if line.strip()]
-    assert line.startswith("distill: error: job distill-tiny-nodata-1 FAILED:") and "last error: distill: error:" in line
-    assert "missing" in line
-    assert distill("status", "tiny-nodata", "--address", head).returncode == 2
+    code, _, err = distill("submit", str(config), "--set", "name=tiny-nodata", "--address", head,
+                           "--data-dir", str(data / "missing"), "--until", "data", "--wait")
+    assert code == 2
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("distill: error: job distill-tiny-nodata-1 FAILED: Job entrypoint command failed with "
+                           "exit code 2; last error: distill: error: ") and f"{data / 'missing'}/train.tsv" in line
+    assert distill("status", "tiny-nodata", "--address", head)[:2] == (2, "")
