@@ -4,6 +4,9 @@
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
+    distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--wait]
+    distill status NAME --address http://HOST:8265
+    distill logs NAME --address http://HOST:8265 [--follow]
     distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
     distill bench readback CONFIG [--set key=value ...]
     distill bench latency CONFIG [--set key=value ...]
@@ -41,11 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", help="preset name or YAML file")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config field, e.g. --set train.epochs=3 (repeatable)")
-    run = commands.choices["run"]
-    run.add_argument("--until", default="benchmark",
-                     help="last stage to run (data, finetune, label, train, evaluate, and the optional prune, export, "
-                          "quantize, benchmark when the config has their sections)")
-    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo this stage and the ones after it")
+    submit = commands.add_parser("submit", help="run on a Ray cluster through its Jobs API; a resubmission resumes")
+    submit.add_argument("config", help="preset name or YAML file; validated here, run there as resolved here")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--data-dir", help="the cluster's data folder for relative data paths ($DISTILL_DATA_DIR there)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job; exit 2 if it fails")
+    for name, text in (("status", "the latest job of a run"), ("logs", "the logs of a run's latest job")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("name", help="the run's name")
+    commands.choices["logs"].add_argument("--follow", action="store_true", help="print until the job finishes")
+    for name in ("submit", "status", "logs"):
+        commands.choices[name].add_argument("--address", required=True, help="the head's dashboard, http://HOST:8265")
+    for name in ("run", "submit"):
+        commands.choices[name].add_argument(
+            "--until", default="benchmark", help="last stage to run (data, finetune, label, train, evaluate, and the "
+                                                 "optional prune, export, quantize, benchmark when the config has "
+                                                 "their sections)")
+    commands.choices["run"].add_argument("--force", action="append", default=[], metavar="STAGE",
+                                         help="redo this stage and the ones after it")
     commands.add_parser("presets", help="list the presets shipped with the package")
     bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
     bench.add_argument("what", choices=["label", "readback", "latency"],
@@ -86,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return run_sweep(args)
+        if args.command in ("status", "logs"):
+            return follow_job(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
+        if args.command == "submit":
+            return submit_job(cfg, args)
         if args.command == "bench":
             if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
                 raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
@@ -98,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.what == "label":
                 from pipeline import bench
 
-                print(bench.render(bench.bench_label(cfg, args.rows, out_file, None if args.logits_only else args.emit_layers)))
+                layers = None if args.logits_only else args.emit_layers
+                print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers)))
             elif args.what == "readback":
                 from pipeline import bench_readback
 
@@ -113,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"log: {log_file}", file=sys.stderr)
         from pipeline.runner import run_pipeline
 
-        run_pipeline(cfg, until=args.until, force=tuple(args.force))
-        print(f"report: {cfg.run_dir / 'report.md'}")
+        manifests = run_pipeline(cfg, until=args.until, force=tuple(args.force))
+        if "evaluate" in manifests:  # the report is written with the evaluate stage
+            print(f"report: {cfg.run_dir / 'report.md'}")
         return 0
     except DistillError as exc:
         # an error raised in a Ray actor or task arrives wrapped (ray.exceptions.RayTaskError, a
@@ -136,6 +158,34 @@ def run_sweep(args: argparse.Namespace) -> int:
     rows = sweep.run_sweep(trials, metric)
     print(sweep.render(rows))
     print(f"written: {RunDir(cfg.run_dir).sweep_results}")
+    return 0
+
+
+def submit_job(cfg, args: argparse.Namespace) -> int:
+    """``distill submit``: submit, then (with ``--wait``) follow the job to its end."""
+    from pipeline import submit
+
+    job_id = submit.submit(cfg, args.address, args.data_dir, args.until)
+    print(f"submitted {job_id}; follow it with `distill logs {cfg.name} --address {args.address} --follow`")
+    if args.wait:
+        client = submit.connect(args.address)
+        job = submit.wait(client, job_id)
+        submit.raise_if_failed(client, job)
+        print(submit.status_line(job))
+    return 0
+
+
+def follow_job(args: argparse.Namespace) -> int:
+    """``distill status`` and ``distill logs`` of a run's latest job."""
+    from pipeline import submit
+
+    client = submit.connect(args.address)
+    job = submit.latest_attempt(client, args.name, args.address)
+    if args.command == "logs":
+        submit.print_logs(client, job.submission_id, args.follow)
+        return 0
+    submit.raise_if_failed(client, job)
+    print(submit.status_line(job))
     return 0
 
 

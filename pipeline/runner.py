@@ -21,6 +21,7 @@ from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
 from pipeline.config import MultiTaskRunConfig, RunConfig
 from pipeline.config_loading import redact
+from pipeline.ray_address import check_ray_address
 from core.errors import ConfigError
 from pipeline.tasks import source_fingerprints
 from pipeline.tracking import Tracker
@@ -95,7 +96,8 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
         The manifests of the stages run or reused, keyed by stage name.
 
     Raises:
-        ConfigError: ``until`` or ``force`` names an unknown stage.
+        ConfigError: ``until`` or ``force`` names an unknown stage, or ``ray.address`` names a
+            cluster that does not answer (checked before any stage, when one of them uses Ray).
         DistillError: any stage's input error (see each stage).
     """
     all_names = list(STAGES)
@@ -103,6 +105,8 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; stages are {all_names}")
     names = [name for name in all_names[: all_names.index(until) + 1] if cfg.runs_stage(name)]
+    if cfg.ray.address is not None and any(needs_ray(cfg, name) for name in names):
+        check_ray_address(cfg.ray.address)  # in seconds, not after the stages before the first Ray one
     run_dir = RunDir(cfg.run_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.root / "config.yaml", yaml.safe_dump(redact(cfg.model_dump(mode="json")),
@@ -150,11 +154,18 @@ def run_stages(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir, names: list
 
 
 def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:
-    """Connect to the configured Ray cluster, or start a local instance, once per process."""
+    """Connect to the configured Ray cluster, or start a local instance, once per process.
+
+    Raises:
+        ConfigError: ``ray.address`` names a cluster that does not answer
+            (:func:`pipeline.ray_address.check_ray_address`), instead of Ray's minutes of retries.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    if cfg.ray.address is not None:
+        check_ray_address(cfg.ray.address)
     # Workers' output still reaches the console (the train progress bar); their log records go to
     # the run's logs/ folder (pipeline.console.setup_worker_logging).
     ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
