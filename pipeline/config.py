@@ -172,6 +172,9 @@ class LabelConfig(Section):
     nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+    max_actor_restarts: int = Field(
+        default=3, ge=0, description="times a label actor that died (killed, its node lost) is restarted; its "
+                                     "unfinished shard is retried as often, and written once, atomically")
     teachers: list[Path] = Field(
         default_factory=list, description="extra local Hugging Face sequence classifiers (folders, relative to "
                                           "the working directory) that label next to the run's teacher; same "
@@ -228,6 +231,13 @@ class TrainConfig(Section):
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (clusters/deepspeed/student-*.json)")
     ce_only_baseline: bool = True
+    checkpoint_every_steps: int | None = Field(
+        default=None, gt=0, description="also checkpoint every this many optimizer steps inside an epoch (None: at "
+                                        "each epoch's end only); a restart then loses at most this many steps, "
+                                        "and resumes at the same step of the epoch's batch order")
+    max_failures: int = Field(
+        default=2, ge=-1, description="Ray Train FailureConfig.max_failures: times a failed worker group (a killed "
+                                      "worker, a lost node) restarts from the latest checkpoint; -1 = always, 0 = never")
 
 
 class EvaluateConfig(Section):
@@ -252,6 +262,11 @@ class RayConfig(Section):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local instance; None = all")
+    storage_path: str | None = Field(
+        default=None, description="where Ray Train keeps the train stage's checkpoints: None = the run folder "
+                                  "(train/ray/); on a multi-node cluster a folder every node mounts (NFS) or a cloud "
+                                  "URI (s3://bucket/prefix, gs://bucket/prefix: any pyarrow filesystem), so that "
+                                  "checkpoints outlive a node; the run's checkpoints go under <storage_path>/<name>/")
 
 
 class RunBase(Section):
