@@ -89,7 +89,7 @@ def report(metrics: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
         metrics: an epoch's metrics, or a mid-epoch checkpoint's (``dev_score`` :data:`MID_EPOCH_SCORE`).
         progress: stored in the train state next to the optimizer's: ``history`` (finished
             epochs' metrics), ``step`` (optimizer steps done) and ``attempts`` (one dict per start
-            of the training function: ``started_at_step``, ``worker_nodes``).
+            of the training function: ``started_at_step``, ``workers``).
     """
     with tempfile.TemporaryDirectory() as tmp:
         if is_deepspeed(model):

@@ -21,7 +21,8 @@ stage's fingerprint (:attr:`RunDir.stage_fingerprint`, from the runner: the labe
 content of every teacher weight file and, upstream, the transfer set). It is rewritten after
 each shard, so a killed run keeps its finished shards and a rerun under the same fingerprint
 verifies their checksums and redoes only the rest; under another fingerprint every shard is
-relabeled. Each entry names the Ray node that labeled the shard (``node_id``).
+relabeled. Each entry names the Ray node and the actor's process that labeled the shard
+(``node_id``, ``pid``: Ray names a worker's log files after it).
 
 An actor that dies (killed, or its node lost) is restarted by Ray up to
 ``label.max_actor_restarts`` times, and the shard it was labeling is retried on the restarted
@@ -34,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -167,7 +169,7 @@ class ShardLabeler:
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
                 "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes),
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
 def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:

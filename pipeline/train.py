@@ -105,7 +105,7 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         the shuffle buffer and Ray Data's block budget, not by the transfer set's size); named
         tasks add ``best_dev_<task>`` (see :func:`fit`). ``optimizer_steps`` counts the steps
         of the whole training, ``restarts`` the times it restarted from a checkpoint, and
-        ``attempts`` gives each start's first step and the Ray node id of every worker by rank
+        ``attempts`` gives each start's first step and the Ray node and process id of every worker by rank
         (see :func:`pipeline.train_loop.train_loop`).
 
     Raises:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable
 import resource
 import time
@@ -137,7 +138,7 @@ def train_loop(config: dict) -> dict:
 
     Returns:
         ``{"history": [per-epoch metrics], "optimizer_steps": int, "attempts": [{"started_at_step",
-        "worker_nodes"}, ...]}``: one attempt per start of this function for the run (the first,
+        "workers"}, ...]}`` (``workers``: see :func:`worker_processes`): one attempt per start of this function for the run (the first,
         and one per restart by Ray Train's ``FailureConfig`` or rerun after the driver died).
     """
     train_cfg: TrainConfig = config["train"]
@@ -169,7 +170,7 @@ def train_loop(config: dict) -> dict:
     step = state.get("step", len(history) * steps_per_epoch)  # optimizer steps done; older checkpoints: whole epochs
     attempts = state.get("attempts", [])
     if step < total_steps:  # a start with steps to make; a finished run's rerun only reloads its result
-        attempts = [*attempts, {"started_at_step": step, "worker_nodes": worker_nodes()}]
+        attempts = [*attempts, {"started_at_step": step, "workers": worker_processes()}]
     kinds = [TaskKind(task["kind"]) for task in tasks]
     collates = [Collate(student, (hidden_layers, attention_layers), kind, task["name"])
                 for task, kind in zip(tasks, kinds)]
@@ -212,14 +213,15 @@ def train_loop(config: dict) -> dict:
     return {"history": history, "optimizer_steps": step, "attempts": attempts}
 
 
-def worker_nodes() -> list[str]:
-    """The Ray node id of every training worker, by rank (a collective when there are several)."""
-    node = ray.get_runtime_context().get_node_id()
+def worker_processes() -> list[dict[str, str | int]]:
+    """``{"node_id", "pid"}`` of every training worker by rank: the Ray node it runs on and its process
+    id (Ray names a worker's log files after it); a collective when there are several workers."""
+    me = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     if not torch.distributed.is_initialized():
-        return [node]
-    nodes: list[str | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(nodes, node)
-    return nodes
+        return [me]
+    workers: list[dict | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(workers, me)
+    return workers
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
