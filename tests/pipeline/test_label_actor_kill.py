@@ -63,7 +63,7 @@ def test_label_actor_killed_mid_shard_is_restarted_and_the_shard_written_once(tm
     killed_pid = done[0]["pid"]  # the one actor, busy with the next shard
     os.kill(killed_pid, signal.SIGKILL)
     killed_at, done_at_kill = time.time(), len(shard_entries(run))
-    thread.join(timeout=300)
+    thread.join(timeout=600)
     assert not thread.is_alive() and outcome["rows"] == ROWS
 
     assert done_at_kill < ROWS // SHARD_ROWS, "the actor was killed after its last shard"

@@ -17,15 +17,31 @@ from pipeline.checkpoints import TRAIN_STATE_FILE
 ROWS, BATCH, EVERY, EPOCHS = 384, 4, 8, 2  # build_run's transfer rows; 96 steps an epoch, a checkpoint every 8
 
 
-def mid_epoch_state(storage, steps_per_epoch):
-    """The train state of a mid-epoch checkpoint in ``storage``, or None while there is none."""
+def mid_epoch_states(storage, steps_per_epoch):
+    """``{step: train state}`` of the mid-epoch checkpoints in ``storage`` now."""
+    states = {}
     for state_file in storage.glob("kd/checkpoint_*/" + TRAIN_STATE_FILE):
         try:
             state = torch.load(state_file, weights_only=True)
-        except (OSError, RuntimeError, EOFError):  # still being written
+        except (OSError, RuntimeError, EOFError):  # being written or deleted
             continue
         if state["step"] % steps_per_epoch:
-            return state
+            states[state["step"]] = state
+    return states
+
+
+def registered_mid_epoch_state(storage, steps_per_epoch, seen):
+    """A first-epoch mid-epoch checkpoint that Ray Train has registered, or None yet.
+
+    Ray deletes a mid-epoch checkpoint when it registers the next one, so the one left after the
+    first (``seen``: every step seen so far) was deleted is registered. A file alone is not: the
+    worker writes it before the controller registers it, and a worker killed in between restarts
+    from the checkpoint before.
+    """
+    states = mid_epoch_states(storage, steps_per_epoch)
+    seen.update(states)
+    if len(states) == 1 and min(seen) not in states and max(states) < steps_per_epoch:
+        return states[max(states)]
     return None
 
 
@@ -38,22 +54,23 @@ def test_worker_killed_mid_epoch_restarts_from_the_checkpoint_with_the_planned_s
     thread = threading.Thread(target=lambda: outcome.update(train.run(cfg, run_dir)))
     thread.start()
     deadline = time.monotonic() + 240
-    while (state := mid_epoch_state(run_dir.train_storage, steps_per_epoch)) is None:
+    seen = {}
+    while (state := registered_mid_epoch_state(run_dir.train_storage, steps_per_epoch, seen)) is None:
         assert thread.is_alive(), "the training ended before a worker could be killed"
         assert time.monotonic() < deadline, "no mid-epoch checkpoint within 240 s"
         time.sleep(0.02)
     (worker,) = state["attempts"][0]["workers"]  # the one worker, as its checkpoint records it
     os.kill(worker["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
-    thread.join(timeout=300)
+    thread.join(timeout=600)
     assert not thread.is_alive()
 
     summary = outcome["kd"]
     assert summary["restarts"] == 1  # one kill, one restart
     first, restart = summary["attempts"]
     assert first["started_at_step"] == 0
-    # resumed from a mid-epoch checkpoint taken no earlier than the one that was seen before the kill
-    assert restart["started_at_step"] % EVERY == 0 and restart["started_at_step"] >= state["step"]
+    # resumed from the registered mid-epoch checkpoint, or a later one
+    assert restart["started_at_step"] % EVERY == 0 and restart["started_at_step"] >= state["step"] >= 2 * EVERY
     assert restart["started_at_step"] % steps_per_epoch, "the restart should resume mid-epoch"
     assert summary["optimizer_steps"] == EPOCHS * steps_per_epoch  # none lost, none repeated
     assert [h["epoch"] for h in summary["history"]] == list(range(1, EPOCHS + 1))

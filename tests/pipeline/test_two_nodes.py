@@ -77,7 +77,7 @@ def test_worker_node_removed_during_labeling_loses_and_repeats_no_row(tmp_path, 
     cluster.remove_node(lost)  # its actor dies mid-shard
     removed_with = len(read_json(run.shard_index)["shards"])
     replacement = cluster.add_node(num_cpus=3)  # as an autoscaler replaces a lost node
-    thread.join(timeout=300)
+    thread.join(timeout=600)
     assert not thread.is_alive() and outcome["rows"] == ROWS
 
     assert removed_with < ROWS // SHARD_ROWS, "the node was removed after the last shard"
