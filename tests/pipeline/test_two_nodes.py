@@ -35,7 +35,7 @@ def cluster():
     ray.shutdown()
     nodes.shutdown()
     if was_local:  # as tests/conftest.py's ray_local started it
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def node_ids(cluster):
