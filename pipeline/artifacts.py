@@ -154,6 +154,15 @@ class RunDir:
         (``train/ray/direct/`` for a direct call)."""
         return self.stage_dir("train") / "ray" / (self.stage_fingerprint or "direct")
 
+    def train_storage_uri(self, storage_path: str | None) -> str:
+        """Ray Train's ``storage_path`` for the stage being run: :attr:`train_storage` (absolute) when
+        ``storage_path`` (``ray.storage_path``) is None, else ``<storage_path>/<run name>/<stage
+        fingerprint>``, a local folder made absolute or a URI (``s3://``, ``gs://``) kept as it is."""
+        if storage_path is None:
+            return str(self.train_storage.resolve())
+        base = storage_path.rstrip("/") if "://" in storage_path else str(Path(storage_path).resolve())
+        return f"{base}/{self.root.name}/{self.stage_fingerprint or 'direct'}"
+
     def student_dir(self, kind: str) -> Path:
         """One trained student: ``kd`` (distilled) or ``ce_only`` (baseline)."""
         return self.stage_dir("train") / kind

@@ -1,7 +1,9 @@
-"""Ray Train checkpoints of the train stage: each epoch's report, and the restore on resume.
+"""Ray Train checkpoints of the train stage: each epoch's report, the mid-epoch ones of
+``train.checkpoint_every_steps``, the restore on resume, and the storage they live in.
 
 A checkpoint holds the student (``student/``) and the train state (:data:`TRAIN_STATE_FILE`:
-optimizer, grad scaler, LR schedule, loss-module state and the epoch history); with DeepSpeed the
+optimizer, grad scaler, LR schedule, loss-module state, the epoch history, the optimizer steps
+done and the attempts that trained, see :func:`report`); with DeepSpeed the
 engine's own checkpoint (every rank's ZeRO partition, under :data:`DEEPSPEED_TAG`) replaces the
 optimizer and schedule state. Checkpoints go through ``ray.train.report`` so that Ray Train
 restores them (``ray.train.get_checkpoint``) when a run resumes.
@@ -14,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray.train
 import torch
 from torch import nn
@@ -29,11 +32,28 @@ DEEPSPEED_TAG = "engine"
 TRAIN_STATE_FILE = "train_state.pt"
 """Optimizer, grad-scaler, schedule and loss-module state, epoch and history, next to the student."""
 
+MID_EPOCH_SCORE = -1.0
+"""``dev_score`` reported with a mid-epoch checkpoint (no dev pass ran): below every real score, so
+Ray keeps it only while it is the latest and never picks it as the best."""
+
+
+def prepare_storage(storage: str, name: str) -> None:
+    """Remove the Ray runs of other stage fingerprints next to ``storage`` (never resumed) and log
+    whether run ``name`` resumes; ``storage`` is a local folder or a URI of any pyarrow filesystem."""
+    fs, base = pyarrow.fs.FileSystem.from_uri(storage)
+    parent = base.rstrip("/").rsplit("/", 1)[0]
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.path.rstrip("/") != base.rstrip("/"):
+            fs.delete_dir(info.path)
+    if fs.get_file_info(f"{base}/{name}").type != pyarrow.fs.FileType.NotFound:
+        log.info("train %s: resuming from the latest checkpoint in %s/%s", name, storage, name)
+
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
             scaler: torch.amp.GradScaler) -> dict[str, Any] | None:
-    """Load the latest checkpoint into the model, optimizer and schedule when Ray Train resumes;
-    returns its train state (None on a fresh start).
+    """Load the latest checkpoint into the model, optimizer and schedule when Ray Train resumes
+    (a rerun after the driver died, or a worker group restarted by ``FailureConfig``); returns
+    its train state (None on a fresh start), see :func:`report`.
 
     A DeepSpeed engine loads its own checkpoint (each rank its ZeRO partition, with the
     optimizer and the LR schedule it steps); otherwise the student's weights come from the
@@ -53,17 +73,23 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-    log.info("train: resumed after epoch %d", len(state["history"]))
+    log.info("train: resumed after epoch %d, optimizer step %s", len(state["history"]), state.get("step"))
     return state
 
 
 def report(metrics: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-           history: list[dict], rank: int) -> None:
-    """``ray.train.report`` on every rank (it is a barrier) with this epoch's checkpoint.
+           progress: dict[str, Any], rank: int) -> None:
+    """``ray.train.report`` on every rank (it is a barrier) with a checkpoint.
 
     Rank 0 writes the student and the train state; with DeepSpeed every rank also writes its
     part of the engine's checkpoint, and Ray Train merges the ranks' folders into one.
+
+    Args:
+        metrics: an epoch's metrics, or a mid-epoch checkpoint's (``dev_score`` :data:`MID_EPOCH_SCORE`).
+        progress: stored in the train state next to the optimizer's: ``history`` (finished
+            epochs' metrics), ``step`` (optimizer steps done) and ``attempts`` (one dict per start
+            of the training function: ``started_at_step``, ``workers``).
     """
     with tempfile.TemporaryDirectory() as tmp:
         if is_deepspeed(model):
@@ -74,7 +100,7 @@ def report(metrics: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
             own_state = not is_deepspeed(model)  # else the engine's checkpoint holds them
             torch.save({"optimizer": optimizer.state_dict() if own_state else {},
                         "scheduler": scheduler.state_dict() if own_state else {},
-                        "scaler": scaler.state_dict(), "loss": step_module.loss.state_dict(), "history": history},
+                        "scaler": scaler.state_dict(), "loss": step_module.loss.state_dict(), **progress},
                        Path(tmp) / TRAIN_STATE_FILE)
         has_files = rank == 0 or is_deepspeed(model)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)

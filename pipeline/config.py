@@ -195,6 +195,9 @@ class LabelConfig(Section):
     nvme_path: Path | None = Field(default=None, description="folder on a fast local disk, for offload: nvme")
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (see clusters/deepspeed/)")
+    max_actor_restarts: int = Field(
+        default=3, ge=0, description="times a label actor that died (killed, its node lost) is restarted; its "
+                                     "unfinished shard is retried as often, and written once, atomically")
     teachers: list[Path] = Field(
         default_factory=list, description="extra local Hugging Face sequence classifiers (folders, relative to "
                                           "the working directory) that label next to the run's teacher; same "
@@ -251,6 +254,13 @@ class TrainConfig(Section):
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (clusters/deepspeed/student-*.json)")
     ce_only_baseline: bool = True
+    checkpoint_every_steps: int | None = Field(
+        default=None, gt=0, description="also checkpoint every this many optimizer steps inside an epoch (None: at "
+                                        "each epoch's end only); a restart then loses at most this many steps, "
+                                        "and resumes at the same step of the epoch's batch order")
+    max_failures: int = Field(
+        default=2, ge=-1, description="Ray Train FailureConfig.max_failures: times a failed worker group (a killed "
+                                      "worker, a lost node) restarts from the latest checkpoint; -1 = always, 0 = never")
 
 
 class EvaluateConfig(Section):
@@ -279,6 +289,11 @@ class RayConfig(Section):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local instance; None = all")
+    storage_path: str | None = Field(
+        default=None, description="where Ray Train keeps the train stage's checkpoints: None = the run folder "
+                                  "(train/ray/); on a multi-node cluster a folder every node mounts (NFS) or a cloud "
+                                  "URI (s3://bucket/prefix, gs://bucket/prefix: any pyarrow filesystem), so that "
+                                  "checkpoints outlive a node; the run's checkpoints go under <storage_path>/<name>/")
 
 
 class RunBase(Section):
@@ -367,25 +382,3 @@ LAYER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.layer
 SENTENCE_FAMILIES = tuple(name for name, family in FAMILIES.items()
                           if not (family.tags_tokens or family.multi_task))
 """Student families that a single run of a sentence task trains."""
-
-
-def task_conflicts(cfg: RunConfig) -> list[str]:
-    """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
-    family = cfg.train.student.family
-    if family in MULTI_TASK_FAMILIES:
-        return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
-                "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
-    if cfg.data.task == "sequence":
-        return [f"train.student.family: {family} tags words; it needs data.task: token, or use "
-                f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else []
-    problems = []
-    if family not in TAGGER_FAMILIES:
-        problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
-                        f"{' or '.join(TAGGER_FAMILIES)}")
-    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "data.augment": cfg.data.augment,
-                   "label.teachers": cfg.label.teachers, "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
-                   "label.emit.attention_layers": cfg.label.emit.attention_layers,
-                   "label.emit.logits_top_k": cfg.label.emit.logits_top_k}
-    problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
-                 if value]
-    return problems

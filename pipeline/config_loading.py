@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from core.errors import ConfigError
-from pipeline.config import MultiTaskRunConfig, RunConfig, task_conflicts
+from pipeline.config import MULTI_TASK_FAMILIES, SENTENCE_FAMILIES, TAGGER_FAMILIES, MultiTaskRunConfig, RunConfig
 
 PRESET_PACKAGE = "pipeline.presets"
 
@@ -61,7 +61,7 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | Mu
         ConfigError: the file is missing or not YAML, a ``base`` is unknown or part of a cycle,
             an override is malformed, a field is unknown or of the wrong type (every such field
             is listed), or settings do not fit ``data.task`` (a sentence student on a token
-            task; see :func:`pipeline.config.task_conflicts`).
+            task; see :func:`task_conflicts`).
     """
     raw, origin = read_with_bases(source)
     for override in overrides:
@@ -258,3 +258,25 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     for arg in getattr(annotation, "__args__", ()):
         found += _nested_models(arg)
     return found
+
+
+def task_conflicts(cfg: RunConfig) -> list[str]:
+    """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
+    family = cfg.train.student.family
+    if family in MULTI_TASK_FAMILIES:
+        return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
+                "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
+    if cfg.data.task == "sequence":
+        return [f"train.student.family: {family} tags words; it needs data.task: token, or use "
+                f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else []
+    problems = []
+    if family not in TAGGER_FAMILIES:
+        problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
+                        f"{' or '.join(TAGGER_FAMILIES)}")
+    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "data.augment": cfg.data.augment,
+                   "label.teachers": cfg.label.teachers, "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
+                   "label.emit.attention_layers": cfg.label.emit.attention_layers,
+                   "label.emit.logits_top_k": cfg.label.emit.logits_top_k}
+    problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
+                 if value]
+    return problems

@@ -21,7 +21,13 @@ stage's fingerprint (:attr:`RunDir.stage_fingerprint`, from the runner: the labe
 content of every teacher weight file and, upstream, the transfer set). It is rewritten after
 each shard, so a killed run keeps its finished shards and a rerun under the same fingerprint
 verifies their checksums and redoes only the rest; under another fingerprint every shard is
-relabeled.
+relabeled. Each entry names the Ray node and the actor's process that labeled the shard
+(``node_id``, ``pid``: Ray names a worker's log files after it).
+
+An actor that dies (killed, or its node lost) is restarted by Ray up to
+``label.max_actor_restarts`` times, and the shard it was labeling is retried on the restarted
+actor: its file is written once, by the attempt that finishes (a write is atomic, so a killed
+attempt leaves only a temporary file, removed when the stage ends).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -161,7 +168,8 @@ class ShardLabeler:
         signal_bytes = {name: table.column(name).nbytes for name in table.column_names[len(base):]}
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
-                "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes)}
+                "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes),
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
 def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:
@@ -221,6 +229,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             ShardLabeler, batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(label.num_actors, len(todo)), max_tasks_in_flight_per_actor=1),
             num_cpus=label.cpus_per_actor, num_gpus=label.tensor_parallel if device_name() == "cuda" else 0,
+            max_restarts=label.max_actor_restarts, max_task_retries=label.max_actor_restarts,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
                 "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,
@@ -232,6 +241,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                 atomic_write_json(run_dir.shard_index, shard_index(run_dir, done))
                 bar.update(entry["rows"])
     elapsed = time.perf_counter() - began
+    for stale in run_dir.remove_partial_files("label"):
+        log.info("label: removed %s, left by a label actor that died", stale)
     entries = sorted(done.values(), key=lambda e: e["shard"])
     stored_bytes = sum(run_dir.shard_file(e["shard"]).stat().st_size for e in entries)
     labeled_now = sum(s["stop"] - s["start"] for s in todo)

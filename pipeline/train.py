@@ -16,8 +16,12 @@ training one task, drawn in proportion to its batches (:func:`pipeline.batching.
 :mod:`pipeline.collate`.
 
 Every epoch each worker reports its metrics and rank 0 attaches a checkpoint
-(:mod:`pipeline.checkpoints`). Ray Train's folder is ``train/ray/<stage fingerprint>/<kind>/``
-(:attr:`RunDir.train_storage`): a run interrupted mid-way resumes from its latest checkpoint
+(:mod:`pipeline.checkpoints`), and with ``train.checkpoint_every_steps`` also every that many
+optimizer steps. A failed worker group (a killed worker, a lost node) is restarted by Ray
+Train's ``FailureConfig`` up to ``train.max_failures`` times, from the latest checkpoint at its
+optimizer step. Ray Train's folder is ``train/ray/<stage fingerprint>/<kind>/``, or under
+``ray.storage_path`` (a shared folder or a cloud URI, :meth:`RunDir.train_storage_uri`)
+when set: a run interrupted mid-way resumes from its latest checkpoint
 when rerun with the same inputs (the runner's fingerprint of the stage), and a run under
 another fingerprint starts afresh, its predecessors' folders removed. Whether the stage is
 done at all is the runner's manifest, the one cache. Ray keeps the checkpoint with the best
@@ -30,7 +34,6 @@ The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +41,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data import FileShuffleConfig
-from ray.train import CheckpointConfig, DataConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchTrainer
 
@@ -46,6 +49,7 @@ from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
 from pipeline import live_metrics
 from pipeline.artifacts import RunDir
+from pipeline.checkpoints import prepare_storage
 from pipeline.config import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluate import dev_metric_name
 from pipeline.shards import require_file, soft_label_files, training_columns
@@ -93,13 +97,17 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
             vocabulary and embeddings).
 
     Returns:
-        ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history"}}`` for ``kd``
+        ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history", "optimizer_steps",
+        "restarts", "attempts"}}`` for ``kd``
         and, with ``train.ce_only_baseline``, ``ce_only``; ``dev_metric`` names the dev score
         ("accuracy" or "entity_f1"); ``history`` holds one dict per epoch with
         ``epoch, loss, loss_<term> (one per loss term), dev_score, lr (after the epoch's last
         step), wall_s, peak_rss_mb`` (the largest peak RSS of a worker process, MB: bounded by
         the shuffle buffer and Ray Data's block budget, not by the transfer set's size); named
-        tasks add ``best_dev_<task>`` (see :func:`fit`).
+        tasks add ``best_dev_<task>`` (see :func:`fit`). ``optimizer_steps`` counts the steps
+        of the whole training, ``restarts`` the times it restarted from a checkpoint, and
+        ``attempts`` gives each start's first step and the Ray node and process id of every worker by rank
+        (see :func:`pipeline.train_loop.train_loop`).
 
     Raises:
         ArtifactError: a soft-label shard, a split or the teacher is missing or fails its
@@ -145,7 +153,8 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
     check_gpus(cfg.train)
     initial_dir = build_initial_student(cfg, out, tasks)
     hidden_size = teacher_hidden_size(teacher_dir)
-    return {name: fit(name, cfg.train, cfg.seed, out, task_data, loss, initial_dir, hidden_size, total_cpus)
+    storage = out.train_storage_uri(cfg.ray.storage_path)
+    return {name: fit(name, cfg.train, cfg.seed, out, task_data, loss, initial_dir, hidden_size, storage, total_cpus)
             for name, (task_data, loss) in runs.items()}
 
 
@@ -215,7 +224,7 @@ def check_loss_fits_student(train_cfg: TrainConfig, teacher_max_length: int) -> 
 
 
 def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: list[TaskData], loss: LossConfig,
-        initial_dir: Path, teacher_hidden_size: int, total_cpus: int | None = None) -> dict:
+        initial_dir: Path, teacher_hidden_size: int, storage: str, total_cpus: int | None = None) -> dict:
     """Train one student with Ray Train and copy its best checkpoint to ``run_dir.student_dir(name)``.
 
     An interrupted training under the same stage fingerprint resumes from its latest
@@ -234,6 +243,7 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         loss: the loss to train with (CE only for the twin).
         initial_dir: the initial student's folder.
         teacher_hidden_size: D_t, for the hidden-state projections.
+        storage: Ray Train's storage (:meth:`RunDir.train_storage_uri`), a folder or a URI.
         total_cpus: logical CPUs this trainer may use (see :func:`worker_cpus`); None for the
             whole cluster's.
 
@@ -241,12 +251,7 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         The summary of this student, as in :func:`run`; with named tasks, ``history`` also
         holds ``dev_<task>`` per epoch and the summary ``best_dev_<task>``.
     """
-    storage = run_dir.train_storage.resolve()
-    for stale in storage.parent.iterdir() if storage.parent.is_dir() else []:
-        if stale != storage:  # Ray runs of other inputs: never resumed, so removed
-            shutil.rmtree(stale)
-    if (storage / name).exists():
-        log.info("train %s: resuming from the latest checkpoint in %s", name, storage / name)
+    prepare_storage(storage, name)
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
     datasets, task_configs = {}, []
@@ -271,13 +276,15 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
                                "teacher_hidden_size": teacher_hidden_size, "live": live},
             scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": reserved}),
-            run_config=RayRunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max")),
+            run_config=RayRunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
+                failure_config=FailureConfig(max_failures=train_cfg.max_failures)),
             datasets=datasets,
             # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
             dataset_config=DataConfig(datasets_to_split=[key for key in datasets if key.startswith("train_")]),
         )
         result = trainer.fit()
+    trained = result.return_value  # rank 0's, see pipeline.train_loop.train_loop
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_score"])
     with checkpoint.as_directory() as folder:
         load_student(Path(folder) / "student").save(run_dir.student_dir(name))
@@ -285,7 +292,9 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
     log.info("train %s: best dev %s %.4f at epoch %d", name, "/".join(metrics), best["dev_score"], best["epoch"])
     return {"dev_metric": metrics[0] if len(tasks) == 1 else "mean of " + ", ".join(metrics),
             "best_dev_score": best["dev_score"], "best_epoch": best["epoch"],
-            "rows": sum(task["rows"] for task in task_configs), "history": result.return_value,
+            "rows": sum(task["rows"] for task in task_configs), "history": trained["history"],
+            "optimizer_steps": trained["optimizer_steps"], "restarts": len(trained["attempts"]) - 1,
+            "attempts": trained["attempts"],
             **{f"best_dev_{task.name}": best[f"dev_{task.name}"] for task in tasks if task.name is not None}}
 
 

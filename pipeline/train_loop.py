@@ -11,8 +11,11 @@ scheduler object passed to ``deepspeed.initialize``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
+from collections.abc import Callable
 import resource
 import time
 
@@ -27,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from core.precision import GRADIENT_CLIP_NORM, Precision, deepspeed_config, make_optimizer, select_precision
 from core.schema import TaskKind
 from pipeline.batching import LENGTH_GROUP_BATCHES, interleave, length_grouped, shuffled_batches
-from pipeline.checkpoints import is_deepspeed, report, restore
+from pipeline.checkpoints import MID_EPOCH_SCORE, is_deepspeed, report, restore
 from pipeline.collate import Batch, Collate
 from pipeline.config import TrainConfig
 from students.terms import LossConfig
@@ -121,11 +124,23 @@ def optimizer_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimi
     return terms
 
 
-def train_loop(config: dict) -> list[dict]:
-    """Per-worker training function of :class:`TorchTrainer`; returns the epoch history.
+def train_loop(config: dict) -> dict:
+    """Per-worker training function of :class:`TorchTrainer`.
+
+    It starts from the latest checkpoint when there is one (see :mod:`pipeline.checkpoints`) at
+    the optimizer step it was taken, so that a run restarted any number of times makes exactly
+    ``epochs * steps_per_epoch`` optimizer steps; the steps after the latest checkpoint are made
+    again. A resumed epoch's mean losses cover the steps since the resume. After a restart
+    the epoch's batch order is drawn with the same seeds, but Ray Data may stream the files in
+    another order, so in that epoch a row can be seen once more or once less.
 
     Args:
         config: the ``train_loop_config`` built by :func:`pipeline.train.fit`.
+
+    Returns:
+        ``{"history": [per-epoch metrics], "optimizer_steps": int, "attempts": [{"started_at_step",
+        "workers"}, ...]}`` (``workers``: see :func:`worker_processes`): one attempt per start of this function for the run (the first,
+        and one per restart by Ray Train's ``FailureConfig`` or rerun after the driver died).
     """
     train_cfg: TrainConfig = config["train"]
     loss_cfg: LossConfig = config["loss"]
@@ -151,8 +166,12 @@ def train_loop(config: dict) -> list[dict]:
     model, optimizer, scheduler, scaler = optimization(step_module, train_cfg, precision, total_steps)
     if not is_deepspeed(model):
         model = ray.train.torch.prepare_model(model)  # to the device; DDP with several workers
-    state = restore(model, optimizer, scheduler, scaler)
-    history: list[dict] = state["history"] if state else []
+    state = restore(model, optimizer, scheduler, scaler) or {}
+    history: list[dict] = state.get("history", [])
+    step = state.get("step", len(history) * steps_per_epoch)  # optimizer steps done; older checkpoints: whole epochs
+    attempts = state.get("attempts", [])
+    if step < total_steps:  # a start with steps to make; a finished run's rerun only reloads its result
+        attempts = [*attempts, {"started_at_step": step, "workers": worker_processes()}]
     kinds = [TaskKind(task["kind"]) for task in tasks]
     collates = [Collate(student, (hidden_layers, attention_layers), kind, task["name"])
                 for task, kind in zip(tasks, kinds)]
@@ -162,16 +181,25 @@ def train_loop(config: dict) -> list[dict]:
     train_shards = [ray.train.get_dataset_shard(f"train_{i}") for i in range(len(tasks))]
     dev_shards = [ray.train.get_dataset_shard(f"dev_{i}") for i in range(len(tasks))]
 
-    for epoch in range(len(history) + 1, train_cfg.epochs + 1):
+    def checkpoint_mid_epoch(done: int) -> None:
+        """Report a checkpoint after ``done`` optimizer steps when ``train.checkpoint_every_steps`` says so."""
+        every = train_cfg.checkpoint_every_steps
+        if every and done % every == 0 and done % steps_per_epoch:
+            report({"epoch": done / steps_per_epoch, "step": done, "dev_score": MID_EPOCH_SCORE}, model, optimizer,
+                   scheduler, scaler, {"history": history, "step": done, "attempts": attempts}, rank)
+
+    for epoch in range(step // steps_per_epoch + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
         seed = config["seed"] + 1000 * epoch
         streams = [map(collate, shuffled_batches(shard, train_cfg.batch_size, seed + rank, kind))
                    for shard, collate, kind in zip(train_shards, collates, kinds)]
-        # the task order is drawn alike on every rank
-        batches = interleave(streams, task_steps, np.random.default_rng(seed))
-        first_step = (epoch - 1) * steps_per_epoch
-        losses = train_epoch(model, batches, optimizer, scheduler, scaler, precision, first_step, total_steps,
-                             steps_per_epoch, show_progress=rank == 0, sink=sink)
+        # the task order is drawn alike on every rank; after a mid-epoch restart the batches the
+        # checkpoint already trained on are drawn again and dropped, so the epoch goes on at its next step
+        batches = itertools.islice(interleave(streams, task_steps, np.random.default_rng(seed)),
+                                   step - (epoch - 1) * steps_per_epoch, None)
+        losses, step = train_epoch(model, batches, optimizer, scheduler, scaler, precision, step, total_steps,
+                                   steps_per_epoch, show_progress=rank == 0, after_step=checkpoint_mid_epoch,
+                                   sink=sink)
         scores = [dev_score(student, map(collate, length_grouped(
                       shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
                       train_cfg.batch_size, None, kind)), precision, task["tag_names"])
@@ -184,27 +212,42 @@ def train_loop(config: dict) -> list[dict]:
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
         history.append(metrics)
         if sink is not None:  # the epoch's row, at its last step
-            sink.add({"step": first_step + steps_per_epoch - 1, "epoch": epoch, "dev_score": metrics["dev_score"],
+            sink.add({"step": step - 1, "epoch": epoch, "dev_score": metrics["dev_score"],
                       **named, "epoch_wall_s": metrics["wall_s"], "peak_rss_mb": metrics["peak_rss_mb"]})
             sink.flush()
-        report(metrics, model, optimizer, scheduler, scaler, history, rank)
-    return history
+        report(metrics, model, optimizer, scheduler, scaler, {"history": history, "step": step, "attempts": attempts},
+               rank)
+    return {"history": history, "optimizer_steps": step, "attempts": attempts}
+
+
+def worker_processes() -> list[dict[str, str | int]]:
+    """``{"node_id", "pid"}`` of every training worker by rank: the Ray node it runs on and its process
+    id (Ray names a worker's log files after it); a collective when there are several workers."""
+    me = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    if not torch.distributed.is_initialized():
+        return [me]
+    workers: list[dict | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(workers, me)
+    return workers
 
 
 def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                 precision: Precision, first_step: int, total_steps: int, steps: int,
-                show_progress: bool, sink: RowSink | None = None) -> dict[str, float]:
-    """One pass over this worker's shard; returns the epoch's row-weighted mean losses over all workers.
+                show_progress: bool, after_step: Callable[[int], None],
+                sink: RowSink | None = None) -> tuple[dict[str, float], int]:
+    """One pass over this worker's shard (or the rest of it, from optimizer step ``first_step``).
 
     ``steps`` (this worker's steps per epoch) sizes the progress bar, shown when ``show_progress``
-    (rank 0). A ``sink`` (rank 0's, when tracking) receives one row per step: ``step`` (the
-    global optimizer step, 0-based), ``loss`` (this worker's weighted total), ``loss_<term>``
-    (each unweighted term), ``lr`` (the rate the step used) and ``examples_per_s`` (this
-    worker's rows / step wall time, times the world size).
+    (rank 0); ``after_step`` is called with the optimizer steps done after each step. A ``sink``
+    (rank 0's, when tracking) receives one row per step: ``step`` (the global optimizer step,
+    0-based), ``loss`` (this worker's weighted total), ``loss_<term>`` (each unweighted term),
+    ``lr`` (the rate the step used) and ``examples_per_s`` (this worker's rows / step wall time,
+    times the world size).
 
     Returns:
-        ``{"loss": total, "loss_<term>": unweighted term, ...}`` for every term of the loss.
+        ``({"loss": total, "loss_<term>": unweighted term, ...}, steps done)``: the row-weighted
+        mean losses over all workers, for every term of the loss, and the optimizer steps done.
     """
     model.train()
     device = ray.train.torch.get_device()
@@ -213,6 +256,7 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     # Ray's tqdm: the driver draws the worker's bar in place, instead of a line per update
     progress = tqdm_ray.tqdm(batches, desc="train", unit="step", total=steps) if show_progress else batches
     world = ray.train.get_context().get_world_size()
+    done = first_step
     for step, batch in enumerate(progress, start=first_step):
         began, lr = time.perf_counter(), scheduler.get_last_lr()[0]
         batch = batch.to(device)
@@ -226,12 +270,15 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         if sink is not None:
             sink.add({"step": step, "loss": terms.total.item(), **{f"loss_{n}": terms.terms[n].item() for n in names},
                       "lr": lr, "examples_per_s": rows * world / (time.perf_counter() - began)})
+        done = step + 1
+        after_step(done)
     if show_progress:
         progress.close()
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
     *values, rows = sums.tolist()
-    return {"loss": values[0] / max(rows, 1), **{f"loss_{n}": v / max(rows, 1) for n, v in zip(names, values[1:])}}
+    losses = {"loss": values[0] / max(rows, 1), **{f"loss_{n}": v / max(rows, 1) for n, v in zip(names, values[1:])}}
+    return losses, done
 
 
 @torch.no_grad()
