@@ -35,28 +35,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from core.artifacts import atomic_path, atomic_write_json, read_json, sha256_file
-from core.precision import device_name, select_precision
-from core.schema import (LENGTH, LOGITS, NUM_WORDS, TEXT, TEXT_PAIR, TOKENS, TOPK_INDICES, TOPK_VALUES, WORD_MASK,
-                         TaskKind, is_per_token_signal)
+from core.artifacts import atomic_write_json, read_json, sha256_file
+from core.precision import device_name
 from pipeline.artifacts import RunDir
-from pipeline.config import LabelConfig, RunConfig
+from pipeline.config import RunConfig
+from pipeline.label_actor import ShardLabeler
 from pipeline.data import task_kind
-from teachers.ensemble import check_teachers, combine_logits
+from teachers.ensemble import check_teachers
 from teachers.inference import check_signals, check_tensor_parallel
-from teachers.signals import SignalsConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,110 +89,6 @@ def finished_shards(run_dir: RunDir) -> dict[int, dict[str, Any]]:
     return done
 
 
-class ShardLabeler:
-    """Ray Data callable class: labels whole shards with the teacher and writes them.
-
-    Args:
-        teacher_dir: the fine-tuned teacher (Hugging Face folder).
-        transfer_file: Parquet transfer set (the columns of ``kind``, see :mod:`core.schema`).
-        run_root: the run directory; shards go where :meth:`RunDir.shard_file` says.
-        max_length: teacher tokens per row.
-        label: the label section: precision, batching, signals, DeepSpeed engine, combine mode.
-        extra_teacher_dirs: absolute folders of ``label.teachers``; they emit logits only.
-        kind: the task's kind; ``token`` labels the words of ``tokens`` rows with a token classifier.
-    """
-
-    def __init__(self, teacher_dir: str, transfer_file: str, run_root: str, max_length: int, label: LabelConfig,
-                 extra_teacher_dirs: list[str], kind: TaskKind = TaskKind.SENTENCE):
-        import torch
-
-        from teachers.inference import TeacherInference
-
-        began = time.perf_counter()
-        torch.set_num_threads(label.cpus_per_actor)
-        precision = select_precision(label.precision, "label")
-        self.teacher = TeacherInference(
-            Path(teacher_dir), precision, max_length, label.max_batch_size,
-            label.max_batch_tokens, label.emit, label.engine, label.offload, label.nvme_path, label.deepspeed_config,
-            label.tensor_parallel, "token" if kind is TaskKind.TOKEN else "sequence")
-        self.kind = kind
-        self.extra_teachers = [TeacherInference(
-            Path(folder), precision, max_length, label.max_batch_size, label.max_batch_tokens, SignalsConfig(),
-            label.engine, label.offload, label.nvme_path, label.deepspeed_config, label.tensor_parallel)
-            for folder in extra_teacher_dirs]
-        self.combine = label.combine
-        self.top_k = label.emit.logits_top_k
-        self.transfer = pq.read_table(transfer_file)
-        self.run_dir = RunDir(Path(run_root))
-        log.info("label: actor ready in %.1f s (teacher load and DeepSpeed engine), %d torch threads",
-                 time.perf_counter() - began, torch.get_num_threads())
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Label the shards in ``batch`` (columns ``shard, start, stop``); returns their index entries."""
-        entries = [self.label_shard(int(s), int(a), int(b))
-                   for s, a, b in zip(batch["shard"], batch["start"], batch["stop"])]
-        return {key: np.asarray([e[key] for e in entries]) for key in entries[0]}
-
-    def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
-        """Write one shard atomically and return its index entry."""
-        rows = self.transfer.slice(start, stop - start)
-        began_at = time.time()
-        began = time.perf_counter()
-        base = self.kind.base_columns
-        if self.kind is TaskKind.TOKEN:
-            outputs = self.teacher.word_logits(rows.column(TOKENS).to_pylist())
-            columns = word_signal_columns(outputs)
-            num_labels = self.teacher.num_labels
-        else:
-            texts = rows.column(TEXT).to_pylist()
-            pairs = rows.column(TEXT_PAIR).to_pylist() if self.kind is TaskKind.PAIR else None
-            outputs = self.teacher.outputs(texts, pairs)
-            if self.extra_teachers:
-                outputs["logits"] = combine_logits(
-                    [outputs["logits"], *(t.logits(texts, pairs) for t in self.extra_teachers)], self.combine)
-            columns = signal_columns(outputs, self.top_k)
-            num_labels = outputs["logits"].shape[1]
-        seconds = time.perf_counter() - began
-        table = rows.select(base)
-        for name, column in columns.items():
-            table = table.append_column(name, column)
-        path = self.run_dir.shard_file(shard)
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        signal_bytes = {name: table.column(name).nbytes for name in table.column_names[len(base):]}
-        return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
-                "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
-                "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes),
-                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-
-
-def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:
-    """Arrow columns of one shard from :meth:`TeacherInference.outputs` (see the module docstring)."""
-    logits = outputs["logits"]  # [n, C] float32
-    if top_k is None:
-        columns = {LOGITS: pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])}
-    else:
-        k = min(top_k, logits.shape[1])
-        indices = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [n, k], largest first
-        values = np.take_along_axis(logits, indices, axis=1)  # [n, k]
-        columns = {TOPK_VALUES: pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k),
-                   TOPK_INDICES: pa.FixedSizeListArray.from_arrays(pa.array(indices.astype(np.int32).reshape(-1)), k)}
-    if LENGTH in outputs:
-        columns[LENGTH] = pa.array(outputs[LENGTH], type=pa.int32())
-    for name, per_row in outputs.items():
-        if is_per_token_signal(name):
-            columns[name] = pa.array([a.reshape(-1) for a in per_row], type=pa.list_(pa.from_numpy_dtype(per_row[0].dtype)))
-    return columns
-
-
-def word_signal_columns(outputs: dict[str, list[np.ndarray]]) -> dict[str, pa.Array]:
-    """Arrow columns of one token-task shard from :meth:`TeacherInference.word_logits`: flat
-    ``logits`` (row-major [W, C]), ``num_words`` and ``word_mask`` (see the module docstring)."""
-    return {LOGITS: pa.array([row.reshape(-1) for row in outputs["logits"]], type=pa.list_(pa.float32())),
-            NUM_WORDS: pa.array([len(mask) for mask in outputs["word_mask"]], type=pa.int32()),
-            WORD_MASK: pa.array(outputs["word_mask"], type=pa.list_(pa.bool_()))}
-
-
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     """Label every transfer-set shard that is not already done; see the module docstring.
 
@@ -221,7 +111,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     done = finished_shards(run_dir)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
-    began = time.perf_counter()
+    began, began_at = time.perf_counter(), time.time()
     if todo:
         ray.data.DataContext.get_current().enable_progress_bars = False
         shards = ray.data.from_items(todo, override_num_blocks=len(todo))
@@ -232,7 +122,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             max_restarts=label.max_actor_restarts, max_task_retries=label.max_actor_restarts,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),
-                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length, "label": label,
+                "run_root": str(run_dir.root.resolve()), "max_length": cfg.teacher.max_length,
+                "label": label.model_dump(),
                 "extra_teacher_dirs": [str(t.resolve()) for t in label.teachers], "kind": task_kind(cfg.data)})
         with tqdm(total=num_rows, initial=sum(e["rows"] for e in done.values()), desc="label", unit="ex") as bar:
             for entry in labeled.iter_rows():
@@ -252,13 +143,35 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
             signal_bytes[name] = signal_bytes.get(name, 0) + size
     labeled = [done[s["shard"]] for s in todo]
     window = max(e["ended_at"] for e in labeled) - min(e["began_at"] for e in labeled) if labeled else 0.0
-    return {"shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
+    started = startup(labeled, began_at) if labeled else None
+    if started:
+        log.info("label: start-up %.1f s before the first shard: actor processes started after %.1f s, their imports "
+                 "took %.1f s, the teachers' load %.1f s", started["to_first_shard_s"], started["to_actor_process_s"],
+                 started["actor_imports_s"], started["teacher_load_s"])
+    return {"startup": started,"shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
             "rows_labeled_now": labeled_now,
             "throughput_eps": round(labeled_now / elapsed, 1) if labeled_now else None,
             "labeling_window_s": round(window, 3),
             "labeling_eps": round(labeled_now / window, 1) if window > 0 else None,
             "stored_bytes_per_example": round(stored_bytes / num_rows, 1),
             "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()}}
+
+
+def startup(labeled: list[dict[str, Any]], began_at: float) -> dict[str, float]:
+    """Where the stage's start-up went, in seconds, from the timestamps of the shards labeled now
+    (:class:`pipeline.label_actor.ShardLabeler` records them) and the stage's start ``began_at``
+    (Unix seconds): ``to_actor_process_s`` until the first actor's process started (Ray Data's
+    planning and Ray starting a worker process; 0 when Ray gave the actor a worker it had started
+    before the stage), ``actor_imports_s`` from then to the actor's constructor (Ray's worker
+    start-up and the imports; the slowest actor's), ``teacher_load_s`` its constructor (teachers
+    loaded under DeepSpeed; the slowest actor's), and ``to_first_shard_s`` until the first shard
+    began, the whole start-up."""
+    actors = {entry["pid"]: entry for entry in labeled}.values()
+    started = {id(a): max(a["actor_started_at"], began_at) for a in actors}
+    return {"to_actor_process_s": round(min(started.values()) - began_at, 3),
+            "actor_imports_s": round(max(a["actor_init_at"] - started[id(a)] for a in actors), 3),
+            "teacher_load_s": round(max(a["actor_ready_at"] - a["actor_init_at"] for a in actors), 3),
+            "to_first_shard_s": round(min(e["began_at"] for e in labeled) - began_at, 3)}
 
 
 def shard_index(run_dir: RunDir, done: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -65,6 +65,11 @@ def test_every_row_is_labeled_once_with_the_teachers_logits(run_dir, ray_local):
     cfg, run = run_dir
     summary = label.run(cfg, run)
     assert summary["shards"] == 4 and summary["rows"] == ROWS and summary["num_labels"] == 2
+    # start-up: the actor's process starts, imports, loads the teacher, then takes its first shard
+    startup = summary["startup"]
+    assert 0 <= startup["to_actor_process_s"] < startup["to_first_shard_s"]
+    assert startup["actor_imports_s"] > 0 and startup["teacher_load_s"] > 0
+    assert startup["teacher_load_s"] < startup["to_first_shard_s"]  # the slowest actor's; the first shard waits
     index = read_json(run.shard_index)
     assert [e["rows"] for e in index["shards"]] == [16, 16, 16, 2]
     for entry in index["shards"]:
@@ -91,7 +96,7 @@ def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
     assert after.column("id").to_pylist() == list(range(ROWS))
     np.testing.assert_allclose(np.stack(after.column("logits").to_numpy(zero_copy_only=False)),
                                np.stack(before.column("logits").to_numpy(zero_copy_only=False)), atol=1e-6)
-    assert label.run(cfg, run)["rows_labeled_now"] == 0
+    assert label.run(cfg, run)["rows_labeled_now"] == 0 and label.run(cfg, run)["startup"] is None
 
 
 def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
