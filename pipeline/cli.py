@@ -4,7 +4,7 @@
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
-    distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--wait]
+    distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--gpus N] [--wait]
     distill status NAME --address http://HOST:8265
     distill logs NAME --address http://HOST:8265 [--follow]
     distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--data-dir", help="the cluster's data folder for relative data paths ($DISTILL_DATA_DIR there)")
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit 2 if it fails")
+    submit.add_argument("--gpus", type=float, default=0,
+                        help="GPUs for the driver, which runs the fine-tune stage (1 puts it on a GPU worker)")
     for name, text in (("status", "the latest job of a run"), ("logs", "the logs of a run's latest job")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("name", help="the run's name")
@@ -165,7 +167,7 @@ def submit_job(cfg, args: argparse.Namespace) -> int:
     """``distill submit``: submit, then (with ``--wait``) follow the job to its end."""
     from pipeline import submit
 
-    job_id = submit.submit(cfg, args.address, args.data_dir, args.until)
+    job_id = submit.submit(cfg, args.address, args.data_dir, args.until, args.gpus)
     print(f"submitted {job_id}; follow it with `distill logs {cfg.name} --address {args.address} --follow`")
     if args.wait:
         client = submit.connect(args.address)

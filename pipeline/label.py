@@ -107,7 +107,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     plan = plan_shards(num_rows, rows_per_shard)
     check_signals(label.emit, AutoConfig.from_pretrained(run_dir.teacher_dir))
     check_teachers(run_dir.teacher_dir, label.teachers)
-    check_tensor_parallel(label.tensor_parallel, device_name())
+    # the actors' device, not the driver's: a CPU head may drive GPU workers
+    device = "cuda" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else device_name()
+    check_tensor_parallel(label.tensor_parallel, device)
     done = finished_shards(run_dir)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
@@ -118,7 +120,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         labeled = shards.map_batches(
             ShardLabeler, batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(label.num_actors, len(todo)), max_tasks_in_flight_per_actor=1),
-            num_cpus=label.cpus_per_actor, num_gpus=label.tensor_parallel if device_name() == "cuda" else 0,
+            num_cpus=label.cpus_per_actor, num_gpus=label.tensor_parallel if device == "cuda" else 0,
             max_restarts=label.max_actor_restarts, max_task_retries=label.max_actor_restarts,
             fn_constructor_kwargs={
                 "teacher_dir": str(run_dir.teacher_dir.resolve()), "transfer_file": str(transfer_file.resolve()),

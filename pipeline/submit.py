@@ -124,7 +124,7 @@ def runtime_env(data_dir: str | None) -> dict:
 
 
 def submit(cfg: RunConfig | MultiTaskRunConfig, address: str, data_dir: str | None = None,
-           until: str = "benchmark") -> str:
+           until: str = "benchmark", gpus: float = 0) -> str:
     """Submit a run to the cluster whose dashboard is ``address``; returns the submission id.
 
     Args:
@@ -133,6 +133,8 @@ def submit(cfg: RunConfig | MultiTaskRunConfig, address: str, data_dir: str | No
         data_dir: the cluster's data folder that relative data paths resolve against
             (``$DISTILL_DATA_DIR`` there); None leaves the cluster's own setting.
         until: the last stage to run.
+        gpus: GPUs reserved for the driver (``entrypoint_num_gpus``): the fine-tune stage runs
+            in the driver, so on a cluster with a CPU head, 1 places it on a GPU worker.
 
     Raises:
         ConfigError: ``output_dir`` is relative (it would land in the job's temporary working
@@ -151,7 +153,7 @@ def submit(cfg: RunConfig | MultiTaskRunConfig, address: str, data_dir: str | No
     staged = stage_config(cfg)
     job = dict(entrypoint=shlex.join(["python", "-m", "pipeline.cli", "run", str(staged), "--until", until]),
                submission_id=submission_id(cfg.name, next_attempt(cfg.name, [j.submission_id for j in jobs])),
-               runtime_env=runtime_env(data_dir), metadata={"run": cfg.name})
+               runtime_env=runtime_env(data_dir), metadata={"run": cfg.name}, entrypoint_num_gpus=gpus)
     try:
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:

@@ -158,10 +158,16 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
             for name, (task_data, loss) in runs.items()}
 
 
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster, whatever the driver's machine has: on a cluster with a CPU head and
+    GPU workers the workers train on GPUs."""
+    return ray.cluster_resources().get("GPU", 0)
+
+
 def check_gpus(train_cfg: TrainConfig) -> None:
-    """Raise a :class:`ConfigError` when a GPU machine's Ray cluster has fewer GPUs than ``train.num_workers``."""
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if torch.cuda.is_available() and gpus < train_cfg.num_workers:
+    """Raise a :class:`ConfigError` when a Ray cluster with GPUs has fewer than ``train.num_workers``."""
+    gpus = cluster_gpus()
+    if gpus and gpus < train_cfg.num_workers:
         raise ConfigError(f"train.num_workers is {train_cfg.num_workers} but the Ray cluster has {gpus:g} GPU(s) "
                           f"and each GPU worker needs one; lower train.num_workers")
 
@@ -264,7 +270,7 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
                                                      columns=[*task.kind.text_columns, task.kind.label_column])
         task_configs.append({"name": task.name, "kind": task.kind.value, "rows": rows, "tag_names": task.tag_names})
         log.info("train %s: task %s: %d rows streamed from %d file(s)", name, task.name or "-", rows, len(task.files))
-    use_gpu = torch.cuda.is_available()
+    use_gpu = cluster_gpus() > 0
     threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers, total_cpus)
     log.info("train %s: %d worker(s) with %d thread(s) each, gpu=%s", name, train_cfg.num_workers, threads, use_gpu)
 
