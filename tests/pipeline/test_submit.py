@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import save_tiny_teacher
 from core.artifacts import read_json
 from pipeline.cli import main
 from pipeline.config_loading import validate_config
@@ -101,7 +100,7 @@ def head():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_teacher_dir):
     """``(config file, data folder, run folder)`` of a tiny sentence task with a tiny teacher."""
     root = tmp_path_factory.mktemp("submit")
     data = root / "data"
@@ -113,7 +112,7 @@ def tiny_run(tmp_path_factory):
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "name": "tiny", "output_dir": str(root / "runs"), "tracking": {"mode": "disabled"},
-        "teacher": {"model": str(save_tiny_teacher(root / "teacher")), "max_length": 16},
+        "teacher": {"model": str(tiny_teacher_dir), "max_length": 16},
         "label": {"num_actors": 1, "shard_rows": 16},
         "data": {"train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"}, "labels": [0, 1]}}))
     return config, data, root / "runs" / "tiny"
