@@ -5,7 +5,6 @@ which the teardown ends)."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,14 +17,9 @@ from core.artifacts import read_json
 from pipeline.cli import main
 from pipeline.config_loading import validate_config
 from pipeline.submit import attempt_number, next_attempt, submission_id, submit
+from test_ray_address import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_submission_ids_count_the_attempts_of_one_run_only():
