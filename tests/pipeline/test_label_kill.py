@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
@@ -44,6 +45,7 @@ def soft_labels(run):
     return table.sort_by("id")
 
 
+@pytest.mark.slow  # about 100 s: a labeling process started, killed and resumed
 def test_sigkill_mid_run_then_rerun_labels_every_row_exactly_once(tmp_path, tiny_teacher_dir):
     config = write_inputs(tmp_path, tiny_teacher_dir)
     killed_run = RunDir(tmp_path / "killed" / "kill")
