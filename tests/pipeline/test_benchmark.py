@@ -23,7 +23,7 @@ from pipeline.cli import main
 from pipeline.config_loading import validate_config
 from pipeline.tracking import Tracker
 from pipeline.variants import VariantMeta, variant_folder, write_meta
-from test_tracking_and_force import logged_values
+from wandb_offline import logged_values, wandb_files
 from test_train import sentences, write_table
 
 BENCHMARK = {"runs": 5, "warmup": 1, "latency_rows": 4, "batch_size": 8, "throughput_runs": 1, "threads": [1, 0]}
@@ -167,7 +167,8 @@ def test_wandb_run_holds_the_benchmark_table(measured):
     tracker = Tracker(cfg)
     tracker.log_stage("benchmark", summary)
     tracker.finish()
-    history, logged_summary = logged_values(run_dir.root)
+    (wandb_file,) = wandb_files(run_dir.root)
+    history, logged_summary = logged_values(wandb_file)
     (table_ref,) = [nested(row, "benchmark/variants") for row in history if "benchmark/variants/path" in row]
     (image_ref,) = [nested(row, "benchmark/pareto") for row in history if "benchmark/pareto/path" in row]
     assert table_ref["_type"] == "table-file" and image_ref["_type"] == "image-file"
