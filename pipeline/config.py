@@ -254,6 +254,9 @@ class TrainConfig(Section):
     deepspeed_config: Path | None = Field(
         default=None, description="DeepSpeed JSON whose keys override the generated ones (clusters/deepspeed/student-*.json)")
     ce_only_baseline: bool = True
+    ce_only_epochs: int | None = Field(
+        default=None, gt=0, description="epochs of the CE-only twin (None: epochs); with an augmented transfer set "
+                                        "many times the labeled split, the KD student needs fewer epochs than its twin")
     checkpoint_every_steps: int | None = Field(
         default=None, gt=0, description="also checkpoint every this many optimizer steps inside an epoch (None: at "
                                         "each epoch's end only); a restart then loses at most this many steps, "

@@ -131,7 +131,7 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
         source: the run directory whose tasks are read (:func:`pipeline.tasks.run_tasks`).
         out: the run directory, with a stage fingerprint, that gets ``train/initial/``, the
             students and Ray Train's checkpoints.
-        ce_only: also train the CE-only twin.
+        ce_only: also train the CE-only twin (for ``train.ce_only_epochs`` epochs, or ``train.epochs``).
         total_cpus: logical CPUs the trainers may share (see :func:`worker_cpus`); None for the
             whole cluster's.
 
@@ -142,11 +142,12 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
     check_loss_fits_student(cfg.train, tasks[0].cfg.teacher.max_length)
     kd = [TaskData(task.name, task.kind, soft_label_files(task.run_dir, task.num_labels, cfg.train.loss),
                    require_file(task.run_dir.split_file("dev")), task.tag_names) for task in tasks]
-    runs = {"kd": (kd, cfg.train.loss)}
+    runs = {"kd": (kd, cfg.train.loss, cfg.train)}
     if ce_only:
         ce = [TaskData(task.name, task.kind, [require_file(task.run_dir.split_file("train"))], data.dev_file,
                        task.tag_names) for task, data in zip(tasks, kd)]
-        runs["ce_only"] = (ce, cfg.train.loss.ce_only())
+        ce_train = cfg.train.model_copy(update={"epochs": cfg.train.ce_only_epochs or cfg.train.epochs})
+        runs["ce_only"] = (ce, cfg.train.loss.ce_only(), ce_train)
     teacher_dir = tasks[0].run_dir.teacher_dir
     if not teacher_dir.is_dir():
         raise ArtifactError(teacher_dir, "missing; run the finetune stage first")
@@ -154,8 +155,8 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
     initial_dir = build_initial_student(cfg, out, tasks)
     hidden_size = teacher_hidden_size(teacher_dir)
     storage = out.train_storage_uri(cfg.ray.storage_path)
-    return {name: fit(name, cfg.train, cfg.seed, out, task_data, loss, initial_dir, hidden_size, storage, total_cpus)
-            for name, (task_data, loss) in runs.items()}
+    return {name: fit(name, train_cfg, cfg.seed, out, task_data, loss, initial_dir, hidden_size, storage, total_cpus)
+            for name, (task_data, loss, train_cfg) in runs.items()}
 
 
 def cluster_gpus() -> float:

@@ -92,10 +92,13 @@ def test_user_yaml_file_works_like_a_preset(tmp_path):
 
 KEY_VALUES = {
     # preset: (data.train.limit, finetune.epochs, label.shard_rows, student family, train.epochs, student dim)
-    "sst2": (None, 1.0, 8192, "bilstm", 3, 150),
+    "sst2": (None, 2.0, 8192, "bilstm", 3, 150),
     "sst2-quick": (3000, 2.0, 2048, "bilstm", 3, 150),
-    "sst2-sentencepiece": (None, 1.0, 8192, "bilstm", 3, 150),
-    "sst2-transformer": (None, 1.0, 8192, "transformer", 1, None),
+    "sst2-sentencepiece": (None, 2.0, 8192, "bilstm", 3, 150),
+    "sst2-transformer": (None, 2.0, 8192, "transformer", 1, None),
+    "sst2-transformer-2layer": (None, 2.0, 8192, "transformer", 2, None),
+    "sst2-augment": (None, 2.0, 32768, "bilstm", 1, 150),
+    "sst2-sentencepiece-augment": (None, 2.0, 32768, "bilstm", 1, 150),
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
 }
@@ -119,6 +122,13 @@ def test_derived_presets_differ_from_their_base_only_where_they_say():
     transformer = load_config("sst2-transformer")
     assert transformer.train.student.num_layers == 4 and transformer.label.emit.hidden_layers == [3, 6]
     assert transformer.train.loss.kd.kind == "kl" and transformer.train.loss.hidden.layer_map == {3: 2, 6: 4}
+    small = load_config("sst2-transformer-2layer")
+    assert small.train.student.num_layers == 2 and small.train.loss.hidden.layer_map == {3: 1, 6: 2}
+    assert {k: v for k, v in small.model_dump().items() if k not in ("name", "train", "label")} == \
+        {k: v for k, v in base.items() if k not in ("name", "train", "label")}
+    augment = load_config("sst2-augment")
+    assert augment.data.augment.copies == 17 and not augment.train.ce_only_baseline
+    assert augment.model_dump()["finetune"] == base["finetune"]
     quick = load_config("sst2-quick")
     assert (quick.data.unlabeled.skip, quick.data.unlabeled.limit, quick.data.train.path) == (3000, 12000,
                                                                                            "sst2/train.tsv")
