@@ -127,6 +127,8 @@ class Tracker:
         self.run_root = cfg.run_dir
         config = {**redact(cfg.model_dump(mode="json")), "machine": machine_facts(),
                   "source_runs": source_run_ids(cfg)}
+        # silent here too: wandb.init's settings do not reach the artifact messages of wandb's terminal
+        wandb.setup(settings=wandb.Settings(silent=True))
         self.run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity, name=cfg.name,
                               id=run_id(cfg), resume="allow", group=run_group(cfg), dir=str(cfg.run_dir),
                               mode=cfg.tracking.mode, config=config, job_type="distill",
