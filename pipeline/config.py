@@ -58,7 +58,8 @@ class SplitConfig(Section):
 
 class AugmentConfig(Section):
     """Transfer-set augmentation of Tang et al. (2019): masking, POS-guided word replacement and
-    n-gram sampling, ``copies`` candidates per labeled sentence (their defaults: 0.1, 0.1, 0.25)."""
+    n-gram sampling, ``copies`` candidates per labeled sentence (their defaults: 0.1, 0.1, 0.25).
+    For token tasks every operation keeps words whole, and the teacher tags the candidates' words."""
 
     copies: int = Field(default=5, gt=0, description="candidates per labeled sentence before deduplication")
     p_mask: float = Field(default=0.1, ge=0, le=1)

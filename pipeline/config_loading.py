@@ -273,8 +273,8 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     if family not in TAGGER_FAMILIES:
         problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
                         f"{' or '.join(TAGGER_FAMILIES)}")
-    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "data.augment": cfg.data.augment,
-                   "label.teachers": cfg.label.teachers, "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
+    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "label.teachers": cfg.label.teachers,
+                   "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
                    "label.emit.attention_layers": cfg.label.emit.attention_layers,
                    "label.emit.logits_top_k": cfg.label.emit.logits_top_k}
     problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()

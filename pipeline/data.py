@@ -1,7 +1,8 @@
 """Stage ``data``: read the labeled train split, the dev (and test) split and build the transfer set.
 
 The transfer set is the labeled split, the unlabeled rows, and, with ``data.augment``, the
-augmented sentences of :mod:`pipeline.augment` (Tang et al. 2019), deduplicated.
+augmented sentences of :mod:`pipeline.augment` (Tang et al. 2019; for token tasks too),
+deduplicated.
 
 For sequence tasks, tables are read with Hugging Face ``datasets`` (local TSV/CSV/JSONL/JSON/
 Parquet, or a hub dataset when online), checked, and written as Parquet with the columns
@@ -76,14 +77,10 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     extras = [read(data, data.unlabeled, labeled=False)] if data.unlabeled else []
     summary = {}
     if data.augment is not None:
-        lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
-        known = set(sentences(train, kind)).union(*(sentences(extra, kind) for extra in extras))
-        rows = augment(train[ID], sentences(train, kind), data.augment, lexicon, cfg.seed, exclude=known)
-        columns = {name: [row[i] for row in rows] for i, name in enumerate(kind.text_columns)}
-        extras.append(datasets.Dataset.from_dict({ID: list(range(len(rows))), **columns,
-                                                  LABEL: [NO_LABEL] * len(rows)}, features=train.features))
-        summary["augmented"] = {"rows": len(rows), "growth": round(len(rows) / len(train), 2)}
-        log.info("data: augmentation added %d rows (%.1fx the labeled split)", len(rows), len(rows) / len(train))
+        extras.append(augmented_table(train, extras, data, kind, cfg.seed))
+        added = len(extras[-1])
+        summary["augmented"] = {"rows": added, "growth": round(added / len(train), 2)}
+        log.info("data: augmentation added %d rows (%.1fx the labeled split)", added, added / len(train))
     transfer = build_transfer_set(train, extras, kind)
     tokenizer = load_tokenizer(teacher)
     summary["label_map"] = label_map(data)
@@ -150,6 +147,36 @@ def sentences(table: datasets.Dataset, kind: TaskKind) -> list[tuple]:
     if kind is TaskKind.TOKEN:
         return [(tuple(words),) for words in table[TOKENS]]
     return list(zip(*(table[name] for name in kind.text_columns)))
+
+
+def augmented_table(train: datasets.Dataset, extras: list[datasets.Dataset], data: DataConfig, kind: TaskKind,
+                    seed: int) -> datasets.Dataset:
+    """The rows that ``data.augment`` adds (:func:`pipeline.augment.augment`), without hard labels.
+
+    A token task's sentence is augmented as its words joined by spaces, so masking, POS-guided
+    replacement and n-gram sampling keep words whole and the teacher tags every word of a
+    candidate (new words included); Dai and Adel (2020) grow NER data the same way.
+
+    Args:
+        train: the labeled split (the sources); ``extras``: unlabeled rows, never produced again.
+        data: the data section, with ``augment`` set; ``kind``: the task's kind; ``seed``: the run seed.
+
+    Returns:
+        A table with the columns of ``train``: label -1 (``tags = []`` for token tasks).
+
+    Raises:
+        DataError: the POS lexicon is missing or empty (:func:`pipeline.augment.read_pos_lexicon`).
+    """
+    lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
+    as_text = (lambda keys: [(" ".join(words),) for (words,) in keys]) if kind is TaskKind.TOKEN else list
+    known = set(as_text(sentences(train, kind))).union(*(as_text(sentences(extra, kind)) for extra in extras))
+    rows = augment(train[ID], as_text(sentences(train, kind)), data.augment, lexicon, seed, exclude=known)
+    if kind is TaskKind.TOKEN:
+        columns = {TOKENS: [text.split() for (text,) in rows], TAGS: [[] for _ in rows]}
+    else:
+        columns = {**{name: [row[i] for row in rows] for i, name in enumerate(kind.text_columns)},
+                   LABEL: [NO_LABEL] * len(rows)}
+    return datasets.Dataset.from_dict({ID: list(range(len(rows))), **columns}, features=train.features)
 
 
 def build_transfer_set(train: datasets.Dataset, extras: list[datasets.Dataset], kind: TaskKind) -> datasets.Dataset:

@@ -208,6 +208,23 @@ def test_collate_pads_tags_teacher_logits_and_the_distillation_mask():
     assert out.features["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_augmentation_adds_whole_word_sentences_without_tags(corpus, token_teacher, tmp_path, ray_local):
+    augment_cfg = {"copies": 3, "p_mask": 0.5, "p_pos": 0.0, "p_ngram": 0.0, "pos_lexicon": "train.txt",
+                   "num_actors": 1}
+    base = token_config(corpus, token_teacher).data.model_dump(mode="json")
+    cfg = token_config(corpus, token_teacher, output_dir=str(tmp_path / "runs"), data={**base, "augment": augment_cfg})
+    summary = data.run(cfg, RunDir(cfg.run_dir))
+    transfer = pq.read_table(RunDir(cfg.run_dir).split_file("transfer")).to_pydict()
+    added = summary["augmented"]["rows"]
+    assert 0 < added <= 3 * 120 and len(transfer["tokens"]) == 200 + added
+    assert transfer["tags"][200:] == [[]] * added  # the teacher's soft labels are their only target
+    sources = {tuple(w for w, _ in s) for s in tagged_sentences(120, 1)}
+    for words in transfer["tokens"][200:]:  # a source's words, each kept whole or masked
+        assert "[MASK]" in words and any(len(words) == len(source) and all(w in ("[MASK]", o) for w, o in
+                                                                           zip(words, source)) for source in sources)
+    assert len({tuple(words) for words in transfer["tokens"]}) == len(transfer["tokens"])
+
+
 def test_tag_outside_the_label_set_names_the_line(corpus, token_teacher, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
