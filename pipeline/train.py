@@ -200,7 +200,8 @@ def student_inputs(tasks: list[Task]) -> BuildInputs:
                            sentence_pairs=task.kind is TaskKind.PAIR)
     texts = [" ".join(text) if task.kind is TaskKind.TOKEN else text
              for task in tasks for text in task.transfer_texts()]
-    log.info("train: tasks %s; %d transfer texts for the vocabulary", ", ".join(f"{t.name} ({t.kind.value})" for t in tasks), len(texts))
+    log.info("train: tasks %s; %d transfer texts for the vocabulary",
+             ", ".join(f"{t.name} ({t.kind.value})" for t in tasks), len(texts))
     return BuildInputs(teacher_dir, texts, tasks={task.name: (task.kind.value, task.num_labels) for task in tasks})
 
 
