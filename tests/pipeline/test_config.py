@@ -101,7 +101,7 @@ KEY_VALUES = {
     "sst2-sentencepiece-augment": (None, 2.0, 32768, "bilstm", 1, 150),
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
-    "conll2003-augment": (None, 3.0, 16384, "cnn_lstm", 4, 200),
+    "conll2003-augment": (None, 3.0, 16384, "cnn_lstm", 8, 200),
 }
 
 
