@@ -158,8 +158,11 @@ def augmented_table(train: datasets.Dataset, extras: list[datasets.Dataset], dat
     candidate (new words included); Dai and Adel (2020) grow NER data the same way.
 
     Args:
-        train: the labeled split (the sources); ``extras``: unlabeled rows, never produced again.
-        data: the data section, with ``augment`` set; ``kind``: the task's kind; ``seed``: the run seed.
+        train: the labeled split, the candidates' sources.
+        extras: the unlabeled rows; no candidate repeats one of them.
+        data: the data section, with ``augment`` set.
+        kind: the task's kind.
+        seed: the run seed.
 
     Returns:
         A table with the columns of ``train``: label -1 (``tags = []`` for token tasks).
