@@ -27,7 +27,7 @@ import ray
 import torch
 
 from core.schema import TaskKind
-from pipeline.batching import LOCAL_SHUFFLE_ROWS, shuffled_batches
+from pipeline.batching import LOCAL_SHUFFLE_ROWS, read_shards, shuffled_batches
 from pipeline.collate import Collate
 from pipeline.data import task_kind
 from pipeline.shards import layers_needed, soft_label_files, training_columns
@@ -48,7 +48,7 @@ def stream_batches(files: list[str], columns: list[str], layers: tuple[list[int]
     """Stream ``files`` into collated training batches; returns rows, seconds, float32 bytes and peak RSS (MB)."""
     student = load_student(student_dir)
     collate = Collate(student, layers, kind)
-    dataset = ray.data.read_parquet(files, columns=columns)
+    dataset = read_shards(files, columns=columns)
     rows = tensor_bytes = 0
     began = time.perf_counter()
     peak_private_mb = 0.0

@@ -49,6 +49,7 @@ from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
 from pipeline import live_metrics
 from pipeline.artifacts import RunDir
+from pipeline.batching import read_shards
 from pipeline.checkpoints import prepare_storage
 from pipeline.config import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluate import dev_metric_name
@@ -265,11 +266,11 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
     datasets, task_configs = {}, []
     for i, task in enumerate(tasks):
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in task.files)
-        datasets[f"train_{i}"] = ray.data.read_parquet([str(f.resolve()) for f in task.files],
-                                                       columns=training_columns(task.kind, loss),
-                                                       shuffle=FileShuffleConfig(seed=seed))
-        datasets[f"dev_{i}"] = ray.data.read_parquet(str(task.dev_file.resolve()),
-                                                     columns=[*task.kind.text_columns, task.kind.label_column])
+        datasets[f"train_{i}"] = read_shards([str(f.resolve()) for f in task.files],
+                                             columns=training_columns(task.kind, loss),
+                                             shuffle=FileShuffleConfig(seed=seed))
+        datasets[f"dev_{i}"] = read_shards([str(task.dev_file.resolve())],
+                                           columns=[*task.kind.text_columns, task.kind.label_column])
         task_configs.append({"name": task.name, "kind": task.kind.value, "rows": rows, "tag_names": task.tag_names})
         log.info("train %s: task %s: %d rows streamed from %d file(s)", name, task.name or "-", rows, len(task.files))
     use_gpu = cluster_gpus() > 0

@@ -2,9 +2,13 @@
 and the interleaving of several tasks' streams."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray._private.state
 
 from core.schema import TaskKind
-from pipeline.batching import interleave, length_grouped, row_lengths
+from pipeline.batching import interleave, length_grouped, read_shards, row_lengths
 
 
 def test_length_grouped_batches_hold_rows_of_similar_length_once_each():
@@ -39,3 +43,18 @@ def test_interleave_yields_every_batch_once_spread_over_the_epoch():
     single = iter([1, 2])
     assert list(interleave([single], [2], np.random.default_rng(0))) == [1, 2]
 
+
+
+def test_shards_are_read_epoch_after_epoch_without_a_footer_reader_pool(tmp_path, ray_local):
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"shard-{i}.parquet"))
+        pq.write_table(pa.table({"id": range(10 * i, 10 * i + 10), "text": ["x"] * 10}), files[-1])
+    context = ray.data.DataContext.get_current()
+    dataset = read_shards(files, columns=["id"], shuffle=ray.data.FileShuffleConfig(seed=0))
+    assert context.use_datasource_v2  # restored after the call
+    epochs = [[row["id"] for row in dataset.iter_rows()] for _ in range(2)]
+    assert all(sorted(ids) == list(range(30)) for ids in epochs)
+    assert set(dataset.columns()) == {"id"}
+    actors = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert "FooterReader" not in actors  # DataSourceV2 would have started 32 of them per read
