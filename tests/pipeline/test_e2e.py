@@ -95,10 +95,12 @@ SHIP_SMOKE = [
 
 @needs_sst2
 @pytest.mark.slow
-def test_ship_preset_distils_prunes_exports_quantizes_and_benchmarks(tmp_path, ray_local):
+def test_ship_preset_distils_prunes_exports_quantizes_and_benchmarks(tmp_path, smoke_run):
     """`sst2-ship` on a few hundred real rows (the student pruned): every model of the run reaches ONNX and ExecuTorch
-    with parity, every ONNX export is quantized, and the benchmark measures every variant."""
-    cfg = load_config("sst2-ship", [*SHIP_SMOKE, f"output_dir={tmp_path}", f"data.root={DATA}"])
+    with parity, every ONNX export is quantized, and the benchmark measures every variant. The teacher is the
+    smoke run's, already fine-tuned, as a user passes a finished run's teacher."""
+    teacher = RunDir(smoke_run[0].run_dir).teacher_dir
+    cfg = load_config("sst2-ship", [*SHIP_SMOKE, f"output_dir={tmp_path}", f"data.root={DATA}", f"teacher.model={teacher}"])
     manifests = run_pipeline(cfg)
     assert list(manifests) == ["data", "finetune", "label", "train", "evaluate", "prune", "export", "quantize",
                                "benchmark"]
