@@ -98,6 +98,7 @@ KEY_VALUES = {
     "sst2-transformer": (None, 2.0, 8192, "transformer", 1, None),
     "sst2-transformer-2layer": (None, 2.0, 8192, "transformer", 2, None),
     "sst2-augment": (None, 2.0, 32768, "bilstm", 2, 150),
+    "sst2-transformer-2layer-augment": (None, 2.0, 32768, "transformer", 2, None),
     "sst2-sentencepiece-augment": (None, 2.0, 32768, "bilstm", 1, 150),
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
@@ -130,6 +131,10 @@ def test_derived_presets_differ_from_their_base_only_where_they_say():
     augment = load_config("sst2-augment")
     assert augment.data.augment.copies == 17 and not augment.train.ce_only_baseline
     assert augment.model_dump()["finetune"] == base["finetune"]
+    small_augmented = load_config("sst2-transformer-2layer-augment")
+    assert small_augmented.data.augment.copies == 4 and small_augmented.label.emit == augment.label.emit
+    assert small_augmented.train.student == small.train.student and small_augmented.train.loss.hidden is None
+    assert small_augmented.benchmark is not None
     quick = load_config("sst2-quick")
     assert (quick.data.unlabeled.skip, quick.data.unlabeled.limit, quick.data.train.path) == (3000, 12000,
                                                                                            "sst2/train.tsv")
