@@ -16,6 +16,10 @@ from core.schema import TEXT, TEXT_PAIR, TOKENS, TaskKind
 LOCAL_SHUFFLE_ROWS = 8192
 """Rows in each worker's shuffle buffer, re-seeded every epoch, on top of a shuffled file order."""
 
+LENGTH_GROUP_BATCHES = 50
+"""Batches per length group (see :func:`length_grouped`), as in transformers' ``group_by_length``."""
+
+
 def read_shards(files: list[str], columns: list[str], shuffle: "ray.data.FileShuffleConfig | None" = None):
     """A Ray Data dataset that streams ``columns`` of the Parquet ``files`` (absolute paths), in a
     file order shuffled anew each epoch when ``shuffle`` is given.
@@ -24,6 +28,12 @@ def read_shards(files: list[str], columns: list[str], shuffle: "ray.data.FileShu
     the files on a pool of 32 ``FooterReader`` actors, started again for every read, that is
     every epoch of every split, 64 Python processes an epoch on a local 2-core Ray; this one
     reads the footers inside its read tasks. The setting is restored after the call.
+
+    Returns:
+        A ``ray.data.Dataset``, read when iterated.
+
+    Raises:
+        FileNotFoundError: a file is missing (the footers are listed at the call).
     """
     context = ray.data.DataContext.get_current()
     datasource_v2, context.use_datasource_v2 = context.use_datasource_v2, False
@@ -31,10 +41,6 @@ def read_shards(files: list[str], columns: list[str], shuffle: "ray.data.FileShu
         return ray.data.read_parquet(files, columns=columns, shuffle=shuffle)
     finally:
         context.use_datasource_v2 = datasource_v2
-
-
-LENGTH_GROUP_BATCHES = 50
-"""Batches per length group (see :func:`length_grouped`), as in transformers' ``group_by_length``."""
 
 
 def interleave(streams: list, steps: list[int], rng: np.random.Generator):
