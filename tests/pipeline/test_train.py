@@ -252,7 +252,7 @@ def test_sentence_pairs_train_a_siamese_student_and_score_it(tmp_path, ray_local
         student.featurize(dev.column("text").to_pylist())  # a single sentence is refused
 
 
-@pytest.mark.slow  # 306 s on 2 shared CPUs: a DeepSpeed engine trained, stopped after an epoch, resumed
+@pytest.mark.slow  # 77 s in CI (2026-12-05): a DeepSpeed engine trained, stopped after an epoch, resumed
 def test_deepspeed_training_stopped_after_an_epoch_resumes_from_its_checkpoint(tmp_path, ray_local):
     """The first call ends after epoch 1 (as an interrupted run would have left it); the rerun,
     under the same stage fingerprint, restores the engine's checkpoint and trains epoch 2 only."""
