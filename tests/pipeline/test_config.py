@@ -98,7 +98,7 @@ KEY_VALUES = {
     "sst2-transformer": (None, 2.0, 8192, "transformer", 1, None),
     "sst2-transformer-2layer": (None, 2.0, 8192, "transformer", 2, None),
     "sst2-augment": (None, 2.0, 32768, "bilstm", 2, 150),
-    "sst2-transformer-2layer-augment": (None, 2.0, 32768, "transformer", 2, None),
+    "sst2-transformer-2layer-augment": (None, 2.0, 32768, "transformer", 1, None),
     "sst2-sentencepiece-augment": (None, 2.0, 32768, "bilstm", 1, 150),
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
