@@ -19,9 +19,10 @@ CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
-from pipeline.console import quiet_import_noise, setup_logging
+from pipeline.console import quiet_import_noise, run_logging, setup_logging
 
 quiet_import_noise()  # before the imports below bring in torch and transformers
 
@@ -98,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``distill``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     setup_logging(None)
+    with contextlib.ExitStack() as logs:  # a run's log setup, undone when the command ends
+        return run_command(args, logs)
+
+
+def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
+    """Carry out one parsed command; ``logs`` holds the run's :func:`run_logging` once it has a run."""
     try:
         if args.command == "presets":
             print("\n".join(preset_names()))
             return 0
         if args.command == "sweep":
-            return run_sweep(args)
+            return run_sweep(args, logs)
         if args.command in ("status", "logs"):
             return follow_job(args)
         cfg = load_config(args.config, args.overrides)
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
                 raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
             out_file = cfg.run_dir / "bench" / f"{args.what}.json"
-            setup_logging(cfg.run_dir / "logs")
+            logs.enter_context(run_logging(cfg.run_dir / "logs"))
             if args.what == "label":
                 from pipeline import bench
 
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
             print(f"written: {out_file}")
             return 0
-        log_file = setup_logging(cfg.run_dir / "logs")  # before the stages' imports, which log
+        log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))  # before the stages' imports, which log
         print(f"log: {log_file}", file=sys.stderr)
         from pipeline.runner import run_pipeline
 
@@ -148,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_sweep(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
     """``distill sweep``: plan and check every trial, then run them (:mod:`pipeline.sweep`); print the table."""
     from pipeline import sweep
     from pipeline.artifacts import RunDir
 
     trials, metric = sweep.prepare(args.config, args.grid, args.overrides, args.metric)
     cfg = trials[0].cfg
-    log_file = setup_logging(cfg.run_dir / "logs")
+    log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))
     print(f"log: {log_file}", file=sys.stderr)
     rows = sweep.run_sweep(trials, metric)
     print(sweep.render(rows))

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 CONSOLE_LOGGERS = ("pipeline", "students", "teachers", "compress", "core")
@@ -44,6 +45,18 @@ RAY_ENV = {
 }
 """Environment of the driver and (inherited) of Ray's processes, set before ``ray.init``."""
 
+
+RAY_FORWARDED_NOISE = (
+    # Ray's core worker, for Ray Data's map actors and Ray Train's PreemptionWatcher: they hold
+    # their constructor arguments in the object store (ray issue 53727); nothing for the user to do.
+    "has constructor arguments in the object store and max_restarts > 0",
+    # the raylet, when Ray Data and Ray Train start more worker processes than this machine has
+    # cores (ray issue 3644); they start, only more slowly.
+    "PYTHON worker processes have been started on node",
+)
+"""Lines of Ray's processes that ``log_to_driver`` would print on the console; they go to the run's
+log instead (:func:`route_ray_forwarded_noise`). Every other forwarded line, the train progress
+bar's included, still reaches the console."""
 
 IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
 """Loggers that warn while being imported, before any handler is set up: torchao (pulled in by
@@ -76,7 +89,7 @@ def setup_logging(log_dir: Path | None) -> Path | None:
     Returns:
         The log file written, or None without ``log_dir``.
     """
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler()
     console.setLevel(logging.INFO)
     console.addFilter(_OurPackages())
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT, datefmt="%H:%M:%S"))
@@ -90,6 +103,107 @@ def setup_logging(log_dir: Path | None) -> Path | None:
     os.environ[LOG_DIR_ENV] = str(log_dir.resolve())
     _install(handlers)
     return log_file
+
+
+@contextlib.contextmanager
+def run_logging(log_dir: Path) -> Iterator[Path]:
+    """:func:`setup_logging` for a run, with :func:`native_stderr_to` its log file, for the block.
+
+    Yields:
+        The run's log file, ``log_dir / distill.log``.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with native_stderr_to(log_dir / RUN_LOG_NAME):
+        try:
+            yield setup_logging(log_dir)
+        finally:
+            setup_logging(None)
+
+
+@contextlib.contextmanager
+def native_stderr_to(log_file: Path) -> Iterator[None]:
+    """Point this process's file descriptor 2 at ``log_file`` (appending) for the block, while
+    Python's ``sys.stderr`` (the console records, the progress bars, error lines) keeps writing
+    to the terminal through a copy of the original descriptor.
+
+    Native code writes to descriptor 2 below Python's logging: Ray's core worker in the driver
+    (its ERROR-level notes about Ray Data's actors), gloo, ONNX Runtime. When ``sys.stderr`` is
+    not descriptor 2 (pytest's capture), it is left as it is. Both are restored on exit.
+    """
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    python_stderr = sys.stderr
+    if _is_descriptor_2(python_stderr):
+        sys.stderr = open(os.dup(terminal), "w", buffering=1, encoding=python_stderr.encoding,
+                          errors="backslashreplace")
+    with open(log_file, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        if sys.stderr is not python_stderr:
+            sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+def route_ray_forwarded_noise() -> None:
+    """After ``ray.init(log_to_driver=True)``: lines of Ray's processes that match
+    :data:`RAY_FORWARDED_NOISE` go to the ``ray.forwarded`` logger (the run's log) instead of the
+    console. Wraps the driver's ``ray_print_logs`` handler (Ray 2.60's private stream dispatcher);
+    with another Ray that lacks it, nothing changes and the log says so.
+    """
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        logging.getLogger(__name__).debug("ray: no stream dispatcher; forwarded lines stay on the console")
+        return
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, _ForwardedNoiseFilter(handle)
+                                if name == "ray_print_logs" and not isinstance(handle, _ForwardedNoiseFilter)
+                                else handle) for name, handle in dispatcher.handlers]
+
+
+class _ForwardedNoiseFilter:
+    """Ray's print handler of forwarded lines, minus :data:`RAY_FORWARDED_NOISE` (logged instead)."""
+
+    def __init__(self, print_lines):
+        self.print_lines = print_lines
+        self.log = logging.getLogger("ray.forwarded")
+
+    def __call__(self, data: dict) -> None:
+        kept = []
+        for line in data.get("lines", []):
+            if any(noise in line for noise in RAY_FORWARDED_NOISE):
+                self.log.info("(%s pid=%s) %s", data.get("actor_name") or data.get("task_name") or "", data.get("pid"), line)
+            else:
+                kept.append(line)
+        if kept:
+            self.print_lines({**data, "lines": kept})
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """The console handler: writes to whatever ``sys.stderr`` is when a record arrives (so that
+    :func:`native_stderr_to` can move it), like logging's own last-resort handler."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always sys.stderr
+
+
+def _is_descriptor_2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and ValueError
+        return False
 
 
 def setup_worker_logging() -> None:

@@ -171,4 +171,5 @@ def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:
     ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
              include_dashboard=False, log_to_driver=True, configure_logging=False, logging_level=logging.WARNING,
              runtime_env=console.ray_runtime_env())
+    console.route_ray_forwarded_noise()
     log.debug("ray: %s", ray.cluster_resources())
