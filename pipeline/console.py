@@ -6,7 +6,10 @@ itself). Everything else, at DEBUG and above, goes to ``logs/distill.log`` of th
 Ray Train and Ray Data, transformers' load reports, DeepSpeed's accelerator notices and Python
 warnings. Each Ray worker process (label actors, train workers, Ray's helper actors) runs
 :func:`setup_worker_logging` when it starts and writes its records to ``logs/worker-<pid>.log``,
-so its chatter does not reach the driver's console either.
+so its chatter does not reach the driver's console either. Native code in the driver that writes
+to its stderr descriptor (Ray's core worker, gloo, ONNX Runtime) goes to the run's log too
+(:func:`native_stderr_to`), and so do two notices Ray forwards from its own processes
+(:data:`RAY_FORWARDED_NOISE`).
 
 STYLE.md, "The console": a quick run fits on two screens.
 """

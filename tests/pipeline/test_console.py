@@ -22,12 +22,18 @@ thread.start(); thread.join()
 """
 
 
-def test_console_shows_ours_and_the_logs_hold_everything(tmp_path):
-    logs = tmp_path / "logs"
+def run_script(script: str, logs: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter with ``logs`` as its argument; it must exit 0."""
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(logs)], capture_output=True, text=True, cwd=root,
+    done = subprocess.run([sys.executable, "-c", script, str(logs)], capture_output=True, text=True, cwd=root,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_console_shows_ours_and_the_logs_hold_everything(tmp_path):
+    logs = tmp_path / "logs"
+    done = run_script(SCRIPT, logs)
     console = done.stdout + done.stderr
     assert "ours: stage done" in console and "theirs" not in console
     driver = (logs / "distill.log").read_text()
@@ -53,10 +59,7 @@ logging.getLogger("pipeline.stage").info("ours: console after the run")
 
 def test_native_stderr_goes_to_the_log_and_the_console_keeps_ours(tmp_path):
     logs = tmp_path / "logs"
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT, str(logs)], capture_output=True, text=True, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_script(NATIVE_SCRIPT, logs)
     for text in ("ours: stage done", "ours: error line", "after: descriptor restored", "ours: console after the run"):
         assert text in done.stderr
     assert "native:" not in done.stderr
@@ -93,10 +96,7 @@ with console.run_logging(Path(sys.argv[1])):
 
 def test_rays_forwarded_noise_goes_to_the_log_and_other_worker_lines_to_the_console(tmp_path):
     logs = tmp_path / "logs"
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", RAY_SCRIPT, str(logs)], capture_output=True, text=True, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_script(RAY_SCRIPT, logs)
     console_text = done.stdout + done.stderr
     assert "worker: a line for the user" in console_text
     assert "constructor arguments" not in console_text
