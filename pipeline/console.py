@@ -179,7 +179,8 @@ class _ForwardedNoiseFilter:
         kept = []
         for line in data.get("lines", []):
             if any(noise in line for noise in RAY_FORWARDED_NOISE):
-                self.log.info("(%s pid=%s) %s", data.get("actor_name") or data.get("task_name") or "", data.get("pid"), line)
+                source = data.get("actor_name") or data.get("task_name") or ""
+                self.log.info("(%s pid=%s) %s", source, data.get("pid"), line)
             else:
                 kept.append(line)
         if kept:
