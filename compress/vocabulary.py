@@ -23,7 +23,7 @@ applying :func:`prune_vocabulary` with the record before it loads the weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -78,18 +78,60 @@ def used_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
     Raises:
         ValueError: ``pairs`` is not as long as ``texts``.
     """
-    if pairs is not None and len(pairs) != len(texts):
-        raise ValueError(f"used_token_ids: {len(pairs)} pairs for {len(texts)} texts; give one pair per text")
+    used = set(special_ids(tokenizer))
+    for ids in token_ids(tokenizer, texts, pairs, max_length):
+        used.update(ids)
+    return sorted(used)
+
+
+def unkept_token_share(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], keep_ids: Iterable[int],
+                       pairs: Sequence[str] | None = None, max_length: int = 128) -> float:
+    """The share of the texts' tokens that a vocabulary cut to ``keep_ids`` turns into [UNK].
+
+    Tokenized as :func:`used_token_ids` does; special tokens and tokens that already were [UNK]
+    are not counted. On a dev split it says how much of unseen text the cut loses.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        texts, pairs, max_length: as in :func:`used_token_ids`.
+        keep_ids: the original ids that keep their row.
+
+    Returns:
+        A fraction in [0, 1]; 0.0 for texts without a non-special token.
+
+    Raises:
+        ValueError: ``pairs`` is not as long as ``texts``.
+    """
+    kept, specials = set(keep_ids), set(special_ids(tokenizer))
+    counted = unkept = 0
+    for ids in token_ids(tokenizer, texts, pairs, max_length):
+        words = [i for i in ids if i not in specials]
+        counted += len(words)
+        unkept += sum(i not in kept for i in words)
+    return unkept / counted if counted else 0.0
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's pad, unk, cls, sep and mask ids (those it has)."""
     specials = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id,
                 tokenizer.sep_token_id, tokenizer.mask_token_id)
-    used = {token_id for token_id in specials if token_id is not None}
+    return [token_id for token_id in specials if token_id is not None]
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str] | None,
+              max_length: int) -> Iterator[list[int]]:
+    """Each text's (and pair's) ids, specials included, truncated to ``max_length``; tokenized in chunks.
+
+    Raises:
+        ValueError: ``pairs`` is not as long as ``texts``.
+    """
+    if pairs is not None and len(pairs) != len(texts):
+        raise ValueError(f"token_ids: {len(pairs)} pairs for {len(texts)} texts; give one pair per text")
     for start in range(0, len(texts), _TOKENIZE_CHUNK):
         chunk = slice(start, start + _TOKENIZE_CHUNK)
         encoded = tokenizer(list(texts[chunk]), None if pairs is None else list(pairs[chunk]),
                             truncation=True, max_length=max_length)
-        for ids in encoded["input_ids"]:
-            used.update(ids)
-    return sorted(used)
+        yield from encoded["input_ids"]
 
 
 def _check_keep_ids(embedding: nn.Embedding, keep: list[int], unk_id: int, vocab_size: int) -> None:

@@ -40,7 +40,7 @@ from compress.importance import head_importance, model_logits
 from compress.pruning import (plot_head_importance, plot_sensitivity, prune_iteratively, recover,
                               sensitivity)
 from compress.slicing import count_parameters, drop_layers, kept_heads, layers_to_drop, load_pruned, pruning_state
-from compress.vocabulary import prune_vocabulary, used_token_ids
+from compress.vocabulary import prune_vocabulary, unkept_token_share, used_token_ids
 from core.artifacts import atomic_dir
 from core.errors import ArtifactError, ConfigError
 from core.hf_checkpoint import load_tokenizer
@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 SENSITIVITY_DEV_ROWS = 256
 """Dev rows that score each point of the sensitivity curves (one-shot pruning, no recovery)."""
+
+VOCABULARY_COST_WARNING = 0.005
+"""Dev accuracy the vocabulary cut may cost (0.5 points) before the stage warns on the console."""
 
 RELOAD_ATOL = 1e-5
 """Largest |logit difference| allowed between a pruned model and its reload from disk."""
@@ -236,7 +239,9 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
     Returns:
         ``parameters_before/after``, ``heads_before/after``, ``ffn_before/after``,
         ``vocab_before/after`` (word-embedding rows), ``dev_accuracy_before``,
-        ``dev_accuracy_pruned`` (before recovery), ``dev_accuracy_recovered``, ``steps`` (one
+        ``dev_accuracy_structured`` (heads and FFN pruned), ``dev_unkept_token_share`` (of dev
+        tokens the vocabulary cut turns into [UNK]; 0.0 without it), ``dev_accuracy_pruned``
+        (vocabulary cut too, before recovery), ``dev_accuracy_recovered``, ``steps`` (one
         record per pruning step: heads_left, neurons_left, parameters), ``recovery_steps``,
         ``recovery_loss_first/last`` (None without recovery) and ``plots`` (file names in ``out``).
     """
@@ -250,11 +255,15 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
     importance = head_importance(model, score_batches, cfg.temperature)  # [L, H] before pruning
     _, steps = prune_iteratively(model, score_batches, cfg.heads, cfg.ffn, cfg.iterations, cfg.temperature)
     log.debug("prune: %s steps %s", name, steps)
-    if cfg.vocabulary:
-        texts, pairs = transfer_texts(files, kind)
-        prune_vocabulary(model, used_token_ids(target.tokenizer, texts, pairs, target.max_length),
-                         target.tokenizer.unk_token_id)
-    accuracy_pruned = dev_accuracy(model, target.featurize, dev)
+    accuracy_structured = dev_accuracy(model, target.featurize, dev)  # heads and FFN neurons gone
+    unkept_share = cut_vocabulary(target, files, kind, dev) if cfg.vocabulary else 0.0
+    accuracy_pruned = dev_accuracy(model, target.featurize, dev) if cfg.vocabulary else accuracy_structured
+    if accuracy_structured - accuracy_pruned >= VOCABULARY_COST_WARNING:
+        log.warning("prune: %s: cutting the vocabulary to the transfer set's %d ids turns %.1f %% of dev tokens "
+                    "into [UNK] and costs %.2f points of dev accuracy; set prune.vocabulary: false to keep every "
+                    "id (latency unchanged, %.1f MB more)", name, structure(model)["vocab"], 100 * unkept_share,
+                    100 * (accuracy_structured - accuracy_pruned),
+                    (before["vocab"] - structure(model)["vocab"]) * model.config.hidden_size * 4 / 1e6)
     recovery = TableBatches(files, kind, target.featurize, cfg.batch_size, cfg.recovery_rows, cfg.recovery_epochs)
     losses = recover_with_progress(model, recovery, cfg, f"prune: recover {name}")
     after = structure(model)
@@ -268,7 +277,8 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
     save_model(target, f"{name}-pruned", "prune", settings, score_batches[0], out)
     summary = {**{f"{key}_before": value for key, value in before.items()},
                **{f"{key}_after": value for key, value in after.items()},
-               "dev_accuracy_before": accuracy_before, "dev_accuracy_pruned": accuracy_pruned,
+               "dev_accuracy_before": accuracy_before, "dev_accuracy_structured": accuracy_structured,
+               "dev_unkept_token_share": round(unkept_share, 4), "dev_accuracy_pruned": accuracy_pruned,
                "dev_accuracy_recovered": dev_accuracy(model, target.featurize, dev),
                "steps": [vars(step) for step in steps], "recovery_steps": len(losses),
                "recovery_loss_first": losses[0] if losses else None,
@@ -278,6 +288,15 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
              before["heads"], after["heads"], before["ffn"], after["ffn"], before["vocab"], after["vocab"],
              accuracy_before, accuracy_pruned, summary["dev_accuracy_recovered"])
     return summary
+
+
+def cut_vocabulary(target: Prunable, files: list[Path], kind: TaskKind, dev: Split) -> float:
+    """Cut the model's vocabulary to the ids of the transfer set's texts (TextPruner); returns
+    the share of dev tokens that the cut turns into [UNK] (:func:`compress.vocabulary.unkept_token_share`)."""
+    texts, pairs = transfer_texts(files, kind)
+    keep = used_token_ids(target.tokenizer, texts, pairs, target.max_length)
+    prune_vocabulary(target.model, keep, target.tokenizer.unk_token_id)
+    return unkept_token_share(target.tokenizer, dev.texts, keep, dev.pairs, target.max_length)
 
 
 def layer_drop_baseline(teacher: Prunable, train_file: Path, kind: TaskKind, dev: Split, cfg: PruneConfig,

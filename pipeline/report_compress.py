@@ -59,21 +59,22 @@ def benchmark_table(summary: dict[str, Any]) -> str:
 
 
 def prune_section(summary: dict[str, Any]) -> list[str]:
-    """"Pruned models": what each kept, its parameters and dev accuracy before, pruned and
-    recovered, and the sensitivity plots."""
+    """"Pruned models": what each kept, its parameters and dev accuracy before, with heads and FFN
+    neurons pruned, with the vocabulary cut too, and recovered, and the sensitivity plots."""
     lines = ["## Pruned models", "",
-             "| model | heads kept | FFN neurons kept | vocabulary kept | parameters | dev acc before | pruned | "
-             "recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | heads kept | FFN neurons kept | vocabulary kept | parameters | dev acc before | heads/FFN "
+             "pruned | and vocabulary cut | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in summary["models"].items():
+        structured = m.get("dev_accuracy_structured", m["dev_accuracy_pruned"])  # absent in older runs' records
         lines.append(f"| {name} | {m['heads_after']}/{m['heads_before']} | {m['ffn_after']}/{m['ffn_before']} | "
                      f"{m['vocab_after']}/{m['vocab_before']} | {m['parameters_after']:,} "
-                     f"(of {m['parameters_before']:,}) | {m['dev_accuracy_before']:.4f} | "
+                     f"(of {m['parameters_before']:,}) | {m['dev_accuracy_before']:.4f} | {structured:.4f} | "
                      f"{m['dev_accuracy_pruned']:.4f} | {m['dev_accuracy_recovered']:.4f} |")
     drop = summary.get("layer_drop")  # None when prune.layer_drop is unset
     if drop:
         lines.append(f"| teacher-layerdrop (Sajjad et al. 2020) | layers {drop['layers_after']}/"
                      f"{drop['layers_before']} | | | {drop['parameters_after']:,} (of {drop['parameters_before']:,}) | "
-                     f"{drop['dev_accuracy_before']:.4f} | {drop['dev_accuracy_dropped']:.4f} | "
+                     f"{drop['dev_accuracy_before']:.4f} | {drop['dev_accuracy_dropped']:.4f} | | "
                      f"{drop['dev_accuracy_finetuned']:.4f} |")
     plots = [plot for m in summary["models"].values() for plot in m["plots"] if plot.startswith(PRUNE_PLOT_PREFIX)]
     lines += [line for plot in plots for line in ("", f"![{plot[:-4]}](prune/{plot})")]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compress.slicing import count_parameters, drop_layers, load_pruned, prune_ffn_neurons, prune_heads
-from compress.vocabulary import RemappedEmbedding, prune_vocabulary, used_token_ids
+from compress.vocabulary import RemappedEmbedding, prune_vocabulary, unkept_token_share, used_token_ids
 from core.hf_checkpoint import load_tokenizer
 from teachers.checkpoint import resolve_teacher
 
@@ -59,6 +59,15 @@ def test_used_token_ids_are_the_texts_ids_and_the_specials(tokenizer):
     assert used_token_ids(tokenizer, ["good film bad plot"], max_length=4) == sorted(specials | set(words[:2]))
     with pytest.raises(ValueError, match="1 pairs for 2 texts"):
         used_token_ids(tokenizer, ["good", "bad"], ["plot"])
+
+
+def test_unkept_token_share_counts_the_words_a_cut_turns_into_unk(tokenizer):
+    keep = used_token_ids(tokenizer, ["good film"], max_length=16)
+    assert unkept_token_share(tokenizer, ["good film", "good plot"], keep, max_length=16) == 1 / 4
+    assert unkept_token_share(tokenizer, ["good"], keep, ["bad plot"], max_length=16) == 2 / 3
+    assert unkept_token_share(tokenizer, ["good film bad plot"], keep, max_length=4) == 0.0  # cut at 2 words
+    assert unkept_token_share(tokenizer, ["\u2603 film"], keep, max_length=16) == 0.0  # [UNK] already
+    assert unkept_token_share(tokenizer, [""], keep, max_length=16) == 0.0
 
 
 def test_covered_texts_keep_their_logits_and_parameters_drop(model, tokenizer, keep_ids):

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from compress.slicing import kept_heads, load_pruned, pruning_state
-from compress.vocabulary import used_token_ids
+from compress.vocabulary import unkept_token_share, used_token_ids
 from core.errors import ConfigError
 from core.schema import TaskKind
 from pipeline import evaluate, prune
@@ -102,8 +102,11 @@ def test_teacher_and_transformer_student_pruned_recovered_and_saved(tmp_path):
         assert result["steps"][1]["heads_left"] == heads - round(0.5 * heads / 2)
         assert result["recovery_steps"] == RECOVERY_STEPS
         assert math.isfinite(result["recovery_loss_first"]) and math.isfinite(result["recovery_loss_last"])
-        for key in ("dev_accuracy_before", "dev_accuracy_pruned", "dev_accuracy_recovered"):
+        for key in ("dev_accuracy_before", "dev_accuracy_structured", "dev_accuracy_pruned", "dev_accuracy_recovered"):
             assert 0 <= result[key] <= 1
+        assert result["dev_unkept_token_share"] == round(unkept_token_share(
+            AutoTokenizer.from_pretrained(MINILM), dev.texts, load_pruned(run_dir.stage_dir("prune") / f"{name}-pruned")
+            .get_input_embeddings().kept_ids(), max_length=max_length), 4)
         assert result["plots"] == [f"sensitivity-{name}.png", f"head_importance-{name}.png"]
         for plot in result["plots"]:
             assert (run_dir.stage_dir("prune") / plot).read_bytes()[:4] == b"\x89PNG"
@@ -138,6 +141,17 @@ def test_teacher_and_transformer_student_pruned_recovered_and_saved(tmp_path):
     assert list(run_models(run_dir)) == ["teacher", "kd", "kd-pruned", "teacher-layerdrop", "teacher-pruned"]
 
 
+def test_vocabulary_cut_gives_the_share_of_dev_tokens_it_turns_into_unk(tmp_path):
+    cfg, run_dir = finished_run(tmp_path, TRANSFORMER)
+    target = prune.load_prunable(cfg, run_dir, "kd")
+    dev = evaluate.Split(["good film zebra", "bad plot"], None, [1, 0])  # no zebra in the transfer set
+
+    share = prune.cut_vocabulary(target, soft_label_files(run_dir, 2, LossConfig()), TaskKind.SENTENCE, dev)
+
+    assert share == 1 / 5
+    assert prune.structure(target.model)["vocab"] == transfer_vocabulary(run_dir, 16)
+
+
 def test_bilstm_student_is_skipped_and_the_teacher_pruned(tmp_path, caplog):
     cfg, run_dir = finished_run(tmp_path, BILSTM, iterations=1, vocabulary=False, sensitivity=[],
                                 recovery_epochs=0, layer_drop=None)
@@ -149,7 +163,8 @@ def test_bilstm_student_is_skipped_and_the_teacher_pruned(tmp_path, caplog):
     teacher = summary["models"]["teacher"]
     assert (teacher["heads_after"], teacher["ffn_after"], teacher["vocab_after"]) == (4, 64, 30522)
     assert teacher["recovery_steps"] == 0 and teacher["recovery_loss_first"] is None
-    assert teacher["dev_accuracy_recovered"] == teacher["dev_accuracy_pruned"]
+    assert teacher["dev_accuracy_recovered"] == teacher["dev_accuracy_pruned"] == teacher["dev_accuracy_structured"]
+    assert teacher["dev_unkept_token_share"] == 0.0
     assert teacher["plots"] == ["head_importance-teacher.png"]
     assert sorted(p.name for p in run_dir.stage_dir("prune").iterdir()) == ["head_importance-teacher.png",
                                                                             "teacher-pruned"]
