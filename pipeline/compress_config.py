@@ -38,7 +38,8 @@ class PruneConfig(Section):
     models: list[PrunableModel] = Field(default_factory=lambda: ["teacher", "kd"], min_length=1)
     heads: float = Field(default=0.4, ge=0, lt=1, description="fraction of attention heads to remove")
     ffn: float = Field(default=0.5, ge=0, lt=1, description="fraction of FFN intermediate neurons to remove")
-    vocabulary: bool = Field(default=True, description="keep only the WordPiece ids the transfer set uses")
+    vocabulary: bool = Field(default=True, description="keep only the WordPiece ids the transfer set uses (other "
+                                                       "ids become [UNK]; the stage reports the dev cost)")
     iterations: int = Field(default=4, gt=0, description="prune-and-rescore steps")
     score_rows: int = Field(default=512, gt=0, description="transfer-set rows that score importance")
     recovery_epochs: float = Field(default=1.0, ge=0, description="KD epochs over the recovery rows; 0 = none")

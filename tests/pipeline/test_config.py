@@ -135,6 +135,8 @@ def test_derived_presets_differ_from_their_base_only_where_they_say():
     assert small_augmented.data.augment.copies == 4 and small_augmented.label.emit == augment.label.emit
     assert small_augmented.train.student == small.train.student and small_augmented.train.loss.hidden is None
     assert small_augmented.benchmark is not None
+    assert small_augmented.prune.model_dump(include={"models", "heads", "ffn", "vocabulary", "recovery_epochs"}) == {
+        "models": ["kd"], "heads": 0.25, "ffn": 0.5, "vocabulary": False, "recovery_epochs": 0.0}
     quick = load_config("sst2-quick")
     assert (quick.data.unlabeled.skip, quick.data.unlabeled.limit, quick.data.train.path) == (3000, 12000,
                                                                                            "sst2/train.tsv")
