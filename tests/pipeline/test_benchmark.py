@@ -152,12 +152,17 @@ def test_report_has_the_variants_section(measured):
 def test_prune_section_lists_each_model_and_its_sensitivity_plot():
     kd = {"heads_before": 24, "heads_after": 14, "ffn_before": 3072, "ffn_after": 1536, "vocab_before": 30522,
           "vocab_after": 9000, "parameters_before": 22_700_000, "parameters_after": 9_100_000,
-          "dev_accuracy_before": 0.9, "dev_accuracy_pruned": 0.7, "dev_accuracy_recovered": 0.88,
-          "plots": ["sensitivity-kd.png", "head_importance-kd.png"]}
+          "dev_accuracy_before": 0.9, "dev_accuracy_structured": 0.8, "dev_accuracy_pruned": 0.7,
+          "dev_accuracy_recovered": 0.88, "plots": ["sensitivity-kd.png", "head_importance-kd.png"]}
+    earlier = {**kd, "plots": []}  # a record of a run pruned before the stage scored heads/FFN alone
+    del earlier["dev_accuracy_structured"]
     drop = {"layers_before": 6, "layers_after": 4, "parameters_before": 22_700_000, "parameters_after": 19_000_000,
             "dev_accuracy_before": 0.91, "dev_accuracy_dropped": 0.6, "dev_accuracy_finetuned": 0.89}
-    lines = report_compress.prune_section({"models": {"kd": kd}, "layer_drop": drop})
-    assert "| kd | 14/24 | 1536/3072 | 9000/30522 | 9,100,000 (of 22,700,000) | 0.9000 | 0.7000 | 0.8800 |" in lines
+    lines = report_compress.prune_section({"models": {"kd": kd, "teacher": earlier}, "layer_drop": drop})
+    assert ("| kd | 14/24 | 1536/3072 | 9000/30522 | 9,100,000 (of 22,700,000) | 0.9000 | 0.8000 | 0.7000 | 0.8800 |"
+            in lines)
+    assert any(line.startswith("| teacher |") and line.endswith("| 0.9000 | 0.7000 | 0.7000 | 0.8800 |")
+               for line in lines)
     assert any(line.startswith("| teacher-layerdrop") and "layers 4/6" in line and "0.8900" in line for line in lines)
     assert [line for line in lines if line.startswith("![")] == ["![sensitivity-kd](prune/sensitivity-kd.png)"]
 
