@@ -258,12 +258,12 @@ def prune_model(target: Prunable, files: list[Path], kind: TaskKind, dev: Split,
     accuracy_structured = dev_accuracy(model, target.featurize, dev)  # heads and FFN neurons gone
     unkept_share = cut_vocabulary(target, files, kind, dev) if cfg.vocabulary else 0.0
     accuracy_pruned = dev_accuracy(model, target.featurize, dev) if cfg.vocabulary else accuracy_structured
-    if accuracy_structured - accuracy_pruned >= VOCABULARY_COST_WARNING:
+    vocabulary_cost, kept_ids = accuracy_structured - accuracy_pruned, structure(model)["vocab"]
+    if vocabulary_cost >= VOCABULARY_COST_WARNING:
         log.warning("prune: %s: cutting the vocabulary to the transfer set's %d ids turns %.1f %% of dev tokens "
                     "into [UNK] and costs %.2f points of dev accuracy; set prune.vocabulary: false to keep every "
-                    "id (latency unchanged, %.1f MB more)", name, structure(model)["vocab"], 100 * unkept_share,
-                    100 * (accuracy_structured - accuracy_pruned),
-                    (before["vocab"] - structure(model)["vocab"]) * model.config.hidden_size * 4 / 1e6)
+                    "id (latency unchanged, %.1f MB more)", name, kept_ids, 100 * unkept_share, 100 * vocabulary_cost,
+                    (before["vocab"] - kept_ids) * model.config.hidden_size * 4 / 1e6)  # fp32 rows of D floats
     recovery = TableBatches(files, kind, target.featurize, cfg.batch_size, cfg.recovery_rows, cfg.recovery_epochs)
     losses = recover_with_progress(model, recovery, cfg, f"prune: recover {name}")
     after = structure(model)
