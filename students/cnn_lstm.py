@@ -6,7 +6,9 @@ Tagging using Pre-trained Language Models": one label per word.
     word_ids [B, W]    -> word embedding [B, W, E_w]
     concat [B, W, E_w + F] -> dropout -> BiLSTM (packed) [B, W, 2H] -> dropout -> Linear(2H, C) -> logits [B, W, C]
 
-The character CNN is Ma & Hovy's (2016), in :mod:`students.chars`.
+The character CNN is Ma & Hovy's (2016): a linear convolution with "same" padding, then max-pooling
+over the word's characters; padding characters are excluded from the max, so a word's features
+do not depend on how far it is padded.
 
 The student reads words, not word pieces, and owns two vocabularies built from the transfer set
 (:func:`build_cnn_lstm_tagger`): the ``word_vocab_size`` most frequent lower-cased words, and
@@ -34,8 +36,10 @@ from core.artifacts import atomic_dir
 from core.config import Section
 from core.errors import ArtifactError
 from students.base import BuildInputs, Student, StudentOutput, write_meta
-from students.chars import (PAD, PAD_ID, UNK, UNK_ID, char_features, char_layers, char_vocabulary, check_vocabulary,
-                            encode_chars)
+
+PAD, UNK = "<pad>", "<unk>"
+"""Entries 0 and 1 of both vocabularies."""
+PAD_ID, UNK_ID = 0, 1
 
 WEIGHTS_FILE = "model.safetensors"
 WORDS_FILE = "words.json"
@@ -74,8 +78,11 @@ class CNNLSTMTagger(Student):
 
     def __init__(self, cfg: CNNLSTMTaggerConfig, num_labels: int, words: list[str], chars: list[str]):
         super().__init__()
-        check_vocabulary(words, "word")
-        check_vocabulary(chars, "character")
+        if cfg.char_kernel % 2 == 0:
+            raise ValueError(f"train.student.char_kernel is {cfg.char_kernel}; use an odd width so that the "
+                             f"convolution keeps every character position")
+        if words[:2] != [PAD, UNK] or chars[:2] != [PAD, UNK]:
+            raise ValueError(f"vocabularies must start with {[PAD, UNK]}; build them with build_cnn_lstm_tagger")
         self.cfg = cfg
         self.num_labels = num_labels
         self.words = words
@@ -83,8 +90,8 @@ class CNNLSTMTagger(Student):
         self.word_index = {word: i for i, word in enumerate(words)}
         self.char_index = {char: i for i, char in enumerate(chars)}
         self.word_embedding = nn.Embedding(len(words), cfg.word_embed_dim, padding_idx=PAD_ID)
-        self.char_embedding, self.char_cnn = char_layers(len(chars), cfg.char_embed_dim, cfg.char_filters,
-                                                         cfg.char_kernel)
+        self.char_embedding = nn.Embedding(len(chars), cfg.char_embed_dim, padding_idx=PAD_ID)
+        self.char_cnn = nn.Conv1d(cfg.char_embed_dim, cfg.char_filters, cfg.char_kernel, padding=cfg.char_kernel // 2)
         self.lstm = nn.LSTM(cfg.word_embed_dim + cfg.char_filters, cfg.hidden_dim, num_layers=cfg.num_layers,
                             batch_first=True, bidirectional=True, dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -111,13 +118,16 @@ class CNNLSTMTagger(Student):
         for row, words in enumerate(texts):
             if isinstance(words, str) or len(words) == 0:
                 raise ValueError(f"sentence {row} is {words!r}; the tagger needs a non-empty list of words")
-        width = max(len(words) for words in texts)
+        width, chars_per_word = max(len(words) for words in texts), self.cfg.max_word_chars
         word_ids = torch.full((len(texts), width), PAD_ID, dtype=torch.int64)
+        char_ids = torch.full((len(texts), width, chars_per_word), PAD_ID, dtype=torch.int64)
         attention_mask = torch.zeros((len(texts), width), dtype=torch.int64)
         for row, words in enumerate(texts):
             word_ids[row, :len(words)] = torch.tensor([self.word_index.get(w.lower(), UNK_ID) for w in words])
             attention_mask[row, :len(words)] = 1
-        char_ids = encode_chars(self.char_index, texts, self.cfg.max_word_chars)
+            for column, word in enumerate(words):
+                ids = [self.char_index.get(c, UNK_ID) for c in word[:chars_per_word]]
+                char_ids[row, column, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
         return {"input_ids": word_ids, "word_ids": word_ids, "char_ids": char_ids, "attention_mask": attention_mask}
 
     def forward(self, word_ids: torch.Tensor, char_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -139,9 +149,13 @@ class CNNLSTMTagger(Student):
         """
         if input_ids is not None and input_ids is not word_ids and not torch.equal(input_ids, word_ids):
             raise ValueError("input_ids and word_ids differ; pass the output of featurize unchanged")
-        width = char_ids.shape[1]
-        pooled = char_features(self.char_embedding, self.char_cnn, char_ids)  # [B, W, F]
-        features = torch.cat([self.word_embedding(word_ids), pooled], dim=2)  # [B, W, E_w+F]
+        batch, width, length = char_ids.shape
+        chars = self.char_embedding(char_ids.reshape(batch * width, length))  # [B*W, L, E_c]
+        filters = self.char_cnn(chars.transpose(1, 2))  # [B*W, F, L]
+        is_char = (char_ids != PAD_ID).reshape(batch * width, 1, length)  # [B*W, 1, L]
+        pooled = filters.masked_fill(~is_char, float("-inf")).max(dim=2).values  # [B*W, F]
+        pooled = pooled.masked_fill(~is_char.any(dim=2), 0.0)  # padding words: 0 instead of -inf
+        features = torch.cat([self.word_embedding(word_ids), pooled.view(batch, width, -1)], dim=2)  # [B, W, E_w+F]
         lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()  # [B], on the CPU as packing requires
         packed = nn.utils.rnn.pack_padded_sequence(self.dropout(features), lengths, batch_first=True,
                                                    enforce_sorted=False)
@@ -192,6 +206,7 @@ def build_cnn_lstm_tagger(cfg: CNNLSTMTaggerConfig, inputs: BuildInputs) -> CNNL
     """
     transfer_tokens = inputs.transfer_texts
     word_counts = Counter(word.lower() for sentence in transfer_tokens for word in sentence)
+    char_counts = Counter(char for sentence in transfer_tokens for word in sentence for char in word)
     words = [PAD, UNK] + [word for word, _ in word_counts.most_common(cfg.word_vocab_size) if word not in (PAD, UNK)]
-    chars = char_vocabulary(word for sentence in transfer_tokens for word in sentence)
+    chars = [PAD, UNK] + [char for char, _ in char_counts.most_common()]
     return CNNLSTMTagger(cfg, inputs.label_count(), words, chars)

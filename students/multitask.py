@@ -7,21 +7,14 @@ per task:
 
     sentence: h = attend(BiLSTM(x)) [B, 2H]                          -> MLP -> logits [B, C_task]
     pair:     [h1; h2; h1 * h2; |h1 - h2|] [B, 8H] (siamese, as Tang et al. 2019) -> MLP -> logits [B, C_task]
-    token:    BiLSTM(x) at each word's first piece [B, W, 2H]
-              (char_filters F > 0: [that; character CNN of the word] [B, W, 2H + F]) -> MLP per word -> logits [B, W, C_task]
+    token:    BiLSTM(x) [B, T, 2H]                                   -> MLP per token -> logits [B, T, C_task]
 
 Attention is additive (Bahdanau et al. 2015): ``a = softmax_t(v^T tanh(W h_t + b))`` over
 real tokens, ``s = sum_t a_t h_t``, with ``W`` of ``attention_dim`` rows.
-
-The shared sub-word vocabulary may be lower-cased (the MiniLM teacher's is), which hides
-capitalisation from a tagging head; ``char_filters`` > 0 gives the token heads the character
-CNN of the CNN-LSTM tagger (Ma & Hovy 2016, :mod:`students.chars`) over each word, case kept,
-beside the encoder's state. The sentence and pair heads do not read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -32,7 +25,6 @@ from torch import nn
 from students.base import BuildInputs, Student, StudentOutput
 from students.bilstm import (BiLSTMEncoder, LSTMConfig, MLPHead, build_lstm_student, featurize_texts, pair_features,
                              read_weights, real_positions, save_folder)
-from students.chars import char_features, char_layers, char_vocabulary, check_vocabulary, encode_chars
 from students.vocab import Vocabulary, encode_words, load_vocabulary
 
 TaskKind = Literal["sentence", "pair", "token"]
@@ -45,11 +37,6 @@ class MultiTaskLSTMConfig(LSTMConfig):
 
     family: Literal["multitask_lstm"] = "multitask_lstm"
     attention_dim: int = Field(default=128, gt=0)
-    char_filters: int = Field(default=0, ge=0, description="0: none; else the token heads also read F character-CNN "
-                                                           "features of each word (Ma & Hovy 2016; case kept)")
-    char_embed_dim: int = Field(default=30, gt=0)
-    char_kernel: int = Field(default=3, gt=0, description="odd")
-    max_word_chars: int = Field(default=20, gt=0, description="characters of a word the CNN reads")
 
 
 class Task(NamedTuple):
@@ -106,46 +93,27 @@ class MultiTaskLSTMStudent(Student):
         cfg: sizes, dropout, ``attention_dim``, vocabulary kind and ``max_length``.
         vocab: the vocabulary it reads.
         tasks: ``{name: (kind, num_labels)}`` with kind ``sentence``, ``pair`` or ``token``.
-        chars: the character vocabulary (:func:`students.chars.char_vocabulary`) when
-            ``cfg.char_filters`` > 0, else empty.
-
-    Raises:
-        ValueError: ``chars`` missing with ``char_filters`` > 0, or given without; an even ``char_kernel``.
     """
 
     family = "multitask_lstm"
 
-    def __init__(self, cfg: MultiTaskLSTMConfig, vocab: Vocabulary, tasks: dict[str, tuple[str, int]],
-                 chars: Sequence[str] = ()):
+    def __init__(self, cfg: MultiTaskLSTMConfig, vocab: Vocabulary, tasks: dict[str, tuple[str, int]]):
         super().__init__()
-        self.cfg, self.vocab, self.tasks, self.chars = cfg, vocab, check_tasks(tasks), list(chars)
+        self.cfg, self.vocab, self.tasks = cfg, vocab, check_tasks(tasks)
         self.encoder = BiLSTMEncoder.from_config(cfg, vocab)
         sentence_dim = 2 * cfg.hidden_dim
         self.attention = AttentionPooling(sentence_dim, cfg.attention_dim)
-        if bool(self.chars) != (cfg.char_filters > 0):
-            raise ValueError(f"train.student.char_filters is {cfg.char_filters} but {len(self.chars)} characters were "
-                             f"given; build the student with build_multitask_student")
-        if self.chars:
-            check_vocabulary(self.chars, "character")
-            self.char_index = {char: i for i, char in enumerate(self.chars)}
-            self.char_embedding, self.char_cnn = char_layers(len(self.chars), cfg.char_embed_dim, cfg.char_filters,
-                                                             cfg.char_kernel)
-        input_dims = {"sentence": sentence_dim, "pair": 4 * sentence_dim, "token": sentence_dim + cfg.char_filters}
         self.heads = nn.ModuleDict({
-            name: MLPHead(input_dims[task.kind], cfg.hidden_dim, task.num_labels, cfg.dropout)
+            name: MLPHead(4 * sentence_dim if task.kind == "pair" else sentence_dim, cfg.hidden_dim,
+                          task.num_labels, cfg.dropout)
             for name, task in self.tasks.items()})
 
     def featurize(self, texts: list[str] | list[list[str]], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Sentences: see :func:`students.bilstm.featurize_texts` (give ``pairs`` for ``pair``
         tasks). Word lists, for ``token`` tasks: see :func:`students.vocab.encode_words`
-        (``input_ids``, ``attention_mask`` [B, T], ``word_starts``, ``word_mask`` [B, W]), and
-        with character features ``char_ids`` int64 [B, W, L] (:func:`students.chars.encode_chars`)."""
+        (``input_ids``, ``attention_mask`` [B, T], ``word_starts``, ``word_mask`` [B, W])."""
         if texts and not isinstance(texts[0], str):
-            sentences = [list(words) for words in texts]
-            features = encode_words(self.vocab, sentences, self.cfg.max_length)
-            if self.chars:
-                features["char_ids"] = encode_chars(self.char_index, sentences, self.cfg.max_word_chars)
-            return features
+            return encode_words(self.vocab, [list(words) for words in texts], self.cfg.max_length)
         return featurize_texts(self.vocab, self.cfg.max_length, texts, pairs)
 
     def word_mask(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -164,8 +132,7 @@ class MultiTaskLSTMStudent(Student):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str,
                 pair_input_ids: torch.Tensor | None = None, pair_attention_mask: torch.Tensor | None = None,
-                word_starts: torch.Tensor | None = None, word_mask: torch.Tensor | None = None,
-                char_ids: torch.Tensor | None = None) -> StudentOutput:
+                word_starts: torch.Tensor | None = None, word_mask: torch.Tensor | None = None) -> StudentOutput:
         """Logits of ``task`` for a right-padded batch.
 
         Args:
@@ -176,8 +143,6 @@ class MultiTaskLSTMStudent(Student):
             word_starts: int64 [B, W], for ``token`` tasks on word lists: the token position of
                 each word's first piece, whose state is tagged. ``word_mask`` [B, W] is not read
                 (the loss and the scores mask the words).
-            char_ids: int64 [B, W, L] characters of each word, for ``token`` tasks of a student
-                with character features (which then needs ``word_starts`` too).
 
         Returns:
             ``logits`` float32 [B, C_task] (sentence, pair), [B, W, C_task] (token, with
@@ -186,8 +151,7 @@ class MultiTaskLSTMStudent(Student):
             ``[B, T, 2H]`` per layer) except for pairs.
 
         Raises:
-            KeyError: unknown task. ValueError: pair inputs missing or unexpected; ``word_starts``
-            or ``char_ids`` missing for a token task of a student with character features.
+            KeyError: unknown task. ValueError: pair inputs missing or unexpected.
         """
         kind = self.task(task).kind
         if (pair_input_ids is not None) != (kind == "pair"):
@@ -198,10 +162,6 @@ class MultiTaskLSTMStudent(Student):
             tokens = states[-1]  # [B, T, 2H]
             if word_starts is not None:
                 tokens = tokens.gather(1, word_starts.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # [B, W, 2H]
-            if self.chars:
-                if word_starts is None or char_ids is None:
-                    raise ValueError(f"token task {task!r} reads each word's characters; featurize word lists")
-                tokens = torch.cat([tokens, char_features(self.char_embedding, self.char_cnn, char_ids)], -1)  # [B, W, 2H+F]
             return StudentOutput(logits=head(tokens), hidden_states=states)  # [B, W or T, C]
         sentence = self.attention(states[-1], attention_mask)  # [B, 2H]
         if kind == "sentence":
@@ -210,9 +170,8 @@ class MultiTaskLSTMStudent(Student):
         return StudentOutput(logits=head(pair_features(sentence, second)))  # [B, 8H] -> [B, C]
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``student.json`` (with the task table and the character
-        vocabulary) and the sub-word vocabulary."""
-        return save_folder(self, self.cfg, self.vocab, directory, chars=self.chars,
+        """Write ``model.safetensors``, ``student.json`` (with the task table) and the vocabulary."""
+        return save_folder(self, self.cfg, self.vocab, directory,
                            tasks={name: task._asdict() for name, task in self.tasks.items()})
 
     @classmethod
@@ -220,7 +179,7 @@ class MultiTaskLSTMStudent(Student):
         """Rebuild a student written by :meth:`save`."""
         cfg = MultiTaskLSTMConfig.model_validate(meta["student"])
         tasks = {name: (task["kind"], task["num_labels"]) for name, task in meta["tasks"].items()}
-        student = cls(cfg, load_vocabulary(directory, cfg.vocab), tasks, meta.get("chars", []))
+        student = cls(cfg, load_vocabulary(directory, cfg.vocab), tasks)
         student.load_state_dict(read_weights(directory))
         return student
 
@@ -231,8 +190,7 @@ def build_multitask_student(cfg: MultiTaskLSTMConfig, inputs: BuildInputs) -> Mu
     Args:
         cfg: the ``train.student`` section.
         inputs: ``tasks`` ``{name: (kind, num_labels)}``; ``teacher_dir``, the teacher's
-            checkpoint folder; ``transfer_texts``, sentences of all tasks, for ``vocab: sentencepiece``
-            and, with ``char_filters`` > 0, the character vocabulary.
+            checkpoint folder; ``transfer_texts``, sentences of all tasks, for ``vocab: sentencepiece``.
 
     Raises:
         ConfigError, ValueError: as :func:`students.bilstm.build_bilstm_student`, and
@@ -240,7 +198,5 @@ def build_multitask_student(cfg: MultiTaskLSTMConfig, inputs: BuildInputs) -> Mu
     """
     tasks = dict(inputs.tasks)
     check_tasks(tasks)
-    texts = list(inputs.transfer_texts)
-    chars = char_vocabulary(word for text in texts for word in text.split()) if cfg.char_filters else []
-    return build_lstm_student(lambda vocab: MultiTaskLSTMStudent(cfg, vocab, tasks, chars), cfg, inputs.teacher_dir,
-                              texts)
+    return build_lstm_student(lambda vocab: MultiTaskLSTMStudent(cfg, vocab, tasks), cfg, inputs.teacher_dir,
+                              list(inputs.transfer_texts))

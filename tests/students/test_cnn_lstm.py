@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from students.base import BuildInputs
-from students.chars import PAD, UNK, UNK_ID
-from students.cnn_lstm import CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
+from students.cnn_lstm import PAD, UNK, UNK_ID, CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
 from students.registry import FAMILIES, load_student
 
 TRANSFER = [["Peter", "Blackburn"], ["EU", "rejects", "German", "call"], ["the", "The", "THE"]]

@@ -9,11 +9,9 @@ import torch
 
 from students.base import BuildInputs
 from students.bilstm import BiLSTMEncoder
-from students.chars import char_vocabulary
 from students.multitask import (AttentionPooling, MultiTaskLSTMConfig, MultiTaskLSTMStudent, build_multitask_student,
                                 check_tasks)
 from students.registry import load_student
-from students.vocab import load_vocabulary
 
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
 SECONDS = ["it was fine", "no", "a good , good film"]
@@ -117,40 +115,3 @@ def test_token_task_on_word_lists_tags_each_word_at_its_first_piece(tiny_teacher
     per_piece = model(input_ids=features["input_ids"], attention_mask=features["attention_mask"], task="ner").logits
     for i, row in enumerate(words):  # word j's logits are those of the piece where it starts
         torch.testing.assert_close(logits[i, :len(row)], per_piece[i, features["word_starts"][i, :len(row)]])
-
-
-def test_character_features_give_the_tagging_head_the_case_the_vocabulary_lowers(tiny_teacher_dir, transfer_texts):
-    words = [["peter", "lives", "in", "paris"], ["Peter", "lives", "in", "Paris"]]
-    plain = build(tiny_teacher_dir, transfer_texts).eval()
-    cased = build(tiny_teacher_dir, transfer_texts, char_filters=6, char_embed_dim=4, max_word_chars=5).eval()
-    features = cased.featurize(words)
-    assert features["char_ids"].shape == (2, 4, 5) and cased.heads["ner"].hidden.in_features == 16 + 6
-    assert "char_ids" not in plain.featurize(words)
-    assert torch.equal(plain(**plain.featurize(words), task="ner").logits[0],
-                       plain(**plain.featurize(words), task="ner").logits[1])  # uncased pieces: same ids
-    logits = cased(**features, task="ner").logits  # [2, 4, 5]
-    assert not torch.allclose(logits[0, 0], logits[1, 0]) and not torch.allclose(logits[0, 3], logits[1, 3])
-    torch.testing.assert_close(logits[0, 1:3], logits[1, 1:3])  # "lives in": same characters, same context
-    torch.testing.assert_close(cased(**cased.featurize(SENTENCES), task="sst2").logits,
-                               cased(**cased.featurize(SENTENCES), task="sst2").logits)
-    with pytest.raises(ValueError, match="token task 'ner' reads each word's characters; featurize word lists"):
-        cased(**cased.featurize(SENTENCES), task="ner")
-
-
-def test_character_features_save_and_load(tiny_teacher_dir, transfer_texts, tmp_path):
-    model = build(tiny_teacher_dir, transfer_texts, char_filters=6, char_embed_dim=4).eval()
-    assert model.chars == char_vocabulary(word for text in transfer_texts for word in text.split())
-    folder = model.save(tmp_path / "student")
-    assert json.loads((folder / "student.json").read_text())["chars"] == model.chars
-    loaded = load_student(folder)
-    words = [["The", "EU", "film"], ["fine"]]
-    assert torch.equal(loaded(**loaded.featurize(words), task="ner").logits,
-                       model(**model.featurize(words), task="ner").logits)
-
-
-def test_character_vocabulary_and_filters_must_agree(tiny_teacher_dir):
-    vocab = load_vocabulary(tiny_teacher_dir, "teacher")
-    with pytest.raises(ValueError, match="char_filters is 4 but 0 characters were given"):
-        MultiTaskLSTMStudent(MultiTaskLSTMConfig(char_filters=4), vocab, TASKS)
-    with pytest.raises(ValueError, match="char_filters is 0 but 3 characters were given"):
-        MultiTaskLSTMStudent(MultiTaskLSTMConfig(), vocab, TASKS, ["<pad>", "<unk>", "a"])
