@@ -72,9 +72,10 @@ def test_label_actor_killed_mid_shard_is_restarted_and_the_shard_written_once(tm
     table = check_every_row_once(run)
     retried = [e for e in entries if e["began_at"] > killed_at]
     assert all(e["pid"] != killed_pid for e in retried)
-    # the shard in flight at the kill and the rest began after it (one more may have been finished
-    # by the actor but not yet recorded by the driver at the kill)
-    assert ROWS // SHARD_ROWS - len(retried) in (done_at_kill, done_at_kill + 1)
+    # the shard in flight at the kill and the rest began after it; the shards recorded before the
+    # kill are not redone (a busy machine may let the actor finish a few more that the driver had
+    # not recorded yet: CI once saw 3 finished against 1 recorded)
+    assert done_at_kill <= ROWS // SHARD_ROWS - len(retried) < ROWS // SHARD_ROWS
     expected = direct_logits(run.teacher_dir, table.column("text").to_pylist())  # an uninterrupted forward
     np.testing.assert_allclose(stored_logits(table), expected, atol=1e-5)
     print(f"killed 1 actor with {done_at_kill} shards done; {len(retried)} labeled after the restart")
