@@ -127,3 +127,17 @@ def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, ba
                                       f"{batch} length {length}; required {min_agreement:g} ({backend})")
     return {"backend": backend, "mode": mode, "max_abs_diff": max_diff, "agreement": agree / max(total, 1),
             "shapes": shapes}
+
+
+EXPORT_ROWS = 2
+"""Dev rows of the example the graphs are traced with (batch 2: every variable axis above 1)."""
+
+
+def parity_batches(featurize, texts: list, pairs: list[str] | None) -> list[dict[str, torch.Tensor]]:
+    """The rows in batches of 1, 3, 5, ... rows (odd, so never the export's batch of 2; at most
+    31, under ExecuTorch's largest batch), each padded to its own longest row."""
+    batches, start, size = [], 0, 1
+    while start < len(texts):
+        batches.append(featurize(texts[start:start + size], pairs[start:start + size] if pairs else None))
+        start, size = start + size, min(size + 2, 31)
+    return batches

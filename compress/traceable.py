@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -312,3 +313,17 @@ class LogitsOnly(nn.Module):
         if self.task is not None:
             kwargs["task"] = self.task
         return self.model(**kwargs).logits.float()
+
+
+def model_featurizer(model: nn.Module, folder: Path):
+    """``(texts, pairs=None) -> features``: the exported graph's int64 inputs of rows, in input
+    order (:func:`compress.traceable.example_features`); a teacher tokenizes with its folder's
+    tokenizer, and reads word lists joined by spaces (a token classifier's rows)."""
+    tokenizer = load_tokenizer(folder) if family_of(model) == "teacher" else None
+
+    def featurize(texts: list, pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        if tokenizer is not None:
+            texts = [text if isinstance(text, str) else " ".join(text) for text in texts]
+        return example_features(model, texts, pairs=pairs, tokenizer=tokenizer)
+
+    return featurize

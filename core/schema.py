@@ -69,7 +69,7 @@ def is_per_token_signal(column: str) -> bool:
 class TaskKind(str, Enum):
     """What a row of a task is: one sentence, a sentence pair, or a sentence of tagged words.
 
-    Decided once from the config (:func:`pipeline.data.task_kind`) and passed down, so that no
+    Decided once from the config (:func:`pipeline.config.sections.task_kind`) and passed down, so that no
     code sniffs a table's columns to find out.
     """
 

@@ -130,6 +130,10 @@ class RunDir:
         return manifest
 
     # --- named artifacts ---------------------------------------------------------------
+    def relative(self, path: Path | str) -> str:
+        """``path`` relative to the run folder, as a variant's ``meta.json`` stores it."""
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
     def split_file(self, split: str) -> Path:
         """Parquet table of one split: ``train``, ``dev``, ``test`` (when configured) or ``transfer``."""
         return self.stage_dir("data") / f"{split}.parquet"

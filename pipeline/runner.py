@@ -16,15 +16,17 @@ from typing import Any
 
 import yaml
 
-from pipeline import benchmark, console, data, evaluate, export, finetune, label, live_metrics, prune, quantize, report, train
+from pipeline.stages import benchmark, data, evaluate, export, finetune, label, prune, quantize, train
+from pipeline.observability import console, live_metrics
+from pipeline.evaluation import report
 from core.artifacts import atomic_write_text, sha256_file
 from pipeline.artifacts import RunDir, fingerprint
-from pipeline.config import MultiTaskRunConfig, RunConfig
-from pipeline.config_loading import redact
+from pipeline.config.sections import MultiTaskRunConfig, RunConfig
+from pipeline.config.loading import redact
 from pipeline.ray_address import check_ray_address
 from core.errors import ConfigError
 from pipeline.tasks import source_fingerprints
-from pipeline.tracking import Tracker
+from pipeline.observability.tracking import Tracker
 from core.hf_checkpoint import weight_files
 
 log = logging.getLogger(__name__)
@@ -167,7 +169,7 @@ def start_ray(cfg: RunConfig | MultiTaskRunConfig) -> None:
     if cfg.ray.address is not None:
         check_ray_address(cfg.ray.address)
     # Workers' output still reaches the console (the train progress bar); their log records go to
-    # the run's logs/ folder (pipeline.console.setup_worker_logging).
+    # the run's logs/ folder (pipeline.observability.console.setup_worker_logging).
     ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
              include_dashboard=False, log_to_driver=True, configure_logging=False, logging_level=logging.WARNING,
              runtime_env=console.ray_runtime_env())

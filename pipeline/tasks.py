@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
 from pipeline.artifacts import RunDir
-from pipeline.config import MultiTaskRunConfig, RunConfig
-from pipeline.config_loading import load_config
-from pipeline.data import task_kind
+from pipeline.config.sections import MultiTaskRunConfig, RunConfig
+from pipeline.config.loading import load_config
+from pipeline.config.sections import task_kind
 
 SOURCE_STAGES = ("data", "finetune", "label")
 """The stages a multi-task run's source runs provide: each must have finished them."""

@@ -96,7 +96,7 @@ class PairTask:
     def config(self, **sections):
         """A validated run config over the task's files; ``sections`` update the top level
         (``data`` entries update the data section)."""
-        from pipeline.config_loading import validate_config
+        from pipeline.config.loading import validate_config
 
         data = {"root": str(self.root), "train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"},
                 "unlabeled": {"path": "unlabeled.tsv"}, "text_column": "sentence1",

@@ -1,7 +1,9 @@
-"""The import-direction contract of pyproject.toml ([tool.importlinter]) holds, and it bites.
+"""The import-direction contracts of pyproject.toml ([tool.importlinter]) hold, and they bite.
 
-pipeline > compress > students | teachers > core: a package imports only the ones below it, and
-students and teachers import neither each other.
+Between packages, pipeline > compress > students | teachers > core: a package imports only the
+ones below it, and students and teachers import neither each other. Inside pipeline, cli > runner >
+stages > the shared libraries (training, evaluation, labeling, observability, tasks) > textdata >
+config, artifacts and ray_address; and no stage imports another stage.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "teachers", "students", "compress", "pipeline")
+PIPELINE_PACKAGES = ("cli", "stages", "training", "evaluation", "labeling", "observability", "textdata", "config")
+PIPELINE_MODULES = ("runner", "tasks", "artifacts", "ray_address")
+STAGES = ("data", "finetune", "label", "train", "evaluate", "prune", "export", "quantize", "benchmark")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -27,16 +32,43 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_dependencies_point_one_way():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_the_contract_catches_a_student_importing_teachers_and_core_importing_pipeline(tmp_path):
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    for package in PACKAGES:
-        (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("")
+    planted_tree(tmp_path)
     (tmp_path / "students" / "__init__.py").write_text("import teachers\n")
     (tmp_path / "core" / "__init__.py").write_text("import pipeline\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "students -> teachers" in result.stdout and "core -> pipeline" in result.stdout, result.stdout
+
+
+def planted_tree(root: Path) -> Path:
+    """Empty packages and modules laid out as this repository's, with its pyproject.toml."""
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    for package in PACKAGES:
+        (root / package).mkdir()
+        (root / package / "__init__.py").write_text("")
+    for package in PIPELINE_PACKAGES:
+        (root / "pipeline" / package).mkdir()
+        (root / "pipeline" / package / "__init__.py").write_text("")
+    for module in PIPELINE_MODULES:
+        (root / "pipeline" / f"{module}.py").write_text("")
+    for stage in STAGES:
+        (root / "pipeline" / "stages" / f"{stage}.py").write_text("")
+    return root
+
+
+def test_the_pipeline_contracts_catch_a_library_importing_a_stage_and_a_stage_importing_another(tmp_path):
+    root = planted_tree(tmp_path)
+    clean = lint_imports(root)
+    assert clean.returncode == 0 and "3 kept, 0 broken" in clean.stdout, clean.stdout + clean.stderr
+    (root / "pipeline" / "training" / "__init__.py").write_text("import pipeline.stages.evaluate\n")
+    (root / "pipeline" / "stages" / "quantize.py").write_text("import pipeline.stages.export\n")
+    (root / "pipeline" / "config" / "__init__.py").write_text("import pipeline.runner\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    for planted in ("pipeline.training -> pipeline.stages.evaluate", "pipeline.stages.quantize -> pipeline.stages.export",
+                    "pipeline.config -> pipeline.runner"):
+        assert planted in result.stdout, result.stdout

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipeline.config_loading import load_config
+from pipeline.config.loading import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = REPO / "clusters"

@@ -16,7 +16,7 @@ def test_fingerprint_is_stable_and_sensitive():
 
 
 def test_config_fingerprints_count_default_values_too():
-    from pipeline.config import LabelConfig
+    from pipeline.config.sections import LabelConfig
 
     default = LabelConfig().shard_rows
     assert fingerprint(LabelConfig()) == fingerprint(LabelConfig(shard_rows=default))

@@ -11,7 +11,7 @@ import pytest
 
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
-from pipeline.config_loading import load_config
+from pipeline.config.loading import load_config
 from pipeline.runner import run_pipeline
 
 DATA = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))

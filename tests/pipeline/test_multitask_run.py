@@ -19,8 +19,8 @@ import yaml
 
 from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
-from pipeline.config import MultiTaskRunConfig
-from pipeline.config_loading import validate_config
+from pipeline.config.sections import MultiTaskRunConfig
+from pipeline.config.loading import validate_config
 from core.errors import ArtifactError, ConfigError
 from pipeline.runner import run_pipeline
 from test_train import sentences  # the sentence rule of the train stage's tests

@@ -55,9 +55,9 @@ def test_unreachable_dashboard_names_the_address():
 
 
 def distill(*args: str) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``python -m pipeline.cli ARGS`` from the repository root; returns it and its wall time (s)."""
+    """Run ``python -m pipeline.cli.main ARGS`` from the repository root; returns it and its wall time (s)."""
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=180)
     return done, time.monotonic() - began
 

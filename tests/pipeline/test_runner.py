@@ -4,7 +4,7 @@ import os
 import shutil
 
 from pipeline.artifacts import fingerprint
-from pipeline.config_loading import validate_config
+from pipeline.config.loading import validate_config
 from pipeline.runner import STAGES, stage_inputs
 
 

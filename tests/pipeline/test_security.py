@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from core.errors import ConfigError
-from pipeline.config_loading import REDACTED, redact
+from pipeline.config.loading import REDACTED, redact
 from teachers.checkpoint import check_checkpoint
 
 SECRETS = {"WANDB_API_KEY": "wandb-secret-4f1c9e27d6b3a85e0c12", "HF_TOKEN": "hf_secretTOKEN8d2b71c4e9a0f356",
@@ -24,7 +24,7 @@ def test_secrets_in_the_environment_reach_no_file_of_the_run(pair_task, tiny_tea
     config_file = pair_task.root / "run.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config_file), "--until", "finetune"],
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "run", str(config_file), "--until", "finetune"],
                           cwd=root, env={**os.environ, **SECRETS, "PYTHONPATH": str(root)}, capture_output=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

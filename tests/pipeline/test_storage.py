@@ -1,7 +1,7 @@
 """Ray Train's storage (``ray.storage_path``): where a run's checkpoints go, and the stale runs removed."""
 
 from pipeline.artifacts import RunDir
-from pipeline.checkpoints import prepare_storage
+from pipeline.training.checkpoints import prepare_storage
 
 
 def test_storage_is_the_run_folder_or_under_storage_path_by_run_name(tmp_path):

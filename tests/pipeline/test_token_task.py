@@ -18,11 +18,11 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from core.schema import TaskKind
-from pipeline import data
-from pipeline.collate import Collate
+from pipeline.stages import data
+from pipeline.training.collate import Collate
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
-from pipeline.config_loading import validate_config
+from pipeline.config.loading import validate_config
 from core.errors import ConfigError, DataError
 from pipeline.runner import run_pipeline
 from students.base import BuildInputs

@@ -2,7 +2,7 @@
 2 CPUs and a worker node with 3, one machine), and a worker node lost during labeling.
 
 The sizes force spreading: a label actor of ``cpus_per_actor: 2`` fits once per node, and two
-train workers reserve 2 CPUs each (:func:`pipeline.train.worker_cpus` of 5 CPUs), which no node
+train workers reserve 2 CPUs each (:func:`pipeline.stages.train.worker_cpus` of 5 CPUs), which no node
 holds twice.
 """
 
@@ -18,7 +18,7 @@ from test_label_actor_kill import ROWS, SHARD_ROWS, check_every_row_once, label_
 from test_train import build_run
 
 from core.artifacts import read_json
-from pipeline import label, train
+from pipeline.stages import label, train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,203 @@
+"""``distill``: the command line.
+
+    distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
+                  (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
+    distill validate CONFIG [--set key=value ...]
+    distill presets
+    distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--gpus N] [--wait]
+    distill status NAME --address http://HOST:8265
+    distill logs NAME --address http://HOST:8265 [--follow]
+    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
+    distill bench readback CONFIG [--set key=value ...]
+    distill bench latency CONFIG [--set key=value ...]
+    distill sweep CONFIG --set-grid train.key=v1,v2,... [--set-grid ...] [--set key=value ...] [--metric NAME]
+
+CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
+(bad config, bad data, missing artifact) prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from pipeline.observability.console import quiet_import_noise, run_logging, setup_logging
+
+quiet_import_noise()  # before the imports below bring in torch and transformers
+
+from pipeline.config.loading import load_config, preset_names  # noqa: E402
+from core.errors import ConfigError, DistillError  # noqa: E402
+
+
+def layer_pair(text: str) -> tuple[int, int]:
+    """``"3,6"`` -> ``(3, 6)``; argparse reports a ValueError as a usage error."""
+    first, second = (int(part) for part in text.split(","))
+    return first, second
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``distill``."""
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run a distillation, reusing finished stages"), ("validate", "check a config")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("config", help="preset name or YAML file")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    submit = commands.add_parser("submit", help="run on a Ray cluster through its Jobs API; a resubmission resumes")
+    submit.add_argument("config", help="preset name or YAML file; validated here, run there as resolved here")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--data-dir", help="the cluster's data folder for relative data paths ($DISTILL_DATA_DIR there)")
+    submit.add_argument("--wait", action="store_true", help="wait for the job; exit 2 if it fails")
+    submit.add_argument("--gpus", type=float, default=0,
+                        help="GPUs for the driver, which runs the fine-tune stage (1 puts it on a GPU worker)")
+    for name, text in (("status", "the latest job of a run"), ("logs", "the logs of a run's latest job")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("name", help="the run's name")
+    commands.choices["logs"].add_argument("--follow", action="store_true", help="print until the job finishes")
+    for name in ("submit", "status", "logs"):
+        commands.choices[name].add_argument("--address", required=True, help="the head's dashboard, http://HOST:8265")
+    for name in ("run", "submit"):
+        commands.choices[name].add_argument(
+            "--until", default="benchmark", help="last stage to run (data, finetune, label, train, evaluate, and the "
+                                                 "optional prune, export, quantize, benchmark when the config has "
+                                                 "their sections)")
+    commands.choices["run"].add_argument("--force", action="append", default=[], metavar="STAGE",
+                                         help="redo this stage and the ones after it")
+    commands.add_parser("presets", help="list the presets shipped with the package")
+    bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
+    bench.add_argument("what", choices=["label", "readback", "latency"],
+                       help="label: the label stage against a naive transformers loop; readback: memory of "
+                            "streaming the label shards into training batches, a quarter of them against all; "
+                            "latency: the benchmark stage's measurement of every variant, against the teacher's "
+                            "best variant")
+    bench.add_argument("config", help="preset name or YAML file of a run that has finished its finetune stage "
+                                      "(label: --until finetune; readback: --until label; latency: --until quantize, "
+                                      "the benchmark section's settings)")
+    bench.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
+    bench.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
+                       help="two teacher layers whose hidden states and attention maps the third way emits "
+                            "(default 3,6)")
+    bench.add_argument("--logits-only", action="store_true",
+                       help="label: leave out the third way (a whole split's hidden states take gigabytes)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep = commands.add_parser("sweep", help="grid search over train.* settings on a run's soft labels (Ray Tune); "
+                                              "prints a table of dev scores, writes sweep/results.json")
+    sweep.add_argument("config", help="preset name or YAML file of a run that has finished its label stage")
+    sweep.add_argument("--set-grid", dest="grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="values of one train.* setting to try, e.g. train.loss.temperature=1,2,4 (repeatable: "
+                            "every combination is a trial)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field for every trial")
+    sweep.add_argument("--metric", default=None, help="dev score to rank by: accuracy (sequence tasks; the default) "
+                                                      "or entity_f1 (the default), entity_precision, entity_recall")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``distill``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(None)
+    with contextlib.ExitStack() as logs:  # a run's log setup, undone when the command ends
+        return run_command(args, logs)
+
+
+def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
+    """Carry out one parsed command; ``logs`` holds the run's :func:`run_logging` once it has a run."""
+    try:
+        if args.command == "presets":
+            print("\n".join(preset_names()))
+            return 0
+        if args.command == "sweep":
+            return run_sweep(args, logs)
+        if args.command in ("status", "logs"):
+            return follow_job(args)
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            print(f"{args.config}: valid; run directory {cfg.run_dir}")
+            return 0
+        if args.command == "submit":
+            return submit_job(cfg, args)
+        if args.command == "bench":
+            if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
+                raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
+            out_file = cfg.run_dir / "bench" / f"{args.what}.json"
+            logs.enter_context(run_logging(cfg.run_dir / "logs"))
+            if args.what == "label":
+                from pipeline.cli import bench_label as bench
+
+                layers = None if args.logits_only else args.emit_layers
+                print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers)))
+            elif args.what == "readback":
+                from pipeline.cli import bench_readback
+
+                print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
+            else:
+                from pipeline.stages import benchmark
+                from pipeline.evaluation import report_compress
+
+                print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
+            print(f"written: {out_file}")
+            return 0
+        log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))  # before the stages' imports, which log
+        print(f"log: {log_file}", file=sys.stderr)
+        from pipeline.runner import run_pipeline
+
+        manifests = run_pipeline(cfg, until=args.until, force=tuple(args.force))
+        if "evaluate" in manifests:  # the report is written with the evaluate stage
+            print(f"report: {cfg.run_dir / 'report.md'}")
+        return 0
+    except DistillError as exc:
+        # an error raised in a Ray actor or task arrives wrapped (ray.exceptions.RayTaskError, a
+        # subclass of the error's type whose text holds the remote traceback); print the error itself
+        cause = getattr(exc, "cause", None)
+        print(f"distill: error: {cause if isinstance(cause, DistillError) else exc}", file=sys.stderr)
+        return 2
+
+
+def run_sweep(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
+    """``distill sweep``: plan and check every trial, then run them (:mod:`pipeline.cli.sweep`); print the table."""
+    from pipeline.cli import sweep
+    from pipeline.artifacts import RunDir
+
+    trials, metric = sweep.prepare(args.config, args.grid, args.overrides, args.metric)
+    cfg = trials[0].cfg
+    log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))
+    print(f"log: {log_file}", file=sys.stderr)
+    rows = sweep.run_sweep(trials, metric)
+    print(sweep.render(rows))
+    print(f"written: {RunDir(cfg.run_dir).sweep_results}")
+    return 0
+
+
+def submit_job(cfg, args: argparse.Namespace) -> int:
+    """``distill submit``: submit, then (with ``--wait``) follow the job to its end."""
+    from pipeline.cli import submit
+
+    job_id = submit.submit(cfg, args.address, args.data_dir, args.until, args.gpus)
+    print(f"submitted {job_id}; follow it with `distill logs {cfg.name} --address {args.address} --follow`")
+    if args.wait:
+        client = submit.connect(args.address)
+        job = submit.wait(client, job_id)
+        submit.raise_if_failed(client, job)
+        print(submit.status_line(job))
+    return 0
+
+
+def follow_job(args: argparse.Namespace) -> int:
+    """``distill status`` and ``distill logs`` of a run's latest job."""
+    from pipeline.cli import submit
+
+    client = submit.connect(args.address)
+    job = submit.latest_attempt(client, args.name, args.address)
+    if args.command == "logs":
+        submit.print_logs(client, job.submission_id, args.follow)
+        return 0
+    submit.raise_if_failed(client, job)
+    print(submit.status_line(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

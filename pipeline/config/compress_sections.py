@@ -1,0 +1,101 @@
+"""Config sections of the compression and shipping stages: ``prune``, ``export``, ``quantize``
+and ``benchmark``, each optional (a run without the section skips the stage).
+
+Each stage takes the run's models (the teacher, the distilled and CE-only students, and the
+pruned models of ``prune``) and writes variants beside them; ``benchmark`` measures every
+variant the same way (see :mod:`pipeline.evaluation.variants`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config import Section
+
+PrunableModel = Literal["teacher", "kd"]
+"""Models the prune stage can prune: the teacher, and the distilled student when it is a transformer."""
+
+ExportFormat = Literal["onnx", "executorch"]
+QuantizeMethod = Literal["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8"]
+
+
+class PruneConfig(Section):
+    """Stage ``prune``: structured pruning of BERT-style models, then KD recovery.
+
+    Attention heads and FFN neurons go by importance (Michel et al. 2019: |d loss / d mask| on
+    ``score_rows`` transfer-set rows against the teacher's soft labels), iteratively over
+    ``iterations`` steps (prune a share, re-score, repeat; TextPruner), until ``heads`` and
+    ``ffn`` of them are gone; ``vocabulary`` keeps only the WordPiece ids of the transfer set.
+    The weights are sliced out, so parameters and latency drop. Each pruned model is then
+    recovered by KD on the stored soft labels (``recovery_epochs`` over the transfer set, or
+    its first ``recovery_rows`` rows). With ``layer_drop`` the teacher's top layers are also
+    dropped and the rest fine-tuned again on the labeled rows without KD (Sajjad et al. 2020),
+    a compression baseline without a student.
+    """
+
+    models: list[PrunableModel] = Field(default_factory=lambda: ["teacher", "kd"], min_length=1)
+    heads: float = Field(default=0.4, ge=0, lt=1, description="fraction of attention heads to remove")
+    ffn: float = Field(default=0.5, ge=0, lt=1, description="fraction of FFN intermediate neurons to remove")
+    vocabulary: bool = Field(default=True, description="keep only the WordPiece ids the transfer set uses (other "
+                                                       "ids become [UNK]; the stage reports the dev cost)")
+    iterations: int = Field(default=4, gt=0, description="prune-and-rescore steps")
+    score_rows: int = Field(default=512, gt=0, description="transfer-set rows that score importance")
+    recovery_epochs: float = Field(default=1.0, ge=0, description="KD epochs over the recovery rows; 0 = none")
+    recovery_rows: int | None = Field(default=None, gt=0, description="first transfer-set rows; None = all")
+    lr: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    temperature: float = Field(default=2.0, gt=0)
+    layer_drop: int | None = Field(default=None, gt=0, description="teacher layers to drop (top) for the "
+                                                                    "layer-dropping baseline; None = no baseline")
+    sensitivity: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8],
+                                     description="fractions of heads and of FFN neurons pruned one-shot for the "
+                                                 "sensitivity curves; [] = none")
+
+
+class ExportConfig(Section):
+    """Stage ``export``: every model of the run to ONNX (dynamic batch and sequence axes) and to an
+    ExecuTorch ``.pte`` through XNNPACK (a fixed padded length where dynamic shapes fail), each
+    checked for parity against PyTorch on dev rows at batch sizes and lengths not used when
+    exporting (max |logit difference| <= ``atol``)."""
+
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "executorch"], min_length=1)
+    atol: float = Field(default=1e-4, gt=0, description="fp32 parity bound on logits")
+    parity_rows: int = Field(default=64, gt=0, description="dev rows of the parity check")
+
+
+class QuantizeConfig(Section):
+    """Stage ``quantize``: ONNX Runtime dynamic int8 and static int8 (QDQ, calibrated on
+    ``calibration_rows`` transfer-set rows), fp16 weights, and PyTorch dynamic int8 as a
+    baseline, of every ONNX export. A variant that agrees with its fp32 parent on fewer than
+    ``min_agreement`` of the parity rows' predictions is kept for the benchmark, flagged and
+    warned about (an unreadable or mismatched file fails the stage)."""
+
+    methods: list[QuantizeMethod] = Field(
+        default_factory=lambda: ["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8"], min_length=1)
+    calibration_rows: int = Field(default=256, gt=0)
+    calibration: Literal["minmax", "percentile"] = "minmax"
+    per_channel: bool = True
+    min_agreement: float = Field(default=0.9, ge=0, le=1)
+
+
+class BenchmarkConfig(Section):
+    """Stage ``benchmark``: every variant of the run in one process: dev accuracy, batch-1 p50/p99
+    latency (ms) over the first ``latency_rows`` dev sentences, throughput at ``batch_size``
+    (examples/s), with each thread count of ``threads`` (0 = all cores), size on disk (MB) and
+    peak RSS (MB); a table, JSON and an accuracy-latency Pareto plot in the report."""
+
+    runs: int = Field(default=200, gt=0, description="timed batch-1 runs per variant and thread count")
+    warmup: int = Field(default=20, ge=0)
+    latency_rows: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    throughput_runs: int = Field(default=5, gt=0, description="timed batches for throughput")
+    threads: list[int] = Field(default_factory=lambda: [1, 0], min_length=1,
+                               description="torch/ORT/ExecuTorch threads; 0 = all cores")
+
+    @model_validator(mode="after")
+    def _threads_not_negative(self) -> "BenchmarkConfig":
+        if any(t < 0 for t in self.threads):
+            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
+        return self

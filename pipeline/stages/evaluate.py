@@ -1,0 +1,148 @@
+"""Stage ``evaluate``: dev (and test) scores, parameters, size on disk and batch-1 CPU latency.
+
+Measures the fine-tuned teacher, the distilled student (``kd``) and, when trained, the
+CE-only twin (``ce_only``) on the same rows and the same sentences for latency, each with
+its own featurisation (the teacher's tokenizer, or the student's ``featurize``), on this
+machine's CPU. The rows are those of the run's tasks (:func:`pipeline.tasks.run_tasks`): a
+single-task run's own, or every source run's of a multi-task run, whose teachers were
+measured by their own runs. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
+precision and recall (:mod:`pipeline.evaluation.entity_metrics`), the teacher tagging each word with
+its first sub-token (:class:`teachers.token_alignment.WordTagger`).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import ArtifactError
+from pipeline.artifacts import RunDir
+from pipeline.config.sections import EvaluateConfig, MultiTaskRunConfig, RunConfig
+from pipeline.evaluation.latency import batch1_latency_ms
+from pipeline.evaluation.scoring import Split, featurize_for, logits_of, predict, read_split, score, teacher_model
+from pipeline.tasks import Task, run_tasks
+from students.base import META_FILE, Student
+from students.registry import load_student
+
+log = logging.getLogger(__name__)
+
+STUDENT_KINDS = ("kd", "ce_only")
+
+LATENCY_ROWS = 100
+"""Dev rows whose batch-1 forward passes are timed, cycled."""
+
+
+def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
+    """Score every model of the run on each task's dev split (and test split when its run has one),
+    and measure parameters, size and batch-1 latency on the first task's dev rows.
+
+    The models are the trained students (``kd``, ``ce_only``) and, when the run fine-tuned it,
+    the teacher; a multi-task run's teachers are its source runs', whose scores come from those
+    runs' evaluate stages.
+
+    Returns:
+        For a single-task run (one unnamed task): ``{"dev_rows", ["test_rows",] "hardware",
+        "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``; ``score_keys`` lists the
+        score entries of each metrics dict, ``<split>_<score>`` with the scores of :func:`score`
+        (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...), and each metrics dict
+        also holds ``parameters``, ``size_mb`` and ``latency`` (see
+        :func:`pipeline.evaluation.latency.batch1_latency_ms`).
+        For named tasks: ``{"tasks": {task: {"kind", "score_keys", "teacher": {score: value} or
+        None, "kd"/"ce_only": {score: value}}}, "models": {kind: {"parameters", "size_mb",
+        "latency"}}, "latency_task", "hardware"}``; the teacher's scores are None when its run
+        has not been evaluated.
+
+    Raises:
+        ArtifactError: a multi-task run has no KD student (run the train stage first), or a
+            source run is missing or unfinished.
+    """
+    torch.manual_seed(cfg.seed)
+    tasks = run_tasks(cfg, run_dir)
+    models = {name: (student, student.featurize, run_dir.student_dir(name))
+              for name, student in trained_students(run_dir).items()}
+    if cfg.runs_stage("finetune"):  # the run's own teacher, measured beside its students
+        models = {"teacher": teacher_model(run_dir.teacher_dir, cfg.teacher.max_length, cfg.data.task), **models}
+    if not models.keys() & {"teacher", "kd"}:
+        raise ArtifactError(run_dir.student_dir("kd"), "missing; run the train stage first")
+    splits = {task.name: task_splits(task) for task in tasks}
+    scores = {task.name: {name: task_scores(name, model, featurize_for(featurize, task.name), splits[task.name], task)
+                          for name, (model, featurize, _) in models.items()} for task in tasks}
+    first = tasks[0]
+    measured = {name: measure(model, featurize_for(featurize, first.name), folder, splits[first.name]["dev"],
+                              cfg.evaluate) for name, (model, featurize, folder) in models.items()}
+    for name, row in measured.items():
+        log.info("evaluate: %s, %d parameters, %.1f MB, p50 %.2f ms", name, row["parameters"], row["size_mb"],
+                 row["latency"]["p50_ms"])
+    if first.name is None:
+        return {**{f"{name}_rows": len(split.texts) for name, split in splits[None].items()}, "hardware": hardware(),
+                "score_keys": list(next(iter(scores[None].values()))),
+                "models": {name: {**scores[None][name], **measured[name]} for name in models}}
+    return {"tasks": {task.name: named_task_results(task, scores[task.name]) for task in tasks},
+            "models": measured, "latency_task": first.name, "hardware": hardware()}
+
+
+def trained_students(run_dir: RunDir) -> dict[str, Student]:
+    """The run's trained students that exist (``kd``, ``ce_only``), loaded in eval mode."""
+    return {kind: load_student(run_dir.student_dir(kind)) for kind in STUDENT_KINDS
+            if run_dir.student_dir(kind).joinpath(META_FILE).exists()}
+
+
+def task_splits(task: Task) -> dict[str, Split]:
+    """The task's dev split, and its test split when its run configures one."""
+    names = ["dev"] + (["test"] if task.cfg.data.test is not None else [])
+    return {name: read_split(task.run_dir.split_file(name), task.kind) for name in names}
+
+
+def task_scores(name: str, model: nn.Module, featurize: Callable, splits: dict[str, Split],
+                task: Task) -> dict[str, float]:
+    """Model ``name``'s scores on a task's splits, ``{<split>_<score>: value}`` rounded to 4 places
+    (see :func:`score`)."""
+    scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
+              for key, value in score(predict(model, featurize, split), split.gold, task.tag_names).items()}
+    log.info("evaluate: %s on %s: %s", name, task.name or "the run's task",
+             ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return scores
+
+
+def named_task_results(task: Task, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One task of a multi-task run: ``{"kind", "kd"/"ce_only": scores, "score_keys", "teacher"}``;
+    the teacher's scores are its source run's evaluate stage's (None when that has not run)."""
+    keys = list(scores["kd"])
+    teacher = task.run_dir.manifest("evaluate")
+    return {"kind": task.kind.value, **scores, "score_keys": keys,
+            "teacher": {key: teacher["models"]["teacher"].get(key) for key in keys} if teacher else None}
+
+
+def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg: EvaluateConfig) -> dict[str, Any]:
+    """Parameter count, weight-file size (MB) and batch-1 latency (ms) of one model.
+
+    Args:
+        model: a teacher or student in eval mode; called as ``model(**featurize(texts))``.
+        featurize: texts (and pairs) -> the model's input tensors, padded per batch.
+        folder: where its weights lie (``*.safetensors`` are counted).
+        dev: the dev split; its first :data:`LATENCY_ROWS` rows are timed one at a time.
+        cfg: the ``evaluate`` section (``latency_runs``, ``latency_warmup``).
+    """
+    singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None)
+               for i in range(min(LATENCY_ROWS, len(dev.texts)))]
+    latency = batch1_latency_ms(lambda b: logits_of(model, b), singles,
+                                cfg.latency_runs, cfg.latency_warmup)
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "size_mb": round(weights / 2**20, 2), "latency": latency}
+
+
+def hardware() -> dict[str, Any]:
+    """What the latency was measured on: CPU model, torch threads, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}

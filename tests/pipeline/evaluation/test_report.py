@@ -1,0 +1,71 @@
+"""report.md and metrics.json from stage manifests."""
+
+from pipeline.evaluation import report
+from core.artifacts import read_json
+from pipeline.artifacts import RunDir
+
+
+def model(acc, params, p50):
+    return {"dev_accuracy": acc, "parameters": params, "size_mb": params * 4 / 2**20,
+            "latency": {"p50_ms": p50, "p99_ms": p50 * 2, "mean_ms": p50}}
+
+
+def test_report_has_every_model_and_stage(tmp_path):
+    # manifests in the layout the stages write today (data: unlabeled_rows; evaluate: score_keys)
+    run = RunDir(tmp_path)
+    run.publish("data", "a", {"train": {"rows": 10, "unlabeled_rows": 0, "label_counts": {"0": 4, "1": 6}},
+                              "dev": {"rows": 5, "unlabeled_rows": 0, "label_counts": {"0": 2, "1": 3}},
+                              "transfer": {"rows": 30, "unlabeled_rows": 20,
+                                           "label_counts": {"-1": 20, "0": 4, "1": 6}}}, 1.0)
+    run.publish("finetune", "b", {"steps": 3, "final_loss": 0.5}, 4.0)
+    run.publish("evaluate", "c", {"dev_rows": 5, "score_keys": ["dev_accuracy"],
+                                  "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
+                                  "models": {"teacher": model(0.9, 1000, 8.0), "kd": model(0.8, 100, 2.0),
+                                             "ce_only": model(0.7, 100, 4.0)}}, 2.0)
+    metrics = report.write(run, "demo", ["data", "finetune", "evaluate"])
+    lines = run.report_file.read_text().splitlines()
+    assert lines[0] == "# Distillation report: demo"
+    assert "| model | dev accuracy | parameters | size (MB) | batch-1 p50 (ms) | p99 (ms) | speed-up vs teacher |" in lines
+    assert "| teacher (fine-tuned) | 0.9000 | 1,000 | 0.0 | 8.00 | 16.00 | 1.0x |" in lines
+    assert "| student, KD | 0.8000 | 100 | 0.0 | 2.00 | 4.00 | 4.0x |" in lines
+    assert "| student, CE only | 0.7000 | 100 | 0.0 | 4.00 | 8.00 | 2.0x |" in lines
+    assert "Labeled train rows: 10; transfer set: 30 rows (20 without a hard label)." in lines
+    assert [line for line in lines if line.startswith("| data") or line.startswith("| finetune")
+            or line.startswith("| evaluate")] == ["| data | 1.0 |", "| finetune | 4.0 |", "| evaluate | 2.0 |"]
+    assert read_json(run.metrics_file) == metrics == {s: run.manifest(s) for s in ("data", "finetune", "evaluate")}
+
+
+def test_report_of_a_token_task_has_every_score_column(tmp_path):
+    run = RunDir(tmp_path)
+    run.publish("data", "a", {"train": {"rows": 10}, "transfer": {"rows": 30, "unlabeled_rows": 20,
+                                                                  "label_counts": {"0": 200, "1": 40}}}, 1.0)
+    scores = {"dev_entity_f1": 0.91, "dev_entity_precision": 0.9, "dev_entity_recall": 0.92, "test_entity_f1": 0.88}
+    run.publish("evaluate", "b", {"dev_rows": 5, "test_rows": 6, "score_keys": list(scores),
+                                  "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
+                                  "models": {"teacher": {**model(0, 1000, 8.0), **scores}}}, 2.0)
+    text = report.write(run, "ner", ["data", "evaluate"]) and run.report_file.read_text()
+    assert ("| model | dev entity F1 | dev entity precision | dev entity recall | test entity F1 | parameters |"
+            in text)
+    assert "| teacher (fine-tuned) | 0.9100 | 0.9000 | 0.9200 | 0.8800 | 1,000 |" in text
+    assert "Dev rows: 5; test rows: 6." in text and "(20 without a hard label)" in text
+
+
+def test_report_of_several_tasks_has_a_row_per_task_and_score(tmp_path):
+    run = RunDir(tmp_path)
+    latency = {"p50_ms": 1.5, "p99_ms": 3.0, "mean_ms": 1.5}
+    run.publish("train", "a", {"kd": {"best_dev_score": 0.9}}, 3.0)
+    run.publish("evaluate", "b", {
+        "tasks": {"sst": {"kind": "sentence", "kd": {"dev_accuracy": 0.85}, "ce_only": {"dev_accuracy": 0.8},
+                          "score_keys": ["dev_accuracy"], "teacher": {"dev_accuracy": 0.9}},
+                  "ner": {"kind": "token", "kd": {"dev_entity_f1": 0.7}, "score_keys": ["dev_entity_f1"],
+                          "teacher": None}},
+        "models": {"kd": {"parameters": 1234, "size_mb": 0.5, "latency": latency}},
+        "latency_task": "sst", "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"}}, 2.0)
+    report.write(run, "mt", ["train", "evaluate"])
+    lines = run.report_file.read_text().splitlines()
+    assert lines[0] == "# Multi-task distillation report: mt"
+    assert "| sst | dev accuracy | 0.9000 | 0.8500 | 0.8000 |" in lines
+    assert "| ner | dev entity f1 | - | 0.7000 | - |" in lines
+    assert "Batch-1 latency on sst dev rows." in lines
+    assert "| student, KD | 1,234 | 0.5 | 1.50 | 3.00 |" in lines
+    assert lines[-2:] == ["| train | 3.0 |", "| evaluate | 2.0 |"]

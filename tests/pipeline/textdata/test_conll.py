@@ -1,0 +1,91 @@
+"""Tests of pipeline/textdata/conll.py: tagged-sentence tables from CoNLL-2003-format files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.textdata.conll import CONLL2003_TAGS, read_conll
+from core.errors import DataError
+
+DATA = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[4] / "shared" / "data"))
+
+TINY = (
+    "-DOCSTART- -X- -X- O\n"
+    "\n"
+    "EU NNP B-ORG\n"
+    "rejects VBZ O\n"
+    "German JJ B-MISC\n"
+    "\n"
+    "Peter NNP B-PER\n"
+    "Blackburn NNP I-PER\n"
+    "\n"
+)
+
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_reads_sentences_tokens_and_tag_ids(tmp_path):
+    table = read_conll(write(tmp_path, TINY))
+    assert table.column_names == ["id", "tokens", "tags"]
+    assert table["id"] == [0, 1]
+    assert table["tokens"] == [["EU", "rejects", "German"], ["Peter", "Blackburn"]]
+    assert table["tags"] == [[3, 0, 7], [1, 2]]
+    assert table.features["tags"].feature.names == list(CONLL2003_TAGS)
+    assert str(table.data.schema.field("tags").type) == "list<item: int64>"
+
+
+def test_last_sentence_needs_no_final_blank_line_and_four_columns_take_the_last(tmp_path):
+    table = read_conll(write(tmp_path, "EU NNP B-NP B-ORG\nsays VBZ B-VP O"))
+    assert table["tokens"] == [["EU", "says"]]
+    assert table["tags"] == [[3, 0]]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("EU NNP B-ORG\nrejects O\n", 2, ["line 2", "2 field(s)", "expected at least 3"]),
+    ("EU NNP B-ORG\n\nPeter NNP B-PERSON\n", 3, ["line 3", "'B-PERSON'", "'I-MISC'"]),
+    ("EU NNP B-ORG\n\n\nPeter NNP B-PER\n", 3, ["line 3", "empty sentence", "blank lines 2 and 3"]),
+])
+def test_bad_lines_are_named(tmp_path, text, line, words):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as error:
+        read_conll(path)
+    assert error.value.path == path
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    path = write(tmp_path, "EU NNP B-ORG\n\nM\xfcller NNP B-PER\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"tiny.txt: line 3 is not UTF-8"):
+        read_conll(path)
+
+
+def test_missing_empty_and_sentence_less_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_conll(tmp_path / "absent.txt")
+    with pytest.raises(DataError, match="tiny.txt: the file is empty"):
+        read_conll(write(tmp_path, ""))
+    with pytest.raises(DataError, match="holds no sentence"):
+        read_conll(write(tmp_path, "-DOCSTART- -X- -X- O\n\n"))
+
+
+def test_custom_label_set(tmp_path):
+    table = read_conll(write(tmp_path, "EU NNP ORG\nsays VBZ O\n"), tags=("O", "ORG"))
+    assert table["tags"] == [[1, 0]]
+    assert table.features["tags"].feature.names == ["O", "ORG"]
+
+
+@pytest.mark.skipif(not (DATA / "conll2003" / "dev.txt").exists(),
+                    reason=f"CoNLL-2003 not found under {DATA}; set DISTILL_DATA_DIR")
+def test_real_conll2003_dev():
+    table = read_conll(DATA / "conll2003" / "dev.txt")
+    assert len(table) == 3250
+    assert table["tokens"][0][:3] == ["CRICKET", "-", "LEICESTERSHIRE"]
+    assert {tag for row in table["tags"] for tag in row} == set(range(len(CONLL2003_TAGS)))
