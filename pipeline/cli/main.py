@@ -4,6 +4,7 @@
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
+    distill teacher list | install NAME
     distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--gpus N] [--wait]
     distill status NAME --address http://HOST:8265
     distill logs NAME --address http://HOST:8265 [--follow]
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["run"].add_argument("--force", action="append", default=[], metavar="STAGE",
                                          help="redo this stage and the ones after it")
     commands.add_parser("presets", help="list the presets shipped with the package")
+    teacher = commands.add_parser("teacher", help="teachers by name: list the catalogue, install one offline")
+    teacher.add_argument("action", choices=["install", "list"])
+    teacher.add_argument("name", nargs="?", help="install: the teacher's name (distill teacher list)")
     bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
     bench.add_argument("what", choices=["label", "readback", "latency"],
                        help="label: the label stage against a naive transformers loop; readback: memory of "
@@ -109,6 +113,8 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
         if args.command == "presets":
             print("\n".join(preset_names()))
             return 0
+        if args.command == "teacher":
+            return teacher_command(args)
         if args.command == "sweep":
             return run_sweep(args, logs)
         if args.command in ("status", "logs"):
@@ -154,6 +160,23 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
         cause = getattr(exc, "cause", None)
         print(f"distill: error: {cause if isinstance(cause, DistillError) else exc}", file=sys.stderr)
         return 2
+
+
+def teacher_command(args: argparse.Namespace) -> int:
+    """``distill teacher list`` prints the catalogue and where each teacher is installed;
+    ``distill teacher install NAME`` installs one (:func:`teachers.catalog.install`)."""
+    from teachers import catalog
+
+    if args.action == "list":
+        for name, entry in catalog.CATALOG.items():
+            folder = catalog.teacher_cache() / name
+            state = f"installed in {folder}" if (folder / "config.json").is_file() else "not installed"
+            print(f"{name}: {entry.description}; {state}")
+        return 0
+    if not args.name:
+        raise ConfigError("distill teacher install needs a name; distill teacher list shows them")
+    print(f"{args.name}: installed in {catalog.install(catalog.catalogued(args.name))}")
+    return 0
 
 
 def run_sweep(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
