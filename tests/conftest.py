@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import ray
+
+DATA_DIR = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+"""The real data sets (``sst2/``, ``conll2003/``): ``$DISTILL_DATA_DIR``, else ``../shared/data``."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data(*files): the test reads these files under DATA_DIR; "
+                                       "skipped where one is missing, an error in CI (CI=true)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of a ``shared_data`` test: a missing data file skips it, or, in CI
+    (``CI=true``), fails it with one line naming the file and the fix, so that CI cannot pass
+    without the real-data tests."""
+    for mark in item.iter_markers("shared_data"):
+        missing = [name for name in mark.args if not (DATA_DIR / name).exists()]
+        if missing:
+            message = f"{DATA_DIR / missing[0]} not found; set DISTILL_DATA_DIR to the folder holding sst2/ and conll2003/"
+            if os.environ.get("CI", "").lower() in ("true", "1"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """:data:`DATA_DIR`, for tests marked ``shared_data``."""
+    return DATA_DIR
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.textdata.conll import CONLL2003_TAGS, read_conll
 from core.errors import DataError
-
-DATA = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[4] / "shared" / "data"))
 
 TINY = (
     "-DOCSTART- -X- -X- O\n"
@@ -82,10 +79,9 @@ def test_custom_label_set(tmp_path):
     assert table.features["tags"].feature.names == ["O", "ORG"]
 
 
-@pytest.mark.skipif(not (DATA / "conll2003" / "dev.txt").exists(),
-                    reason=f"CoNLL-2003 not found under {DATA}; set DISTILL_DATA_DIR")
-def test_real_conll2003_dev():
-    table = read_conll(DATA / "conll2003" / "dev.txt")
+@pytest.mark.shared_data("conll2003/dev.txt")
+def test_real_conll2003_dev(data_dir):
+    table = read_conll(data_dir / "conll2003" / "dev.txt")
     assert len(table) == 3250
     assert table["tokens"][0][:3] == ["CRICKET", "-", "LEICESTERSHIRE"]
     assert {tag for row in table["tags"] for tag in row} == set(range(len(CONLL2003_TAGS)))
