@@ -1,6 +1,7 @@
 """What every stage that scores a model shares: the dev rows, the scorer and batched prediction.
 
-One reader of a data-stage split (:func:`read_split`), one scorer (:func:`score`, accuracy or
+One reader of a data-stage split (:func:`read_split`), one place that turns logits into
+predictions of rows or words (:func:`predicted_classes`), one scorer (:func:`score`, accuracy or
 entity-level F1), one batched predictor (:func:`predict`, :func:`predict_with`), used by the
 evaluate, prune and benchmark stages and by the training loop's dev scoring.
 """
@@ -77,6 +78,33 @@ def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str,
     return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
 
 
+def predicted_classes(logits: torch.Tensor | np.ndarray, word_mask: torch.Tensor | np.ndarray | None = None) -> list:
+    """The argmax class of each row, or of each real word of each row: what :func:`score` takes.
+
+    Args:
+        logits: float [B, C] (one label per row) or [B, W, C] (word taggers), a torch tensor (any
+            device or dtype) or a numpy array.
+        word_mask: bool [B, W], the words of each row to keep (None: all W); only for [B, W, C].
+
+    Returns:
+        B class ids, or B lists of tag ids (one per kept word, in order).
+    """
+    best = _numpy(logits.argmax(-1))  # [B] or [B, W] int64
+    if best.ndim == 1:
+        return best.tolist()
+    return word_rows(best, np.ones(best.shape, dtype=bool) if word_mask is None else word_mask)
+
+
+def word_rows(values: torch.Tensor | np.ndarray, word_mask: torch.Tensor | np.ndarray) -> list[list[int]]:
+    """Each row's values [B, W] (tag ids) at its kept words (``word_mask`` bool [B, W]), as B lists."""
+    values, keep = _numpy(values), _numpy(word_mask).astype(bool)
+    return [row[kept].tolist() for row, kept in zip(values, keep)]
+
+
+def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
 def read_split(path: Path, kind: TaskKind, rows: int | None = None) -> Split:
     """The first ``rows`` rows (None: all) of a data-stage split table (``data/<split>.parquet``,
     the columns of ``kind``) as a :class:`Split`; the transfer set's unlabeled rows have gold -1."""
@@ -124,16 +152,19 @@ def predict(model: nn.Module, featurize: Callable, split: Split) -> list:
 def predict_with(logits_fn: Callable, featurize: Callable, split: Split, batch_size: int) -> list:
     """:func:`predict` through any runtime: ``logits_fn(featurize(texts, pairs))`` gives logits
     [b, C] or [b, W, C] (a torch tensor or a numpy array) of ``batch_size`` rows at a time,
-    taken in length order."""
+    taken in length order; :func:`predicted_classes` turns them into predictions (a word list's
+    first W words, W the batch's word axis)."""
     texts, pairs = split.texts, split.pairs
     predictions: list = [None] * len(texts)
     order = np.argsort([len(t) + len(p or "") for t, p in zip(texts, pairs or [None] * len(texts))], kind="stable")
     for start in range(0, len(texts), batch_size):
         rows = order[start:start + batch_size]
         batch = featurize([texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None)
-        best = logits_fn(batch).argmax(-1)  # [b] or [b, W]
-        for j, row in enumerate(rows):
-            predictions[row] = best[j].item() if best.ndim == 1 else best[j, :len(texts[row])].tolist()
+        logits = logits_fn(batch)  # [b, C] or [b, W, C]
+        words = (np.arange(logits.shape[1]) < np.array([len(texts[i]) for i in rows])[:, None]
+                 if logits.ndim == 3 else None)  # [b, W]: each row's words, not the batch's padding
+        for row, prediction in zip(rows, predicted_classes(logits, words)):
+            predictions[row] = prediction
     return predictions
 
 
@@ -141,3 +172,4 @@ def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits float32 of a teacher or a student (both return an object with ``logits``):
     [B, C] for sentences, [B, W, C] for word taggers."""
     return model(**batch).logits.float()
+

@@ -34,7 +34,7 @@ from pipeline.training.checkpoints import MID_EPOCH_SCORE, is_deepspeed, report,
 from pipeline.training.collate import Batch, Collate
 from pipeline.config.sections import TrainConfig
 from students.terms import LossConfig
-from pipeline.evaluation.scoring import dev_metric_name, score
+from pipeline.evaluation.scoring import dev_metric_name, predicted_classes, score, word_rows
 from pipeline.observability.live_metrics import RowSink
 from pipeline.training.shards import layers_needed
 from students.base import Student, StudentOutput
@@ -283,24 +283,20 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def dev_score(student: Student, batches, precision: Precision, tag_names: list[str] | None) -> float:
-    """The dev score of :func:`pipeline.evaluation.scoring.score`: accuracy of the argmax logit, or, with
-    ``tag_names``, entity-level F1 of the argmax tag of every real word. The student is left in
-    training mode."""
+    """The dev score of :func:`pipeline.evaluation.scoring.score` over
+    :func:`pipeline.evaluation.scoring.predicted_classes`: accuracy of the argmax logit, or, with
+    ``tag_names``, entity-level F1 of the argmax tag of every real word (``student.word_mask``,
+    gold tags alike). The student is left in training mode."""
     student.eval()
     device = ray.train.torch.get_device()
     predicted, gold = [], []
     for batch in batches:
         batch = batch.to(device)
         with precision.autocast_context():
-            predictions = student(**batch.features).logits.argmax(dim=-1).cpu()  # [B] or [B, W]
-        labels = batch.labels.cpu()
-        if tag_names is None:
-            predicted += predictions.tolist()
-            gold += labels.tolist()
-        else:
-            real = student.word_mask(batch.features).cpu()  # [B, W]
-            predicted += [row[keep].tolist() for row, keep in zip(predictions, real)]
-            gold += [row[keep].tolist() for row, keep in zip(labels, real)]
+            logits = student(**batch.features).logits  # [B, C] or [B, W, C]
+        real = student.word_mask(batch.features) if tag_names is not None else None  # [B, W]
+        predicted += predicted_classes(logits, real)
+        gold += batch.labels.tolist() if real is None else word_rows(batch.labels, real)
     student.train()
     return score(predicted, gold, tag_names)[dev_metric_name(tag_names)]
 
