@@ -38,9 +38,11 @@ class Predictor(Protocol):
 
     Attributes:
         input_names: the features :meth:`predict` feeds the model, in the model's order.
+        threads: the threads it runs with (intra-op; process-wide for PyTorch and ExecuTorch).
     """
 
     input_names: list[str]
+    threads: int
 
     def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Logits float32 [B, C] (or [B, T, C]) of int64 features [B, T] (char_ids [B, W, L])."""
@@ -83,7 +85,7 @@ class OnnxRuntimePredictor:
     def __init__(self, path: str | Path, threads: int):
         import onnxruntime as ort
 
-        self.path = _model_file(path, "model.onnx")
+        self.path, self.threads = _model_file(path, "model.onnx"), threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -114,6 +116,7 @@ class PyTorchPredictor:
 
     def __init__(self, path_or_model: str | Path | nn.Module, threads: int):
         torch.set_num_threads(threads)
+        self.threads = threads
         self.model = path_or_model if isinstance(path_or_model, nn.Module) else load_model_folder(path_or_model)
         self.model.eval()
         parameters = inspect.signature(self.model.forward).parameters
@@ -173,7 +176,7 @@ class ExecuTorchPredictor:
             if not input_names:
                 raise ArtifactError(self.path.parent / META_FILE,
                                     "must list input_names, the .pte program's input order")
-        self.input_names = list(input_names)
+        self.input_names, self.threads = list(input_names), threads
         _unsafe_reset_threadpool(threads)
         try:
             program = Runtime.get().load_program(self.path)

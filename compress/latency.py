@@ -1,13 +1,31 @@
 """CPU latency, throughput, size and memory of a variant, and the machine they were measured on.
 
-    stats = measure(predictor, sentences_batch1, batch32, runs=200, warmup=20)
+    stats = measure(predictor, sentences_batch1, batch32, runs=RUNS, warmup=WARMUP)
     report = measure_variant("onnxruntime", "variants/int8", sentences_batch1, batch32, runs=200, warmup=20)
 
-Latency is wall-clock time of ``predict`` at batch 1 over real sentences, cycling through them
-(so lengths vary as in use); throughput is examples/s at batch 32. :func:`measure_variant` runs
-each thread count in a fresh spawned process, so one variant's allocations, thread pools and
-process-wide settings (``torch.set_num_threads``) never leak into another's numbers, and reports
-that process's peak RSS.
+How a batch-1 p50 is measured, by :func:`measure`, the one harness of the project: the evaluate
+stage times each model with it, the benchmark stage each variant at each thread count.
+
+- Rows: the first :data:`LATENCY_ROWS` dev rows (``benchmark.latency_rows``, default the same),
+  each featurized alone by the model's own featurizer, so every sentence keeps its own length
+  and no padding; fed in dev order and cycled.
+- Calls: ``warmup`` untimed calls, then ``runs`` timed ones (defaults :data:`WARMUP` and
+  :data:`RUNS`; ``evaluate.latency_warmup``/``latency_runs``, ``benchmark.warmup``/``runs``).
+  Each is one ``predictor.predict(features)`` (features in, logits out; PyTorch eagerly under
+  ``torch.inference_mode``), timed with ``time.perf_counter``, in the calling process, with the
+  model already loaded.
+- Figures: ``p50_ms`` and ``p99_ms`` are numpy percentiles (linear interpolation) of the ``runs``
+  wall-clock times in milliseconds, ``mean_ms`` their mean.
+- Threads: the count the predictor runs with (``torch.set_num_threads``, ONNX Runtime's intra-op
+  threads, ExecuTorch's threadpool), stated as ``threads`` in the result. The evaluate stage
+  keeps the process's torch thread count (``latency.threads`` in its metrics); the benchmark
+  stage loads each variant at each count of ``benchmark.threads``.
+
+So a model's p50 in the evaluate stage and in the benchmark stage at the same thread count
+measure the same thing, and differ only by what else the machine ran meanwhile. Throughput is
+examples/s at batch 32, when a batch is given. :func:`measure_variant` runs each thread count in
+a fresh spawned process, so one variant's allocations, thread pools and process-wide settings
+never leak into another's numbers, and reports that process's peak RSS.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -28,22 +47,30 @@ import psutil
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "fma")
 """Instruction-set flags that decide which int8/fp32 kernels ONNX Runtime and PyTorch pick."""
 PACKAGES = ("torch", "onnxruntime", "onnx", "executorch", "transformers", "numpy")
+LATENCY_ROWS = 100
+"""Dev rows timed at batch 1, cycled (the evaluate stage's, and ``benchmark.latency_rows``'s default)."""
+RUNS = 200
+"""Timed batch-1 calls per model and thread count, by default (``evaluate.latency_runs``, ``benchmark.runs``)."""
+WARMUP = 20
+"""Untimed calls before them, by default (``evaluate.latency_warmup``, ``benchmark.warmup``)."""
 
 
-def measure(predictor, feature_batches_batch1: list[dict[str, np.ndarray]], feature_batch32: dict[str, np.ndarray],
+def measure(predictor, feature_batches_batch1: list[dict[str, Any]], feature_batch32: dict[str, Any] | None,
             runs: int, warmup: int, throughput_runs: int | None = None) -> dict[str, float]:
-    """Batch-1 latency percentiles and batch-32 throughput of one loaded predictor.
+    """Batch-1 latency percentiles (as the module docstring says) and batch-32 throughput of one
+    loaded predictor.
 
     Args:
-        predictor: a :class:`compress.backends.Predictor`.
-        feature_batches_batch1: one feature dict per real sentence (int64 [1, T]), cycled through.
-        feature_batch32: one feature dict of 32 rows (int64 [32, T]).
+        predictor: a :class:`compress.backends.Predictor` (``predict`` and ``threads``).
+        feature_batches_batch1: one feature dict per real sentence ([1, T] int64 arrays or
+            tensors), cycled through.
+        feature_batch32: one feature dict of 32 rows ([32, T]); None measures no throughput.
         runs: timed batch-1 calls; warmup: untimed calls before them (and before throughput).
         throughput_runs: timed batch-32 calls; default max(3, runs // 10).
 
     Returns:
-        ``p50_ms``, ``p99_ms``, ``mean_ms`` (batch 1, milliseconds) and ``throughput_eps``
-        (examples per second at batch 32).
+        ``p50_ms``, ``p99_ms``, ``mean_ms`` (batch 1, milliseconds), ``threads`` (the predictor's
+        thread count) and, with a batch, ``throughput_eps`` (examples per second at batch 32).
 
     Raises:
         ValueError: no sentences, or runs < 1.
@@ -59,15 +86,22 @@ def measure(predictor, feature_batches_batch1: list[dict[str, np.ndarray]], feat
         start = time.perf_counter()
         predictor.predict(features)
         latencies_ms[i] = (time.perf_counter() - start) * 1e3
-    rows = len(next(iter(feature_batch32.values())))
-    throughput_runs = throughput_runs or max(3, runs // 10)
-    predictor.predict(feature_batch32)
+    stats = {"p50_ms": float(np.percentile(latencies_ms, 50)), "p99_ms": float(np.percentile(latencies_ms, 99)),
+             "mean_ms": float(latencies_ms.mean()), "threads": predictor.threads}
+    if feature_batch32 is None:
+        return stats
+    return stats | {"throughput_eps": throughput(predictor, feature_batch32, throughput_runs or max(3, runs // 10))}
+
+
+def throughput(predictor, feature_batch: dict[str, Any], runs: int) -> float:
+    """Examples per second of ``runs`` timed ``predictor.predict`` calls on one batch ([B, T]
+    features), after one untimed call."""
+    rows = len(next(iter(feature_batch.values())))
+    predictor.predict(feature_batch)
     start = time.perf_counter()
-    for _ in range(throughput_runs):
-        predictor.predict(feature_batch32)
-    seconds = time.perf_counter() - start
-    return {"p50_ms": float(np.percentile(latencies_ms, 50)), "p99_ms": float(np.percentile(latencies_ms, 99)),
-            "mean_ms": float(latencies_ms.mean()), "throughput_eps": rows * throughput_runs / seconds}
+    for _ in range(runs):
+        predictor.predict(feature_batch)
+    return rows * runs / (time.perf_counter() - start)
 
 
 def size_mb(path: str | Path) -> float:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from compress.latency import LATENCY_ROWS, RUNS, WARMUP
 from core.config import Section
 
 PrunableModel = Literal["teacher", "kd"]
@@ -82,13 +83,14 @@ class QuantizeConfig(Section):
 
 class BenchmarkConfig(Section):
     """Stage ``benchmark``: every variant of the run in one process: dev accuracy, batch-1 p50/p99
-    latency (ms) over the first ``latency_rows`` dev sentences, throughput at ``batch_size``
+    latency (ms) over the first ``latency_rows`` dev sentences (timed as :mod:`compress.latency` says,
+    as the evaluate stage times its models), throughput at ``batch_size``
     (examples/s), with each thread count of ``threads`` (0 = all cores), size on disk (MB) and
     peak RSS (MB); a table, JSON and an accuracy-latency Pareto plot in the report."""
 
-    runs: int = Field(default=200, gt=0, description="timed batch-1 runs per variant and thread count")
-    warmup: int = Field(default=20, ge=0)
-    latency_rows: int = Field(default=100, gt=0)
+    runs: int = Field(default=RUNS, gt=0, description="timed batch-1 runs per variant and thread count")
+    warmup: int = Field(default=WARMUP, ge=0)
+    latency_rows: int = Field(default=LATENCY_ROWS, gt=0)
     batch_size: int = Field(default=32, gt=0)
     throughput_runs: int = Field(default=5, gt=0, description="timed batches for throughput")
     threads: list[int] = Field(default_factory=lambda: [1, 0], min_length=1,

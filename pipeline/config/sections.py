@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from compress.latency import RUNS, WARMUP
 from core.config import Section
 from core.schema import TaskKind
 from pipeline.config.compress_sections import BenchmarkConfig, ExportConfig, PruneConfig, QuantizeConfig
@@ -272,10 +273,11 @@ class EvaluateConfig(Section):
     """Stage ``evaluate``: dev (and test) scores, size and batch-1 CPU latency of teacher and students.
 
     Scores are accuracy for sequence tasks, entity-level F1, precision and recall (seqeval)
-    for token tasks."""
+    for token tasks. Latency is timed as the benchmark stage times it (:mod:`compress.latency`),
+    at the process's torch thread count."""
 
-    latency_runs: int = Field(default=200, gt=0, description="batch-1 forward passes timed per model")
-    latency_warmup: int = Field(default=20, ge=0)
+    latency_runs: int = Field(default=RUNS, gt=0, description="batch-1 forward passes timed per model")
+    latency_warmup: int = Field(default=WARMUP, ge=0)
 
 
 class TrackingConfig(Section):

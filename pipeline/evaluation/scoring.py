@@ -3,7 +3,8 @@
 One reader of a data-stage split (:func:`read_split`), one place that turns logits into
 predictions of rows or words (:func:`predicted_classes`), one scorer (:func:`score`, accuracy or
 entity-level F1), one batched predictor (:func:`predict`, :func:`predict_with`), used by the
-evaluate, prune and benchmark stages and by the training loop's dev scoring.
+evaluate, prune and benchmark stages and by the training loop's dev scoring; and the batch-1
+inputs whose latency the evaluate and benchmark stages time (:func:`batch1_features`).
 """
 
 from __future__ import annotations
@@ -173,3 +174,9 @@ def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     [B, C] for sentences, [B, W, C] for word taggers."""
     return model(**batch).logits.float()
 
+
+def batch1_features(featurize: Callable[..., dict[str, Any]], split: Split, rows: int) -> list[dict[str, Any]]:
+    """The split's first ``rows`` rows (all, if fewer), each featurized alone: the batch-1 inputs
+    whose latency :func:`compress.latency.measure` times, one dict of [1, T] features per row."""
+    return [featurize([split.texts[i]], [split.pairs[i]] if split.pairs else None)
+            for i in range(min(rows, len(split.texts)))]

@@ -8,8 +8,9 @@ The variants are the PyTorch fp32 form of every model of :func:`pipeline.evaluat
 - its dev score over the whole dev split (:func:`pipeline.evaluation.scoring.predict_with`, length-sorted
   batches of ``batch_size``, capped at an ExecuTorch program's ``max_batch``);
 - for each thread count: batch-1 p50/p99 (ms) over the first ``latency_rows`` dev sentences,
-  throughput (examples/s) on the first ``batch_size`` dev rows (:func:`compress.latency.measure`),
-  and peak RSS (MB);
+  timed as the evaluate stage times its models (:func:`compress.latency.measure`, whose module
+  docstring says how), throughput (examples/s) on the first ``batch_size`` dev rows, and peak
+  RSS (MB);
 - its size on disk (MB; weight files only, not tokenizer files) and, for PyTorch, parameters.
 
 Peak RSS is measured in this process, not a fresh one per variant (:func:`compress.latency.
@@ -42,7 +43,7 @@ from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import BenchmarkConfig
 from pipeline.config.sections import RunConfig
 from pipeline.config.sections import task_kind
-from pipeline.evaluation.scoring import Split, dev_metric_name, predict_with, read_split, score
+from pipeline.evaluation.scoring import Split, batch1_features, dev_metric_name, predict_with, read_split, score
 from pipeline.tasks import tag_names
 from pipeline.evaluation.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
                                run_models, stage_variants)
@@ -179,8 +180,7 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
               f"dev_{dev_metric_name(tags)}": round(dev_score(predictor, featurize, dev, tags, batch_size), 4)}
     del predictor, model
-    rows = min(bench.latency_rows, len(dev.texts))
-    singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None) for i in range(rows)]
+    singles = batch1_features(featurize, dev, bench.latency_rows)
     batch = featurize(dev.texts[:batch_size], dev.pairs[:batch_size] if dev.pairs else None)
     result["threads"] = {}
     for key, count in threads.items():

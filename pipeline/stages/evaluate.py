@@ -3,7 +3,8 @@
 Measures the fine-tuned teacher, the distilled student (``kd``) and, when trained, the
 CE-only twin (``ce_only``) on the same rows and the same sentences for latency, each with
 its own featurisation (the teacher's tokenizer, or the student's ``featurize``), on this
-machine's CPU. The rows are those of the run's tasks (:func:`pipeline.tasks.run_tasks`): a
+machine's CPU. Latency is timed by the benchmark stage's harness (:func:`compress.latency.measure`,
+whose module docstring says how), at the process's torch thread count. The rows are those of the run's tasks (:func:`pipeline.tasks.run_tasks`): a
 single-task run's own, or every source run's of a multi-task run, whose teachers were
 measured by their own runs. Sequence tasks are scored by accuracy; token tasks by entity-level F1,
 precision and recall (:mod:`pipeline.evaluation.entity_metrics`), the teacher tagging each word with
@@ -21,11 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.latency import LATENCY_ROWS, measure as measure_latency
 from core.errors import ArtifactError
 from pipeline.artifacts import RunDir
 from pipeline.config.sections import EvaluateConfig, MultiTaskRunConfig, RunConfig
-from pipeline.evaluation.latency import batch1_latency_ms
-from pipeline.evaluation.scoring import Split, featurize_for, logits_of, predict, read_split, score, teacher_model
+from pipeline.evaluation.scoring import (Split, batch1_features, featurize_for, logits_of, predict, read_split, score,
+                                         teacher_model)
 from pipeline.tasks import Task, run_tasks
 from students.base import META_FILE, Student
 from students.registry import load_student
@@ -33,9 +35,6 @@ from students.registry import load_student
 log = logging.getLogger(__name__)
 
 STUDENT_KINDS = ("kd", "ce_only")
-
-LATENCY_ROWS = 100
-"""Dev rows whose batch-1 forward passes are timed, cycled."""
 
 
 def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
@@ -51,8 +50,7 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``; ``score_keys`` lists the
         score entries of each metrics dict, ``<split>_<score>`` with the scores of :func:`score`
         (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...), and each metrics dict
-        also holds ``parameters``, ``size_mb`` and ``latency`` (see
-        :func:`pipeline.evaluation.latency.batch1_latency_ms`).
+        also holds ``parameters``, ``size_mb`` and ``latency`` (see :func:`measure`).
         For named tasks: ``{"tasks": {task: {"kind", "score_keys", "teacher": {score: value} or
         None, "kd"/"ce_only": {score: value}}}, "models": {kind: {"parameters", "size_mb",
         "latency"}}, "latency_task", "hardware"}``; the teacher's scores are None when its run
@@ -126,16 +124,42 @@ def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg
         model: a teacher or student in eval mode; called as ``model(**featurize(texts))``.
         featurize: texts (and pairs) -> the model's input tensors, padded per batch.
         folder: where its weights lie (``*.safetensors`` are counted).
-        dev: the dev split; its first :data:`LATENCY_ROWS` rows are timed one at a time.
+        dev: the dev split; its first :data:`compress.latency.LATENCY_ROWS` rows are timed one at a time.
         cfg: the ``evaluate`` section (``latency_runs``, ``latency_warmup``).
+
+    Returns:
+        ``{"parameters", "size_mb", "latency": {"p50_ms", "p99_ms", "mean_ms", "threads"}}``:
+        :func:`compress.latency.measure`'s figures (ms, 3 decimals) and the torch thread count
+        they were measured at.
     """
-    singles = [featurize([dev.texts[i]], [dev.pairs[i]] if dev.pairs else None)
-               for i in range(min(LATENCY_ROWS, len(dev.texts)))]
-    latency = batch1_latency_ms(lambda b: logits_of(model, b), singles,
-                                cfg.latency_runs, cfg.latency_warmup)
+    stats = measure_latency(ModelPredictor(model), batch1_features(featurize, dev, LATENCY_ROWS), None,
+                            cfg.latency_runs, cfg.latency_warmup)
     weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     return {"parameters": sum(p.numel() for p in model.parameters()),
-            "size_mb": round(weights / 2**20, 2), "latency": latency}
+            "size_mb": round(weights / 2**20, 2),
+            "latency": {**{key: round(stats[key], 3) for key in ("p50_ms", "p99_ms", "mean_ms")},
+                        "threads": stats["threads"]}}
+
+
+class ModelPredictor:
+    """A teacher or student with the ``predict`` and ``threads`` of a :class:`compress.backends.Predictor`,
+    fed its own features (torch tensors, with a multi-task student's ``task`` or a teacher
+    tagger's ``first_subtoken``, which :class:`compress.backends.PyTorchPredictor` would not pass
+    on): run eagerly under ``torch.inference_mode`` at the process's torch thread count, as that
+    predictor runs a model."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def threads(self) -> int:
+        """The process's torch intra-op thread count."""
+        return torch.get_num_threads()
+
+    def predict(self, features: dict[str, Any]) -> torch.Tensor:
+        """Logits float32 [B, C] or [B, W, C] of a batch of the model's features."""
+        with torch.inference_mode():
+            return logits_of(self.model, features)
 
 
 def hardware() -> dict[str, Any]:
