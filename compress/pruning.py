@@ -3,7 +3,9 @@
     prune_iteratively:  score heads and FFN neurons (compress.importance), slice the least important
                         out (compress.slicing), re-score, repeat until the target fractions are gone
                         (TextPruner-style iterative pruning, Yang et al. 2022; scores of Michel et al. 2019)
-    recover:            distil the pruned model on the teacher's stored logits (Hinton et al. 2015)
+    recover:            distil the pruned model on the teacher's stored logits (Hinton et al. 2015), or
+                        fine-tune it on labels alone, by the project's one optimisation recipe
+                        (core.optimisation: AdamW, linear warm-up then decay, clipping, precision policy)
     sensitivity:        accuracy vs fraction of heads / FFN neurons masked, one shot, no recovery
     plot_*:             the sensitivity curves and the head-importance heat map as PNG files
                         (matplotlib's object API, which renders PNGs with the Agg canvas; no pyplot state)
@@ -25,6 +27,8 @@ from torch import nn
 
 from compress.importance import batch_loss, mask_importance, masked, model_logits
 from compress.slicing import bert_encoder, count_parameters, kept_heads, prune_ffn_neurons, prune_heads
+from core.optimisation import Recipe, build_optimisation, clip_and_step
+from core.precision import Precision
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
 
@@ -37,6 +41,15 @@ class PruneStep:
     heads_left: int
     neurons_left: int
     parameters: int
+
+
+@dataclass(frozen=True)
+class RecoveryStep:
+    """One optimizer step of :func:`recover`."""
+
+    loss: float  # the batch's loss before the step
+    lr: float  # the learning rate the step used
+    grad_norm: float  # global L2 norm of the gradients before clipping to GRADIENT_CLIP_NORM
 
 
 def lowest_units(scores: Sequence[torch.Tensor], count: int, keep_per_layer: int) -> dict[int, list[int]]:
@@ -118,27 +131,33 @@ def prune_iteratively(model: nn.Module, batches: Batches, head_fraction: float, 
     return model.eval(), records
 
 
-def recover(model: nn.Module, batches: Batches, epochs: int = 1, lr: float = 5e-5, temperature: float = 2.0,
-            ce_weight: float = 0.0, weight_decay: float = 0.01) -> list[float]:
-    """Recovery training of a pruned model by distillation (Hinton et al. 2015).
+def recover(model: nn.Module, batches: Batches, recipe: Recipe, precision: Precision, epochs: int = 1,
+            temperature: float = 2.0, ce_weight: float = 0.0) -> list[RecoveryStep]:
+    """Recovery training of a pruned model by distillation (Hinton et al. 2015), or CE fine-tuning
+    on batches without teacher logits (the layer-dropping baseline, Sajjad et al. 2020).
 
-    Plain loop: AdamW, learning rate decaying linearly from ``lr`` to 0 over all steps, one step
-    per batch; loss :func:`compress.importance.batch_loss` (T^2-scaled KL on teacher_logits +
-    ``ce_weight`` x CE on the labeled rows). Dropout is on while training; the model ends in eval mode.
+    It follows the recipe of :mod:`core.optimisation`, as the train stage does: AdamW, the rate
+    warmed up linearly from 0 over ``recipe.warmup_ratio`` of the steps then decayed linearly to
+    0, gradients clipped to a global L2 norm of 1.0 (:data:`core.precision.GRADIENT_CLIP_NORM`),
+    the forward under ``precision``'s autocast; one step per batch. Loss:
+    :func:`compress.importance.batch_loss` (T^2-scaled KL on teacher_logits + ``ce_weight`` x CE
+    on the labeled rows; CE alone on a batch without teacher_logits). Dropout is on while
+    training; the model is trained on ``precision.device`` and ends in eval mode on the device
+    it came on.
 
     Args:
         model: the model to train in place.
         batches: re-iterable batches (module docstring), each passed once per epoch. A sized
             re-iterable (with ``len()``, e.g. a view that streams them from disk) is iterated as
             it is; anything else is listed first.
+        recipe: peak lr, weight decay, warm-up share.
+        precision: the resolved training precision (:func:`core.precision.select_precision`).
         epochs: passes over ``batches``.
-        lr: peak learning rate.
         temperature: T of the KL term.
-        ce_weight: weight of the CE term.
-        weight_decay: AdamW's decoupled weight decay.
+        ce_weight: weight of the CE term beside the KL term.
 
     Returns:
-        The loss of every step, in order (float).
+        One :class:`RecoveryStep` per optimizer step, in order.
 
     Raises:
         ValueError: ``batches`` is empty.
@@ -147,21 +166,20 @@ def recover(model: nn.Module, batches: Batches, epochs: int = 1, lr: float = 5e-
         batches = list(batches)
     if not len(batches):
         raise ValueError("recover needs at least one batch")
-    total_steps = epochs * len(batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
-    losses = []
-    model.train()
+    home = next(model.parameters()).device
+    model.to(precision.device).train()
+    optimisation = build_optimisation(model.parameters(), recipe, precision, epochs * len(batches))
+    steps = []
     for _ in range(epochs):
         for batch in batches:
-            loss = batch_loss(model_logits(model, batch), batch, temperature, ce_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-    model.eval()
-    return losses
+            batch = {key: value.to(precision.device) for key, value in batch.items()}
+            lr = optimisation.last_lr()
+            with precision.autocast_context():
+                loss = batch_loss(model_logits(model, batch), batch, temperature, ce_weight)
+            norm = clip_and_step(loss, model.parameters(), optimisation)
+            steps.append(RecoveryStep(loss.item(), lr, norm.item()))
+    model.to(home).eval()
+    return steps
 
 
 def sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float], fractions: Sequence[float],

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from compress.latency import LATENCY_ROWS, RUNS, WARMUP
 from core.config import Section
+from core.precision import PrecisionName
 
 PrunableModel = Literal["teacher", "kd"]
 """Models the prune stage can prune: the teacher, and the distilled student when it is a transformer."""
@@ -31,9 +32,12 @@ class PruneConfig(Section):
     ``ffn`` of them are gone; ``vocabulary`` keeps only the WordPiece ids of the transfer set.
     The weights are sliced out, so parameters and latency drop. Each pruned model is then
     recovered by KD on the stored soft labels (``recovery_epochs`` over the transfer set, or
-    its first ``recovery_rows`` rows). With ``layer_drop`` the teacher's top layers are also
-    dropped and the rest fine-tuned again on the labeled rows without KD (Sajjad et al. 2020),
-    a compression baseline without a student.
+    its first ``recovery_rows`` rows) with the train stage's optimisation recipe
+    (:mod:`core.optimisation`: AdamW, ``warmup_ratio`` warm-up to ``lr`` then linear decay,
+    gradients clipped to norm 1.0, ``precision`` resolved against the hardware). With
+    ``layer_drop`` the teacher's top layers are also dropped and the rest fine-tuned again on the
+    labeled rows without KD, by the same recipe (Sajjad et al. 2020), a compression baseline
+    without a student.
     """
 
     models: list[PrunableModel] = Field(default_factory=lambda: ["teacher", "kd"], min_length=1)
@@ -45,7 +49,13 @@ class PruneConfig(Section):
     score_rows: int = Field(default=512, gt=0, description="transfer-set rows that score importance")
     recovery_epochs: float = Field(default=1.0, ge=0, description="KD epochs over the recovery rows; 0 = none")
     recovery_rows: int | None = Field(default=None, gt=0, description="first transfer-set rows; None = all")
-    lr: float = Field(default=5e-5, gt=0)
+    lr: float = Field(default=5e-5, gt=0, description="peak learning rate of the recovery (and of the layer-dropping "
+                                                      "baseline's fine-tuning): linear warm-up to it, then decay to 0")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="share of the recovery steps that warm the "
+                                                                      "learning rate up")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW's decoupled weight decay in recovery")
+    precision: PrecisionName = Field(default="auto", description="recovery precision; auto: bf16 on CUDA with "
+                                                                 "bf16, fp16 on older CUDA, fp32 on a CPU")
     batch_size: int = Field(default=32, gt=0)
     temperature: float = Field(default=2.0, gt=0)
     layer_drop: int | None = Field(default=None, gt=0, description="teacher layers to drop (top) for the "

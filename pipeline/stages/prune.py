@@ -44,11 +44,12 @@ from compress.vocabulary import prune_vocabulary, unkept_token_share, used_token
 from core.artifacts import atomic_dir
 from core.errors import ArtifactError, ConfigError
 from core.hf_checkpoint import load_tokenizer
+from core.optimisation import Recipe
+from core.precision import select_precision
 from core.schema import LABEL, LOGITS, TEXT, TEXT_PAIR, TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import PruneConfig
-from pipeline.config.sections import RunConfig
-from pipeline.config.sections import task_kind
+from pipeline.config.sections import RunConfig, task_kind
 from pipeline.evaluation.scoring import Split, predict, read_split, score, teacher_model
 from pipeline.training.shards import require_file, soft_label_files
 from pipeline.evaluation.variants import VariantMeta, write_meta
@@ -334,18 +335,22 @@ def layer_drop_baseline(teacher: Prunable, train_file: Path, kind: TaskKind, dev
 
 
 def recover_with_progress(model: nn.Module, batches: TableBatches, cfg: PruneConfig, desc: str) -> list[float]:
-    """:func:`compress.pruning.recover` over ``batches`` (one pass: their ``len`` counts every
-    epoch) with a progress bar; [] when there is no step (``recovery_epochs: 0``)."""
+    """:func:`compress.pruning.recover` over ``batches`` (one pass: their ``len`` counts every epoch) with a
+    progress bar, by ``cfg``'s ``lr``, ``weight_decay``, ``warmup_ratio`` and ``precision``; returns the loss
+    of every step, [] when there is no step (``recovery_epochs: 0``)."""
     if not len(batches):
         return []
+    recipe = Recipe(cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
     with tqdm(batches, total=len(batches), desc=desc, unit="step") as bar:
-        return recover(model, bar, epochs=1, lr=cfg.lr, temperature=cfg.temperature)
+        steps = recover(model, bar, recipe, select_precision(cfg.precision, "prune"), temperature=cfg.temperature)
+    return [step.loss for step in steps]
 
 
 def recovery_settings(cfg: PruneConfig, steps: int) -> dict[str, Any]:
     """The recovery training's settings, for the meta."""
     return {"epochs": cfg.recovery_epochs, "rows": cfg.recovery_rows, "steps": steps, "lr": cfg.lr,
-            "batch_size": cfg.batch_size, "temperature": cfg.temperature}
+            "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size,
+            "temperature": cfg.temperature}
 
 
 def structure(model: nn.Module) -> dict[str, int]:

@@ -1,12 +1,11 @@
 """The per-worker training loop of the train stage (run by Ray Train's :class:`TorchTrainer`).
 
-Both strategies optimise alike: AdamW (:func:`core.precision.make_optimizer`), gradients
-clipped to a global L2 norm of :data:`core.precision.GRADIENT_CLIP_NORM`, and a linear
-warmup then linear decay to 0 of the learning rate (transformers'
-``get_linear_schedule_with_warmup``, over ``train.warmup_ratio`` of the steps), stepped once
-per optimizer step. With ``strategy: ddp`` the loop clips and steps them itself; with
-``strategy: deepspeed`` the engine does (``gradient_clipping`` in its config and the same
-scheduler object passed to ``deepspeed.initialize``).
+Both strategies optimise by the project's one recipe (:mod:`core.optimisation`, which the prune
+stage's recovery shares): AdamW, a linear warm-up over ``train.warmup_ratio`` of the steps then
+linear decay to 0, gradients clipped to a global L2 norm of
+:data:`core.precision.GRADIENT_CLIP_NORM`. With ``strategy: ddp`` the loop steps with
+:func:`core.optimisation.clip_and_step`; with ``strategy: deepspeed`` the engine does
+(``gradient_clipping`` in its config and the same scheduler object passed to ``deepspeed.initialize``).
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ import ray.train.torch
 from ray.experimental import tqdm_ray
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
-
-from core.precision import GRADIENT_CLIP_NORM, Precision, deepspeed_config, make_optimizer, select_precision
+from core.optimisation import Optimisation, Recipe, build_optimisation, clip_and_step
+from core.precision import Precision, deepspeed_config, select_precision
 from core.schema import TaskKind
 from pipeline.training.batching import LENGTH_GROUP_BATCHES, interleave, length_grouped, shuffled_batches
 from pipeline.training.checkpoints import MID_EPOCH_SCORE, is_deepspeed, report, restore
@@ -66,8 +64,10 @@ class DistillationStep(nn.Module):
         return self.loss(output, teacher, labels, mask, progress)
 
 
-def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Precision, total_steps: int):
-    """The model to call, its optimizer, LR schedule and grad scaler, for ``train.strategy``.
+def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Precision,
+                 total_steps: int) -> tuple[nn.Module, Optimisation]:
+    """The model to call and the recipe's optimizer, LR schedule and grad scaler
+    (:func:`core.optimisation.build_optimisation`), for ``train.strategy``.
 
     Args:
         step_module: the module to train (a :class:`DistillationStep`), on ``precision.device``.
@@ -77,30 +77,26 @@ def optimization(step_module: nn.Module, train_cfg: TrainConfig, precision: Prec
         total_steps: optimizer steps of the whole training (the schedule's length).
 
     Returns:
-        ``(model, optimizer, scheduler, scaler)``: ``model`` is a DeepSpeed engine or
-        ``step_module`` itself (for Ray Train's ``prepare_model`` to wrap in DDP); the
-        scheduler is a ``LambdaLR`` of linear warmup and decay.
+        ``(model, optimisation)``: ``model`` is a DeepSpeed engine (then ``optimisation`` holds its
+        wrapped optimizer) or ``step_module`` itself (for Ray Train's ``prepare_model`` to wrap in DDP).
     """
-    optimizer = make_optimizer(step_module.parameters(), train_cfg.lr, train_cfg.weight_decay, precision,
-                               train_cfg.apex)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(train_cfg.warmup_ratio * total_steps),
-                                                total_steps)
-    scaler = torch.amp.GradScaler(precision.device, enabled=precision.needs_grad_scaler)
-    if train_cfg.strategy == "deepspeed":
-        import deepspeed
+    settings = Recipe(train_cfg.lr, train_cfg.weight_decay, train_cfg.warmup_ratio, train_cfg.apex)
+    optimisation = build_optimisation(step_module.parameters(), settings, precision, total_steps)
+    if train_cfg.strategy != "deepspeed":
+        return step_module, optimisation
+    import deepspeed
 
-        model, optimizer, _, scheduler = deepspeed.initialize(
-            model=step_module, optimizer=optimizer, lr_scheduler=scheduler, dist_init_required=False,
-            config=deepspeed_config(train_cfg.batch_size, train_cfg.zero_stage, precision, train_cfg.deepspeed_config))
-    else:
-        model = step_module
-    return model, optimizer, scheduler, scaler
+    model, optimizer, _, scheduler = deepspeed.initialize(
+        model=step_module, optimizer=optimisation.optimizer, lr_scheduler=optimisation.scheduler,
+        dist_init_required=False,
+        config=deepspeed_config(train_cfg.batch_size, train_cfg.zero_stage, precision, train_cfg.deepspeed_config))
+    return model, Optimisation(optimizer, scheduler, optimisation.scaler)
 
 
-def optimizer_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                   precision: Precision, progress: float) -> LossTerms:
-    """Forward, backward, clip to :data:`GRADIENT_CLIP_NORM`, optimizer and schedule step on one batch.
+def optimizer_step(model: nn.Module, batch: Batch, optimisation: Optimisation, precision: Precision,
+                   progress: float) -> LossTerms:
+    """Forward under the precision's autocast, then :func:`core.optimisation.clip_and_step` (backward, clip,
+    optimizer and schedule step) on one batch.
 
     A DeepSpeed engine does the precision, loss scaling, clipping and schedule step itself.
 
@@ -114,13 +110,7 @@ def optimizer_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimi
         return terms
     with precision.autocast_context():
         terms = model(batch.features, batch.teacher, batch.labels, batch.mask, progress)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(terms.total).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
+    clip_and_step(terms.total, model.parameters(), optimisation)
     return terms
 
 
@@ -163,10 +153,11 @@ def train_loop(config: dict) -> dict:
     task_steps = [math.ceil(task["rows"] / world / train_cfg.batch_size) for task in tasks]
     steps_per_epoch = sum(task_steps)
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
-    model, optimizer, scheduler, scaler = optimization(step_module, train_cfg, precision, total_steps)
+    model, optimisation = optimization(step_module, train_cfg, precision, total_steps)
     if not is_deepspeed(model):
         model = ray.train.torch.prepare_model(model)  # to the device; DDP with several workers
-    state = restore(model, optimizer, scheduler, scaler) or {}
+    states = (optimisation.optimizer, optimisation.scheduler, optimisation.scaler)
+    state = restore(model, *states) or {}
     history: list[dict] = state.get("history", [])
     step = state.get("step", len(history) * steps_per_epoch)  # optimizer steps done; older checkpoints: whole epochs
     attempts = state.get("attempts", [])
@@ -185,8 +176,8 @@ def train_loop(config: dict) -> dict:
         """Report a checkpoint after ``done`` optimizer steps when ``train.checkpoint_every_steps`` says so."""
         every = train_cfg.checkpoint_every_steps
         if every and done % every == 0 and done % steps_per_epoch:
-            report({"epoch": done / steps_per_epoch, "step": done, "dev_score": MID_EPOCH_SCORE}, model, optimizer,
-                   scheduler, scaler, {"history": history, "step": done, "attempts": attempts}, rank)
+            report({"epoch": done / steps_per_epoch, "step": done, "dev_score": MID_EPOCH_SCORE}, model, *states,
+                   {"history": history, "step": done, "attempts": attempts}, rank)
 
     for epoch in range(step // steps_per_epoch + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
@@ -197,7 +188,7 @@ def train_loop(config: dict) -> dict:
         # checkpoint already trained on are drawn again and dropped, so the epoch goes on at its next step
         batches = itertools.islice(interleave(streams, task_steps, np.random.default_rng(seed)),
                                    step - (epoch - 1) * steps_per_epoch, None)
-        losses, step = train_epoch(model, batches, optimizer, scheduler, scaler, precision, step, total_steps,
+        losses, step = train_epoch(model, batches, optimisation, precision, step, total_steps,
                                    steps_per_epoch, show_progress=rank == 0, after_step=checkpoint_mid_epoch,
                                    sink=sink)
         scores = [dev_score(student, map(collate, length_grouped(
@@ -206,7 +197,7 @@ def train_loop(config: dict) -> dict:
                   for shard, collate, task, kind in zip(dev_shards, dev_collates, tasks, kinds)]
         named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
         metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
-                   "lr": scheduler.get_last_lr()[0],
+                   "lr": optimisation.last_lr(),
                    "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mb": peak_rss_mb()}
         log.info("train %s epoch %d/%d: %s", config["kind"], epoch, train_cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
@@ -215,8 +206,7 @@ def train_loop(config: dict) -> dict:
             sink.add({"step": step - 1, "epoch": epoch, "dev_score": metrics["dev_score"],
                       **named, "epoch_wall_s": metrics["wall_s"], "peak_rss_mb": metrics["peak_rss_mb"]})
             sink.flush()
-        report(metrics, model, optimizer, scheduler, scaler, {"history": history, "step": step, "attempts": attempts},
-               rank)
+        report(metrics, model, *states, {"history": history, "step": step, "attempts": attempts}, rank)
     return {"history": history, "optimizer_steps": step, "attempts": attempts}
 
 
@@ -231,9 +221,8 @@ def worker_processes() -> list[dict[str, str | int]]:
     return workers
 
 
-def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                precision: Precision, first_step: int, total_steps: int, steps: int,
+def train_epoch(model: nn.Module, batches, optimisation: Optimisation, precision: Precision, first_step: int,
+                total_steps: int, steps: int,
                 show_progress: bool, after_step: Callable[[int], None],
                 sink: RowSink | None = None) -> tuple[dict[str, float], int]:
     """One pass over this worker's shard (or the rest of it, from optimizer step ``first_step``).
@@ -258,9 +247,9 @@ def train_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     world = ray.train.get_context().get_world_size()
     done = first_step
     for step, batch in enumerate(progress, start=first_step):
-        began, lr = time.perf_counter(), scheduler.get_last_lr()[0]
+        began, lr = time.perf_counter(), optimisation.last_lr()
         batch = batch.to(device)
-        terms = optimizer_step(model, batch, optimizer, scheduler, scaler, precision, min(1.0, step / total_steps))
+        terms = optimizer_step(model, batch, optimisation, precision, min(1.0, step / total_steps))
         if sums is None:
             names = list(terms.terms)
             sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)

@@ -1,4 +1,5 @@
-"""Iterative pruning reaches its targets, recovery lowers the KD loss, sensitivity and plots."""
+"""Iterative pruning reaches its targets, recovery lowers the KD loss by the shared optimisation
+recipe (warm-up, decay, clipping), sensitivity and plots."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from compress.importance import batch_loss, head_importance, model_logits
 from compress.pruning import (lowest_units, plot_head_importance, plot_sensitivity, prune_iteratively, recover,
                               sensitivity)
 from compress.slicing import kept_heads
+from core.optimisation import Recipe
+from core.precision import GRADIENT_CLIP_NORM, Precision
 
 HIDDEN, HEAD_SIZE = 32, 8  # conftest.tiny_bert
 PER_HEAD = 4 * HIDDEN * HEAD_SIZE + 3 * HEAD_SIZE
 PER_NEURON = 2 * HIDDEN + 1
+FP32 = Precision("fp32", "cpu", "test")
 
 
 def test_lowest_units_is_global_and_keeps_each_layer_alive():
@@ -42,9 +46,23 @@ def test_recovery_lowers_the_kd_loss(bert, transfer_batches):
             return batch_loss(model_logits(bert, soft[0]), soft[0], temperature=2.0).item()
 
     before = kd_loss()
-    losses = recover(bert, soft * 4, epochs=5, lr=1e-3, temperature=2.0)
-    assert len(losses) == 20
+    steps = recover(bert, soft * 4, Recipe(lr=1e-3, weight_decay=0.01, warmup_ratio=0.1), FP32, epochs=5,
+                    temperature=2.0)
+    assert len(steps) == 20
     assert kd_loss() < 0.5 * before
+    assert bert.training is False
+
+
+def test_recovery_warms_the_rate_up_decays_it_and_clips_the_gradients(bert, transfer_batches):
+    steps = recover(bert, transfer_batches * 2, Recipe(lr=1e-3, weight_decay=0.0, warmup_ratio=0.25), FP32,
+                    epochs=2)
+    peak = 1e-3  # 8 steps: 2 of warm-up from 0, then linear decay to 0 at step 8
+    expected = [0.0, peak / 2, peak, peak * 5 / 6, peak * 4 / 6, peak * 3 / 6, peak * 2 / 6, peak / 6]
+    assert [step.lr for step in steps] == pytest.approx(expected)
+    # the random model's gradients are far above the bound, and the last step left them clipped to it
+    assert min(step.grad_norm for step in steps) > 2 * GRADIENT_CLIP_NORM
+    left = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in bert.parameters() if p.grad is not None]))
+    assert left.item() == pytest.approx(GRADIENT_CLIP_NORM, rel=1e-5)
 
 
 def test_sensitivity_curves_start_at_the_full_model_and_plots_are_written(bert, transfer_batches, inputs, tmp_path):

@@ -128,6 +128,7 @@ def test_teacher_and_transformer_student_pruned_recovered_and_saved(tmp_path):
         assert meta.settings["neurons_per_layer"] == pruning_state(reloaded)["intermediate_sizes"]
         assert meta.settings["vocab_size"] == result["vocab_after"]
         assert meta.settings["recovery"]["steps"] == RECOVERY_STEPS
+        assert (meta.settings["recovery"]["warmup_ratio"], meta.settings["recovery"]["weight_decay"]) == (0.06, 0.01)
 
     baseline = summary["layer_drop"]
     assert (baseline["layers_before"], baseline["layers_after"], baseline["dropped"]) == (2, 1, [1])

@@ -54,11 +54,11 @@ def process_group(monkeypatch):
 def train(strategy: str, module: nn.Module) -> tuple[list[float], list[float]]:
     cfg = TrainConfig(strategy=strategy, zero_stage=1, lr=0.05, warmup_ratio=0.25, batch_size=4, precision="fp32")
     precision = select_precision("fp32", "test")
-    model, optimizer, scheduler, scaler = optimization(module, cfg, precision, total_steps=STEPS)
+    model, optimisation = optimization(module, cfg, precision, total_steps=STEPS)
     rates, norms = [], []
     for batch in batches():
-        rates.append(optimizer.param_groups[0]["lr"])  # the rate this step uses
-        optimizer_step(model, batch, optimizer, scheduler, scaler, precision, progress=0.0)
+        rates.append(optimisation.optimizer.param_groups[0]["lr"])  # the rate this step uses
+        optimizer_step(model, batch, optimisation, precision, progress=0.0)
         if strategy == "deepspeed":
             norms.append(float(model.get_global_grad_norm()))  # before clipping
     return rates, norms
@@ -85,8 +85,8 @@ def test_ddp_path_clips_the_global_gradient_norm():
     module = Quadratic()
     cfg = TrainConfig(lr=0.05, batch_size=4, precision="fp32")
     precision = select_precision("fp32", "test")
-    model, optimizer, scheduler, scaler = optimization(module, cfg, precision, total_steps=STEPS)
+    model, optimisation = optimization(module, cfg, precision, total_steps=STEPS)
     batch = Batch({"x": torch.ones(4, 3), "scale": 1000.0}, {"y": torch.zeros(4, 2)}, torch.zeros(4))
-    optimizer_step(model, batch, optimizer, scheduler, scaler, precision, progress=0.0)
+    optimizer_step(model, batch, optimisation, precision, progress=0.0)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
     assert norm.item() == pytest.approx(GRADIENT_CLIP_NORM, rel=1e-5)
