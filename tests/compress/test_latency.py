@@ -1,12 +1,16 @@
-"""Latency, throughput, size, memory and machine description of variants (values, not comparisons)."""
+"""Latency, throughput, size, memory and machine description of variants: percentiles of calls
+whose delays the test sets (``time.sleep``, so each call takes at least its delay), and one
+ordering of two models 800x apart in work."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
-from tiny_onnx import LSTM_INPUTS, random_features
+import torch
+from tiny_onnx import LSTM_INPUTS, VOCAB, export, random_features
 
 from compress.backends import load_predictor
 from compress.latency import machine_info, measure, measure_variant, peak_rss_mb, reset_peak_rss, size_mb
@@ -16,11 +20,31 @@ def sentences(count: int = 5) -> list[dict]:
     return [random_features(1, LSTM_INPUTS, seed=seed, seq_len=4 + seed) for seed in range(count)]
 
 
-def test_measure_returns_ordered_percentiles_and_throughput(tiny_lstm_onnx):
-    stats = measure(load_predictor("onnxruntime", tiny_lstm_onnx, 1), sentences(), random_features(32, LSTM_INPUTS),
-                    runs=20, warmup=2)
-    assert 0 < stats["p50_ms"] <= stats["p99_ms"] and stats["mean_ms"] > 0
-    assert stats["throughput_eps"] > 0
+class SleepingPredictor:
+    """A predictor whose call sleeps for the sum of its rows' ``delay_ms`` (float [B, 1], ms) and
+    returns zero logits float32 [B, 2]: a call takes at least that long, and not much longer."""
+
+    input_names = ["delay_ms"]
+    threads = 1
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        time.sleep(float(features["delay_ms"].sum()) / 1e3)
+        return np.zeros((len(features["delay_ms"]), 2), dtype=np.float32)
+
+
+def delays(*ms: float) -> list[dict[str, np.ndarray]]:
+    return [{"delay_ms": np.array([[d]])} for d in ms]
+
+
+def test_measure_percentiles_and_throughput_of_known_delays():
+    # 10 runs over 10 sentences: each timed once, whatever the warmup; 9 return at once, 1 sleeps 100 ms
+    stats = measure(SleepingPredictor(), delays(0, 0, 0, 0, 100, 0, 0, 0, 0, 0), {"delay_ms": np.ones((32, 1))},
+                    runs=10, warmup=3, throughput_runs=2)
+    assert stats["p99_ms"] >= 0.91 * 100  # numpy's p99 of 10 samples: 0.09 of the 9th + 0.91 of the slowest
+    assert stats["mean_ms"] >= 100 / 10
+    assert stats["p50_ms"] < stats["mean_ms"] / 2  # the median is an instant call's, not the mean or the slowest
+    # a batch of 32 rows sleeps 32 ms: at most 1000 rows/s, and not 32x fewer (batches/s)
+    assert 1000 / 10 < stats["throughput_eps"] <= 1000
 
 
 def test_measure_needs_sentences(tiny_lstm_onnx):
@@ -28,14 +52,38 @@ def test_measure_needs_sentences(tiny_lstm_onnx):
         measure(load_predictor("onnxruntime", tiny_lstm_onnx, 1), [], random_features(32, LSTM_INPUTS), runs=5, warmup=0)
 
 
-def test_measure_variant_runs_each_thread_count_in_a_fresh_process(tiny_lstm_onnx):
+class MatMulChain(torch.nn.Module):
+    """Embedding [1000, 256] -> 200 times tanh(x W) with one W [256, 256] -> mean -> 2 logits: about
+    800x the tiny LSTM's work per token (26 MFLOP against 0.033), in a 1.3 MB ONNX file."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(VOCAB, 256)
+        self.layer = torch.nn.Linear(256, 256)
+        self.head = torch.nn.Linear(256, 2)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embedding(input_ids)  # [B, T, 256]
+        for _ in range(200):
+            x = torch.tanh(self.layer(x))
+        return self.head(x.mean(1))  # [B, 2]
+
+
+@pytest.mark.slow  # three spawned processes, each importing torch: 100 s on a loaded 2-core machine
+def test_measure_variant_runs_each_thread_count_in_a_fresh_process(tiny_lstm_onnx, tmp_path):
+    torch.manual_seed(0)
+    chain = export(MatMulChain().eval(), LSTM_INPUTS, tmp_path / "chain.onnx")
     report = measure_variant("onnxruntime", tiny_lstm_onnx, sentences(), random_features(32, LSTM_INPUTS),
                              runs=10, warmup=1, threads=(1, 2))
+    slow = measure_variant("onnxruntime", chain, sentences(), random_features(32, LSTM_INPUTS), runs=10, warmup=1,
+                           threads=(1,))
     assert report["size_mb"] == pytest.approx(os.path.getsize(tiny_lstm_onnx) / 2**20)
     assert sorted(report["by_threads"]) == [1, 2]
     for stats in report["by_threads"].values():
-        assert 0 < stats["p50_ms"] <= stats["p99_ms"] and stats["throughput_eps"] > 0
         assert stats["peak_rss_mb"] > 20 and stats["peak_rss_mb"] >= stats["model_rss_mb"]
+    # the figures are the named file's: 800x the work is far slower (240x in p50 when written; 10x asserted)
+    assert slow["by_threads"][1]["p50_ms"] > 10 * report["by_threads"][1]["p50_ms"]
+    assert slow["by_threads"][1]["throughput_eps"] < report["by_threads"][1]["throughput_eps"] / 10
 
 
 def test_size_of_a_folder_sums_its_files(tmp_path):
