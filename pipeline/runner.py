@@ -25,7 +25,7 @@ from pipeline.config.sections import MultiTaskRunConfig, RunConfig
 from pipeline.config.loading import redact
 from pipeline.ray_address import check_ray_address
 from core.errors import ConfigError
-from pipeline.tasks import source_fingerprints
+from pipeline.tasks import check_before_stages, source_fingerprints
 from pipeline.observability.tracking import Tracker
 from core.hf_checkpoint import weight_files
 
@@ -98,8 +98,10 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
         The manifests of the stages run or reused, keyed by stage name.
 
     Raises:
-        ConfigError: ``until`` or ``force`` names an unknown stage, or ``ray.address`` names a
-            cluster that does not answer (checked before any stage, when one of them uses Ray).
+        ConfigError: ``until`` or ``force`` names an unknown stage, a rule of the config that
+            reads its teacher or source runs is broken (:func:`pipeline.tasks.check_before_stages`),
+            or ``ray.address`` names a cluster that does not answer (checked before any stage,
+            when one of them uses Ray).
         DistillError: any stage's input error (see each stage).
     """
     all_names = list(STAGES)
@@ -107,6 +109,7 @@ def run_pipeline(cfg: RunConfig | MultiTaskRunConfig, until: str = "benchmark",
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; stages are {all_names}")
     names = [name for name in all_names[: all_names.index(until) + 1] if cfg.runs_stage(name)]
+    check_before_stages(cfg)  # every rule of the config, not only those of the stages up to ``until``
     if cfg.ray.address is not None and any(needs_ray(cfg, name) for name in names):
         check_ray_address(cfg.ray.address)  # in seconds, not after the stages before the first Ray one
     run_dir = RunDir(cfg.run_dir)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from transformers import AutoConfig
 
 from core.errors import ArtifactError, ConfigError
 from core.schema import TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig
 from pipeline.config.loading import load_config
+from pipeline.config.rules import check_student_fits, check_teacher_fits, raise_problems, source_problems
 from pipeline.config.sections import task_kind
 
 SOURCE_STAGES = ("data", "finetune", "label")
@@ -98,6 +100,30 @@ def source_tasks(cfg: MultiTaskRunConfig) -> list[Task]:
             run_dir.require(stage)
         sources.append(Task(name, source_cfg, run_dir))
     return sources
+
+
+def check_before_stages(cfg: RunConfig | MultiTaskRunConfig) -> None:
+    """Check, in seconds and before any stage, the rules that read files besides the config:
+    ``distill validate`` and ``distill run`` call this (the rules on the config alone ran when it
+    was read, :func:`pipeline.config.loading.validate_config`).
+
+    A single-task run's teacher must serve its data, signals, student, loss and prune section
+    (:func:`pipeline.config.rules.check_teacher_fits`). A multi-task run's source runs must have
+    finished their data, finetune and label stages (:func:`source_tasks`), labeled what its loss
+    reads (:func:`pipeline.config.rules.source_problems`), and its student must fit the first
+    task's teacher, whose vocabulary and embeddings it takes
+    (:func:`pipeline.config.rules.check_student_fits`).
+
+    Raises:
+        ConfigError: the first broken rule, naming the field and the fix.
+        ArtifactError: a source run's folder is missing or unfinished (see :func:`source_tasks`).
+    """
+    if isinstance(cfg, RunConfig):
+        check_teacher_fits(cfg)
+        return
+    tasks = source_tasks(cfg)
+    raise_problems(source_problems(cfg, {task.name: task.cfg for task in tasks}))
+    check_student_fits(cfg.train, AutoConfig.from_pretrained(str(tasks[0].run_dir.teacher_dir)))
 
 
 def source_fingerprints(cfg: RunConfig | MultiTaskRunConfig) -> list[tuple[str, str, str]]:

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from pydantic import Field
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from core.artifacts import atomic_dir
 from core.config import Section
@@ -54,7 +54,8 @@ class LSTMConfig(Section):
     hidden_dim: int = Field(default=300, gt=0)
     num_layers: int = Field(default=1, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated; left out of a "
+                                                           "single-task run config, it follows teacher.max_length")
     init_from_teacher_embeddings: bool = Field(
         default=False, description="copy the teacher's word embeddings; needs vocab: teacher and "
                                    "embed_dim == teacher hidden size")
@@ -194,6 +195,37 @@ def teacher_word_embeddings(teacher_dir: str | Path) -> torch.Tensor:
     return teacher.get_input_embeddings().weight.detach().float().clone()
 
 
+def embed_dim_mismatch(embed_dim: int, teacher_dim: int) -> str:
+    """The error line for a student table of width ``embed_dim`` that cannot take the teacher's
+    word embeddings of width ``teacher_dim``."""
+    return (f"train.student.embed_dim is {embed_dim} but the teacher's hidden size is {teacher_dim}; set "
+            f"train.student.embed_dim={teacher_dim} or train.student.init_from_teacher_embeddings=false")
+
+
+def check_embeddings_fit(cfg: LSTMConfig, teacher: PretrainedConfig) -> None:
+    """Fail before any work when ``init_from_teacher_embeddings`` cannot copy the teacher's word
+    embeddings; reads only the teacher's config, so the run config's rules check it too
+    (:mod:`pipeline.config.rules`).
+
+    Args:
+        cfg: the ``train.student`` section of an LSTM family.
+        teacher: the teacher's transformers config; its word embeddings are ``embedding_size``
+            wide where the config has one (ALBERT), else ``hidden_size``.
+
+    Raises:
+        ConfigError: the copy is asked for with a SentencePiece vocabulary, or ``embed_dim``
+            differs from the teacher's embedding width.
+    """
+    if not cfg.init_from_teacher_embeddings:
+        return
+    if cfg.vocab != "teacher":
+        raise ConfigError(f"train.student.init_from_teacher_embeddings needs train.student.vocab=teacher "
+                          f"(it is {cfg.vocab!r}); set one of them")
+    teacher_dim = getattr(teacher, "embedding_size", None) or teacher.hidden_size
+    if cfg.embed_dim != teacher_dim:
+        raise ConfigError(embed_dim_mismatch(cfg.embed_dim, teacher_dim))
+
+
 def copy_teacher_embeddings(embedding: nn.Embedding, teacher_embeddings: torch.Tensor) -> None:
     """Overwrite a student's embedding table with the teacher's word embeddings.
 
@@ -207,9 +239,7 @@ def copy_teacher_embeddings(embedding: nn.Embedding, teacher_embeddings: torch.T
     """
     vocab_size, teacher_dim = teacher_embeddings.shape
     if teacher_dim != embedding.embedding_dim:
-        raise ConfigError(f"train.student.embed_dim is {embedding.embedding_dim} but the teacher's hidden size is "
-                          f"{teacher_dim}; set train.student.embed_dim={teacher_dim} or "
-                          f"train.student.init_from_teacher_embeddings=false")
+        raise ConfigError(embed_dim_mismatch(embedding.embedding_dim, teacher_dim))
     if vocab_size != embedding.num_embeddings:
         raise ConfigError(f"the teacher has {vocab_size} word embeddings but its tokenizer {embedding.num_embeddings} "
                           f"ids; set train.student.init_from_teacher_embeddings=false")
@@ -325,13 +355,12 @@ def build_lstm_student(make: Callable[[Vocabulary], LSTMStudent], cfg: LSTMConfi
             ``vocab: sentencepiece``, unused otherwise.
 
     Raises:
-        ConfigError: embeddings to be copied into a SentencePiece vocabulary (raised before any
-            work), or as :func:`copy_teacher_embeddings` and :meth:`SentencePieceVocabulary.train`.
+        ConfigError: embeddings that do not fit the student (:func:`check_embeddings_fit`, before
+            any work), or as :func:`copy_teacher_embeddings` and :meth:`SentencePieceVocabulary.train`.
         ValueError: ``vocab: sentencepiece`` without transfer texts.
     """
-    if cfg.init_from_teacher_embeddings and cfg.vocab != "teacher":
-        raise ConfigError(f"train.student.init_from_teacher_embeddings needs train.student.vocab=teacher "
-                          f"(it is {cfg.vocab!r}); set one of them")
+    if cfg.init_from_teacher_embeddings:
+        check_embeddings_fit(cfg, AutoConfig.from_pretrained(str(teacher_dir)))
     student = make(build_vocabulary(cfg.vocab, cfg.vocab_size, teacher_dir, transfer_texts))
     if cfg.init_from_teacher_embeddings:
         copy_teacher_embeddings(student.encoder.embedding, teacher_word_embeddings(teacher_dir))

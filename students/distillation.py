@@ -11,7 +11,7 @@ from torch import nn
 from students.base import StudentOutput
 from students.loss_config import LayerTermConfig, LossConfigBase
 from students.losses import schedule_multiplier, temperature_at
-from students.terms import TERMS, LogitBatch, teacher_signal
+from students.terms import TERMS, LogitBatch, teacher_signal, width_problem
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,10 @@ class DistillationLoss(nn.Module):
         self.loss_cfg = loss_cfg
         self.projections = nn.ModuleDict()
         for name in loss_cfg.terms():
-            width = TERMS[name].width
-            if width == "any":
-                continue
-            if student_hidden_size is None or teacher_hidden_size is None:
-                raise ValueError(f"train.loss.{name} needs hidden states, but the student or teacher width is "
-                                 f"unknown (student {student_hidden_size}, teacher {teacher_hidden_size}); "
-                                 f"use a transformer student or remove train.loss.{name}")
-            if student_hidden_size != teacher_hidden_size:
-                if width == "equal":
-                    raise ValueError(f"train.loss.{name} needs equal widths, got student "
-                                     f"{student_hidden_size} and teacher {teacher_hidden_size}; set "
-                                     f"train.student.hidden_size: {teacher_hidden_size} or use train.loss.hidden")
+            problem = width_problem(name, student_hidden_size, teacher_hidden_size)
+            if problem:
+                raise ValueError(problem)
+            if TERMS[name].width == "projected" and student_hidden_size != teacher_hidden_size:
                 self.projections[name] = nn.Linear(student_hidden_size, teacher_hidden_size)
 
     def forward(self, student: StudentOutput, teacher: Mapping[str, torch.Tensor], labels: torch.Tensor,

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PretrainedConfig
+
 from core.config import Section
 from core.errors import ArtifactError, ConfigError
 from students.base import META_FILE, BuildInputs, Student
-from students.bilstm import BiLSTMStudent, BiLSTMStudentConfig, build_bilstm_student
+from students.bilstm import BiLSTMStudent, BiLSTMStudentConfig, build_bilstm_student, check_embeddings_fit
 from students.cnn_lstm import CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
 from students.multitask import MultiTaskLSTMConfig, MultiTaskLSTMStudent, build_multitask_student
-from students.transformer import TransformerStudent, TransformerStudentConfig, build_transformer_student
+from students.transformer import (TransformerStudent, TransformerStudentConfig, build_transformer_student,
+                                  check_fits_teacher)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class Family:
             teacher's, so the layer loss terms (``hidden``, ``attention``, ...) apply.
         multi_task: it learns several finished runs' tasks at once (a config with ``tasks``),
             never a single run's task.
+        fits_teacher: ``fits_teacher(cfg, teacher_config)`` raises a ConfigError when ``build``
+            would fail on this teacher for reasons its config (``config.json``) already shows;
+            the run config's rules call it before any stage (:mod:`pipeline.config.rules`).
+            None when the family reads nothing of the teacher that can conflict.
     """
 
     config: type[Section]
@@ -47,18 +54,21 @@ class Family:
     tags_tokens: bool = False
     layer_outputs: bool = False
     multi_task: bool = False
+    fits_teacher: Callable[[Any, PretrainedConfig], None] | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "bilstm": Family(BiLSTMStudentConfig, build_bilstm_student, BiLSTMStudent.load,
-                     "max-pooled BiLSTM of Tang et al. (2019), siamese for sentence pairs"),
+                     "max-pooled BiLSTM of Tang et al. (2019), siamese for sentence pairs",
+                     fits_teacher=check_embeddings_fit),
     "transformer": Family(TransformerStudentConfig, build_transformer_student, TransformerStudent.load,
                           "small BERT initialised from teacher layers (TinyBERT, Sajjad et al. 2020)",
-                          layer_outputs=True),
+                          layer_outputs=True, fits_teacher=check_fits_teacher),
     "cnn_lstm": Family(CNNLSTMTaggerConfig, build_cnn_lstm_tagger, CNNLSTMTagger.load,
                        "character-CNN + word BiLSTM tagger of Izsak et al. (2019)", tags_tokens=True),
     "multitask_lstm": Family(MultiTaskLSTMConfig, build_multitask_student, MultiTaskLSTMStudent.load,
-                             "attentive multi-task LSTM of Liu et al. (2019), one head per task", multi_task=True),
+                             "attentive multi-task LSTM of Liu et al. (2019), one head per task", multi_task=True,
+                             fits_teacher=check_embeddings_fit),
 }
 """Every student family by its ``train.student.family`` name."""
 

@@ -125,3 +125,22 @@ def layer_terms(loss: LossConfigBase) -> list[str]:
     """The enabled terms that read teacher layers (see :attr:`Term.needs_layer_map`), in order."""
     return [name for name in loss.terms() if TERMS[name].needs_layer_map]
 
+
+
+def width_problem(name: str, student_width: int | None, teacher_width: int | None) -> str | None:
+    """Why term ``name`` cannot compare the student's hidden states (width ``D_s``) with the
+    teacher's (``D_t``), as ``field: problem; fix``; None when it can (or reads no hidden states).
+
+    A term of width ``projected`` takes any two widths (a learned ``W_h`` maps D_s to D_t); one of
+    width ``equal`` (``embedding_cosine``) needs D_s == D_t; either needs both widths known.
+    """
+    width = TERMS[name].width
+    if width == "any":
+        return None
+    if student_width is None or teacher_width is None:
+        return (f"train.loss.{name} needs hidden states, but the student or teacher width is unknown (student "
+                f"{student_width}, teacher {teacher_width}); use a transformer student or remove train.loss.{name}")
+    if width == "equal" and student_width != teacher_width:
+        return (f"train.loss.{name} needs equal widths, got student {student_width} and teacher {teacher_width}; "
+                f"set train.student.hidden_size: {teacher_width} or use train.loss.hidden")
+    return None

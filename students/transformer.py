@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 import torch
 from pydantic import Field
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, BertModel, PreTrainedTokenizerBase)
+                          BertForSequenceClassification, BertModel, PretrainedConfig, PreTrainedTokenizerBase)
 
 from core.artifacts import atomic_dir
 from core.config import Section
@@ -59,7 +59,8 @@ class TransformerStudentConfig(Section):
     layer_init: Literal["drop_top", "drop_bottom", "drop_alternate", "drop_symmetric", "drop_contribution",
                         "uniform", "random"] = "uniform"
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated")
+    max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated; left out of a "
+                                                           "single-task run config, it follows teacher.max_length")
 
 
 LAYER_INIT_STRATEGIES: tuple[str, ...] = get_args(TransformerStudentConfig.model_fields["layer_init"].annotation)
@@ -67,6 +68,19 @@ LAYER_INIT_STRATEGIES: tuple[str, ...] = get_args(TransformerStudentConfig.model
 
 SAMPLE_TEXTS = 256
 """Transfer-set texts on which ``drop_contribution`` scores the teacher's layers."""
+
+
+def check_layer_count(strategy: str, teacher_layers: int, student_layers: int) -> None:
+    """Fail when ``layer_init`` ``strategy`` copies teacher layers into more student layers than
+    the teacher has (L_s > L_t); ``random`` copies none and takes any count.
+
+    Raises:
+        ConfigError: naming ``train.student.num_layers``, the teacher's count and the fix.
+    """
+    if strategy != "random" and not 0 < student_layers <= teacher_layers:
+        raise ConfigError(f"train.student.num_layers: layer_init {strategy!r} copies teacher layers, so it needs "
+                          f"1 to {teacher_layers} layers (the teacher's); got {student_layers}. "
+                          "Use fewer layers or layer_init: random")
 
 
 def selected_teacher_layers(strategy: str, teacher_layers: int, student_layers: int,
@@ -108,10 +122,7 @@ def selected_teacher_layers(strategy: str, teacher_layers: int, student_layers: 
         raise ValueError(f"unknown layer_init {strategy!r}; choose from {list(LAYER_INIT_STRATEGIES)}")
     if strategy == "random":
         return []
-    if not 0 < student_layers <= teacher_layers:
-        raise ConfigError(f"train.student.num_layers: layer_init {strategy!r} copies teacher layers, so it needs "
-                          f"1 to {teacher_layers} layers (the teacher's); got {student_layers}. "
-                          "Use fewer layers or layer_init: random")
+    check_layer_count(strategy, teacher_layers, student_layers)
     drop = teacher_layers - student_layers
     layers = list(range(1, teacher_layers + 1))
     if strategy == "drop_top":
@@ -283,16 +294,33 @@ class TransformerStudent(Student):
         return cls(model, tokenizer, cfg, meta["teacher_layers"])
 
 
-def student_bert_config(cfg: TransformerStudentConfig, teacher: BertConfig, num_labels: int) -> BertConfig:
-    """The student's ``BertConfig``: the teacher's, with the configured sizes, dropout and labels.
+def student_sizes(cfg: TransformerStudentConfig, teacher: PretrainedConfig) -> dict[str, int]:
+    """The student's ``hidden_size``, ``num_attention_heads`` and ``intermediate_size``: the
+    configured ones, the teacher's where None."""
+    return {"hidden_size": cfg.hidden_size or teacher.hidden_size,
+            "num_attention_heads": cfg.num_heads or teacher.num_attention_heads,
+            "intermediate_size": cfg.intermediate_size or teacher.intermediate_size}
+
+
+def check_fits_teacher(cfg: TransformerStudentConfig, teacher: PretrainedConfig) -> None:
+    """Fail before any work when this student cannot be built from the teacher; reads only the
+    teacher's config (its ``config.json``), so the run config's rules check it too
+    (:mod:`pipeline.config.rules`).
+
+    Args:
+        cfg: the ``train.student`` section (family ``transformer``).
+        teacher: the teacher's transformers config (``model_type``, its sizes, layer count and
+            ``max_position_embeddings``).
 
     Raises:
-        ConfigError: the width does not split into the heads, ``max_length`` exceeds the
-            teacher's position embeddings, or ``layer_init`` copies layers of another shape.
+        ConfigError: the teacher is not BERT, the width does not split into the heads,
+            ``max_length`` exceeds the teacher's position embeddings, or ``layer_init`` copies
+            layers of another shape or more layers than the teacher has.
     """
-    sizes = {"hidden_size": cfg.hidden_size or teacher.hidden_size,
-             "num_attention_heads": cfg.num_heads or teacher.num_attention_heads,
-             "intermediate_size": cfg.intermediate_size or teacher.intermediate_size}
+    if teacher.model_type != "bert":
+        raise ConfigError(f"teacher.model: transformer students are built from BERT teachers; "
+                          f"{teacher.name_or_path} is {teacher.model_type!r}")
+    sizes = student_sizes(cfg, teacher)
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
         raise ConfigError(f"train.student.num_heads: {sizes['num_attention_heads']} heads do not divide "
                           f"hidden_size {sizes['hidden_size']}")
@@ -304,7 +332,17 @@ def student_bert_config(cfg: TransformerStudentConfig, teacher: BertConfig, num_
         raise ConfigError(f"train.student.layer_init: {cfg.layer_init!r} copies teacher layers, which needs the "
                           f"teacher's sizes {teacher_sizes}; got {sizes}. Set layer_init: random, or leave "
                           "hidden_size, num_heads and intermediate_size at null")
-    values = {**teacher.to_dict(), **sizes, "num_hidden_layers": cfg.num_layers,
+    check_layer_count(cfg.layer_init, teacher.num_hidden_layers, cfg.num_layers)
+
+
+def student_bert_config(cfg: TransformerStudentConfig, teacher: BertConfig, num_labels: int) -> BertConfig:
+    """The student's ``BertConfig``: the teacher's, with the configured sizes, dropout and labels.
+
+    Raises:
+        ConfigError: as :func:`check_fits_teacher`.
+    """
+    check_fits_teacher(cfg, teacher)
+    values = {**teacher.to_dict(), **student_sizes(cfg, teacher), "num_hidden_layers": cfg.num_layers,
               "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
               "classifier_dropout": None, "architectures": ["BertForSequenceClassification"]}
     if teacher.num_labels != num_labels:  # the teacher's label names only fit its own label count
@@ -340,9 +378,6 @@ def build_transformer_student(cfg: TransformerStudentConfig, inputs: BuildInputs
         raise ValueError("layer_init drop_contribution needs transfer_texts to measure the teacher's layers")
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), local_files_only=True,
                                                                  dtype=torch.float32).eval()
-    if teacher.config.model_type != "bert":
-        raise ConfigError(f"teacher.model: transformer students are built from BERT teachers; {teacher_dir} "
-                          f"is {teacher.config.model_type!r}")
     tokenizer = load_tokenizer(teacher_dir)
     model = BertForSequenceClassification(student_bert_config(cfg, teacher.config, num_labels))
     similarities = None

@@ -25,7 +25,7 @@ from core.precision import Precision
 from core.hf_checkpoint import load_tokenizer
 from teachers.checkpoint import CLASSIFIERS, encode
 from teachers.distributed import init_single_process
-from teachers.signals import SignalsConfig
+from teachers.signals import SignalsConfig, check_signals
 from teachers.token_alignment import encode_words, words_logits
 
 if TYPE_CHECKING:  # transformers' modeling modules load when a teacher does, not with this module
@@ -337,24 +337,3 @@ def cls_only_applies(model: torch.nn.Module, signals: SignalsConfig, kernel_inje
     per-token signal keeps the full forward), a BERT sequence classifier encoder in eval mode,
     and no DeepSpeed kernel injection (its fused layers replace the modules it reuses)."""
     return not signals.needs_lengths and not kernel_inject and ClsOnlyBertClassifier.supports(model)
-
-
-def check_signals(signals: SignalsConfig, config) -> None:
-    """Fail before any work when requested layers or heads do not exist in the teacher.
-
-    Args:
-        signals: the ``label.emit`` section.
-        config: the teacher's transformers config (``num_hidden_layers``, ``num_attention_heads``).
-
-    Raises:
-        ConfigError: naming the field, the bad values and the valid range.
-    """
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    checks = [("hidden_layers", signals.hidden_layers, range(0, layers + 1)),
-              ("attention_layers", signals.attention_layers, range(1, layers + 1)),
-              ("attention_heads", signals.attention_heads or [], range(0, heads))]
-    for field, values, valid in checks:
-        bad = [v for v in values if v not in valid]
-        if bad:
-            raise ConfigError(f"label.emit.{field}: {bad} do not exist in the teacher "
-                              f"(valid: {valid.start}..{valid.stop - 1})")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.config import Section
+from core.errors import ConfigError
 
 
 class SignalsConfig(Section):
@@ -28,3 +29,24 @@ class SignalsConfig(Section):
     def needs_lengths(self) -> bool:
         """Whether per-token signals are stored (and with them each row's token count)."""
         return bool(self.hidden_layers or self.attention_layers)
+
+
+def check_signals(signals: SignalsConfig, config) -> None:
+    """Fail before any work when requested layers or heads do not exist in the teacher.
+
+    Args:
+        signals: the ``label.emit`` section.
+        config: the teacher's transformers config (``num_hidden_layers``, ``num_attention_heads``).
+
+    Raises:
+        ConfigError: naming the field, the bad values and the valid range.
+    """
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    checks = [("hidden_layers", signals.hidden_layers, range(0, layers + 1)),
+              ("attention_layers", signals.attention_layers, range(1, layers + 1)),
+              ("attention_heads", signals.attention_heads or [], range(0, heads))]
+    for field, values, valid in checks:
+        bad = [v for v in values if v not in valid]
+        if bad:
+            raise ConfigError(f"label.emit.{field}: {bad} do not exist in the teacher "
+                              f"(valid: {valid.start}..{valid.stop - 1})")

@@ -43,8 +43,7 @@ from pipeline.artifacts import RunDir
 from pipeline.config.sections import RunConfig
 from core.errors import ArtifactError
 from pipeline.runner import start_ray
-from teachers.inference import check_signals
-from teachers.signals import SignalsConfig
+from teachers.signals import SignalsConfig, check_signals
 
 log = logging.getLogger(__name__)
 

@@ -121,6 +121,9 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
             return follow_job(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
+            from pipeline.tasks import check_before_stages
+
+            check_before_stages(cfg)  # the rules that read the teacher's config.json or the source runs
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
         if args.command == "submit":

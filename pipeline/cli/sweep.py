@@ -114,7 +114,6 @@ def plan_trials(source: str, overrides: list[str], grid: dict[str, list[str]]) -
             raise ConfigError(f"--set-grid {point}: " + " ".join(str(exc).split())) from None
         if not isinstance(cfg, RunConfig):
             raise ConfigError(f"{source}: a sweep tunes a single-task run; give a source run's config")
-        train.check_loss_fits_student(cfg.train, cfg.teacher.max_length)
         label_fp = label_fp or label_fingerprint(cfg)  # the same for every point: the grid varies train.* only
         trials.append(Trial(trial_name(values), values, cfg, label_fp, stage_fingerprint(cfg, "train", label_fp)))
     return trials

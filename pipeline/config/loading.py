@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from core.errors import ConfigError
-from pipeline.config.sections import MULTI_TASK_FAMILIES, SENTENCE_FAMILIES, TAGGER_FAMILIES, MultiTaskRunConfig, RunConfig
+from pipeline.config.rules import config_problems, problems_message, raise_problems, task_conflicts
+from pipeline.config.sections import MultiTaskRunConfig, RunConfig
 
 PRESET_PACKAGE = "pipeline.config.presets"
 
@@ -60,8 +61,9 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | Mu
     Raises:
         ConfigError: the file is missing or not YAML, a ``base`` is unknown or part of a cycle,
             an override is malformed, a field is unknown or of the wrong type (every such field
-            is listed), or settings do not fit ``data.task`` (a sentence student on a token
-            task; see :func:`task_conflicts`).
+            is listed), settings do not fit ``data.task`` (a sentence student on a token task;
+            :func:`pipeline.config.rules.task_conflicts`), or settings conflict (every rule of
+            :func:`pipeline.config.rules.config_problems` broken is listed).
     """
     raw, origin = read_with_bases(source)
     for override in overrides:
@@ -83,26 +85,19 @@ def redact(value: Any, key: str = "") -> Any:
 
 
 def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | MultiTaskRunConfig:
-    """Validate a parsed config mapping; see :func:`load_config` for the errors raised."""
+    """Validate a parsed config mapping, then check the rules between its fields that need no
+    file (:mod:`pipeline.config.rules`); see :func:`load_config` for the errors raised."""
     root = MultiTaskRunConfig if "tasks" in raw else RunConfig
     try:
         cfg = root.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(origin, [_describe(err, root) for err in exc.errors()], "invalid field(s)")) \
-            from None
-    if isinstance(cfg, MultiTaskRunConfig):
-        return cfg
-    lines = task_conflicts(cfg)
+        raise ConfigError(problems_message(origin, [_describe(err, root) for err in exc.errors()],
+                                           "invalid field(s)")) from None
+    lines = task_conflicts(cfg) if isinstance(cfg, RunConfig) else []
     if lines:
-        raise ConfigError(_problems(origin, lines, f"setting(s) do not fit data.task {cfg.data.task}"))
+        raise ConfigError(problems_message(origin, lines, f"setting(s) do not fit data.task {cfg.data.task}"))
+    raise_problems(config_problems(cfg), origin)
     return cfg
-
-
-def _problems(origin: str, lines: list[str], what: str) -> str:
-    """One line for one problem; a counted list, a line each, for several."""
-    if len(lines) == 1:
-        return f"{origin}: {lines[0]}"
-    return f"{origin}: {len(lines)} {what}:\n  " + "\n  ".join(lines)
 
 
 def read_with_bases(source: str | Path, relative_to: Path | None = None,
@@ -258,25 +253,3 @@ def _nested_models(annotation: Any) -> list[type[BaseModel]]:
     for arg in getattr(annotation, "__args__", ()):
         found += _nested_models(arg)
     return found
-
-
-def task_conflicts(cfg: RunConfig) -> list[str]:
-    """The settings that do not fit ``data.task``, each as ``field: problem; fix``; empty when none."""
-    family = cfg.train.student.family
-    if family in MULTI_TASK_FAMILIES:
-        return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
-                "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
-    if cfg.data.task == "sequence":
-        return [f"train.student.family: {family} tags words; it needs data.task: token, or use "
-                f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else []
-    problems = []
-    if family not in TAGGER_FAMILIES:
-        problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
-                        f"{' or '.join(TAGGER_FAMILIES)}")
-    unsupported = {"data.text_pair_column": cfg.data.text_pair_column, "label.teachers": cfg.label.teachers,
-                   "label.emit.hidden_layers": cfg.label.emit.hidden_layers,
-                   "label.emit.attention_layers": cfg.label.emit.attention_layers,
-                   "label.emit.logits_top_k": cfg.label.emit.logits_top_k}
-    problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
-                 if value]
-    return problems

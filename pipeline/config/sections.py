@@ -26,7 +26,7 @@ from pipeline.config.compress_sections import BenchmarkConfig, ExportConfig, Pru
 from students.bilstm import BiLSTMStudentConfig
 from students.multitask import MultiTaskLSTMConfig
 from students.registry import FAMILIES
-from students.terms import LossConfig, layer_terms
+from students.terms import LossConfig
 from teachers.checkpoint import DEFAULT_TEACHER
 from teachers.finetune import FinetuneConfig
 from teachers.signals import SignalsConfig
@@ -326,7 +326,13 @@ class RunBase(Section):
 
 
 class RunConfig(RunBase):
-    """A whole distillation run, loaded from one YAML file."""
+    """A whole distillation run, loaded from one YAML file.
+
+    Two settings left out follow others: ``train.student.max_length`` is ``teacher.max_length``
+    (the layer loss terms align student and teacher tokens), and ``prune.models`` prunes the
+    distilled student only when its family is one of :data:`PRUNABLE_FAMILIES`. The cross-field
+    rules live in :mod:`pipeline.config.rules`.
+    """
 
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()
@@ -337,6 +343,18 @@ class RunConfig(RunBase):
     export: ExportConfig | None = Field(default=None, description="optional: ONNX and ExecuTorch files, parity-checked")
     quantize: QuantizeConfig | None = Field(default=None, description="optional: int8 and fp16 variants")
     benchmark: BenchmarkConfig | None = Field(default=None, description="optional: every variant measured")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _left_out_settings_follow(cls, raw: Any, handler: Any) -> "RunConfig":
+        cfg = handler(raw)
+        student, prune = cfg.train.student, cfg.prune
+        if "max_length" in type(student).model_fields and "max_length" not in student.model_fields_set:
+            student = student.model_copy(update={"max_length": cfg.teacher.max_length})
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"student": student})})
+        if prune is not None and "models" not in prune.model_fields_set and student.family not in PRUNABLE_FAMILIES:
+            cfg = cfg.model_copy(update={"prune": prune.model_copy(update={"models": ["teacher"]})})
+        return cfg
 
 
 class MultiTaskRunConfig(RunBase):
@@ -361,35 +379,9 @@ class MultiTaskRunConfig(RunBase):
             return {**raw, "train": {**train, "student": {"family": "multitask_lstm", **student}}}
         return raw
 
-    @model_validator(mode="after")
-    def _fits_multitask(self) -> "MultiTaskRunConfig":
-        family = self.train.student.family
-        if not FAMILIES[family].multi_task:
-            raise ValueError(f"train.student.family is {family}; a config with tasks trains family "
-                             f"{' or '.join(MULTI_TASK_FAMILIES)}")
-        if self.train.num_workers != 1:
-            raise ValueError("train.num_workers must be 1 for a multi-task student (each step trains one task's "
-                             "head, and DDP would need every rank to draw the same task)")
-        needs_layers = layer_terms(self.train.loss)
-        if needs_layers and not FAMILIES[family].layer_outputs:
-            raise ValueError(f"train.loss.{needs_layers[0]} needs a {' or '.join(LAYER_FAMILIES)} student; "
-                             f"{family} learns from the logit terms only")
-        return self
 
-
-TAGGER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.tags_tokens)
-"""Student families that tag words (logits [B, W, C]); the others classify sentences."""
-
-MULTI_TASK_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.multi_task)
-"""Student families trained on several runs' tasks by a config with ``tasks``."""
-
-LAYER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.layer_outputs)
-"""Student families whose hidden states and attention maps the layer loss terms can read."""
-
-SENTENCE_FAMILIES = tuple(name for name, family in FAMILIES.items()
-                          if not (family.tags_tokens or family.multi_task))
-"""Student families that a single run of a sentence task trains."""
-
+PRUNABLE_FAMILIES = ("transformer",)
+"""Student families the prune stage prunes (BERT-style heads and FFN neurons); it leaves the others."""
 
 def task_kind(data: DataConfig) -> TaskKind:
     """The task's kind, decided once from ``data.task`` and ``data.text_pair_column``."""

@@ -50,7 +50,8 @@ from pipeline.config.sections import RunConfig
 from pipeline.labeling.actor import ShardLabeler
 from pipeline.config.sections import task_kind
 from teachers.ensemble import check_teachers
-from teachers.inference import check_signals, check_tensor_parallel
+from teachers.inference import check_tensor_parallel
+from teachers.signals import check_signals
 
 log = logging.getLogger(__name__)
 

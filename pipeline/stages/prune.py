@@ -42,13 +42,14 @@ from compress.pruning import (plot_head_importance, plot_sensitivity, prune_iter
 from compress.slicing import count_parameters, drop_layers, kept_heads, layers_to_drop, load_pruned, pruning_state
 from compress.vocabulary import prune_vocabulary, unkept_token_share, used_token_ids
 from core.artifacts import atomic_dir
-from core.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError
 from core.hf_checkpoint import load_tokenizer
 from core.optimisation import Recipe
 from core.precision import select_precision
 from core.schema import LABEL, LOGITS, TEXT, TEXT_PAIR, TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import PruneConfig
+from pipeline.config.rules import layer_drop_problems, prune_problems, raise_problems
 from pipeline.config.sections import RunConfig, task_kind
 from pipeline.evaluation.scoring import Split, predict, read_split, score, teacher_model
 from pipeline.training.shards import require_file, soft_label_files
@@ -101,10 +102,11 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
     Returns:
         ``{"models": {model: summary of :func:`prune_model`}, "layer_drop": summary of
-        :func:`layer_drop_baseline` or None}``; a student that is not a transformer has no entry.
+        :func:`layer_drop_baseline` or None}``, a ``models`` entry per model of ``prune.models``.
 
     Raises:
-        ConfigError: a token task, or ``prune.layer_drop`` leaving the teacher no layer.
+        ConfigError: a prune section that the task, the student or the teacher cannot serve
+            (:func:`check_prunable`).
         ArtifactError: a model, split or label shard is missing or fails its checksum.
     """
     prune_cfg, kind = cfg.prune, task_kind(cfg.data)
@@ -115,9 +117,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     out = clear_folder(run_dir.stage_dir("prune"))
     models = {}
     for name in prune_cfg.models:
-        target = load_prunable(cfg, run_dir, name)
-        if target is not None:
-            models[name] = prune_model(target, files, kind, dev, prune_cfg, out)
+        models[name] = prune_model(load_prunable(cfg, run_dir, name), files, kind, dev, prune_cfg, out)
     baseline = None
     if prune_cfg.layer_drop:
         teacher = load_prunable(cfg, run_dir, "teacher")
@@ -126,17 +126,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
 
 def check_prunable(cfg: RunConfig) -> None:
-    """ConfigError, before any work, for a token task or a ``layer_drop`` the teacher cannot give."""
-    if cfg.data.task == "token":
-        raise ConfigError("prune: pruning covers sentence and pair classifiers, not data.task: token; "
-                          "remove the prune section")
+    """ConfigError, before any work, for a token task, a ``kd`` student of a family that is not
+    pruned, or a ``layer_drop`` the fine-tuned teacher cannot give: the rules of
+    :mod:`pipeline.config.rules` that ``distill validate`` and ``distill run`` checked already."""
+    raise_problems(prune_problems(cfg))
     if cfg.prune.layer_drop is None:
         return
     teacher_config = require_file(RunDir(cfg.run_dir).teacher_dir / "config.json")
-    teacher_layers = AutoConfig.from_pretrained(str(teacher_config.parent)).num_hidden_layers
-    if cfg.prune.layer_drop >= teacher_layers:
-        raise ConfigError(f"prune.layer_drop: {cfg.prune.layer_drop} of the teacher's {teacher_layers} layers "
-                          f"leaves none; set it below {teacher_layers}")
+    raise_problems(layer_drop_problems(cfg.prune, AutoConfig.from_pretrained(str(teacher_config.parent))
+                                       .num_hidden_layers))
 
 
 def clear_folder(folder: Path) -> Path:
@@ -146,15 +144,11 @@ def clear_folder(folder: Path) -> Path:
     return folder
 
 
-def load_prunable(cfg: RunConfig, run_dir: RunDir, name: str) -> Prunable | None:
-    """The teacher, or the distilled student when it is a transformer (else None, logged)."""
+def load_prunable(cfg: RunConfig, run_dir: RunDir, name: str) -> Prunable:
+    """The teacher, or the distilled student (a transformer: :func:`check_prunable`)."""
     if name == "teacher":
         model, featurize, folder = teacher_model(run_dir.teacher_dir, cfg.teacher.max_length)
         return Prunable(name, model, load_tokenizer(folder), featurize, cfg.teacher.max_length, "teacher")
-    family = cfg.train.student.family
-    if family != "transformer":
-        log.info("prune: pruning applies to transformer models; the %s student %r is left as it is", family, name)
-        return None
     student = load_student(run_dir.student_dir(name))
     return Prunable(name, student.model.eval(), student.tokenizer, student.featurize, student.cfg.max_length,
                     "transformer")

@@ -51,14 +51,15 @@ from pipeline.observability import live_metrics
 from pipeline.artifacts import RunDir
 from pipeline.training.batching import read_shards
 from pipeline.training.checkpoints import prepare_storage
+from pipeline.config.rules import loss_problems, raise_problems
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluation.scoring import dev_metric_name
 from pipeline.training.shards import require_file, soft_label_files, training_columns
 from pipeline.tasks import Task, run_tasks
 from pipeline.training.loop import train_loop
 from students.base import BuildInputs
-from students.registry import FAMILIES, build_student, load_student
-from students.terms import LossConfig, layer_terms
+from students.registry import build_student, load_student
+from students.terms import LossConfig
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
         As :func:`run`.
     """
     tasks = run_tasks(cfg, source)
-    check_loss_fits_student(cfg.train, tasks[0].cfg.teacher.max_length)
+    raise_problems(loss_problems(cfg.train, tasks[0].cfg.teacher.max_length))  # as validate_config did
     kd = [TaskData(task.name, task.kind, soft_label_files(task.run_dir, task.num_labels, cfg.train.loss),
                    require_file(task.run_dir.split_file("dev")), task.tag_names) for task in tasks]
     runs = {"kd": (kd, cfg.train.loss, cfg.train)}
@@ -204,32 +205,6 @@ def student_inputs(tasks: list[Task]) -> BuildInputs:
     log.info("train: tasks %s; %d transfer texts for the vocabulary",
              ", ".join(f"{t.name} ({t.kind.value})" for t in tasks), len(texts))
     return BuildInputs(teacher_dir, texts, tasks={task.name: (task.kind.value, task.num_labels) for task in tasks})
-
-
-def check_loss_fits_student(train_cfg: TrainConfig, teacher_max_length: int) -> None:
-    """Fail before any work when the loss asks for signals the student cannot match.
-
-    Args:
-        train_cfg: the ``train`` section.
-        teacher_max_length: the (first) teacher's ``teacher.max_length``, tokens.
-
-    Raises:
-        ConfigError: a hidden-state, attention, cosine or PKD term with a student family that
-            has no such outputs, or with a student ``max_length`` other than the teacher's (the
-            per-token signals are aligned token by token).
-    """
-    needs_layers = layer_terms(train_cfg.loss)
-    if not needs_layers:
-        return
-    student = train_cfg.student
-    if not FAMILIES[student.family].layer_outputs:
-        layer_families = [name for name, family in FAMILIES.items() if family.layer_outputs]
-        raise ConfigError(f"train.loss.{needs_layers[0]} needs a student with hidden states and attention maps "
-                          f"(train.student.family: {' or '.join(layer_families)}), not {student.family}")
-    if student.max_length != teacher_max_length:
-        raise ConfigError(f"train.loss.{needs_layers[0]} aligns student and teacher tokens, so "
-                          f"train.student.max_length ({student.max_length}) must equal teacher.max_length "
-                          f"({teacher_max_length})")
 
 
 def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: list[TaskData], loss: LossConfig,

@@ -75,6 +75,22 @@ def teacher_of_other_labels(ws):
     return ws.run()
 
 
+def layer_terms(ws, **changes):
+    """``run`` of a transformer student on the tiny teacher's layer 2 (hidden states and attention
+    maps), with ``changes`` to the train and label sections."""
+    train = {"student": {"family": "transformer", "num_layers": 1},
+             "loss": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}, "hidden": {"layer_map": {2: 1}},
+                      "attention": {"layer_map": {2: 1}}}, **changes.get("train", {})}
+    label = {"emit": {"hidden_layers": [2], "attention_layers": [2]}, **changes.get("label", {})}
+    return ws.run(teacher={"model": str(ws.teacher), "max_length": 32}, train=train, label=label)
+
+
+def multitask_without_its_runs(ws):
+    path = ws.write("mt.yaml", yaml.safe_dump({"name": "mt", "output_dir": str(ws.root / "runs"),
+                                               "tasks": {"sst": str(ws.root / "runs" / "nowhere")}}))
+    return ["validate", str(path)]
+
+
 CASES = {
     # config files and the command line
     "unknown key": (lambda ws: ws.run(train={"epoch": 3}),
@@ -147,6 +163,31 @@ CASES = {
                               r"is truncated or corrupt"),
     "teacher of another label set": (teacher_of_other_labels,
                                      r"teacher\.model: .*teacher is a 3-class classifier but data\.labels has 2 labels"),
+    # rules between fields, refused before the first stage (pipeline/config/rules.py)
+    "student length unlike the teacher's under a layer term": (
+        lambda ws: layer_terms(ws, train={"student": {"family": "transformer", "num_layers": 1, "max_length": 16}}),
+        r"c\.yaml: train\.loss\.hidden aligns student and teacher tokens, so train\.student\.max_length \(16\) must "
+        r"equal teacher\.max_length \(32\); leave train\.student\.max_length out"),
+    "layer term the label stage does not emit": (
+        lambda ws: layer_terms(ws, label={"emit": {"hidden_layers": [2]}}),
+        r"label\.emit\.attention_layers: \[\] lacks teacher layer\(s\) \[2\], which train\.loss\.attention read"),
+    "emitted layer the teacher lacks": (
+        lambda ws: layer_terms(ws, label={"emit": {"hidden_layers": [2, 5], "attention_layers": [2]}}),
+        r"label\.emit\.hidden_layers: \[5\] do not exist in the teacher \(valid: 0\.\.2\)"),
+    "student deeper than the teacher it copies": (
+        lambda ws: ["validate", ws.config(train={"student": {"family": "transformer", "num_layers": 3}})],
+        r"train\.student\.num_layers: layer_init 'uniform' copies teacher layers, so it needs 1 to 2 layers"),
+    "top-k logits with a KD term": (lambda ws: ws.run(label={"emit": {"logits_top_k": 1}}),
+                                    r"label\.emit\.logits_top_k: 1 stores only the largest logits, and "
+                                    r"train\.loss\.kd need every class's logit; set label\.emit\.logits_top_k: null"),
+    "kd pruned with a BiLSTM student": (lambda ws: ws.run(prune={"models": ["kd"]}),
+                                        r"prune\.models: kd is the distilled student, a bilstm, .*remove kd"),
+    "layer drop of every teacher layer": (lambda ws: ws.run(prune={"layer_drop": 2}),
+                                          r"prune\.layer_drop: 2 of the teacher's 2 layers leaves none"),
+    "quantize without an export": (lambda ws: ws.run(quantize={}),
+                                   r"quantize: the quantize stage reads the export stage's ONNX files"),
+    "multi-task config without its source runs": (
+        multitask_without_its_runs, r"nowhere/config\.yaml: missing; tasks\.sst must name a run folder"),
 }
 
 

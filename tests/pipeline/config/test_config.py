@@ -214,7 +214,8 @@ def test_student_family_selects_its_section_and_typos_name_the_family_fields():
 
 
 def test_loss_terms_and_the_ce_only_twin():
-    cfg = load_config("sst2-quick", ["train.loss.hidden={layer_map: {6: 3}, weight: 2.0}"])
+    cfg = load_config("sst2-quick", ["train.loss.hidden={layer_map: {6: 3}, weight: 2.0}",
+                                     "label.emit.hidden_layers=[6]", "train.student={family: transformer, num_layers: 3}"])
     assert list(cfg.train.loss.terms()) == ["ce", "kd", "hidden"]
     assert cfg.train.loss.hidden.layer_map == {6: 3}
     twin = cfg.train.loss.ce_only()

@@ -103,7 +103,8 @@ def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
     cfg, run = run_dir
     emit = {"hidden_layers": [0, 2], "attention_layers": [2], "attention_heads": [0], "logits_top_k": 1}
     raw = cfg.model_dump(mode="json")
-    cfg = validate_config({**raw, "label": {**raw["label"], "num_actors": 1, "emit": emit}})
+    train = {**raw["train"], "loss": {"ce": {"weight": 1.0}, "kd": None}}  # top-k logits cannot feed a KD term
+    cfg = validate_config({**raw, "label": {**raw["label"], "num_actors": 1, "emit": emit}, "train": train})
     summary = label.run(cfg, run)
     table = read_all(run).sort_by("id")
     assert table.column_names == ["id", "text", "label", "topk_values", "topk_indices", "length",
