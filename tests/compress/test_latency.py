@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from tiny_onnx import LSTM_INPUTS, VOCAB, export, random_features
+from heavy_onnx import export_matmul_chain
+from tiny_onnx import LSTM_INPUTS, random_features
 
 from compress.backends import load_predictor
 from compress.latency import machine_info, measure, measure_variant, peak_rss_mb, reset_peak_rss, size_mb
@@ -52,27 +52,9 @@ def test_measure_needs_sentences(tiny_lstm_onnx):
         measure(load_predictor("onnxruntime", tiny_lstm_onnx, 1), [], random_features(32, LSTM_INPUTS), runs=5, warmup=0)
 
 
-class MatMulChain(torch.nn.Module):
-    """Embedding [1000, 256] -> 200 times tanh(x W) with one W [256, 256] -> mean -> 2 logits: about
-    800x the tiny LSTM's work per token (26 MFLOP against 0.033), in a 1.3 MB ONNX file."""
-
-    def __init__(self):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(VOCAB, 256)
-        self.layer = torch.nn.Linear(256, 256)
-        self.head = torch.nn.Linear(256, 2)
-
-    def forward(self, input_ids, attention_mask):
-        x = self.embedding(input_ids)  # [B, T, 256]
-        for _ in range(200):
-            x = torch.tanh(self.layer(x))
-        return self.head(x.mean(1))  # [B, 2]
-
-
 @pytest.mark.slow  # three spawned processes, each importing torch: 100 s on a loaded 2-core machine
 def test_measure_variant_runs_each_thread_count_in_a_fresh_process(tiny_lstm_onnx, tmp_path):
-    torch.manual_seed(0)
-    chain = export(MatMulChain().eval(), LSTM_INPUTS, tmp_path / "chain.onnx")
+    chain = export_matmul_chain(tmp_path / "chain.onnx", LSTM_INPUTS)
     report = measure_variant("onnxruntime", tiny_lstm_onnx, sentences(), random_features(32, LSTM_INPUTS),
                              runs=10, warmup=1, threads=(1, 2))
     slow = measure_variant("onnxruntime", chain, sentences(), random_features(32, LSTM_INPUTS), runs=10, warmup=1,

@@ -1,6 +1,7 @@
 """Stage ``benchmark`` on a hand-built finished run: a tiny random BERT teacher, its ONNX export and
 a dynamic int8 copy of that, and a dev table; the JSON summary, the Pareto plot, the report's
-section and the offline W&B run's table. No timing comparisons between variants."""
+section and the offline W&B run's table. One timing comparison, of two variants hundreds of
+times apart in work."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from compress.onnx_export import export_onnx
 from compress.quantize import quantize_dynamic_int8
 from compress.slicing import load_pruned
 from compress.traceable import example_features
+from heavy_onnx import export_matmul_chain
 from core.errors import ArtifactError
 from core.hf_checkpoint import load_tokenizer
 from pipeline.stages import benchmark, evaluate
@@ -100,7 +102,6 @@ def test_every_variant_has_every_field(measured):
         assert set(v["threads"]) == {"1", "all"}
         for figures in v["threads"].values():
             assert set(figures) == THREAD_KEYS
-            assert 0 < figures["p50_ms"] <= figures["p99_ms"]
             assert figures["throughput_eps"] > 0 and 100 < figures["peak_rss_mb"] < 16000
         assert 0 <= v["dev_accuracy"] <= 1 and v["size_mb"] > 0
     teacher = variants["teacher"]
@@ -123,8 +124,8 @@ def test_baseline_ratios_and_pareto(measured):
     assert baseline["threads"]["1"]["p50_ms"] == min(v["threads"]["1"]["p50_ms"] for v in eligible)
     assert baseline["speedup_vs_teacher_best"] == 1.0 and baseline["size_ratio_vs_teacher_best"] == 1.0
     for v in variants.values():
-        assert v["speedup_vs_teacher_best"] == pytest.approx(
-            baseline["threads"]["1"]["p50_ms"] / v["threads"]["1"]["p50_ms"], rel=1e-2)
+        assert v["speedup_vs_teacher_best"] == pytest.approx(  # rounded to 3 decimals
+            baseline["threads"]["1"]["p50_ms"] / v["threads"]["1"]["p50_ms"], rel=1e-2, abs=5e-4)
         assert v["accuracy_ratio_vs_teacher"] == pytest.approx(v["dev_accuracy"] / teacher_accuracy, abs=1e-4)
     front = set(summary["pareto"])
     assert front and front <= set(variants)
@@ -212,6 +213,25 @@ def test_token_classifier_logits_are_taken_at_each_words_first_subtoken():
 def nested(row: dict, key: str) -> dict:
     """The fields of a media value in a history row (W&B stores them as ``<key>/<field>`` items)."""
     return {name[len(key) + 1:]: value for name, value in row.items() if name.startswith(key + "/")}
+
+
+@pytest.mark.slow  # two ONNX exports and a benchmark run: 40 s on a loaded 2-core machine
+def test_a_variant_of_650x_the_work_is_measured_far_slower(tmp_path, tiny_teacher_dir):
+    cfg, run_dir = build_run(tmp_path, tiny_teacher_dir)
+    cfg = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"threads": [1]})})
+    onnx_variant(run_dir)  # the tiny teacher's export
+    folder = variant_folder(run_dir, "export", "heavy", "onnx")
+    folder.mkdir(parents=True)
+    export_matmul_chain(folder / "model.onnx", ["input_ids"])  # fed the teacher's tokens
+    write_meta(folder, VariantMeta(
+        name="heavy/onnxruntime-fp32", model="heavy", backend="onnxruntime", precision="fp32",
+        file="export/heavy-onnx/model.onnx", source="finetune/teacher", parent="teacher", method="export",
+        input_names=["input_ids"]))
+    variants = {v["name"]: v["threads"]["1"] for v in benchmark.run(cfg, run_dir)["variants"]}
+    light, heavy = variants["teacher/onnxruntime-fp32"], variants["heavy/onnxruntime-fp32"]
+    # 650x the work per token (p50 11.5 ms against 0.10 when written); 10x asserted, however busy the machine
+    assert heavy["p50_ms"] > 10 * light["p50_ms"] and heavy["p99_ms"] > 10 * light["p50_ms"]
+    assert heavy["throughput_eps"] < light["throughput_eps"] / 10
 
 
 def test_corrupted_onnx_file_fails_naming_it(tmp_path, tiny_teacher_dir):
