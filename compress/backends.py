@@ -12,8 +12,11 @@ logits as a float32 numpy array ([B, C], or [B, T, C] for taggers).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import io
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +29,8 @@ from core.errors import ArtifactError, ConfigError
 from compress.slicing import load_pruned
 from students.base import META_FILE as STUDENT_META_FILE
 from students.registry import load_student
+
+log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids", "word_ids", "char_ids",
@@ -177,7 +182,8 @@ class ExecuTorchPredictor:
                 raise ArtifactError(self.path.parent / META_FILE,
                                     "must list input_names, the .pte program's input order")
         self.input_names, self.threads = list(input_names), threads
-        _unsafe_reset_threadpool(threads)
+        with runtime_notes_logged():
+            _unsafe_reset_threadpool(threads)
         try:
             program = Runtime.get().load_program(self.path)
             self.method = program.load_method("forward")
@@ -208,6 +214,23 @@ class ExecuTorchPredictor:
             raise ArtifactError(self.path, f"ExecuTorch rejected inputs of shapes {[a.shape for a in arrays]} "
                                            f"({error})") from error
         return logits[:, :length] if self.pads_output else logits
+
+
+@contextlib.contextmanager
+def runtime_notes_logged() -> Iterator[None]:
+    """ExecuTorch's notes during the block (``[threadpool.cpp:66] Resetting threadpool to N
+    threads.``, its first cpuinfo probes) go to this module's logger at DEBUG, one record a line:
+    a run's log file, never its console.
+
+    Its pybind11 bindings write them through Python's ``sys.stderr`` as it is at the call, not
+    to descriptor 2, so :func:`pipeline.observability.console.native_stderr_to` cannot move them;
+    ``sys.stderr`` is swapped for a buffer here (process-wide, for the block only).
+    """
+    notes = io.StringIO()
+    with contextlib.redirect_stderr(notes):
+        yield
+    for line in notes.getvalue().splitlines():
+        log.debug("executorch: %s", line)
 
 
 BACKENDS: dict[str, Callable[..., Predictor]] = {

@@ -9,7 +9,8 @@ warnings. Each Ray worker process (label actors, train workers, Ray's helper act
 so its chatter does not reach the driver's console either. Native code in the driver that writes
 to its stderr descriptor (Ray's core worker, gloo, ONNX Runtime) goes to the run's log too
 (:func:`native_stderr_to`), and so do two notices Ray forwards from its own processes
-(:data:`RAY_FORWARDED_NOISE`).
+(:data:`RAY_FORWARDED_NOISE`) and ExecuTorch's threadpool notes, which its bindings write through
+``sys.stderr`` (logged at DEBUG by :func:`compress.backends.runtime_notes_logged`).
 
 STYLE.md, "The console": a quick run fits on two screens.
 """

@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+
 SCRIPT = """
 import logging, sys, threading, warnings
 from pathlib import Path
@@ -102,3 +105,28 @@ def test_rays_forwarded_noise_goes_to_the_log_and_other_worker_lines_to_the_cons
     assert "constructor arguments" not in console_text
     log = (logs / "distill.log").read_text()
     assert "constructor arguments in the object store" in log and "ray.forwarded" in log
+
+
+BENCH_SCRIPT = """
+import sys
+from pipeline.cli.main import main
+sys.exit(main(["bench", "latency", sys.argv[1], "--set", "tracking.mode=disabled"]))
+"""
+
+
+@pytest.mark.slow  # the tiny teacher's ExecuTorch export, then `distill bench latency` in a fresh interpreter (3 min)
+def test_executorch_threadpool_notes_go_to_the_log_not_the_console(tmp_path, tiny_teacher_dir):
+    from pipeline.config.compress_sections import ExportConfig
+    from pipeline.stages import export
+    from test_benchmark import build_run
+
+    cfg, run_dir = build_run(tmp_path, tiny_teacher_dir)
+    cfg = cfg.model_copy(update={"export": ExportConfig(formats=["executorch"], parity_rows=4)})
+    export.run(cfg, run_dir)
+    config = run_dir.root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    done = run_script(BENCH_SCRIPT, config)
+    assert "| teacher/executorch-fp32 | executorch | fp32 |" in done.stdout  # the variant was measured
+    assert "Resetting threadpool" not in done.stdout + done.stderr
+    log = (run_dir.root / "logs" / "distill.log").read_text()
+    assert "[threadpool.cpp:66] Resetting threadpool to 1 threads." in log
