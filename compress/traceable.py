@@ -8,6 +8,8 @@ one tensor out. :class:`LogitsOnly` gives every family that shape:
 Families and their inputs (int64, right-padded; axis names as in :func:`input_axes`):
 
     teacher (Hugging Face classifier), transformer: input_ids, attention_mask[, token_type_ids]  [B, T]
+                     (token_type_ids where the architecture reads segment ids: BERT, not MPNet,
+                     RoBERTa or DistilBERT; see :func:`core.hf_checkpoint.takes_token_type_ids`)
     bilstm:          input_ids, attention_mask [B, T] (+ pair_input_ids, pair_attention_mask [B, T2])
     multitask_lstm:  per task head; sentence: input_ids, attention_mask; pair: + the pair inputs;
                      token: + word_starts [B, W] (the logits are per word, [B, W, C])
@@ -23,7 +25,6 @@ on padding, as ``pad_packed_sequence`` leaves them; the logits are equal up to f
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from core.errors import ConfigError
-from core.hf_checkpoint import load_tokenizer
+from core.hf_checkpoint import load_tokenizer, takes_token_type_ids
 from students.base import Student
 
 TEACHER = "teacher"
@@ -86,15 +87,18 @@ def input_names_of(model: nn.Module, task: str | None = None) -> list[str]:
     if family == "cnn_lstm":
         return ["word_ids", "char_ids", "attention_mask"]
     names = ["input_ids", "attention_mask"]
-    if family == TEACHER and "token_type_ids" in inspect.signature(model.forward).parameters:
-        names.append("token_type_ids")
-    if family == "transformer":
+    if family in (TEACHER, "transformer") and takes_token_type_ids(hf_config(model)):
         names.append("token_type_ids")
     if (family == "bilstm" and model.sentence_pairs) or kind == "pair":
         names += ["pair_input_ids", "pair_attention_mask"]
     if kind == "token":
         names.append("word_starts")
     return names
+
+
+def hf_config(model: nn.Module):
+    """The transformers config of a Hugging Face model, or of the one a transformer student wraps (``.model``)."""
+    return model.config if isinstance(model, PreTrainedModel) else model.model.config
 
 
 def input_axes(input_names: list[str]) -> dict[str, dict[int, str]]:
@@ -127,16 +131,17 @@ def example_features(model: nn.Module, texts: list[str] | list[list[str]], task:
     Returns:
         int64 tensors [B, T] ([B, T, L] for ``char_ids``, [B, W] for ``word_starts``).
     """
-    family, kind = family_of(model), check_task(model, task)
+    family, kind, names = family_of(model), check_task(model, task), input_names_of(model, task)
     if family == "cnn_lstm" or kind == "token":
         texts = [text.split() if isinstance(text, str) else list(text) for text in texts]
     if family == TEACHER:
         if tokenizer is None:
             tokenizer = load_tokenizer(model.name_or_path)
-        features = dict(tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt"))
+        features = dict(tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt",
+                                  return_token_type_ids="token_type_ids" in names))
     else:
         features = model.featurize(texts, pairs)
-    return {name: features[name].long() for name in input_names_of(model, task)}
+    return {name: features[name].long() for name in names}
 
 
 def reverse_within_lengths(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

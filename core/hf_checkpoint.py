@@ -49,6 +49,14 @@ def is_classifier_for(checkpoint: Path | str, num_labels: int, task: str = "sequ
             and classifier_labels(config) == num_labels)
 
 
+def takes_token_type_ids(config) -> bool:
+    """Whether a model of this transformers config reads segment ids (``token_type_ids``, 0 on a
+    pair's first sentence and 1 on its second): BERT's two segment embeddings do; MPNet and
+    DistilBERT have none, and RoBERTa's single one (``type_vocab_size`` 1) takes only 0s, which
+    its default already gives. Their tokenizers make no ``token_type_ids`` either."""
+    return getattr(config, "type_vocab_size", 0) > 1
+
+
 def load_tokenizer(checkpoint: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The checkpoint's (fast) tokenizer; ``trust_remote_code`` lets a checkpoint run its own tokenizer code."""
     return AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)

@@ -11,7 +11,9 @@ and the usual BERT practice (Devlin et al. 2019, section 5.3), a word is represe
   ``torch.nn.CrossEntropyLoss`` and Hugging Face models skip (:func:`subtoken_labels`).
 
 The mapping comes from a fast tokenizer's ``word_ids()`` (:func:`encode_words`): for each
-position, the index of the word it belongs to, or None for special tokens and padding.
+position, the index of the word it belongs to, or None for special tokens and padding. It holds
+for WordPiece (BERT, MPNet, DistilBERT) and byte-level BPE (RoBERTa) tokenizers alike; the latter
+get a prefix space before every word (:func:`words_tokenizer`).
 
 A word can have no sub-token at all: the teacher's ``max_length`` cut it off, or the tokenizer
 dropped it (BERT's cleanup removes e.g. a lone zero-width space). Such a word gets zero logits
@@ -21,10 +23,13 @@ leave it out of the distillation loss.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tokenizers import pre_tokenizers
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import TokenClassifierOutput
@@ -36,19 +41,50 @@ NO_SUBTOKEN = -1
 """First sub-token index of a word that has no sub-token (truncated or dropped by the tokenizer)."""
 
 
+_SPACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Byte-level tokenizer -> its copy with a prefix space (:func:`words_tokenizer`), made once."""
+
+
+def words_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer that encodes pre-split words as they are encoded in running text.
+
+    A byte-level BPE (RoBERTa, GPT-2) folds the space before a word into its first token
+    (``"Ġgood"``). Given words one by one without ``add_prefix_space``, it encodes each as if it
+    began a text (``"good"``), unlike any word but the first of its training text; transformers'
+    RobertaTokenizer documentation asks for ``add_prefix_space=True`` with
+    ``is_split_into_words=True``. WordPiece tokenizers split on spaces first and need nothing.
+
+    Returns:
+        ``tokenizer`` itself, or for a byte-level one without the prefix space a copy with it
+        (made once per tokenizer).
+    """
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    if not isinstance(pre_tokenizer, pre_tokenizers.ByteLevel) or pre_tokenizer.add_prefix_space:
+        return tokenizer
+    if tokenizer not in _SPACED:
+        spaced = copy.deepcopy(tokenizer)
+        spaced.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
+            add_prefix_space=True, trim_offsets=pre_tokenizer.trim_offsets, use_regex=pre_tokenizer.use_regex)
+        spaced.add_prefix_space = True
+        _SPACED[tokenizer] = spaced
+    return _SPACED[tokenizer]
+
+
 def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]], max_length: int,
                  pad: bool = True) -> BatchEncoding:
     """Tokenize pre-split sentences for the teacher, keeping the word of every sub-token.
 
     Args:
-        tokenizer: a fast (Rust-backed) tokenizer; only those know ``word_ids()``.
+        tokenizer: a fast (Rust-backed) tokenizer; only those know ``word_ids()``. A byte-level
+            BPE encodes with a prefix space before every word (:func:`words_tokenizer`).
         sentences: B sentences, each a list of words.
         max_length: sub-tokens per sentence, special tokens included; longer ones are truncated.
         pad: pad to the longest row and return tensors; False returns unpadded lists (for
             batching by length later).
 
     Returns:
-        A BatchEncoding: ``input_ids``/``attention_mask`` (and ``token_type_ids`` for BERT),
+        A BatchEncoding: ``input_ids``/``attention_mask`` (and ``token_type_ids`` where the
+        tokenizer makes them: BERT, not MPNet, RoBERTa or DistilBERT),
         int64 [B, T] tensors padded to the longest row, or per-row lists with ``pad=False``;
         ``word_ids(i)`` gives row i's word index per position.
 
@@ -58,8 +94,8 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, sentences: list[list[str]],
     if not tokenizer.is_fast:
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer, so it cannot map sub-tokens to "
                          f"words; load the teacher's tokenizer with use_fast=True (needs its tokenizer.json)")
-    return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
-                     padding=pad, return_tensors="pt" if pad else None)
+    return words_tokenizer(tokenizer)(sentences, is_split_into_words=True, truncation=True, max_length=max_length,
+                                      padding=pad, return_tensors="pt" if pad else None)
 
 
 def first_subtoken_index(word_ids: Sequence[int | None], num_words: int) -> torch.Tensor:

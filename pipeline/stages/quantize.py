@@ -123,7 +123,7 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
     family = family_of(model)
     if method == "dynamic_int8":
         settings = quantize_dynamic_int8(source, out, family, per_channel=cfg.quantize.per_channel,
-                                         **bert_shape(model))
+                                         **encoder_shape(model))
     elif method == "static_int8":
         settings = quantize_static_int8(source, out, calibration_batches(featurize, *calibration), family,
                                         calibration=cfg.quantize.calibration, per_channel=cfg.quantize.per_channel)
@@ -151,10 +151,10 @@ def torch_dynamic_meta(parent: VariantMeta, model: nn.Module) -> VariantMeta:
                        settings={"torch_dynamic": True, "op_types": ["Linear", "LSTM"]})
 
 
-def bert_shape(model: nn.Module) -> dict[str, int]:
-    """``num_heads`` and ``hidden_size`` for ONNX Runtime's BERT optimizer, from a Hugging Face
-    model's config or a transformer student's BERT (``{}`` for students without one, whose
-    recipes do not fuse).
+def encoder_shape(model: nn.Module) -> dict[str, int | str]:
+    """``num_heads``, ``hidden_size`` and ``model_type`` for ONNX Runtime's transformer optimizer
+    (:func:`compress.quantize.optimize_encoder`), from a Hugging Face model's config or a
+    transformer student's encoder (``{}`` for students without one, whose recipes do not fuse).
 
     A pruned BERT keeps its unpruned config numbers; the optimizer then fuses no Attention in its
     layers of fewer heads (their Q/K/V widths differ from ``hidden_size``), and its output stays
@@ -163,11 +163,12 @@ def bert_shape(model: nn.Module) -> dict[str, int]:
     unpruned (only SkipLayerNormalization and BiasGelu), so dynamic int8 quantizes their MatMul
     and Gather nodes.
     """
-    hf_model = getattr(model, "model", model)  # a transformer student wraps its BERT as .model
+    hf_model = getattr(model, "model", model)  # a transformer student wraps its encoder as .model
     config = getattr(hf_model, "config", None)
     if config is None or not hasattr(config, "num_attention_heads"):
         return {}
-    return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+    return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
+            "model_type": config.model_type}
 
 
 def calibration_batches(featurize, texts: list, pairs: list[str] | None) -> list[dict[str, np.ndarray]]:
