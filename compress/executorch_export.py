@@ -9,7 +9,7 @@ to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``.to_executorch()`
 Shapes, per family:
 
 - teacher, transformer: dynamic batch (up to ``max_batch``) and sequence (up to the model's
-  ``max_position_embeddings``), checked at batch 1-5 and lengths 5-31.
+  position embeddings' tokens, :func:`max_sequence_length`), checked at batch 1-5 and lengths 5-31.
 - bilstm, multitask_lstm, cnn_lstm: ``torch.export`` unrolls ``nn.LSTM`` over time steps and
   fails on a dynamic sequence ("specialized it to be a constant"), so these are exported at a
   fixed, padded length (their ``max_length``, the example's length for cnn_lstm, or
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from core.artifacts import atomic_path
 from core.errors import ConfigError
+from core.hf_checkpoint import max_tokens
 from compress.onnx_export import check_example, dynamic_shapes
 from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES, LogitsOnly, output_axes
 
@@ -42,11 +43,12 @@ DEFAULT_MAX_BATCH = 32
 
 
 def max_sequence_length(model: torch.nn.Module) -> int | None:
-    """Longest input a model reads: its ``max_length`` (students), ``max_position_embeddings``
-    (teachers), or None (cnn_lstm: any number of words)."""
+    """Longest input a model reads: its ``max_length`` (students), the tokens its position
+    embeddings cover (teachers, :func:`core.hf_checkpoint.max_tokens`), or None (cnn_lstm: any
+    number of words)."""
     if hasattr(model, "cfg"):
         return getattr(model.cfg, "max_length", None)
-    return model.config.max_position_embeddings
+    return max_tokens(model.config)
 
 
 def pad_sequences(features: list[torch.Tensor], padded: list[bool], length: int) -> list[torch.Tensor]:

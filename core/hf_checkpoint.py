@@ -57,6 +57,18 @@ def takes_token_type_ids(config) -> bool:
     return getattr(config, "type_vocab_size", 0) > 1
 
 
+POSITION_OFFSET_TYPES = ("mpnet", "roberta")
+"""Model types whose position ids start after the padding id (at ``pad_token_id + 1``), so that
+``max_position_embeddings`` counts ``pad_token_id + 1`` positions no token uses (514 for 512 tokens)."""
+
+
+def max_tokens(config) -> int:
+    """The most tokens a model of this transformers config reads: ``max_position_embeddings``,
+    less the positions an offset architecture skips (:data:`POSITION_OFFSET_TYPES`)."""
+    skipped = config.pad_token_id + 1 if config.model_type in POSITION_OFFSET_TYPES else 0
+    return config.max_position_embeddings - skipped
+
+
 def load_tokenizer(checkpoint: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The checkpoint's (fast) tokenizer; ``trust_remote_code`` lets a checkpoint run its own tokenizer code."""
     return AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=trust_remote_code)
