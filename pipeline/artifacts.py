@@ -14,17 +14,21 @@ Layout of ``<output_dir>/<name>/``::
     report.md, metrics.json               the run's report
 
 A stage is complete when its ``manifest.json`` exists; it is fresh when the manifest's
-fingerprint (a hash of the stage's config and of its upstream fingerprints) matches the
-current one. Every file is written to a temporary name and renamed, so a killed run leaves
-either the old file or the new one, never half of one.
+fingerprint (a hash of the stage's inputs, of its upstream fingerprint and of the versions of
+the project and of the libraries that shape its output: :func:`fingerprint_parts`) matches the
+current one. The manifest records those parts, so a rerun can say what changed
+(:func:`changed_parts`). Every file is written to a temporary name and renamed, so a killed run
+leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,58 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return str(value)
+
+
+def library_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """The installed version of each distribution (``importlib.metadata``, e.g. ``{"torch":
+    "2.13.0+cpu"}``); None for one that is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def fingerprint_parts(inputs: dict[str, Any], upstream: str, libraries: Iterable[str]) -> dict[str, Any]:
+    """What a stage's fingerprint hashes, as its manifest records it.
+
+    Args:
+        inputs: the stage's named inputs (``{"config section train": cfg.train, ...}``); each is
+            recorded by its :func:`fingerprint`.
+        upstream: the fingerprint of the stage before ("" for the first).
+        libraries: the distributions whose versions shape the stage's output (the project's,
+            ``distill``, among them); an upgrade of one redoes the stage.
+
+    Returns:
+        ``{"inputs": {name: hash}, "upstream": upstream, "versions": {distribution: version}}``.
+    """
+    return {"inputs": {name: fingerprint(value) for name, value in inputs.items()}, "upstream": upstream,
+            "versions": library_versions(libraries)}
+
+
+def changed_parts(recorded: dict[str, Any] | None, current: dict[str, Any], upstream_stage: str | None) -> list[str]:
+    """Why a stage's fingerprint changed, one phrase per part that differs: ``"config section
+    train changed"``, ``"torch 2.5.1 -> 2.6.0"``, ``"upstream stage label reran"``.
+
+    Args:
+        recorded: the parts in the stage's manifest (:func:`fingerprint_parts`); None for a
+            manifest written before manifests recorded them.
+        current: the parts now.
+        upstream_stage: the name of the stage before, for the upstream phrase; None leaves the
+            upstream fingerprint out (the caller says that the stage before reruns).
+    """
+    if recorded is None:
+        return ["its manifest records no fingerprint parts (written by an older distill)"]
+    reasons = [f"{name} changed" for name in sorted(set(recorded["inputs"]) | set(current["inputs"]))
+               if recorded["inputs"].get(name) != current["inputs"].get(name)]
+    old, new = recorded["versions"], current["versions"]
+    reasons += [f"{name} {old.get(name) or 'not installed'} -> {new.get(name) or 'not installed'}"
+                for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    if upstream_stage is not None and recorded["upstream"] != current["upstream"]:
+        reasons.append(f"upstream stage {upstream_stage} reran")
+    return reasons
 
 
 @dataclass(frozen=True)
@@ -89,7 +145,8 @@ class RunDir:
         manifest = self.manifest(stage)
         return manifest is not None and manifest.get("fingerprint") == stage_fingerprint
 
-    def publish(self, stage: str, stage_fingerprint: str, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    def publish(self, stage: str, stage_fingerprint: str, summary: dict[str, Any], wall_s: float,
+                parts: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the stage's manifest last, marking it complete.
 
         Args:
@@ -97,9 +154,12 @@ class RunDir:
             stage_fingerprint: see :func:`fingerprint`.
             summary: the stage's outputs (row counts, metrics, checksums).
             wall_s: the stage's wall time in seconds.
+            parts: what the fingerprint hashed (:func:`fingerprint_parts`), recorded as
+                ``fingerprint_parts`` so that a later run can say why it reruns the stage.
         """
         manifest = {"stage": stage, "fingerprint": stage_fingerprint, "wall_s": round(wall_s, 2),
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **({"fingerprint_parts": parts} if parts is not None else {}), **summary}
         atomic_write_json(self.root / stage / MANIFEST, manifest)
         return manifest
 

@@ -1,6 +1,6 @@
 """``distill``: the command line.
 
-    distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...]
+    distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...] [--dry-run]
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
@@ -14,13 +14,15 @@
     distill sweep CONFIG --set-grid train.key=v1,v2,... [--set-grid ...] [--set key=value ...] [--metric NAME]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
-(bad config, bad data, missing artifact) prints one line and exits with code 2.
+(bad config, bad data, missing artifact) prints one line and exits with code 2; Ctrl-C prints
+one line (for ``run``: the stage interrupted and the command that resumes) and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 
 from pipeline.observability.console import quiet_import_noise, run_logging, setup_logging
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "their sections)")
     commands.choices["run"].add_argument("--force", action="append", default=[], metavar="STAGE",
                                          help="redo this stage and the ones after it")
+    commands.choices["run"].add_argument("--dry-run", action="store_true",
+                                         help="print, per stage, reuse or rerun and why (no manifest yet, a config "
+                                              "section or a library version changed, an upstream stage reruns); "
+                                              "runs nothing")
     commands.add_parser("presets", help="list the presets shipped with the package")
     teacher = commands.add_parser("teacher", help="teachers by name: list the catalogue, install one offline")
     teacher.add_argument("action", choices=["install", "list"])
@@ -149,6 +155,8 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
                 print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
             print(f"written: {out_file}")
             return 0
+        if args.dry_run:
+            return print_dry_run(cfg, args)
         log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))  # before the stages' imports, which log
         print(f"log: {log_file}", file=sys.stderr)
         from pipeline.runner import run_pipeline
@@ -163,6 +171,30 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
         cause = getattr(exc, "cause", None)
         print(f"distill: error: {cause if isinstance(cause, DistillError) else exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C; pipeline.runner.StageInterrupted names the stage
+        print(interrupted_line(args, getattr(exc, "stage", None)), file=sys.stderr)
+        return 130
+
+
+def interrupted_line(args: argparse.Namespace, stage: str | None) -> str:
+    """The one line Ctrl-C prints: for ``distill run``, the stage interrupted (None: between
+    stages), what is kept and the command that resumes (the same run, without ``--force``)."""
+    if args.command != "run":
+        return "distill: interrupted"
+    command = ["distill", "run", args.config, *(word for value in args.overrides for word in ("--set", value)),
+               *(["--until", args.until] if args.until != "benchmark" else [])]
+    return (f"distill: interrupted{f' during {stage}' if stage else ''}; finished stages, label shards and train "
+            f"checkpoints are kept; resume with: {shlex.join(command)}")
+
+
+def print_dry_run(cfg, args: argparse.Namespace) -> int:
+    """``distill run --dry-run``: one line per stage, ``reuse`` or ``rerun: <reasons>``
+    (:func:`pipeline.runner.dry_run`); starts no Ray and writes no manifest."""
+    from pipeline.runner import dry_run
+
+    for stage, reasons in dry_run(cfg, until=args.until, force=tuple(args.force)):
+        print(f"{stage:<9} {'rerun: ' + '; '.join(reasons) if reasons else 'reuse'}")
+    return 0
 
 
 def teacher_command(args: argparse.Namespace) -> int:
