@@ -2,8 +2,9 @@
 
 A mask multiplies each unit's output while the model runs (:func:`masked`):
 
-    head h of layer l:   context[:, :, h, :] * m_{l,h}, the input of attention.output.dense
-                         viewed [B, T, H_l, d] (BertSelfAttention's merged per-head context)
+    head h of layer l:   context[:, :, h, :] * m_{l,h}, the input of the output projection
+                         viewed [B, T, H_l, d] (the merged per-head context; BERT's
+                         attention.output.dense, MPNet's attention.attn.o)
     FFN neuron i:        GELU(intermediate.dense(x))[..., i] * n_{l,i}
 
 With all masks at 1 the model is unchanged; a mask at 0 removes the unit exactly as slicing it
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.slicing import bert_encoder, kept_heads
+from compress.slicing import kept_heads, output_projection, prunable_encoder
 from students.losses import ce_loss, logit_kd_loss
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -75,7 +76,7 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
     """Multiply heads' contexts and FFN neurons' activations by masks while inside (forward hooks).
 
     Args:
-        model: a BERT model (see :func:`compress.slicing.bert_encoder`), pruned or not.
+        model: a BERT or MPNet model (see :func:`compress.slicing.prunable_encoder`), pruned or not.
         head_mask: float [L, H], H the config's original head count; column h scales original
             head h (the entries of heads already pruned are unused). May require grad.
         neuron_masks: per layer, float [I_l] over the layer's current FFN neurons. May require grad.
@@ -83,7 +84,8 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
     Raises:
         ValueError: masks whose shapes do not match the model.
     """
-    layers = bert_encoder(model).encoder.layer
+    encoder = prunable_encoder(model)
+    layers = encoder.encoder.layer
     heads = kept_heads(model)
     if head_mask is not None and tuple(head_mask.shape[:1]) != (len(layers),):
         raise ValueError(f"head_mask {tuple(head_mask.shape)} needs one row per layer ({len(layers)})")
@@ -93,7 +95,7 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
     handles = []
     for layer_id, layer in enumerate(layers):
         if head_mask is not None and heads[layer_id]:
-            handles.append(layer.attention.output.dense.register_forward_pre_hook(
+            handles.append(output_projection(layer, encoder.config).register_forward_pre_hook(
                 _head_hook(head_mask[layer_id], heads[layer_id])))
         if neuron_masks is not None:
             handles.append(layer.intermediate.register_forward_hook(_neuron_hook(neuron_masks[layer_id])))
@@ -105,7 +107,7 @@ def masked(model: nn.Module, head_mask: torch.Tensor | None = None,
 
 
 def _head_hook(mask: torch.Tensor, heads: list[int]):
-    """Forward pre-hook of attention.output.dense scaling the context of the layer's p-th head
+    """Forward pre-hook of the output projection scaling the context of the layer's p-th head
     by ``mask[heads[p]]`` (``mask`` [H] over original head ids)."""
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         context = args[0]
@@ -149,7 +151,7 @@ def mask_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     Runs in eval mode (no dropout) and restores the model's mode; parameters get no gradients.
 
     Args:
-        model: a BERT model (see :func:`compress.slicing.bert_encoder`).
+        model: a BERT or MPNet model (see :func:`compress.slicing.prunable_encoder`).
         batches: dicts of tensors: input_ids / attention_mask / token_type_ids int64 [B, T],
             teacher_logits float [B, C] and/or labels int64 [B] (:func:`batch_loss`).
         temperature: T of the KL term.
@@ -161,8 +163,8 @@ def mask_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     Raises:
         ValueError: ``batches`` is empty, or a batch has neither teacher_logits nor labels.
     """
-    config = bert_encoder(model).config
-    layers = bert_encoder(model).encoder.layer
+    config = prunable_encoder(model).config
+    layers = prunable_encoder(model).encoder.layer
     parameter = next(model.parameters())
     head_mask = torch.ones(len(layers), config.num_attention_heads, device=parameter.device, requires_grad=True)
     neuron_masks = [torch.ones(l.intermediate.dense.out_features, device=parameter.device, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Iterative structured pruning of a BERT model, KD recovery training, and the sensitivity report.
+"""Iterative structured pruning of a BERT or MPNet model, KD recovery training, and the sensitivity report.
 
     prune_iteratively:  score heads and FFN neurons (compress.importance), slice the least important
                         out (compress.slicing), re-score, repeat until the target fractions are gone
@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from compress.importance import batch_loss, mask_importance, masked, model_logits
-from compress.slicing import bert_encoder, count_parameters, kept_heads, prune_ffn_neurons, prune_heads
+from compress.slicing import count_parameters, kept_heads, prune_ffn_neurons, prune_heads, prunable_encoder
 from core.optimisation import Recipe, build_optimisation, clip_and_step
 from core.precision import Precision
 
@@ -84,7 +84,7 @@ def lowest_units(scores: Sequence[torch.Tensor], count: int, keep_per_layer: int
 
 def _record(model: nn.Module, step: int) -> PruneStep:
     """A :class:`PruneStep` of the model as it is now."""
-    layers = bert_encoder(model).encoder.layer
+    layers = prunable_encoder(model).encoder.layer
     return PruneStep(step=step, heads_left=sum(len(heads) for heads in kept_heads(model)),
                      neurons_left=sum(layer.intermediate.dense.out_features for layer in layers),
                      parameters=count_parameters(model))
@@ -100,7 +100,7 @@ def prune_iteratively(model: nn.Module, batches: Batches, head_fraction: float, 
     one neuron (to remove a whole layer use :func:`compress.slicing.drop_layers`).
 
     Args:
-        model: a BERT model (see :func:`compress.slicing.bert_encoder`), pruned in place.
+        model: a BERT or MPNet model (see :func:`compress.slicing.prunable_encoder`), pruned in place.
         batches: re-iterable transfer-set batches (module docstring); the loss of
             :func:`compress.importance.batch_loss` at ``temperature``.
         head_fraction: fraction of the model's current heads to remove, in [0, 1).
@@ -192,7 +192,7 @@ def sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float], fractio
     measures the model. Masking allows every unit of a layer to go.
 
     Args:
-        model: a BERT model; left unchanged.
+        model: a BERT or MPNet model; left unchanged.
         eval_fn: model -> accuracy (or any score) on a dev set.
         fractions: fractions of units to remove, each in [0, 1].
         batches: re-iterable batches that score the units (module docstring).

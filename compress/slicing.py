@@ -1,16 +1,24 @@
-"""Structured pruning of BERT models by slicing weights: heads, FFN neurons and whole layers.
+"""Structured pruning of BERT and MPNet models by slicing weights: heads, FFN neurons and whole layers.
 
 transformers 5 removed ``prune_heads`` and head masks, so the slicing is done here. The removed
 rows and columns leave the weight tensors, so the parameter count and the latency really drop:
 
-    head h of layer l:    rows h*d..(h+1)*d-1 of query/key/value (weight and bias), the same
-                          columns of attention.output.dense            (d = hidden / heads)
+    head h of layer l:    rows h*d..(h+1)*d-1 of the query/key/value projections (weight and
+                          bias), the same columns of the output projection (d = hidden / heads)
     FFN neuron i:         row i of intermediate.dense (weight, bias), column i of output.dense
-    layer l:              the whole BertLayer leaves encoder.layer (Sajjad et al. 2020)
+    layer l:              the whole layer leaves encoder.layer (Sajjad et al. 2020)
 
-Every function takes a Hugging Face BERT model (``BertForSequenceClassification``,
-``BertForTokenClassification`` or ``BertModel``; for the transformer student pass
-``student.model``) and edits it in place.
+The two architectures name the projections differently (:data:`ATTENTION`): BERT's
+``attention.self.{query,key,value}`` and ``attention.output.dense``, MPNet's
+``attention.attn.{q,k,v,o}``. MPNet's encoder also computes one relative position bias
+[B, H, T, T] for all heads and hands it to every layer, so a layer with pruned heads takes the
+rows of its kept heads only (a forward pre-hook of its self-attention, :func:`_cut_position_bias`).
+Other architectures are refused (:func:`prunable_encoder`), and a run config that prunes one
+fails before any stage (:mod:`pipeline.config.rules`).
+
+Every function takes a Hugging Face model of :data:`PRUNABLE_ARCHITECTURES` (a
+``...ForSequenceClassification``, ``...ForTokenClassification`` or the base model; for the
+transformer student pass ``student.model``) and edits it in place.
 
 The saved pruned model. Layers keep different head counts and FFN sizes, which a plain
 ``BertConfig`` cannot describe, so the config carries one more field, ``pruning``::
@@ -28,9 +36,9 @@ to the recorded sizes and then loads the saved weights (strictly), so the reload
 logits. Plain ``from_pretrained`` refuses such a folder with a size mismatch, never silently.
 
 A layer whose every head is pruned keeps no attention: its self-attention becomes
-:class:`NoHeads` (context [B, T, 0]), so the block adds only the output dense's bias before its
-residual LayerNorm, which is exactly what masking all its heads gives. Such a layer records no
-attention map (``output_attentions`` skips it).
+:class:`NoHeads` (context [B, T, 0]), so the block adds only the output projection's bias before
+its residual LayerNorm, which is exactly what masking all its heads gives. Such a layer records
+no attention map (``output_attentions`` skips it for BERT; MPNet's encoder records None).
 """
 
 from __future__ import annotations
@@ -38,13 +46,14 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import BertModel, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from compress.vocabulary import prune_vocabulary
 from core.errors import ArtifactError
@@ -53,35 +62,76 @@ from students.transformer import selected_teacher_layers
 _PER_LAYER_KEYS = ("layers", "heads", "intermediate_sizes")
 
 
+@dataclass(frozen=True)
+class AttentionNames:
+    """Where one architecture keeps a layer's attention projections.
+
+    Attributes:
+        self_attention: the attribute of ``layer.attention`` holding the Q/K/V projections.
+        projections: the query, key and value ``nn.Linear`` names inside it.
+        output: the output projection's path from ``layer.attention`` (its input is the
+            heads' merged context [B, T, H * d]).
+    """
+
+    self_attention: str
+    projections: tuple[str, str, str]
+    output: str
+
+
+ATTENTION = {"bert": AttentionNames("self", ("query", "key", "value"), "output.dense"),
+             "mpnet": AttentionNames("attn", ("q", "k", "v"), "attn.o")}
+"""The attention layout of each prunable architecture, by ``config.model_type``."""
+PRUNABLE_ARCHITECTURES = tuple(ATTENTION)
+"""Model types whose heads, FFN neurons and layers this module slices."""
+
+
 class NoHeads(nn.Module):
-    """The self-attention of a layer with every head pruned: an empty context [B, T, 0]."""
+    """The self-attention of a layer with every head pruned: an empty context [B, T, 0], or, for
+    MPNet, whose self-attention ends in its output projection, that projection of it (its bias).
+
+    Args:
+        output: MPNet's sliced output projection ``o`` (input width 0); None for BERT.
+    """
 
     num_attention_heads = 0
     all_head_size = 0
 
+    def __init__(self, output: nn.Linear | None = None):
+        super().__init__()
+        self.o = output
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        """hidden_states [B, T, D] -> (context [B, T, 0] of the same dtype, no attention map)."""
-        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
+        """hidden_states [B, T, D] -> (context [B, T, 0], or MPNet's [B, T, D] output, of the same
+        dtype; no attention map)."""
+        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        return (context if self.o is None else self.o(context)), None
 
 
-def bert_encoder(model: nn.Module) -> BertModel:
-    """The ``BertModel`` inside ``model`` (a ``BertFor*`` head model, or the BertModel itself).
+def prunable_encoder(model: nn.Module) -> PreTrainedModel:
+    """The base model (``BertModel``, ``MPNetModel``) of ``model``, a head model or the base model.
 
     Raises:
-        TypeError: ``model`` is neither (e.g. a Student: pass ``student.model``).
+        TypeError: ``model`` is no Hugging Face model of :data:`PRUNABLE_ARCHITECTURES` (e.g. a
+            Student: pass ``student.model``; or a RoBERTa).
     """
-    encoder = model if isinstance(model, BertModel) else getattr(model, "bert", None)
-    if not isinstance(encoder, BertModel):
-        raise TypeError(f"{type(model).__name__} is not a BERT model; pass a BertFor* model "
-                        "(for a transformer student, student.model)")
-    return encoder
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if not isinstance(model, PreTrainedModel) or model_type not in PRUNABLE_ARCHITECTURES:
+        raise TypeError(f"{type(model).__name__} is not a model of {', '.join(PRUNABLE_ARCHITECTURES)}, which "
+                        "pruning slices; pass a Hugging Face model of those (for a transformer student, student.model)")
+    return model.base_model
+
+
+def output_projection(layer: nn.Module, config: PretrainedConfig) -> nn.Linear:
+    """The linear layer whose input is the heads' merged context [B, T, H_l * d] (BERT's
+    ``attention.output.dense``, MPNet's ``attention.attn.o``)."""
+    return layer.attention.get_submodule(ATTENTION[config.model_type].output)
 
 
 def pruning_state(model: nn.Module) -> dict[str, list | int]:
     """A copy of the model's ``config.pruning`` record (see the module docstring); the layer fields
     it lacks (all of them for an unpruned model) describe the full structure. The config is left
     as it is."""
-    config = bert_encoder(model).config
+    config = prunable_encoder(model).config
     full = {"layers": list(range(config.num_hidden_layers)),
             "heads": [list(range(config.num_attention_heads))] * config.num_hidden_layers,
             "intermediate_sizes": [config.intermediate_size] * config.num_hidden_layers}
@@ -113,29 +163,50 @@ def _sliced_linear(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear
     return sliced
 
 
-def _keep_head_positions(layer: nn.Module, positions: Sequence[int], head_size: int) -> None:
-    """Keep the heads at ``positions`` (indices among the layer's current heads, each ``head_size``
-    wide) of one BertLayer."""
-    attention = layer.attention
+def _keep_head_positions(layer: nn.Module, positions: Sequence[int], kept: Sequence[int],
+                         config: PretrainedConfig) -> None:
+    """Keep the heads at ``positions`` (indices among the layer's current heads) of one encoder
+    layer; ``kept`` are their original ids (0..num_attention_heads-1), whose rows of MPNet's
+    relative position bias the layer then reads."""
+    names, head_size = ATTENTION[config.model_type], config.hidden_size // config.num_attention_heads
     keep = torch.tensor([p * head_size + i for p in positions for i in range(head_size)], dtype=torch.long)
-    attention.output.dense = _sliced_linear(attention.output.dense, keep, dim=1)
-    if not positions:
-        attention.self = NoHeads()
+    holder_path, _, output_name = names.output.rpartition(".")
+    holder = layer.attention.get_submodule(holder_path)
+    setattr(holder, output_name, _sliced_linear(getattr(holder, output_name), keep, dim=1))
+    if not positions:  # MPNet's output projection lives in the self-attention that NoHeads replaces
+        inside = getattr(holder, output_name) if holder_path == names.self_attention else None
+        setattr(layer.attention, names.self_attention, NoHeads(inside))
         return
-    for name in ("query", "key", "value"):
-        setattr(attention.self, name, _sliced_linear(getattr(attention.self, name), keep, dim=0))
-    attention.self.num_attention_heads = len(positions)
-    attention.self.all_head_size = len(positions) * head_size
+    self_attention = getattr(layer.attention, names.self_attention)
+    for name in names.projections:
+        setattr(self_attention, name, _sliced_linear(getattr(self_attention, name), keep, dim=0))
+    self_attention.num_attention_heads = len(positions)
+    self_attention.all_head_size = len(positions) * head_size
+    if config.model_type == "mpnet" and len(kept) < config.num_attention_heads:
+        _cut_position_bias(self_attention, kept)
 
 
-def _head_size(model: nn.Module) -> int:
-    """Width d of one attention head: hidden size / the config's (original) head count."""
-    config = bert_encoder(model).config
-    return config.hidden_size // config.num_attention_heads
+def _cut_position_bias(self_attention: nn.Module, kept: Sequence[int]) -> None:
+    """Make an MPNet self-attention add only the ``kept`` heads' rows of the relative position bias
+    its encoder computes for all heads: [B, H, T, T] -> [B, H_l, T, T] (a forward pre-hook)."""
+    if not hasattr(self_attention, "kept_heads"):
+        self_attention.register_forward_pre_hook(_kept_heads_bias, with_kwargs=True)
+    self_attention.register_buffer("kept_heads", torch.tensor(list(kept), dtype=torch.long), persistent=False)
+
+
+def _kept_heads_bias(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of :func:`_cut_position_bias`: ``position_bias`` (MPNetSelfAttention's third
+    argument) cut to ``module.kept_heads``."""
+    if "position_bias" in kwargs:
+        bias = kwargs["position_bias"]
+        kwargs = {**kwargs, "position_bias": None if bias is None else bias.index_select(1, module.kept_heads)}
+    elif len(args) > 2 and args[2] is not None:
+        args = (*args[:2], args[2].index_select(1, module.kept_heads), *args[3:])
+    return args, kwargs
 
 
 def _keep_neuron_positions(layer: nn.Module, positions: Sequence[int]) -> None:
-    """Keep the FFN neurons at ``positions`` (indices among the current ones) of one BertLayer."""
+    """Keep the FFN neurons at ``positions`` (indices among the current ones) of one encoder layer."""
     keep = torch.tensor(list(positions), dtype=torch.long)
     layer.intermediate.dense = _sliced_linear(layer.intermediate.dense, keep, dim=0)
     layer.output.dense = _sliced_linear(layer.output.dense, keep, dim=1)
@@ -152,7 +223,7 @@ def prune_heads(model: nn.Module, heads: dict[int, list[int]]) -> None:
     """Remove attention heads in place (Michel et al. 2019, by slicing instead of masking).
 
     Args:
-        model: a BERT model (see :func:`bert_encoder`).
+        model: a BERT or MPNet model (see :func:`prunable_encoder`).
         heads: 0-based layer -> head ids to remove, in the layer's ORIGINAL numbering
             (0..num_attention_heads-1, the columns of :func:`compress.importance.head_importance`);
             the ids a layer still has are :func:`kept_heads`. Removing all of a layer's heads turns
@@ -161,7 +232,7 @@ def prune_heads(model: nn.Module, heads: dict[int, list[int]]) -> None:
     Raises:
         ValueError: a layer that does not exist or a head the layer no longer (or never) had.
     """
-    encoder, state = bert_encoder(model), pruning_state(model)
+    encoder, state = prunable_encoder(model), pruning_state(model)
     _check_layers(heads, len(encoder.encoder.layer), "prune_heads")
     for layer_id, removed in heads.items():  # check all before slicing any
         missing = sorted(set(removed) - set(state["heads"][layer_id]))
@@ -171,7 +242,7 @@ def prune_heads(model: nn.Module, heads: dict[int, list[int]]) -> None:
     for layer_id, removed in heads.items():
         current = state["heads"][layer_id]
         kept = [h for h in current if h not in set(removed)]
-        _keep_head_positions(encoder.encoder.layer[layer_id], [current.index(h) for h in kept], _head_size(encoder))
+        _keep_head_positions(encoder.encoder.layer[layer_id], [current.index(h) for h in kept], kept, encoder.config)
         state["heads"][layer_id] = kept
     encoder.config.pruning = state
 
@@ -180,14 +251,14 @@ def prune_ffn_neurons(model: nn.Module, neurons: dict[int, list[int]]) -> None:
     """Remove FFN (intermediate) neurons in place.
 
     Args:
-        model: a BERT model (see :func:`bert_encoder`).
+        model: a BERT or MPNet model (see :func:`prunable_encoder`).
         neurons: 0-based layer -> neuron ids to remove, indices among the layer's CURRENT
             neurons (0..I_l-1, the positions of :func:`compress.importance.ffn_neuron_importance`).
 
     Raises:
         ValueError: a layer that does not exist or a neuron id outside 0..I_l-1.
     """
-    encoder, state = bert_encoder(model), pruning_state(model)
+    encoder, state = prunable_encoder(model), pruning_state(model)
     _check_layers(neurons, len(encoder.encoder.layer), "prune_ffn_neurons")
     sizes = list(state["intermediate_sizes"])
     for layer_id, removed in neurons.items():  # check all before slicing any
@@ -206,13 +277,13 @@ def drop_layers(model: nn.Module, layers: list[int]) -> None:
     """Remove whole encoder layers in place (Sajjad et al. 2020); see :func:`layers_to_drop`.
 
     Args:
-        model: a BERT model (see :func:`bert_encoder`).
+        model: a BERT or MPNet model (see :func:`prunable_encoder`).
         layers: 0-based ids of the current layers to remove; at least one layer must stay.
 
     Raises:
         ValueError: a layer that does not exist, or every layer named.
     """
-    encoder, state = bert_encoder(model), pruning_state(model)
+    encoder, state = prunable_encoder(model), pruning_state(model)
     num_layers = len(encoder.encoder.layer)
     _check_layers(layers, num_layers, "drop_layers")
     kept = [i for i in range(num_layers) if i not in set(layers)]
@@ -220,8 +291,9 @@ def drop_layers(model: nn.Module, layers: list[int]) -> None:
         raise ValueError(f"drop_layers: removing all {num_layers} layers leaves no encoder; keep at least one")
     encoder.encoder.layer = nn.ModuleList(encoder.encoder.layer[i] for i in kept)
     for new_id, layer in enumerate(encoder.encoder.layer):
-        if hasattr(layer.attention.self, "layer_idx"):
-            layer.attention.self.layer_idx = new_id
+        self_attention = getattr(layer.attention, ATTENTION[encoder.config.model_type].self_attention)
+        if hasattr(self_attention, "layer_idx"):
+            self_attention.layer_idx = new_id
     encoder.config.num_hidden_layers = len(kept)
     encoder.config.pruning = {**state, **{key: [state[key][i] for i in kept] for key in _PER_LAYER_KEYS}}
 
@@ -257,9 +329,9 @@ def load_pruned(folder: str | Path) -> PreTrainedModel:
     model = architecture(config)
     if record is not None:
         state = pruning_state(model)
-        for layer, heads, size in zip(bert_encoder(model).encoder.layer, state["heads"],
+        for layer, heads, size in zip(prunable_encoder(model).encoder.layer, state["heads"],
                                       state["intermediate_sizes"], strict=True):
-            _keep_head_positions(layer, range(len(heads)), _head_size(model))
+            _keep_head_positions(layer, range(len(heads)), heads, model.config)
             _keep_neuron_positions(layer, range(size))
         if "vocab" in state:
             prune_vocabulary(model, state["vocab"], state["vocab_unk_id"])

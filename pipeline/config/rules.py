@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
+from compress.slicing import PRUNABLE_ARCHITECTURES
 from core.errors import ConfigError
 from pipeline.config.compress_sections import PruneConfig
 from pipeline.config.sections import PRUNABLE_FAMILIES, MultiTaskRunConfig, RunConfig, TrainConfig
@@ -207,6 +208,16 @@ def layer_drop_problems(prune: PruneConfig | None, teacher_layers: int) -> list[
             f"below {teacher_layers}"]
 
 
+def prune_architecture_problems(prune: PruneConfig | None, teacher: PretrainedConfig) -> list[str]:
+    """A prune section against the teacher's architecture: the teacher, its layer-dropped copy and a
+    transformer student (of the teacher's architecture) must be models that
+    :mod:`compress.slicing` slices (:data:`~compress.slicing.PRUNABLE_ARCHITECTURES`)."""
+    if prune is None or teacher.model_type in PRUNABLE_ARCHITECTURES:
+        return []
+    return [f"prune: pruning slices {' and '.join(PRUNABLE_ARCHITECTURES)} models, and the teacher is "
+            f"{teacher.model_type!r}; remove the prune section"]
+
+
 def check_teacher_fits(cfg: RunConfig) -> None:
     """Fail before any stage when the teacher cannot serve the run, from its ``config.json`` and
     weight headers only (milliseconds; the fine-tuned teacher keeps the base one's shape).
@@ -216,8 +227,9 @@ def check_teacher_fits(cfg: RunConfig) -> None:
     (:func:`teachers.checkpoint.check_checkpoint`); ``label.emit`` names layers and heads it has
     (:func:`teachers.signals.check_signals`); the student can be built from it (the family's
     :attr:`~students.registry.Family.fits_teacher`) and the loss's layer terms can compare their
-    widths (:func:`students.terms.width_problem`); ``prune.layer_drop`` leaves it a layer. A hub
-    id (no local folder) is left to the stages, which download it.
+    widths (:func:`students.terms.width_problem`); a prune section has an architecture to slice
+    (:func:`prune_architecture_problems`) and ``prune.layer_drop`` leaves it a layer. A hub id
+    (no local folder) is left to the stages, which download it.
 
     Raises:
         ConfigError: the first broken rule, naming the field and the fix.
@@ -230,7 +242,8 @@ def check_teacher_fits(cfg: RunConfig) -> None:
     teacher = AutoConfig.from_pretrained(str(checkpoint), trust_remote_code=cfg.teacher.trust_remote_code)
     check_signals(cfg.label.emit, teacher)
     check_student_fits(cfg.train, teacher)
-    raise_problems(layer_drop_problems(cfg.prune, teacher.num_hidden_layers))
+    raise_problems(prune_architecture_problems(cfg.prune, teacher) or layer_drop_problems(cfg.prune,
+                                                                                      teacher.num_hidden_layers))
 
 
 def check_student_fits(train: TrainConfig, teacher: PretrainedConfig) -> None:

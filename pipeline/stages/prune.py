@@ -49,7 +49,7 @@ from core.precision import select_precision
 from core.schema import LABEL, LOGITS, TEXT, TEXT_PAIR, TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import PruneConfig
-from pipeline.config.rules import layer_drop_problems, prune_problems, raise_problems
+from pipeline.config.rules import layer_drop_problems, prune_architecture_problems, prune_problems, raise_problems
 from pipeline.config.sections import RunConfig, task_kind
 from pipeline.evaluation.scoring import Split, predict, read_split, score, teacher_model
 from pipeline.training.shards import require_file, soft_label_files
@@ -127,14 +127,13 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
 
 def check_prunable(cfg: RunConfig) -> None:
     """ConfigError, before any work, for a token task, a ``kd`` student of a family that is not
-    pruned, or a ``layer_drop`` the fine-tuned teacher cannot give: the rules of
-    :mod:`pipeline.config.rules` that ``distill validate`` and ``distill run`` checked already."""
+    pruned, a teacher of an architecture that is not, or a ``layer_drop`` the fine-tuned teacher
+    cannot give: the rules of :mod:`pipeline.config.rules` that ``distill validate`` and
+    ``distill run`` checked already."""
     raise_problems(prune_problems(cfg))
-    if cfg.prune.layer_drop is None:
-        return
-    teacher_config = require_file(RunDir(cfg.run_dir).teacher_dir / "config.json")
-    raise_problems(layer_drop_problems(cfg.prune, AutoConfig.from_pretrained(str(teacher_config.parent))
-                                       .num_hidden_layers))
+    teacher = AutoConfig.from_pretrained(str(require_file(RunDir(cfg.run_dir).teacher_dir / "config.json").parent))
+    raise_problems(prune_architecture_problems(cfg.prune, teacher) or
+                   layer_drop_problems(cfg.prune, teacher.num_hidden_layers))
 
 
 def clear_folder(folder: Path) -> Path:
