@@ -48,7 +48,7 @@ def started_ray(process: psutil.Process) -> tuple[list[psutil.Process], str]:
     return descendants, sessions.pop()
 
 
-@pytest.mark.slow  # about 4 minutes on 2 cores: a run through train, interrupted, then resumed to the end
+@pytest.mark.slow  # 8 to 14 minutes on a busy 2-core machine: a run through train, interrupted, then resumed
 def test_ctrl_c_during_train_prints_the_resume_command_exits_130_and_leaves_no_ray_process(pair_task, tiny_teacher_dir):
     cfg = pair_task.config(
         teacher={"model": str(tiny_teacher_dir), "max_length": 16}, tracking={"mode": "disabled"},
