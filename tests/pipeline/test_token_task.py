@@ -27,6 +27,7 @@ from core.errors import ConfigError, DataError
 from pipeline.runner import run_pipeline
 from students.base import BuildInputs
 from students.cnn_lstm import build_cnn_lstm_tagger
+from students.registry import load_student
 from core.hf_checkpoint import load_tokenizer
 from teachers.token_alignment import WordTagger, encode_words, word_features, words_logits
 
@@ -57,6 +58,13 @@ def tagged_sentences(count: int, seed: int) -> list[list[tuple[str, str]]]:
 def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
     path.write_text("\n".join("".join(f"{w} NN {t}\n" for w, t in s) for s in sentences), encoding="utf-8")
     return path
+
+
+def saved_student_figures(folder: Path) -> dict[str, float]:
+    """The evaluate stage's ``parameters`` and ``size_mb`` (MB of 2^20 bytes, 2 decimals) of the
+    student saved in ``folder``, recomputed from its files."""
+    return {"parameters": sum(p.numel() for p in load_student(folder).parameters()),
+            "size_mb": round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20, 2)}
 
 
 def token_config(root: Path, teacher: Path, **sections):
@@ -164,7 +172,8 @@ def test_evaluate_reports_entity_scores_on_dev_and_test(ner_run):
     for kind in ("kd", "ce_only"):
         assert models[kind]["dev_entity_f1"] == pytest.approx(manifests["train"][kind]["best_dev_score"], abs=1e-4)
         assert models[kind]["test_entity_f1"] > 0.9
-        assert models[kind]["latency"]["p50_ms"] > 0 and models[kind]["size_mb"] > 0
+        figures = saved_student_figures(RunDir(cfg.run_dir).student_dir(kind))
+        assert {key: models[kind][key] for key in figures} == figures, kind
     assert 0 <= models["teacher"]["test_entity_f1"] <= 1
     report = RunDir(cfg.run_dir).report_file.read_text()
     assert "| model | dev entity F1 | dev entity precision | dev entity recall | test entity F1 |" in report
