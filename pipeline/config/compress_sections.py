@@ -36,7 +36,8 @@ class PruneConfig(Section):
     (:mod:`core.optimisation`: AdamW, ``warmup_ratio`` warm-up to ``lr`` then linear decay,
     gradients clipped to norm 1.0, ``precision`` resolved against the hardware). With
     ``layer_drop`` the teacher's top layers are also dropped and the rest fine-tuned again on the
-    labeled rows without KD, by the same recipe (Sajjad et al. 2020), a compression baseline
+    labeled rows without KD, by the same recipe with the teacher's ``finetune`` settings (lr,
+    epochs, warm-up, weight decay, batch size; Sajjad et al. 2020), a compression baseline
     without a student.
     """
 
@@ -49,8 +50,8 @@ class PruneConfig(Section):
     score_rows: int = Field(default=512, gt=0, description="transfer-set rows that score importance")
     recovery_epochs: float = Field(default=1.0, ge=0, description="KD epochs over the recovery rows; 0 = none")
     recovery_rows: int | None = Field(default=None, gt=0, description="first transfer-set rows; None = all")
-    lr: float = Field(default=5e-5, gt=0, description="peak learning rate of the recovery (and of the layer-dropping "
-                                                      "baseline's fine-tuning): linear warm-up to it, then decay to 0")
+    lr: float = Field(default=5e-5, gt=0, description="peak learning rate of the KD recovery: linear warm-up to it, "
+                                                      "then linear decay to 0")
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="share of the recovery steps that warm the "
                                                                       "learning rate up")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW's decoupled weight decay in recovery")

@@ -31,7 +31,8 @@ HEADS, FFN = 4, 64
 PRUNE = {"heads": 0.5, "ffn": 0.5, "iterations": 2, "score_rows": 64, "recovery_epochs": 1.5,
          "recovery_rows": 128, "batch_size": 32, "lr": 1e-3, "sensitivity": [0.5], "layer_drop": 1}
 RECOVERY_STEPS = round(1.5 * math.ceil(128 / 32))  # 1.5 epochs over 4 batches of the first 128 rows
-LAYER_DROP_STEPS = round(1.5 * math.ceil(128 / 32))  # 1.5 epochs over the 128 labeled rows
+FINETUNE = {"epochs": 2, "batch_size": 16, "lr": 1e-3}  # the teacher's fine-tuning, which the layer-drop repeats
+LAYER_DROP_STEPS = 2 * math.ceil(128 / 16)  # 2 epochs over the 128 labeled rows, 16 a batch
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,8 @@ def finished_run(tmp_path, student: dict, **prune_section) -> tuple[RunConfig, R
     (``PRUNE`` updated by ``prune_section``); with a transformer student, a 1-layer one in train/kd/."""
     cfg, run_dir = build_run(tmp_path, student=student)
     cfg = validate_config({**cfg.model_dump(mode="json"), "prune": {**PRUNE, **prune_section},
-                           "tracking": {"mode": "disabled"}, "evaluate": {"latency_runs": 2, "latency_warmup": 0}})
+                           "finetune": FINETUNE, "tracking": {"mode": "disabled"},
+                           "evaluate": {"latency_runs": 2, "latency_warmup": 0}})
     shutil.rmtree(run_dir.teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     tiny_bert(layers=2, seed=0).save_pretrained(run_dir.teacher_dir)
@@ -139,6 +141,9 @@ def test_teacher_and_transformer_student_pruned_recovered_and_saved(tmp_path):
     meta = read_meta(layerdrop)
     assert (meta.method, meta.parent, meta.family, meta.settings["dropped_layers"]) == (
         "layer_drop", "teacher", "teacher", [1])
+    recipe = meta.settings["recovery"]
+    assert (recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["warmup_ratio"], recipe["steps"]) == (
+        2, 16, 1e-3, 0.06, LAYER_DROP_STEPS)
     assert list(run_models(run_dir)) == ["teacher", "kd", "kd-pruned", "teacher-layerdrop", "teacher-pruned"]
 
 
