@@ -17,6 +17,7 @@ from pipeline.config.loading import load_config
 from pipeline.runner import run_pipeline
 from pipeline.cli.sweep import concurrency, parse_grid, plan_trials, render, trial_name
 from core.errors import ConfigError
+from students.registry import load_student
 from test_train import sentences  # the "good"/"bad" sentence rule of the train stage's tests
 
 
@@ -112,10 +113,17 @@ def test_sweep_trains_each_grid_point_on_the_finished_soft_labels_and_reuses_fin
     rows = results["trials"]
     assert {row["values"]["train.loss.temperature"] for row in rows} == {"1", "4"}
     assert rows[0]["scores"]["dev_accuracy"] >= rows[1]["scores"]["dev_accuracy"]  # best first
+    dev_texts, dev_labels = sentences(48, 2)  # write_run's dev.tsv
     for row, line in zip(rows, table[1:3]):
-        assert 0 <= row["scores"]["dev_accuracy"] <= 1 and row["train_wall_s"] > 0 and not row["reused"]
+        assert not row["reused"]
         assert line.split()[:2] == [row["values"]["train.loss.temperature"], f"{row['scores']['dev_accuracy']:.4f}"]
         manifest = run.sweep_trial(row["trial"]).manifest("train")
+        # the trial's wall time is its manifest's, which holds its training epoch
+        assert row["train_wall_s"] == manifest["wall_s"] >= manifest["history"][0]["wall_s"]
+        student = load_student(run.sweep_trial(row["trial"]).student_dir("kd"))
+        with torch.no_grad():
+            predicted = student(**student.featurize(dev_texts)).logits.argmax(-1)
+        assert row["scores"]["dev_accuracy"] == round((predicted == torch.tensor(dev_labels)).double().mean().item(), 4)
         assert manifest["scores"] == row["scores"] and len(manifest["history"]) == 1  # train.epochs=1
         # the saved student is the best checkpoint: the evaluate stage's score of it is the train loop's
         assert row["scores"]["dev_accuracy"] == pytest.approx(manifest["best_dev_score"], abs=1e-4)
