@@ -32,8 +32,10 @@ LAYER_LISTS = {"distilbert": "transformer.layer"}
 
 def config_field(config: PretrainedConfig, name: str) -> str:
     """The field of ``config`` that holds BERT's config field ``name`` (``intermediate_size``,
-    ``hidden_size``, ``num_hidden_layers``, dropouts, ...)."""
-    return {**config.attribute_map, **FIELDS.get(config.model_type, {})}.get(name, name)
+    ``hidden_size``, ``num_hidden_layers``, dropouts, ...); ``name`` itself for an object with
+    BERT's names and no ``model_type``."""
+    model_type = getattr(config, "model_type", None)
+    return {**getattr(config, "attribute_map", {}), **FIELDS.get(model_type, {})}.get(name, name)
 
 
 def layer_list_path(config: PretrainedConfig) -> str:

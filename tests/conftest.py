@@ -92,6 +92,38 @@ def second_tiny_teacher_dir(tmp_path_factory):
     return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher_2"), seed=1, initializer_range=0.5)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module of tiny-model tests: on a shared 2-core machine more
+    threads make them far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """``tiny_encoder(architecture, head="sequence", **kwargs)``: the folder of a random-weight
+    tiny BERT, MPNet, RoBERTa or DistilBERT (hidden 32, 2 layers, 4 heads) with a tokenizer of a
+    generated vocabulary (:func:`tiny_architectures.save_tiny_encoder`), built once per session
+    for each set of arguments; ``head=None`` gives the bare encoder."""
+    from tiny_architectures import save_tiny_encoder
+
+    built: dict[tuple, Path] = {}
+
+    def make(architecture: str, head: str | None = "sequence", **kwargs) -> Path:
+        key = (architecture, head, *sorted(kwargs.items()))
+        if key not in built:
+            built[key] = save_tiny_encoder(tmp_path_factory.mktemp(f"tiny_{architecture}"), architecture, head,
+                                           **kwargs)
+        return built[key]
+
+    return make
+
+
 @pytest.fixture
 def make_tiny_teacher(tmp_path):
     """``make(name, **kwargs)``: a tiny teacher in ``tmp_path / name`` (kwargs of :func:`save_tiny_teacher`)."""

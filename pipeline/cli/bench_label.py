@@ -43,6 +43,7 @@ from pipeline.artifacts import RunDir
 from pipeline.config.sections import RunConfig
 from core.errors import ArtifactError
 from pipeline.runner import start_ray
+from students.architectures import config_field
 from teachers.signals import SignalsConfig, check_signals
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ def encoder_flops(config, lengths: np.ndarray) -> float:
     """Matmul FLOPs of a BERT-style encoder forward over sequences of the given token counts.
 
     Args:
-        config: a transformers ``BertConfig``-like object (hidden_size, intermediate_size,
-            num_hidden_layers).
+        config: the encoder's transformers config (BERT, MPNet, RoBERTa, DistilBERT: hidden size,
+            FFN width and layer count, in its own field names).
         lengths: int array [N] of tokens per sequence (as run, padding included or not).
     """
-    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    d, layers = config.hidden_size, config.num_hidden_layers
+    f = getattr(config, config_field(config, "intermediate_size"))
     lengths = lengths.astype(np.float64)
     per_layer = 2 * lengths * (4 * d * d + 2 * d * f) + 4 * lengths**2 * d
     return float(layers * per_layer.sum())
