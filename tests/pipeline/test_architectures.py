@@ -34,6 +34,7 @@ from students.base import BuildInputs
 from students.bilstm import BiLSTMStudentConfig, build_bilstm_student
 from students.registry import load_student
 from students.transformer import TransformerStudentConfig, build_transformer_student, check_fits_teacher
+from teachers.ensemble import check_teachers, combine_logits
 from teachers.finetune import FinetuneConfig, finetune_classifier
 from teachers.inference import ClsOnlyBertClassifier, TeacherInference
 from teachers.signals import SignalsConfig
@@ -138,6 +139,21 @@ def test_token_teacher_tags_each_word_by_its_first_subtoken(architecture, finetu
             tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][row][first])
             assert all(token.startswith("Ġ") for token in tokens), tokens
     assert split_words > 0
+
+
+@pytest.mark.slow  # two DeepSpeed inference engines and a BPE trained: about 20 s on a loaded 2-core machine
+def test_teachers_of_other_architectures_label_together(tiny_encoder):
+    mpnet, roberta = tiny_encoder("mpnet"), tiny_encoder("roberta", seed=1)
+    check_teachers(mpnet, [roberta])  # the same labels in the same order: accepted
+    texts = good_bad(5, seed=13)[0]
+    each = [TeacherInference(folder, FP32, max_length=32).logits(texts) for folder in (mpnet, roberta)]
+    for folder, logits in zip((mpnet, roberta), each):  # each through its own tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with torch.no_grad():
+            direct = AutoModelForSequenceClassification.from_pretrained(folder).eval()(
+                **tokenizer(texts, padding=True, return_tensors="pt")).logits
+        np.testing.assert_allclose(logits, direct.numpy(), atol=1e-5)
+    np.testing.assert_allclose(combine_logits(each, "mean_logits"), (each[0] + each[1]) / 2, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
