@@ -49,7 +49,7 @@ def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
 
 
 def copy_teacher_weights(student: PreTrainedModel, teacher: PreTrainedModel, layers: Sequence[int],
-                         head: bool) -> list[str]:
+                         head: bool) -> None:
     """Start ``student`` (of the teacher's classes) from the teacher's weights, in place.
 
     Student layer i takes teacher layer ``layers[i]`` (1-based) whole; every other base-model
@@ -58,12 +58,9 @@ def copy_teacher_weights(student: PreTrainedModel, teacher: PreTrainedModel, lay
     one of other head count keeps those random); with ``head`` the classification head as well.
 
     Args:
-        student, teacher: Hugging Face models of one architecture (a classifier or base model).
+        student, teacher: Hugging Face classifiers of one architecture (``...ForSequenceClassification``).
         layers: 1-based teacher layers, one per student layer copied ([] copies none).
         head: copy the teacher's head (it classifies the student's labels, at its width).
-
-    Returns:
-        The copied weights' names outside the layers, in the student's state-dict naming.
     """
     for student_layer, teacher_layer in zip(encoder_layers(student), layers):
         student_layer.load_state_dict(encoder_layers(teacher)[teacher_layer - 1].state_dict())
@@ -78,4 +75,3 @@ def copy_teacher_weights(student: PreTrainedModel, teacher: PreTrainedModel, lay
     with torch.no_grad():
         for name, weight in copied.items():
             wanted[name].copy_(weight)  # state_dict tensors share the parameters' storage
-    return sorted(copied)
