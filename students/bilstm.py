@@ -11,7 +11,8 @@ the BiLSTM outputs over time instead scored 1-3 points higher on SST-2 dev in a 
 vs 0.72-0.73 from random embeddings), so this student max-pools.
 
 The student reads the teacher's WordPiece ids (``vocab: teacher``; with
-``init_from_teacher_embeddings`` the teacher's word-embedding matrix seeds the student's) or a
+``init_from_teacher_embeddings`` the teacher's word-embedding matrix seeds the student's, reduced
+by PCA when narrower: :mod:`students.teacher_embeddings`) or a
 SentencePiece vocabulary trained on the transfer set (``vocab: sentencepiece``, see
 :mod:`students.vocab`).
 
@@ -29,12 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from pydantic import Field
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoConfig
 
 from core.artifacts import atomic_dir
 from core.config import Section
-from core.errors import ArtifactError, ConfigError
+from core.errors import ArtifactError
 from students.base import BuildInputs, Student, StudentOutput, write_meta
+from students.teacher_embeddings import check_embeddings_fit, copy_teacher_embeddings, teacher_word_embeddings
 from students.vocab import Vocabulary, build_vocabulary, load_vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
@@ -57,8 +59,9 @@ class LSTMConfig(Section):
     max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated; left out of a "
                                                            "single-task run config, it follows teacher.max_length")
     init_from_teacher_embeddings: bool = Field(
-        default=False, description="copy the teacher's word embeddings; needs vocab: teacher and "
-                                   "embed_dim == teacher hidden size")
+        default=False, description="seed the table with the teacher's word embeddings, reduced to their "
+                                   "leading principal components when embed_dim is narrower; needs "
+                                   "vocab: teacher (students.teacher_embeddings)")
 
 
 class BiLSTMStudentConfig(LSTMConfig):
@@ -187,64 +190,6 @@ def featurize_texts(vocab: Vocabulary, max_length: int, texts: list[str],
             raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
         features["pair_input_ids"], features["pair_attention_mask"] = vocab.encode(pairs, max_length)
     return features
-
-
-def teacher_word_embeddings(teacher_dir: str | Path) -> torch.Tensor:
-    """The word-embedding matrix of a Hugging Face teacher, float32 [V, D], detached on the CPU."""
-    teacher = AutoModel.from_pretrained(teacher_dir)
-    return teacher.get_input_embeddings().weight.detach().float().clone()
-
-
-def embed_dim_mismatch(embed_dim: int, teacher_dim: int) -> str:
-    """The error line for a student table of width ``embed_dim`` that cannot take the teacher's
-    word embeddings of width ``teacher_dim``."""
-    return (f"train.student.embed_dim is {embed_dim} but the teacher's hidden size is {teacher_dim}; set "
-            f"train.student.embed_dim={teacher_dim} or train.student.init_from_teacher_embeddings=false")
-
-
-def check_embeddings_fit(cfg: LSTMConfig, teacher: PretrainedConfig) -> None:
-    """Fail before any work when ``init_from_teacher_embeddings`` cannot copy the teacher's word
-    embeddings; reads only the teacher's config, so the run config's rules check it too
-    (:mod:`pipeline.config.rules`).
-
-    Args:
-        cfg: the ``train.student`` section of an LSTM family.
-        teacher: the teacher's transformers config; its word embeddings are ``embedding_size``
-            wide where the config has one (ALBERT), else ``hidden_size``.
-
-    Raises:
-        ConfigError: the copy is asked for with a SentencePiece vocabulary, or ``embed_dim``
-            differs from the teacher's embedding width.
-    """
-    if not cfg.init_from_teacher_embeddings:
-        return
-    if cfg.vocab != "teacher":
-        raise ConfigError(f"train.student.init_from_teacher_embeddings needs train.student.vocab=teacher "
-                          f"(it is {cfg.vocab!r}); set one of them")
-    teacher_dim = getattr(teacher, "embedding_size", None) or teacher.hidden_size
-    if cfg.embed_dim != teacher_dim:
-        raise ConfigError(embed_dim_mismatch(cfg.embed_dim, teacher_dim))
-
-
-def copy_teacher_embeddings(embedding: nn.Embedding, teacher_embeddings: torch.Tensor) -> None:
-    """Overwrite a student's embedding table with the teacher's word embeddings.
-
-    Args:
-        embedding: the student's table, [V, E].
-        teacher_embeddings: float [V_t, D] (see :func:`teacher_word_embeddings`).
-
-    Raises:
-        ConfigError: ``E`` differs from the teacher's hidden size, or ``V`` from the teacher's
-            vocabulary size.
-    """
-    vocab_size, teacher_dim = teacher_embeddings.shape
-    if teacher_dim != embedding.embedding_dim:
-        raise ConfigError(embed_dim_mismatch(embedding.embedding_dim, teacher_dim))
-    if vocab_size != embedding.num_embeddings:
-        raise ConfigError(f"the teacher has {vocab_size} word embeddings but its tokenizer {embedding.num_embeddings} "
-                          f"ids; set train.student.init_from_teacher_embeddings=false")
-    with torch.no_grad():
-        embedding.weight.copy_(teacher_embeddings)
 
 
 def save_folder(student: Student, cfg: LSTMConfig, vocab: Vocabulary, directory: str | Path,
@@ -378,8 +323,8 @@ def build_bilstm_student(cfg: BiLSTMStudentConfig, inputs: BuildInputs) -> BiLST
             ``sentence_pairs`` builds the siamese pair classifier.
 
     Raises:
-        ConfigError: embeddings copied into a SentencePiece vocabulary, ``embed_dim`` differs from
-            the teacher's hidden size, or ``vocab_size`` is too large for the transfer set.
+        ConfigError: embeddings copied into a SentencePiece vocabulary, ``embed_dim`` exceeds
+            the teacher's embedding width, or ``vocab_size`` is too large for the transfer set.
         ValueError: ``vocab: sentencepiece`` without transfer texts, or no ``num_labels``.
     """
     num_labels = inputs.label_count()

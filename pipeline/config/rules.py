@@ -25,8 +25,9 @@ from transformers import AutoConfig, PretrainedConfig
 
 from compress.slicing import PRUNABLE_ARCHITECTURES
 from core.errors import ConfigError
+from core.hf_checkpoint import load_tokenizer
 from pipeline.config.compress_sections import PruneConfig
-from pipeline.config.sections import PRUNABLE_FAMILIES, MultiTaskRunConfig, RunConfig, TrainConfig
+from pipeline.config.sections import PRUNABLE_FAMILIES, AugmentConfig, MultiTaskRunConfig, RunConfig, TrainConfig
 from students.registry import FAMILIES
 from students.terms import TERMS, LossConfig, layer_terms, teacher_layers, width_problem
 from teachers.checkpoint import check_checkpoint, check_teacher, resolve_teacher
@@ -228,7 +229,8 @@ def check_teacher_fits(cfg: RunConfig) -> None:
     (:func:`teachers.signals.check_signals`); the student can be built from it (the family's
     :attr:`~students.registry.Family.fits_teacher`) and the loss's layer terms can compare their
     widths (:func:`students.terms.width_problem`); a prune section has an architecture to slice
-    (:func:`prune_architecture_problems`) and ``prune.layer_drop`` leaves it a layer. A hub id
+    (:func:`prune_architecture_problems`) and ``prune.layer_drop`` leaves it a layer; augmentation
+    masks words with the teacher tokenizer's mask token (:func:`mask_token_problem`). A hub id
     (no local folder) is left to the stages, which download it.
 
     Raises:
@@ -244,6 +246,23 @@ def check_teacher_fits(cfg: RunConfig) -> None:
     check_student_fits(cfg.train, teacher)
     raise_problems(prune_architecture_problems(cfg.prune, teacher) or layer_drop_problems(cfg.prune,
                                                                                       teacher.num_hidden_layers))
+    if cfg.data.augment is not None and cfg.data.augment.p_mask > 0:
+        tokenizer_mask = load_tokenizer(checkpoint, cfg.teacher.trust_remote_code).mask_token
+        raise_problems([problem] if (problem := mask_token_problem(cfg.data.augment, tokenizer_mask)) else [])
+
+
+def mask_token_problem(augment: AugmentConfig, tokenizer_mask: str | None) -> str | None:
+    """The problem line when augmentation's masked words would not reach the teacher as its mask
+    token (``[MASK]`` is three pieces to MPNet's and RoBERTa's tokenizers, whose token is
+    ``<mask>``); None when they would. ``tokenizer_mask``: the teacher tokenizer's ``mask_token``
+    (None when it has none)."""
+    if augment.mask_token == tokenizer_mask:
+        return None
+    if tokenizer_mask is None:
+        return (f"data.augment.mask_token is {augment.mask_token!r} but the teacher's tokenizer has no mask "
+                f"token; set data.augment.p_mask=0")
+    return (f"data.augment.mask_token is {augment.mask_token!r} but the teacher's tokenizer masks with "
+            f"{tokenizer_mask!r}; set data.augment.mask_token={tokenizer_mask}")
 
 
 def check_student_fits(train: TrainConfig, teacher: PretrainedConfig) -> None:

@@ -12,6 +12,7 @@ from core.errors import ConfigError
 from students.base import BuildInputs
 from students.bilstm import BiLSTMStudent, BiLSTMStudentConfig, build_bilstm_student, max_pool, pair_features
 from students.registry import load_student
+from students.teacher_embeddings import principal_components
 
 TEACHER_HIDDEN = 32  # tests/conftest.py's tiny teacher
 SENTENCES = ["a good film", "a bad , bad and boring film that goes on", "fine"]
@@ -121,9 +122,20 @@ def test_embeddings_copied_from_teacher(tiny_teacher_dir, transfer_texts):
     assert torch.equal(model.encoder.embedding.weight, expected)
 
 
-def test_embedding_size_mismatch_names_the_field(tiny_teacher_dir, transfer_texts):
-    with pytest.raises(ConfigError, match=rf"train\.student\.embed_dim is 16 .* hidden size is {TEACHER_HIDDEN}"):
-        build(tiny_teacher_dir, transfer_texts, init_from_teacher_embeddings=True)
+def test_a_narrower_table_takes_the_teacher_embeddings_leading_principal_components(tiny_teacher_dir, transfer_texts):
+    model = build(tiny_teacher_dir, transfer_texts, embed_dim=TEACHER_HIDDEN // 2, init_from_teacher_embeddings=True)
+    teacher = AutoModel.from_pretrained(tiny_teacher_dir).get_input_embeddings().weight.detach()
+    table = model.encoder.embedding.weight.detach()
+    assert torch.allclose(table, principal_components(teacher, TEACHER_HIDDEN // 2))
+    variances = table.var(dim=0)
+    assert torch.all(variances[:-1] >= variances[1:] - 1e-6)  # ordered by the variance they keep
+
+
+def test_a_wider_table_than_the_teacher_names_the_field(tiny_teacher_dir, transfer_texts):
+    with pytest.raises(ConfigError, match=rf"train\.student\.embed_dim is 64 but the teacher's word embeddings are "
+                                          rf"{TEACHER_HIDDEN} wide; set train\.student\.embed_dim to at most "
+                                          rf"{TEACHER_HIDDEN}"):
+        build(tiny_teacher_dir, transfer_texts, embed_dim=2 * TEACHER_HIDDEN, init_from_teacher_embeddings=True)
 
 
 def test_teacher_embeddings_need_the_teacher_vocabulary(tiny_teacher_dir):

@@ -164,16 +164,21 @@ TEACHER_RULES = {
          ("train.loss.embedding_cosine", {"layer_map": {2: 1}})),
         r"train\.loss\.embedding_cosine needs equal widths, got student 16 and teacher 32; set "
         r"train\.student\.hidden_size: 32 or use train\.loss\.hidden"),
-    "teacher embeddings into a narrower table": (
+    "teacher embeddings into a wider table": (
         (("train.student", {"family": "bilstm", "embed_dim": 300, "init_from_teacher_embeddings": True}),
          ("train.loss", {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}}), ("prune", None)),
-        r"train\.student\.embed_dim is 300 but the teacher's hidden size is 32; set train\.student\.embed_dim=32 or "
-        r"train\.student\.init_from_teacher_embeddings=false"),
+        r"train\.student\.embed_dim is 300 but the teacher's word embeddings are 32 wide; set "
+        r"train\.student\.embed_dim to at most 32 \(a narrower table takes their leading principal components\) "
+        r"or train\.student\.init_from_teacher_embeddings=false"),
     "teacher embeddings into a SentencePiece vocabulary": (
         (("train.student", {"family": "bilstm", "embed_dim": 32, "vocab": "sentencepiece",
                             "init_from_teacher_embeddings": True}),
          ("train.loss", {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}}), ("prune", None)),
         r"train\.student\.init_from_teacher_embeddings needs train\.student\.vocab=teacher \(it is 'sentencepiece'\)"),
+    "augmentation masking with another tokenizer's mask token": (
+        (("data.augment", {"copies": 2, "mask_token": "<mask>"}),),
+        r"data\.augment\.mask_token is '<mask>' but the teacher's tokenizer masks with '\[MASK\]'; set "
+        r"data\.augment\.mask_token=\[MASK\]"),
     "layer drop of every teacher layer": (
         (("prune.layer_drop", 2),),
         r"prune\.layer_drop: 2 of the teacher's 2 layers leaves none; set it below 2"),
@@ -222,7 +227,7 @@ def test_multitask_sources_are_checked_before_any_stage(tmp_path, tiny_teacher_d
                                           r"largest logits, and train\.loss\.kd need every class's logit; set "
                                           r"label\.emit\.logits_top_k: null, then rerun its label stage"):
         check_before_stages(validate_config({"name": "mt", "tasks": {"a": good, "b": top_k}}))
-    with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 300 but the teacher's hidden size is 32"):
+    with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 300 but the teacher's word embeddings are 32 wide"):
         check_before_stages(validate_config({"name": "mt", "tasks": {"a": good}, "train": {
             "student": {**student, "embed_dim": 300}}}))
     with pytest.raises(ArtifactError, match=r"nowhere/config\.yaml: missing; tasks\.c must name a run folder"):

@@ -147,9 +147,9 @@ def test_two_workers_with_teacher_embeddings(tmp_path, ray_local):
 
 
 def test_student_that_does_not_fit_the_teacher_fails_before_training(tmp_path, ray_local):
-    cfg, run_dir = build_run(tmp_path, student={"family": "bilstm", "embed_dim": 16,
+    cfg, run_dir = build_run(tmp_path, student={"family": "bilstm", "embed_dim": 2 * TEACHER_HIDDEN,
                                                 "init_from_teacher_embeddings": True})
-    with pytest.raises(ConfigError, match=r"train\.student\.embed_dim is 16"):
+    with pytest.raises(ConfigError, match=rf"train\.student\.embed_dim is {2 * TEACHER_HIDDEN}"):
         train.run(cfg, run_dir)
     assert not run_dir.train_storage.exists()
 
