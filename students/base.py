@@ -99,6 +99,9 @@ class BuildInputs:
         num_labels: classes C (tags for a tagger) of a single-task family.
         sentence_pairs: the task classifies sentence pairs (the BiLSTM then is siamese).
         tasks: ``{name: (kind, num_labels)}`` of a multi-task family.
+        init_dir: the checkpoint folder that ``train.student.init_checkpoint`` names, a catalogue
+            name already resolved to its installed folder (the pipeline resolves it, as it does
+            ``teacher.model``); None when the student starts from the teacher.
     """
 
     teacher_dir: Path
@@ -106,6 +109,7 @@ class BuildInputs:
     num_labels: int | None = None
     sentence_pairs: bool = False
     tasks: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    init_dir: Path | None = None
 
     def label_count(self) -> int:
         """``num_labels``.

@@ -23,16 +23,18 @@ LAYER_INIT_STRATEGIES: tuple[str, ...] = get_args(LayerInit)
 """The values of ``train.student.layer_init``."""
 
 
-def check_layer_count(strategy: str, teacher_layers: int, student_layers: int) -> None:
+def check_layer_count(strategy: str, teacher_layers: int, student_layers: int, source: str = "teacher") -> None:
     """Fail when ``layer_init`` ``strategy`` copies teacher layers into more student layers than
-    the teacher has (L_s > L_t); ``random`` copies none and takes any count.
+    the teacher has (L_s > L_t); ``random`` copies none and takes any count. ``source`` names
+    where the layers come from in the message: ``teacher``, or ``checkpoint`` for a student of
+    ``train.student.init_checkpoint``.
 
     Raises:
-        ConfigError: naming ``train.student.num_layers``, the teacher's count and the fix.
+        ConfigError: naming ``train.student.num_layers``, the source's count and the fix.
     """
     if strategy != "random" and not 0 < student_layers <= teacher_layers:
-        raise ConfigError(f"train.student.num_layers: layer_init {strategy!r} copies teacher layers, so it needs "
-                          f"1 to {teacher_layers} layers (the teacher's); got {student_layers}. "
+        raise ConfigError(f"train.student.num_layers: layer_init {strategy!r} copies {source} layers, so it needs "
+                          f"1 to {teacher_layers} layers (the {source}'s); got {student_layers}. "
                           "Use fewer layers or layer_init: random")
 
 

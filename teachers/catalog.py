@@ -76,15 +76,16 @@ def teacher_cache() -> Path:
     return (Path(home) if home else Path.home() / ".cache" / "distill") / "teachers"
 
 
-def installed_folder(name: str, cache: Path | None = None) -> Path:
+def installed_folder(name: str, cache: Path | None = None, field: str = "teacher.model") -> Path:
     """The checkpoint folder of catalogued teacher ``name``.
 
     Raises:
-        ConfigError: ``name`` is catalogued but not installed; the message gives the command.
+        ConfigError: ``name`` is catalogued but not installed; the message names ``field`` (the
+            config field that named it) and gives the command.
     """
     folder = (cache or teacher_cache()) / name
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"teacher.model: {name} is not installed (looked in {folder}); "
+        raise ConfigError(f"{field}: {name} is not installed (looked in {folder}); "
                           f"run: distill teacher install {name}")
     return folder
 

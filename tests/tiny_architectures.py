@@ -3,10 +3,10 @@ from a small generated vocabulary, saved with ``save_pretrained``: nothing is do
 
     save_tiny_encoder(folder, "mpnet", head="sequence")   # -> folder, loadable with Auto* classes
 
-Every model has hidden size 32, 2 layers, 4 heads of 8 and an FFN of 64. BERT, MPNet and
-DistilBERT read a WordPiece vocabulary (:data:`WORDS`, their letters and specials; a word outside
-it splits into letters); RoBERTa reads a byte-level BPE trained with the ``tokenizers`` library
-on :func:`sentences` text. Each architecture keeps its own special tokens and ids (MPNet and
+Every model has hidden size 32, 2 layers, 4 heads of 8 and an FFN of 64 (width and depth can be
+asked for). BERT, MPNet and DistilBERT read a WordPiece vocabulary (:data:`WORDS`, their letters
+and specials; a word outside it splits into letters); RoBERTa reads a byte-level BPE trained
+with the ``tokenizers`` library on :func:`sentences` text. Each architecture keeps its own special tokens and ids (MPNet and
 RoBERTa: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, as the real checkpoints), so code that assumes BERT's
 fails on them.
 """
@@ -77,8 +77,10 @@ def tiny_tokenizer(architecture: str):
     return (DistilBertTokenizer if architecture == "distilbert" else BertTokenizer)(vocab=vocab)
 
 
-def tiny_config(architecture: str, tokenizer, label_names: tuple[str, ...], initializer_range: float):
-    """A transformers config of ``architecture`` with :data:`SIZES`, the tokenizer's vocabulary and labels."""
+def tiny_config(architecture: str, tokenizer, label_names: tuple[str, ...], initializer_range: float,
+                sizes: dict[str, int] = SIZES):
+    """A transformers config of ``architecture`` with ``sizes`` (BERT's field names, default
+    :data:`SIZES`), the tokenizer's vocabulary and labels."""
     from transformers import BertConfig, DistilBertConfig, MPNetConfig, RobertaConfig
 
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
@@ -86,21 +88,21 @@ def tiny_config(architecture: str, tokenizer, label_names: tuple[str, ...], init
     common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
               "initializer_range": initializer_range, **labels}
     if architecture == "distilbert":
-        return DistilBertConfig(dim=SIZES["hidden_size"], n_layers=SIZES["num_hidden_layers"],
-                                n_heads=SIZES["num_attention_heads"], hidden_dim=SIZES["intermediate_size"],
+        return DistilBertConfig(dim=sizes["hidden_size"], n_layers=sizes["num_hidden_layers"],
+                                n_heads=sizes["num_attention_heads"], hidden_dim=sizes["intermediate_size"],
                                 max_position_embeddings=MAX_POSITIONS, **common)
     if architecture == "bert":
-        return BertConfig(max_position_embeddings=MAX_POSITIONS, **SIZES, **common)
+        return BertConfig(max_position_embeddings=MAX_POSITIONS, **sizes, **common)
     if architecture == "roberta":  # one segment, as roberta-base
         common["type_vocab_size"] = 1
     config_class = MPNetConfig if architecture == "mpnet" else RobertaConfig
     return config_class(max_position_embeddings=MAX_POSITIONS + 2, bos_token_id=tokenizer.cls_token_id,
-                        eos_token_id=tokenizer.sep_token_id, **SIZES, **common)
+                        eos_token_id=tokenizer.sep_token_id, **sizes, **common)
 
 
 def save_tiny_encoder(folder, architecture: str, head: str | None = "sequence",
                       label_names: tuple[str, ...] = ("negative", "positive"), seed: int = 0,
-                      initializer_range: float = 0.2):
+                      initializer_range: float = 0.2, hidden_size: int = 32, num_hidden_layers: int = 2):
     """Save a random-weight tiny ``architecture`` encoder drawn with ``seed`` and its tokenizer.
 
     Args:
@@ -110,6 +112,8 @@ def save_tiny_encoder(folder, architecture: str, head: str | None = "sequence",
             bare encoder (``AutoModel``), which fine-tuning gives a new head.
         initializer_range: std of the weights; larger than the default 0.02 so that logits differ
             visibly between inputs.
+        hidden_size, num_hidden_layers: width and depth (4 heads, FFN 2 x width); :data:`SIZES`
+            by default.
 
     Returns:
         ``folder`` as a Path.
@@ -122,7 +126,9 @@ def save_tiny_encoder(folder, architecture: str, head: str | None = "sequence",
     folder = Path(folder)
     tokenizer = tiny_tokenizer(architecture)
     torch.manual_seed(seed)
-    config = tiny_config(architecture, tokenizer, label_names, initializer_range)
+    sizes = {**SIZES, "hidden_size": hidden_size, "num_hidden_layers": num_hidden_layers,
+             "intermediate_size": 2 * hidden_size}
+    config = tiny_config(architecture, tokenizer, label_names, initializer_range, sizes)
     model_class = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
                    None: AutoModel}[head]
     model_class.from_config(config).save_pretrained(folder)

@@ -29,6 +29,7 @@ import torch
 from core.schema import TaskKind
 from pipeline.training.batching import LOCAL_SHUFFLE_ROWS, read_shards, shuffled_batches
 from pipeline.training.collate import Collate
+from pipeline.config.rules import init_checkpoint_dir
 from pipeline.config.sections import task_kind
 from pipeline.training.shards import layers_needed, soft_label_files, training_columns
 from core.artifacts import atomic_write_json
@@ -94,7 +95,8 @@ def bench_readback(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
         student = build_student(cfg.train.student, BuildInputs(run.teacher_dir, ["a sentence"], len(cfg.data.labels),
-                                                                  sentence_pairs=kind is TaskKind.PAIR))
+                                                                  sentence_pairs=kind is TaskKind.PAIR,
+                                                                  init_dir=init_checkpoint_dir(cfg.train.student)))
         student_dir = str(student.save(Path(tmp) / "student"))
         for fraction in FRACTIONS:
             subset = files[:max(1, round(fraction * len(files)))]

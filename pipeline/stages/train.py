@@ -34,7 +34,7 @@ The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -51,7 +51,7 @@ from pipeline.observability import live_metrics
 from pipeline.artifacts import RunDir
 from pipeline.training.batching import read_shards
 from pipeline.training.checkpoints import prepare_storage
-from pipeline.config.rules import loss_problems, raise_problems
+from pipeline.config.rules import init_checkpoint_dir, loss_problems, raise_problems
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluation.scoring import dev_metric_name
 from pipeline.training.shards import require_file, soft_label_files, training_columns
@@ -179,9 +179,10 @@ def build_initial_student(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir, 
     """Build the student both twins start from (seeded), save it to ``train/initial/``, return the folder.
 
     Families with their own vocabulary (SentencePiece, the tagger's words) learn it from the
-    transfer sets' texts (:func:`student_inputs`).
+    transfer sets' texts (:func:`student_inputs`); a transformer with ``init_checkpoint`` starts
+    from that checkpoint's folder (:func:`pipeline.config.rules.init_checkpoint_dir`).
     """
-    inputs = student_inputs(tasks)
+    inputs = replace(student_inputs(tasks), init_dir=init_checkpoint_dir(cfg.train.student))
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.train.student, inputs)
     return student.save(run_dir.stage_dir("train") / "initial")

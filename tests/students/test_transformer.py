@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification)
 
 from core.errors import ConfigError
 from students.base import BuildInputs
@@ -250,3 +251,66 @@ def test_shipped_student_deepspeed_configs_parse(name, stage):
     parsed = DeepSpeedConfig(shipped)  # one process: train_batch_size = micro batch x accumulation
     assert (parsed.zero_optimization_stage, parsed.train_micro_batch_size_per_gpu, parsed.train_batch_size,
             parsed.gradient_clipping) == (stage, 64, 64, 1.0)
+
+
+def layers_equal(student_layer: torch.nn.Module, source_layer: torch.nn.Module) -> bool:
+    source_state = source_layer.state_dict()
+    return all(torch.equal(tensor, source_state[name]) for name, tensor in student_layer.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def minilm_like(tiny_encoder) -> tuple[Path, Path]:
+    """An MPNet teacher (hidden 32, 2 layers) and a bare BERT checkpoint of another width and depth
+    (hidden 48, 6 layers) whose WordPiece pieces are the teacher's with ids shifted by one, as
+    MiniLM-L6's are all-mpnet-base-v2's shifted by four."""
+    return tiny_encoder("mpnet"), tiny_encoder("bert", head=None, hidden_size=48, num_hidden_layers=6)
+
+
+def test_init_checkpoint_student_starts_from_the_checkpoint(minilm_like, tmp_path):
+    teacher_dir, checkpoint = minilm_like
+    student = build_transformer_student(small(num_layers=2, init_checkpoint=str(checkpoint)),
+                                        BuildInputs(teacher_dir, num_labels=3, init_dir=checkpoint)).eval()
+    source = AutoModel.from_pretrained(checkpoint)
+    assert type(student.model) is BertForSequenceClassification and student.hidden_size == 48
+    assert student.model.config.num_hidden_layers == 2 and student.teacher_layers == [3, 6]  # uniform 2 of 6
+    assert all(layers_equal(student.model.bert.encoder.layer[i], source.encoder.layer[t - 1])
+               for i, t in enumerate(student.teacher_layers))
+    assert not layers_equal(student.model.bert.encoder.layer[0], source.encoder.layer[0])
+    assert layers_equal(student.model.bert.embeddings, source.embeddings)
+    assert student.model.classifier.weight.shape == (3, 48)  # a new head for the run's labels
+
+    features = student.featurize(SENTENCES)
+    own = AutoTokenizer.from_pretrained(checkpoint)(SENTENCES, padding=True, truncation=True, max_length=16,
+                                                    return_tensors="pt")
+    teachers = AutoTokenizer.from_pretrained(teacher_dir)(SENTENCES, padding=True, truncation=True, max_length=16,
+                                                          return_tensors="pt")
+    assert torch.equal(features["input_ids"], own["input_ids"]) and "token_type_ids" in features
+    assert features["input_ids"].shape == teachers["input_ids"].shape  # the same pieces ...
+    assert not torch.equal(features["input_ids"], teachers["input_ids"])  # ... under other ids
+
+    with torch.no_grad():
+        expected = student(**features).logits
+    folder = student.save(tmp_path / "student")
+    meta = json.loads((folder / "student.json").read_text())
+    assert (meta["init_checkpoint"], meta["teacher_layers"]) == (str(checkpoint), [3, 6])
+    loaded = load_student(folder)
+    assert loaded.init_checkpoint == str(checkpoint) and loaded.teacher_layers == [3, 6]
+    assert torch.equal(loaded.featurize(SENTENCES)["input_ids"], own["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(loaded(**loaded.featurize(SENTENCES)).logits, expected)
+
+
+def test_init_checkpoint_sizes_and_layers_are_the_checkpoints(minilm_like):
+    teacher_dir, checkpoint = minilm_like
+    inputs = BuildInputs(teacher_dir, num_labels=2, init_dir=checkpoint)
+    with pytest.raises(ConfigError, match=r"^train\.student\.num_layers: layer_init 'uniform' copies checkpoint "
+                                          r"layers, so it needs 1 to 6 layers \(the checkpoint's\); got 7"):
+        build_transformer_student(small(num_layers=7, init_checkpoint=str(checkpoint)), inputs)
+    with pytest.raises(ConfigError, match=r"^train\.student\.layer_init: 'uniform' copies checkpoint layers, which "
+                                          r"needs the checkpoint's sizes \{'hidden_size': 48"):
+        build_transformer_student(small(hidden_size=32, init_checkpoint=str(checkpoint)), inputs)
+    with pytest.raises(ValueError, match="needs its folder in BuildInputs.init_dir"):
+        build_transformer_student(small(init_checkpoint=str(checkpoint)), BuildInputs(teacher_dir, num_labels=2))
+    narrow = build_transformer_student(small(num_layers=4, hidden_size=24, num_heads=4, layer_init="random",
+                                             init_checkpoint=str(checkpoint)), inputs)
+    assert (narrow.hidden_size, narrow.model.config.intermediate_size, narrow.teacher_layers) == (24, 96, [])

