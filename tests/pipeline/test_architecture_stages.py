@@ -2,7 +2,8 @@
 architecture (tests/tiny_architectures.py): the teacher's logits, hidden states and attention maps
 reach the label shards, a transformer student of the teacher's architecture learns from all three,
 a BiLSTM student from the teacher's embeddings, and a BERT or MPNet teacher and student are pruned
-(a RoBERTa or DistilBERT run with a prune section is refused)."""
+(a RoBERTa or DistilBERT run with a prune section is refused); a student that starts from another
+pretrained checkpoint (its own tokenizer) is trained, pruned and exported under an MPNet teacher."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import pytest
 import torch
 from test_architectures import good_bad
 from tiny_architectures import ARCHITECTURES
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+
+from compress.vocabulary import used_token_ids
 
 from core.artifacts import read_json
 from core.errors import ConfigError
 from pipeline.artifacts import RunDir
 from pipeline.config.loading import validate_config
-from pipeline.stages import label, prune, train
+from pipeline.stages import export, label, prune, train
 from students.registry import load_student
 
 ROWS = 160
@@ -33,15 +36,16 @@ LAYER_TERMS = {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}, "hidden": {"layer_m
                "attention": {"layer_map": {2: 1}}}
 
 
-def run_config(tmp_path, student: dict, loss: dict, prune_section: dict | None = None):
-    """A run over the hand-written splits, emitting layer 2's hidden states and attention maps."""
+def run_config(tmp_path, student: dict, loss: dict, prune_section: dict | None = None, **sections):
+    """A run over the hand-written splits, emitting layer 2's hidden states and attention maps;
+    ``sections`` adds others (``export``)."""
     return validate_config({
         "name": "t", "output_dir": str(tmp_path), "seed": 0, "teacher": {"max_length": 32},
         "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
         "label": {"shard_rows": 96, "num_actors": 1, "emit": {"hidden_layers": [2], "attention_layers": [2]}},
         "train": {"epochs": 3, "batch_size": 16, "lr": 5e-3, "ce_only_baseline": False, "student": student,
                   "loss": loss},
-        "prune": prune_section, "tracking": {"mode": "disabled"}})
+        "prune": prune_section, "tracking": {"mode": "disabled"}, **sections})
 
 
 def write_split(path, texts: list[str], labels: list[int]) -> None:
@@ -105,3 +109,40 @@ def test_label_train_and_prune_stages(architecture, tiny_encoder, tmp_path, ray_
     assert history[-1]["loss"] < history[0]["loss"]
     embedding = load_student(run_dir.student_dir("kd")).encoder.embedding.weight
     assert embedding.shape == teacher.get_input_embeddings().weight.shape
+
+
+@pytest.mark.slow  # a label run, a Ray Train run, a prune run and three ONNX exports: 75 s on 2 shared cores
+def test_a_student_from_another_checkpoint_trains_prunes_and_exports(tiny_encoder, tmp_path, ray_local):
+    checkpoint = tiny_encoder("bert", head=None, hidden_size=48, num_hidden_layers=6)  # MiniLM's role
+    student = {**TRANSFORMER, "num_layers": 2, "init_checkpoint": str(checkpoint)}
+    prune_section = {**PRUNE, "models": ["kd"], "layer_drop": None}
+    cfg = run_config(tmp_path, student, {"ce": {"weight": 0.5}, "kd": {"weight": 0.5}}, prune_section,
+                     export={"formats": ["onnx"]})
+    run_dir = RunDir(cfg.run_dir)
+    texts, labels = good_bad(ROWS, seed=11)
+    write_split(run_dir.split_file("transfer"), texts, labels)
+    write_split(run_dir.split_file("train"), texts[:96], labels[:96])
+    write_split(run_dir.split_file("dev"), *good_bad(32, seed=12))
+    shutil.copytree(tiny_encoder("mpnet", initializer_range=0.02), run_dir.teacher_dir)
+    label.run(cfg, run_dir)
+
+    history = train.run(cfg, run_dir)["kd"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    kd = load_student(run_dir.student_dir("kd"))
+    assert type(kd.model) is BertForSequenceClassification and kd.hidden_size == 48
+    assert (kd.init_checkpoint, kd.teacher_layers) == (str(checkpoint), [3, 6])
+
+    summary = prune.run(cfg, run_dir)["models"]["kd"]
+    own = AutoTokenizer.from_pretrained(checkpoint)  # the vocabulary is cut to the student's ids, not the teacher's
+    kept = used_token_ids(own, texts, None, 32)
+    pruned_dir = run_dir.stage_dir("prune") / "kd-pruned"
+    assert AutoConfig.from_pretrained(pruned_dir).pruning["vocab"] == kept and summary["vocab_after"] == len(kept)
+    assert kept != used_token_ids(AutoTokenizer.from_pretrained(run_dir.teacher_dir), texts, None, 32)
+    assert AutoTokenizer.from_pretrained(pruned_dir).get_vocab() == own.get_vocab()
+
+    variants = export.run(cfg, run_dir)["variants"]
+    assert set(variants) == {"teacher/onnxruntime-fp32", "kd/onnxruntime-fp32", "kd-pruned/onnxruntime-fp32"}
+    inputs = {name: read_json(run_dir.stage_dir("export") / f"{name}-onnx" / "meta.json")["input_names"]
+              for name in ("teacher", "kd", "kd-pruned")}
+    assert inputs["teacher"] == ["input_ids", "attention_mask"]  # MPNet reads no segment ids, the BERT student does
+    assert inputs["kd"] == inputs["kd-pruned"] == ["input_ids", "attention_mask", "token_type_ids"]
