@@ -6,9 +6,9 @@ from a small generated vocabulary, saved with ``save_pretrained``: nothing is do
 Every model has hidden size 32, 2 layers, 4 heads of 8 and an FFN of 64 (width and depth can be
 asked for). BERT, MPNet and DistilBERT read a WordPiece vocabulary (:data:`WORDS`, their letters
 and specials; a word outside it splits into letters); RoBERTa reads a byte-level BPE trained
-with the ``tokenizers`` library on :func:`sentences` text. Each architecture keeps its own special tokens and ids (MPNet and
-RoBERTa: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, as the real checkpoints), so code that assumes BERT's
-fails on them.
+with the ``tokenizers`` library on :func:`sentences` text. Each architecture keeps its own
+special tokens and ids (MPNet and RoBERTa: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, as the real
+checkpoints), so code that assumes BERT's fails on them.
 """
 
 from __future__ import annotations
