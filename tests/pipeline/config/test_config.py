@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig
 from pipeline.config.loading import load_config, preset_names, validate_config
+from pipeline.runner import stage_fingerprint
 from pipeline.textdata.conll import CONLL2003_TAGS
 from core.errors import ConfigError
 
@@ -103,6 +104,9 @@ KEY_VALUES = {
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
     "conll2003-augment": (None, 3.0, 16384, "cnn_lstm", 8, 200),
+    "sst2-mpnet": (None, 1.0, 16384, "transformer", 1, None),
+    "sst2-mpnet-bilstm": (None, 1.0, 16384, "bilstm", 2, 150),
+    "conll2003-mpnet": (None, 2.0, 16384, "cnn_lstm", 8, 200),
 }
 
 
@@ -222,3 +226,20 @@ def test_loss_terms_and_the_ce_only_twin():
     assert list(twin.terms()) == ["ce"] and twin.ce.weight == 1.0
     with pytest.raises(ConfigError, match="every loss term is off"):
         load_config("sst2-quick", ["train.loss.ce=null", "train.loss.kd=null"])
+
+
+@pytest.mark.parametrize(("base", "derived"), [("sst2-mpnet", "sst2-mpnet-bilstm")])
+def test_a_student_preset_reuses_its_base_runs_teacher_stages(base, derived):
+    """Its README line copies the base run's data, finetune and label folders: they must be reused."""
+    upstream = {name: "" for name in (base, derived)}
+    for stage in ("data", "finetune", "label"):
+        prints = {name: stage_fingerprint(load_config(name), stage, upstream[name]) for name in (base, derived)}
+        assert prints[base] == prints[derived], stage
+        upstream = prints
+    assert stage_fingerprint(load_config(base), "train", upstream[base]) != \
+        stage_fingerprint(load_config(derived), "train", upstream[derived])
+
+
+def test_the_mpnet_presets_mask_with_the_teachers_mask_token():
+    assert {load_config(name).data.augment.mask_token for name in ("sst2-mpnet", "conll2003-mpnet")} == {"<mask>"}
+    assert load_config("conll2003-mpnet").train.ce_only_epochs == 39
