@@ -56,7 +56,7 @@ def test_teacher_and_student_beat_chance(smoke_run):
     assert models["kd"]["dev_accuracy"] > majority + 0.05
     assert models["kd"]["parameters"] < models["teacher"]["parameters"]
     # every model timed at the stage's torch thread count; no ordering of timings here: on a busy machine
-    # the KD BiLSTM's p50 (117 ms) came near the 6-layer teacher's (130 ms), 8x apart when idle (README)
+    # the KD BiLSTM's p50 (117 ms) came near the 6-layer teacher's (130 ms), 8x apart when idle (docs/results.md)
     threads = manifests["evaluate"]["hardware"]["torch_threads"]
     assert {kind: row["latency"]["threads"] for kind, row in models.items()} == dict.fromkeys(models, threads)
 
