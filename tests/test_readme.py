@@ -170,3 +170,25 @@ def test_extraction_reads_sessions_joined_commands_and_indented_blocks(tmp_path)
         (["run", "sst2-quick", "--set", "train.epochs=1"], None),
         (["validate", "sst2", "--set", "a.b=1"], "preset 'sst2': a is not a field"),
         (["status", "run1", "--address", "http://h:8265"], None)]
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to ``-``."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=[path.name for path in DOCUMENTS])
+def test_relative_links_and_images_resolve(path):
+    broken = []
+    for link in LINK.findall(path.read_text(encoding="utf-8")):
+        if link.startswith(("http://", "https://")):
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target) if target else path
+        if not file.exists() or (anchor and file.suffix == ".md" and anchor not in heading_anchors(file)):
+            broken.append(link)
+    assert not broken, f"{path.name}: links to nothing: {broken}"
