@@ -8,6 +8,7 @@ passed to ``transformers`` only when the hub is reachable.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -94,6 +95,34 @@ def check_teacher(checkpoint: Path | str, num_labels: int, task: str = "sequence
         raise ConfigError(f"teacher.model: {checkpoint} is a {labels}-class classifier but data.labels has "
                           f"{num_labels} labels; give a teacher fine-tuned on this label set, or its base "
                           f"checkpoint (without the classification head) to fine-tune")
+
+
+def weight_sizes(folder: Path) -> list[int]:
+    """Elements of every tensor in the checkpoint's safetensors files, read from their headers
+    (nothing is loaded); a tensor stored once counts once, as ``from_pretrained`` holds tied
+    weights once.
+
+    Raises:
+        ConfigError: the folder has no safetensors weights.
+    """
+    files = [f for f in weight_files(folder) if f.suffix == ".safetensors"]
+    if not files:
+        raise ConfigError(f"{folder}: no model*.safetensors weight files; save the checkpoint with save_pretrained")
+    sizes = []
+    for file in files:
+        with safe_open(str(file), "pt") as weights:
+            sizes += [math.prod(weights.get_slice(name).get_shape()) for name in weights.keys()]
+    return sizes
+
+
+def fp32_weight_mb(folder: Path) -> float:
+    """What a checkpoint's weights take in float32, in MB (10^6 bytes, as
+    :func:`compress.latency.peak_rss_mb` counts memory): 4 bytes per element (:func:`weight_sizes`).
+
+    Raises:
+        ConfigError: the folder has no safetensors weights.
+    """
+    return sum(weight_sizes(folder)) * 4 / 1e6
 
 
 def check_checkpoint(checkpoint: Path | str, trust_remote_code: bool = False) -> None:

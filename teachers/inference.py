@@ -23,10 +23,11 @@ import torch
 from core.errors import ConfigError
 from core.precision import Precision
 from core.hf_checkpoint import load_tokenizer
-from teachers.checkpoint import CLASSIFIERS, encode
+from teachers.checkpoint import CLASSIFIERS, encode, weight_sizes
 from teachers.distributed import init_single_process
 from teachers.signals import SignalsConfig, check_signals
 from teachers.token_alignment import encode_words, words_logits
+from teachers.zero_inference import load_partitioned, zero_inference_config
 
 if TYPE_CHECKING:  # transformers' modeling modules load when a teacher does, not with this module
     from transformers.modeling_outputs import SequenceClassifierOutput
@@ -95,16 +96,21 @@ def check_tensor_parallel(tp_size: int, device: str) -> None:
                           f"group (e.g. under the deepspeed launcher); this process's group has {world}")
 
 
-def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | None,
-                          overrides: dict[str, Any]) -> dict[str, Any]:
-    """ZeRO-Inference config: ZeRO stage 3 with parameters offloaded to CPU memory or NVMe."""
-    offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
-    if offload == "nvme":
-        offload_param["nvme_path"] = str(nvme_path)
-    return {"train_micro_batch_size_per_gpu": 1,
-            "zero_optimization": {"stage": 3, "offload_param": offload_param},
-            "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
-            **overrides}
+def load_model(checkpoint: Path, task: str, eager_attention: bool, zero: dict[str, Any] | None) -> torch.nn.Module:
+    """The teacher classifier in eval mode: ``from_pretrained`` (safetensors only), or with a ZeRO
+    stage-3 config built partitioned and filled a tensor at a time (:func:`teachers.zero_inference.load_partitioned`).
+
+    Args:
+        checkpoint: Hugging Face checkpoint folder.
+        task: "sequence" or "token" (see :data:`teachers.checkpoint.CLASSIFIERS`).
+        eager_attention: load the eager attention kernel (fused SDPA kernels never materialise
+            attention maps).
+        zero: the ZeRO-Inference config (:func:`teachers.zero_inference.zero_inference_config`), or None.
+    """
+    attention = {"attn_implementation": "eager"} if eager_attention else {}
+    if zero is not None:
+        return load_partitioned(checkpoint, CLASSIFIERS[task], zero, attention).eval()
+    return CLASSIFIERS[task].from_pretrained(str(checkpoint), use_safetensors=True, **attention).eval()
 
 
 class ClsOnlyBertClassifier(torch.nn.Module):
@@ -225,18 +231,16 @@ class TeacherInference:
 
         init_single_process()
         self.tokenizer = load_tokenizer(checkpoint)
-        # Attention maps need the eager kernel: fused SDPA kernels never materialise them.
-        model = CLASSIFIERS[task].from_pretrained(
-            str(checkpoint), use_safetensors=True,
-            **({"attn_implementation": "eager"} if signals.attention_layers else {})).eval()
+        overrides = json.loads(Path(deepspeed_config).read_text()) if deepspeed_config else {}
+        zero = (zero_inference_config(precision, offload, nvme_path, overrides, max(weight_sizes(checkpoint)))
+                if engine == "zero" else None)
+        model = load_model(checkpoint, task, bool(signals.attention_layers), zero)
         check_signals(signals, model.config)
         self.signals = signals
         self.storage_dtype = np.float16 if signals.dtype == "fp16" else np.float32
         self.num_labels = model.config.num_labels
-        overrides = json.loads(Path(deepspeed_config).read_text()) if deepspeed_config else {}
-        if engine == "zero":
-            wrapped, *_ = deepspeed.initialize(
-                model=model, config=zero_inference_config(precision, offload, nvme_path, overrides))
+        if zero is not None:
+            wrapped, *_ = deepspeed.initialize(model=model, config=zero)
             self.forward = wrapped.module.eval()
         else:
             config = inference_config(precision, tensor_parallel, overrides)

@@ -1,0 +1,48 @@
+"""ZeRO-Inference: its config, the teacher built partitioned and filled a tensor at a time."""
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification
+
+from core.errors import ConfigError
+from core.precision import select_precision
+from teachers.checkpoint import weight_sizes
+from teachers.inference import TeacherInference
+from teachers.zero_inference import load_partitioned, zero_inference_config
+
+FP32 = select_precision("fp32", "test")
+
+
+def test_nvme_buffers_hold_the_largest_weight_and_overrides_win(tmp_path):
+    nvme = zero_inference_config(FP32, "nvme", tmp_path, {}, largest_weight=976_704)
+    assert nvme["zero_optimization"]["offload_param"] == {"device": "nvme", "pin_memory": False,
+                                                          "nvme_path": str(tmp_path), "buffer_size": 976_704}
+    cpu = zero_inference_config(FP32, "cpu", None, {"zero_optimization": {"stage": 3}}, largest_weight=976_704)
+    assert cpu["zero_optimization"] == {"stage": 3}  # a DeepSpeed JSON's section replaces the generated one
+
+
+def test_the_tiny_teachers_largest_weight_is_its_word_embedding(tiny_teacher_dir):
+    sizes = weight_sizes(tiny_teacher_dir)
+    assert max(sizes) == 30522 * 32 and sum(sizes) == sum(
+        p.numel() for p in AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).parameters())
+
+
+def test_partitioned_teacher_holds_the_checkpoints_weights(tiny_teacher_dir):
+    zero = zero_inference_config(FP32, "cpu", None, {})
+    model = load_partitioned(tiny_teacher_dir, AutoModelForSequenceClassification, zero, {})
+    assert all(hasattr(p, "ds_id") for p in model.parameters())  # every parameter partitioned by zero.Init
+    assert model.bert.embeddings.word_embeddings.weight.numel() == 0  # this process holds no copy of it
+    texts = ["a fine film", "dull", "a long and winding sentence about nothing much"]
+    plain = TeacherInference(tiny_teacher_dir, FP32, max_length=32).logits(texts)
+    zero_logits = TeacherInference(tiny_teacher_dir, FP32, max_length=32, engine="zero", offload="cpu").logits(texts)
+    np.testing.assert_allclose(zero_logits, plain, atol=1e-6)  # the weights, not a random draw
+
+
+def test_a_checkpoint_without_a_parameter_is_refused_by_name(make_tiny_teacher):
+    folder = make_tiny_teacher("headless")
+    weights = load_file(folder / "model.safetensors")
+    del weights["classifier.weight"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"no weights for classifier\.weight \(of 1 parameters\); ZeRO-Inference"):
+        load_partitioned(folder, AutoModelForSequenceClassification, zero_inference_config(FP32, "cpu", None, {}), {})
