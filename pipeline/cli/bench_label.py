@@ -13,19 +13,26 @@ Labels the same transfer-set rows three ways and prints a table (and writes JSON
     label + signals  the same, also emitting the hidden states and attention maps of two
                      teacher layers (``label.emit``; eager attention, so the maps exist)
 
+With ``engines`` (``distill bench label --engines inference,zero``) the label stage runs once per
+DeepSpeed engine (``label.engine``; ``zero`` keeps ``label.offload`` and ``label.nvme_path``, so
+``--set label.offload=nvme --set label.nvme_path=DIR`` measures NVMe offload) in place of the one
+``label stage`` way.
+
 For each: examples/s, the speed-up over naive, for the label stage its start-up (the stage's
 wall time less its labeling window: Ray Data planning, actor processes started, their imports,
 the teachers loaded), the teacher's achieved FLOP/s on the real
 (non-padding) tokens as a fraction of a float32 matmul peak measured on this machine in the
 same run, and for the label stage the stored bytes per example, in all and per signal.
 FLOPs count the encoder's matrix multiplications (Kaplan et al. 2020 style): per layer and
-sequence of T tokens, ``2 T (4 d^2 + 2 d f) + 4 T^2 d``.
+sequence of T tokens, ``2 T (4 d^2 + 2 d f) + 4 T^2 d``. Memory: each way's peak resident set
+size (MB, 10^6 bytes; :func:`compress.latency.peak_rss_mb`): a label actor's (the largest of the
+stage's actors), the naive loop's process's from its model's load (its peak reset before), beside
+the teacher's float32 weights (:func:`teachers.checkpoint.fp32_weight_mb`) and their ratio.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,13 +44,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from compress.latency import peak_rss_mb, reset_peak_rss
 from pipeline.stages import label
 from core.artifacts import atomic_write_json
 from pipeline.artifacts import RunDir
+from pipeline.config.loading import validate_config
 from pipeline.config.sections import RunConfig
 from core.errors import ArtifactError
 from pipeline.runner import start_ray
 from students.architectures import config_field
+from teachers.checkpoint import fp32_weight_mb
 from teachers.signals import SignalsConfig, check_signals
 
 log = logging.getLogger(__name__)
@@ -104,7 +114,7 @@ def label_stage_seconds(cfg: RunConfig, transfer: pa.Table, teacher_dir: Path) -
     with tempfile.TemporaryDirectory() as tmp:
         bench_run = RunDir(Path(tmp) / "bench")
         pq.write_table(transfer.select(["id", "text", "label"]), bench_run.split_file("transfer"))
-        shutil.copytree(teacher_dir, bench_run.teacher_dir)
+        bench_run.teacher_dir.symlink_to(teacher_dir.resolve(), target_is_directory=True)  # not a copy of GBs
         began = time.perf_counter()
         summary = label.run(cfg, bench_run)
         return time.perf_counter() - began, summary
@@ -117,8 +127,35 @@ def way_result(seconds: float, rows: int, naive_s: float, useful_flops: float, p
             "useful_gflops_per_s": useful_flops / seconds / 1e9, "fraction_of_peak": useful_flops / seconds / peak_flops}
 
 
-def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] | None = (3, 6)) -> dict[str, Any]:
-    """Run the three ways on the first ``rows`` transfer-set rows of a run whose label inputs exist.
+def engine_ways(cfg: RunConfig, engines: list[str] | None) -> dict[str, RunConfig]:
+    """The label-stage ways: ``{"label stage": cfg}``, or with ``engines`` one config per engine,
+    named ``label: inference``, ``label: zero/cpu``, ``label: zero/nvme`` (the offload of ``cfg``).
+
+    Raises:
+        ConfigError: an engine is not one of ``label.engine``'s, or ``zero`` with ``offload: nvme``
+            and no ``nvme_path`` (one line naming the field).
+    """
+    if not engines:
+        return {"label stage": cfg}
+    raw = cfg.model_dump(mode="json")
+    ways = {}
+    for engine in engines:
+        engine_cfg = validate_config({**raw, "label": {**raw["label"], "engine": engine}}, f"--engines {engine}")
+        ways[f"label: {engine}{'/' + cfg.label.offload if engine == 'zero' else ''}"] = engine_cfg
+    return ways
+
+
+def naive_way(teacher_dir: Path, texts: list[str]) -> tuple[float, float | None]:
+    """:func:`naive_loop`'s seconds and this process's peak RSS (MB) from its model's load, or
+    None where the kernel does not let the peak be reset (it would be the process's lifetime peak)."""
+    was_reset = reset_peak_rss()
+    seconds = naive_loop(teacher_dir, texts)
+    return seconds, peak_rss_mb() if was_reset else None
+
+
+def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[int, int] | None = (3, 6),
+                engines: list[str] | None = None) -> dict[str, Any]:
+    """Run the ways on the first ``rows`` transfer-set rows of a run whose label inputs exist.
 
     Args:
         cfg: the run config; its run directory must hold ``data/transfer.parquet`` and the
@@ -127,13 +164,16 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
         out_file: where the JSON result goes.
         emit_layers: teacher layers whose hidden states and attention maps the third way emits;
             None leaves the third way out (a whole split's hidden states take gigabytes).
+        engines: ``label.engine`` values to run the stage with, one way each (:func:`engine_ways`);
+            None runs it once with ``cfg``'s engine.
 
     Returns:
         The result written to ``out_file``.
 
     Raises:
         ArtifactError: the run directory lacks the transfer set or the teacher, or has fewer rows.
-        ConfigError: ``emit_layers`` are not layers of the teacher.
+        ConfigError: ``emit_layers`` are not layers of the teacher, or ``engines`` names an
+            engine that the config does not allow (see :func:`engine_ways`).
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -145,6 +185,7 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
     teacher_config = AutoConfig.from_pretrained(run.teacher_dir)
     signals = SignalsConfig(hidden_layers=list(emit_layers or ()), attention_layers=list(emit_layers or ()))
     check_signals(signals, teacher_config)
+    stage_ways = engine_ways(cfg, engines)
     texts = transfer.column("text").to_pylist()
     real_lengths = np.asarray([len(ids) for ids in AutoTokenizer.from_pretrained(run.teacher_dir)(
         texts, truncation=True, max_length=cfg.teacher.max_length)["input_ids"]])
@@ -152,20 +193,21 @@ def bench_label(cfg: RunConfig, rows: int, out_file: Path, emit_layers: tuple[in
     start_ray(cfg)  # after the input checks, so a missing run fails at once
     peak = matmul_peak_flops()
 
-    naive_s = naive_loop(run.teacher_dir, texts)
-    stage_ways = {"label stage": cfg}
+    naive_s, naive_rss = naive_way(run.teacher_dir, texts)
     if emit_layers is not None:
         stage_ways["label + signals"] = cfg.model_copy(update={"label": cfg.label.model_copy(update={"emit": signals})})
     result = {"rows": rows, "teacher": str(run.teacher_dir), "matmul_peak_gflops": round(peak / 1e9, 1),
               "threads": torch.get_num_threads(), "emit_layers": list(emit_layers or ()),
-              "ways": {"naive": way_result(naive_s, rows, naive_s, useful_flops, peak)}}
+              "teacher_fp32_mb": round(fp32_weight_mb(run.teacher_dir), 1),
+              "ways": {"naive": {**way_result(naive_s, rows, naive_s, useful_flops, peak), "peak_rss_mb": naive_rss}}}
     for name, way_cfg in stage_ways.items():
         seconds, summary = label_stage_seconds(way_cfg, transfer, run.teacher_dir)
         result["ways"][name] = {**way_result(seconds, rows, naive_s, useful_flops, peak),
                                 "startup_s": seconds - summary["labeling_window_s"],
                                 "labeling": way_result(summary["labeling_window_s"], rows, naive_s, useful_flops, peak),
                                 "stored_bytes_per_example": summary["stored_bytes_per_example"],
-                                "signal_bytes_per_example": summary["signal_bytes_per_example"]}
+                                "signal_bytes_per_example": summary["signal_bytes_per_example"],
+                                "peak_rss_mb": max(summary["actor_peak_rss_mb"])}
     atomic_write_json(out_file, result)
     return result
 
@@ -192,4 +234,20 @@ def render(result: dict[str, Any]) -> str:
         if "signal_bytes_per_example" in way:
             signals = ", ".join(f"{k} {v:,.1f}" for k, v in way["signal_bytes_per_example"].items())
             lines.append(f"bytes/example, {name}: {signals}")
-    return "\n".join(lines)
+    return "\n".join(lines + memory_lines(result))
+
+
+def memory_lines(result: dict[str, Any]) -> list[str]:
+    """The memory table: per way (those that measured it) examples/s, peak RSS MB, the teacher's
+    float32 weights MB and peak RSS / weights; empty for a result without the teacher's size."""
+    weights = result.get("teacher_fp32_mb")
+    if weights is None:
+        return []
+    lines = [f"{'way':<16} {'examples/s':>11} {'peak RSS MB':>12} {'fp32 weights MB':>16} {'RSS/weights':>12}"]
+    for name, way in result["ways"].items():
+        rss = way.get("peak_rss_mb")
+        lines.append(f"{name:<16} {way['examples_per_s']:>11.1f} {'-' if rss is None else f'{rss:,.1f}':>12} "
+                     f"{weights:>16,.1f} {'-' if rss is None else f'{rss / weights:.2f}':>12}")
+    lines.append("peak RSS: a label actor's (the largest of the stage's), the naive loop's process's from its "
+                 "model's load; MB = 10^6 bytes")
+    return lines

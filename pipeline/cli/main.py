@@ -4,11 +4,12 @@
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
     distill presets
-    distill teacher list | install NAME
+    distill teacher list | install NAME | random --shape bert-large|1.3b --out DIR
     distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--gpus N] [--wait]
     distill status NAME --address http://HOST:8265
     distill logs NAME --address http://HOST:8265 [--follow]
-    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--set key=value ...]
+    distill bench label CONFIG [--rows 4000] [--emit-layers 3,6 | --logits-only] [--engines inference,zero]
+                  [--set key=value ...]
     distill bench readback CONFIG [--set key=value ...]
     distill bench latency CONFIG [--set key=value ...]
     distill sweep CONFIG --set-grid train.key=v1,v2,... [--set-grid ...] [--set key=value ...] [--metric NAME]
@@ -73,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                                               "section or a library version changed, an upstream stage reruns); "
                                               "runs nothing")
     commands.add_parser("presets", help="list the presets shipped with the package")
-    teacher = commands.add_parser("teacher", help="teachers by name: list the catalogue, install one offline")
-    teacher.add_argument("action", choices=["install", "list"])
+    teacher = commands.add_parser("teacher", help="teachers by name: list the catalogue, install one offline, "
+                                                  "or save a random-initialised one of a named size")
+    teacher.add_argument("action", choices=["install", "list", "random"])
     teacher.add_argument("name", nargs="?", help="install: the teacher's name (distill teacher list)")
+    teacher.add_argument("--shape", choices=["bert-large", "1.3b"],
+                         help="random: BERT-large (24 x 1024, 335M parameters) or 1.3b (24 x 2048, 1.28B)")
+    teacher.add_argument("--out", help="random: the folder to write (a teacher.model for an SST-2 config)")
+    for size in ("layers", "hidden"):  # tests make a tiny teacher through the command
+        teacher.add_argument(f"--{size}", type=int, help=argparse.SUPPRESS)
     bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
     bench.add_argument("what", choices=["label", "readback", "latency"],
                        help="label: the label stage against a naive transformers loop; readback: memory of "
@@ -91,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default 3,6)")
     bench.add_argument("--logits-only", action="store_true",
                        help="label: leave out the third way (a whole split's hidden states take gigabytes)")
+    bench.add_argument("--engines", type=lambda text: text.split(","), metavar="E1,E2",
+                       help="label: run the label stage once per DeepSpeed engine (inference, zero; zero keeps "
+                            "label.offload and label.nvme_path, e.g. --set label.offload=nvme --set "
+                            "label.nvme_path=DIR), with each actor's peak RSS beside the teacher's fp32 weights")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep = commands.add_parser("sweep", help="grid search over train.* settings on a run's soft labels (Ray Tune); "
                                               "prints a table of dev scores, writes sweep/results.json")
@@ -143,7 +154,7 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
                 from pipeline.cli import bench_label as bench
 
                 layers = None if args.logits_only else args.emit_layers
-                print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers)))
+                print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers, args.engines)))
             elif args.what == "readback":
                 from pipeline.cli import bench_readback
 
@@ -199,9 +210,12 @@ def print_dry_run(cfg, args: argparse.Namespace) -> int:
 
 def teacher_command(args: argparse.Namespace) -> int:
     """``distill teacher list`` prints the catalogue and where each teacher is installed;
-    ``distill teacher install NAME`` installs one (:func:`teachers.catalog.install`)."""
+    ``distill teacher install NAME`` installs one (:func:`teachers.catalog.install`); ``distill teacher
+    random`` saves a random-initialised one of a named size (:func:`random_teacher`)."""
     from teachers import catalog
 
+    if args.action == "random":
+        return random_teacher(args)
     if args.action == "list":
         for name, entry in catalog.CATALOG.items():
             folder = catalog.teacher_cache() / name
@@ -211,6 +225,19 @@ def teacher_command(args: argparse.Namespace) -> int:
     if not args.name:
         raise ConfigError("distill teacher install needs a name; distill teacher list shows them")
     print(f"{args.name}: installed in {catalog.install(catalog.catalogued(args.name))}")
+    return 0
+
+
+def random_teacher(args: argparse.Namespace) -> int:
+    """``distill teacher random --shape S --out DIR`` (:func:`teachers.random_init.save_random_teacher`)."""
+    if not args.shape or not args.out:
+        raise ConfigError("distill teacher random needs --shape (bert-large or 1.3b) and --out DIR")
+    from pathlib import Path
+
+    from teachers.random_init import SHAPES, save_random_teacher
+
+    shape = SHAPES[args.shape].resized(args.layers, args.hidden)
+    print(f"{args.shape}: {shape}; written to {save_random_teacher(Path(args.out), shape)}")
     return 0
 
 

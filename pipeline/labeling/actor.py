@@ -5,7 +5,8 @@ needs (torch, transformers' model classes, DeepSpeed, pyarrow and the teacher's 
 code), not the config and student modules the driver loads: a process on each node pays these
 imports before its first shard. Each shard's index entry records when the actor's process
 started, when its constructor began (imports done) and when its teachers were loaded, from which
-:func:`pipeline.stages.label.startup` tells where the stage's start-up went.
+:func:`pipeline.stages.label.startup` tells where the stage's start-up went, and the actor's peak
+resident set size after the shard (:func:`compress.latency.peak_rss_mb`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from compress.latency import peak_rss_mb
 from core.artifacts import atomic_path, sha256_file
 from core.precision import select_precision
 from core.schema import (LENGTH, LOGITS, NUM_WORDS, TEXT, TEXT_PAIR, TOKENS, TOPK_INDICES, TOPK_VALUES, WORD_MASK,
@@ -84,7 +86,8 @@ class ShardLabeler:
         return {key: np.asarray([e[key] for e in entries]) for key in entries[0]}
 
     def label_shard(self, shard: int, start: int, stop: int) -> dict[str, Any]:
-        """Write one shard atomically and return its index entry."""
+        """Write one shard atomically and return its index entry; ``peak_rss_mb`` is the actor
+        process's peak resident set size so far (MB, 10^6 bytes): teachers, engine and shards."""
         rows = self.transfer.slice(start, stop - start)
         began_at = time.time()
         began = time.perf_counter()
@@ -113,7 +116,8 @@ class ShardLabeler:
         return {"shard": shard, "start": start, "stop": stop, "rows": stop - start,
                 "sha256": sha256_file(path), "num_labels": num_labels, "label_seconds": seconds,
                 "began_at": began_at, "ended_at": time.time(), "signal_bytes": json.dumps(signal_bytes),
-                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), **self.timeline}
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "peak_rss_mb": peak_rss_mb(), **self.timeline}
 
 
 def signal_columns(outputs: dict[str, np.ndarray | list[np.ndarray]], top_k: int | None) -> dict[str, pa.Array]:

@@ -49,8 +49,10 @@ from pipeline.artifacts import RunDir
 from pipeline.config.sections import RunConfig
 from pipeline.labeling.actor import ShardLabeler
 from pipeline.config.sections import task_kind
+from teachers.checkpoint import fp32_weight_mb
 from teachers.ensemble import check_teachers
 from teachers.inference import check_tensor_parallel
+from teachers.zero_inference import check_nvme_offload
 from teachers.signals import check_signals
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,9 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         over ``labeling_window_s``, from the first shard's start to the last shard's write,
         i.e. with the teachers loaded, as a loop that has its model in memory is timed),
         bytes per example on disk, and the in-memory bytes per example of each signal
-        (``signal_bytes_per_example``).
+        (``signal_bytes_per_example``); ``actor_peak_rss_mb``, the peak resident set size of
+        each actor that labeled now (MB, 10^6 bytes; empty when none did), beside
+        ``teacher_fp32_mb``, what the teacher's weights take in float32 (:func:`fp32_weight_mb`).
     """
     label = cfg.label
     transfer_file = run_dir.split_file("transfer")
@@ -111,6 +115,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     # the actors' device, not the driver's: a CPU head may drive GPU workers
     device = "cuda" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else device_name()
     check_tensor_parallel(label.tensor_parallel, device)
+    check_nvme_offload(label.engine, label.offload)  # this machine's libaio; label nodes like it are assumed
     done = finished_shards(run_dir)
     todo = [s for s in plan if s["shard"] not in done]
     log.info("label: %d rows in %d shards; %d already done, %d to label", num_rows, len(plan), len(done), len(todo))
@@ -151,13 +156,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         log.info("label: start-up %.1f s before the first shard: actor processes started after %.1f s, their imports "
                  "took %.1f s, the teachers' load %.1f s", started["to_first_shard_s"], started["to_actor_process_s"],
                  started["actor_imports_s"], started["teacher_load_s"])
-    return {"startup": started,"shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
+    return {"startup": started, "shards": len(entries), "rows": num_rows, "num_labels": entries[0]["num_labels"],
             "rows_labeled_now": labeled_now,
             "throughput_eps": round(labeled_now / elapsed, 1) if labeled_now else None,
             "labeling_window_s": round(window, 3),
             "labeling_eps": round(labeled_now / window, 1) if window > 0 else None,
             "stored_bytes_per_example": round(stored_bytes / num_rows, 1),
-            "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()}}
+            "signal_bytes_per_example": {k: round(v / num_rows, 1) for k, v in signal_bytes.items()},
+            "actor_peak_rss_mb": actor_peak_rss(labeled),
+            "teacher_fp32_mb": round(fp32_weight_mb(run_dir.teacher_dir), 1)}
 
 
 def startup(labeled: list[dict[str, Any]], began_at: float) -> dict[str, float]:
@@ -175,6 +182,17 @@ def startup(labeled: list[dict[str, Any]], began_at: float) -> dict[str, float]:
             "actor_imports_s": round(max(a["actor_init_at"] - started[id(a)] for a in actors), 3),
             "teacher_load_s": round(max(a["actor_ready_at"] - a["actor_init_at"] for a in actors), 3),
             "to_first_shard_s": round(min(e["began_at"] for e in labeled) - began_at, 3)}
+
+
+def actor_peak_rss(labeled: list[dict[str, Any]]) -> list[float]:
+    """The peak resident set size (MB) of each actor that labeled the shards of ``labeled`` (index
+    entries; an actor is a node's process), in order of first appearance: the largest its entries
+    recorded, i.e. after its last shard, as a process's peak only grows."""
+    peaks: dict[tuple[str, int], float] = {}
+    for entry in labeled:
+        actor = (entry["node_id"], entry["pid"])
+        peaks[actor] = max(peaks.get(actor, 0.0), entry["peak_rss_mb"])
+    return [round(peak, 1) for peak in peaks.values()]
 
 
 def shard_index(run_dir: RunDir, done: dict[int, dict[str, Any]]) -> dict[str, Any]:

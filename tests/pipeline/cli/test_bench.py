@@ -10,7 +10,7 @@ import pytest
 
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
-from pipeline.cli.bench_label import bench_label, encoder_flops, matmul_peak_flops, render, way_result
+from pipeline.cli.bench_label import bench_label, encoder_flops, engine_ways, matmul_peak_flops, render, way_result
 from pipeline.config.loading import validate_config
 from core.errors import ConfigError
 
@@ -108,6 +108,59 @@ def test_one_run_measures_three_ways_and_the_bytes_of_each_signal(finetuned_run,
     assert per_example["hidden_2"] == pytest.approx(lengths.mean() * 32 * 2 + 4, abs=0.5)
     assert per_example["attention_1"] == pytest.approx((2 * lengths**2).mean() * 2 + 4, abs=0.5)
     assert signals["stored_bytes_per_example"] > 10 * stage["stored_bytes_per_example"]
+
+
+def test_render_adds_a_memory_table_of_every_way_beside_the_teachers_weights():
+    way = {"seconds": 2.0, "examples_per_s": 50.0, "speedup_vs_naive": 1.0, "useful_gflops_per_s": 1.5,
+           "fraction_of_peak": 0.01}
+    stage = {**way, "stored_bytes_per_example": 8.0, "startup_s": 1.0, "signal_bytes_per_example": {"logits": 8.0},
+             "labeling": way}
+    text = render({"rows": 100, "matmul_peak_gflops": 150.0, "threads": 2, "emit_layers": [],
+                   "teacher_fp32_mb": 1340.6,
+                   "ways": {"naive": {**way, "peak_rss_mb": 2100.0}, "label: inference": {**stage, "peak_rss_mb": 2600.0},
+                            "label: zero/nvme": {**stage, "examples_per_s": 3.5, "peak_rss_mb": 670.3}}})
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "fp32 weights MB" in line)
+    assert lines[header].split() == ["way", "examples/s", "peak", "RSS", "MB", "fp32", "weights", "MB", "RSS/weights"]
+    assert lines[header + 1].split() == ["naive", "50.0", "2,100.0", "1,340.6", "1.57"]
+    assert lines[header + 2].split() == ["label:", "inference", "50.0", "2,600.0", "1,340.6", "1.94"]
+    assert lines[header + 3].split() == ["label:", "zero/nvme", "3.5", "670.3", "1,340.6", "0.50"]  # under its weights
+    assert lines[header + 4].startswith("peak RSS: a label actor's")
+
+
+def test_engine_ways_name_one_config_per_engine(finetuned_run, tmp_path):
+    cfg, _ = finetuned_run
+    assert engine_ways(cfg, None) == {"label stage": cfg}
+    ways = engine_ways(cfg, ["inference", "zero"])
+    assert list(ways) == ["label: inference", "label: zero/cpu"]
+    assert [w.label.engine for w in ways.values()] == ["inference", "zero"]
+    raw = cfg.model_dump(mode="json")
+    nvme = validate_config({**raw, "label": {**raw["label"], "offload": "nvme", "nvme_path": str(tmp_path)}})
+    assert list(engine_ways(nvme, ["zero"])) == ["label: zero/nvme"]
+    assert engine_ways(nvme, ["zero"])["label: zero/nvme"].label.nvme_path == tmp_path
+    no_path = validate_config({**raw, "label": {**raw["label"], "offload": "nvme"}})  # fine for engine: inference
+    with pytest.raises(ConfigError, match="--engines zero.*nvme_path"):
+        engine_ways(no_path, ["inference", "zero"])
+    with pytest.raises(ConfigError, match="--engines fast.*label.engine"):
+        engine_ways(cfg, ["fast"])
+
+
+@pytest.mark.slow  # two label runs, one building a ZeRO engine, and the naive loop: about a minute
+def test_engines_run_one_way_each_with_their_actors_peak_memory(finetuned_run, tmp_path, ray_local):
+    cfg, run = finetuned_run
+    result = bench_label(cfg, 24, tmp_path / "label.json", emit_layers=None, engines=["inference", "zero"])
+    assert list(result["ways"]) == ["naive", "label: inference", "label: zero/cpu"]
+    from transformers import AutoModelForSequenceClassification
+
+    parameters = AutoModelForSequenceClassification.from_pretrained(run.teacher_dir).parameters()
+    assert result["teacher_fp32_mb"] == pytest.approx(sum(p.numel() for p in parameters) * 4 / 1e6, abs=0.05)
+    for name, way in result["ways"].items():  # torch and the teacher in one process: hundreds of MB, a 4 MB teacher
+        assert 200 < way["peak_rss_mb"] < 8000, name
+        assert way["examples_per_s"] * way["seconds"] == pytest.approx(24, abs=0.005 * way["examples_per_s"] + 0.05)
+    table = render(result).splitlines()
+    header = next(i for i, line in enumerate(table) if "fp32 weights MB" in line)
+    assert [line.split()[0] for line in table[header + 1:header + 4]] == ["naive", "label:", "label:"]
+    assert table[header + 3].split()[1] == "zero/cpu"
 
 
 def test_readback_streams_a_quarter_then_all_shards_and_reports_memory(tmp_path, ray_local, tiny_teacher_dir):

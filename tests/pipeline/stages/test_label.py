@@ -79,6 +79,22 @@ def test_every_row_is_labeled_once_with_the_teachers_logits(run_dir, ray_local):
     assert table.column("label").to_pylist()[:20] == [i % 2 for i in range(20)]
     expected = direct_logits(run.teacher_dir, table.column("text").to_pylist())  # a plain transformers forward
     np.testing.assert_allclose(stored_logits(table), expected, atol=1e-5)
+    # memory: each actor's peak RSS (torch, DeepSpeed, the teacher, a shard) beside the teacher's fp32 weights
+    from transformers import AutoModelForSequenceClassification
+
+    weights = AutoModelForSequenceClassification.from_pretrained(run.teacher_dir).parameters()
+    assert summary["teacher_fp32_mb"] == pytest.approx(sum(p.numel() for p in weights) * 4 / 1e6, abs=0.05)
+    peaks = summary["actor_peak_rss_mb"]
+    assert 1 <= len(peaks) <= 2 and all(200 < rss < 8000 for rss in peaks)
+    assert min(peaks) > 10 * summary["teacher_fp32_mb"]  # a 4 MB teacher: the process's own libraries dominate
+    assert max(peaks) == round(max(e["peak_rss_mb"] for e in index["shards"]), 1)
+
+
+def test_actor_peak_rss_is_each_actors_largest_in_order_of_appearance():
+    entries = [{"node_id": "a", "pid": 7, "peak_rss_mb": 500.04}, {"node_id": "a", "pid": 8, "peak_rss_mb": 610.0},
+               {"node_id": "a", "pid": 7, "peak_rss_mb": 520.0}, {"node_id": "b", "pid": 7, "peak_rss_mb": 480.0}]
+    assert label.actor_peak_rss(entries) == [520.0, 610.0, 480.0]  # a pid on another node is another actor
+    assert label.actor_peak_rss([]) == []
 
 
 def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
@@ -97,6 +113,7 @@ def test_rerun_verifies_and_redoes_only_bad_shards(run_dir, ray_local):
     np.testing.assert_allclose(np.stack(after.column("logits").to_numpy(zero_copy_only=False)),
                                np.stack(before.column("logits").to_numpy(zero_copy_only=False)), atol=1e-6)
     assert label.run(cfg, run)["rows_labeled_now"] == 0 and label.run(cfg, run)["startup"] is None
+    assert label.run(cfg, run)["actor_peak_rss_mb"] == []  # no actor ran
 
 
 def test_emitted_signals_are_stored_per_row_in_fp16(run_dir, ray_local):
@@ -219,6 +236,27 @@ def test_zero_inference_engine_labels_like_the_plain_engine(run_dir, ray_local):
     zero = read_all(run).sort_by("id")
     assert summary["rows"] == ROWS and zero.column("id").to_pylist() == list(range(ROWS))
     np.testing.assert_allclose(stored_logits(zero), stored_logits(plain), atol=1e-5)
+
+
+@pytest.mark.slow  # about a minute: the ZeRO engine; DeepSpeed's async_io op is built once per machine (~11 min)
+def test_nvme_offload_labels_like_a_plain_forward_with_the_weights_on_disk(run_dir, ray_local, tmp_path):
+    # label.offload: nvme swaps the teacher's large parameters to files under nvme_path through
+    # DeepSpeed's async_io op (libaio), on this CPU machine as on a GPU node
+    from deepspeed.accelerator import get_accelerator
+
+    if not get_accelerator().create_op_builder("AsyncIOBuilder").is_compatible():
+        pytest.skip("DeepSpeed's async_io op needs libaio: apt install libaio-dev")
+    cfg, run = run_dir
+    nvme = tmp_path / "nvme"
+    summary = label.run(with_label(cfg, num_actors=1, engine="zero", offload="nvme", nvme_path=str(nvme)), run)
+    table = read_all(run).sort_by("id")
+    assert summary["rows"] == ROWS and table.column("id").to_pylist() == list(range(ROWS))
+    np.testing.assert_allclose(stored_logits(table), direct_logits(run.teacher_dir, table.column("text").to_pylist()),
+                               atol=1e-4)
+    # parameters above DeepSpeed's persistence threshold (10^5 elements), here the word embedding, live on disk
+    swapped = sorted((nvme / "zero_stage_3" / "float32params" / "rank0").glob("*.swp"))
+    assert len(swapped) == 1 and swapped[0].stat().st_size >= 30522 * 32 * 4
+    assert len(summary["actor_peak_rss_mb"]) == 1 and summary["actor_peak_rss_mb"][0] > summary["teacher_fp32_mb"]
 
 
 def test_a_sharded_teacher_is_labeled_and_fingerprinted_by_every_weight_file(run_dir, ray_local):
