@@ -38,16 +38,21 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
 
     With NVMe, each of DeepSpeed's swap buffers (5, locked in memory) holds ``largest_weight``
     elements, the teacher's largest tensor (one parameter is swapped in per buffer), instead of
-    DeepSpeed's default 10^8 (2 GB of buffers in float32, more than a BERT-large teacher).
+    DeepSpeed's default 10^8 (2 GB of buffers in float32, more than a BERT-large teacher), and
+    gathered parameters are released after their module's forward.
     ``overrides`` (a DeepSpeed JSON's keys) win.
     """
     offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
+    zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param}
     if offload == "nvme":
         offload_param["nvme_path"] = str(nvme_path)
         if largest_weight is not None:
             offload_param["buffer_size"] = largest_weight
-    return {"train_micro_batch_size_per_gpu": 1,
-            "zero_optimization": {"stage": 3, "offload_param": offload_param},
+            # release every gathered parameter after its module (DeepSpeed keeps those it will reuse
+            # within 10^9 elements, i.e. a whole <1B teacher after one forward) and prefetch at most
+            # one tensor's worth ahead (default 10^9 elements live)
+            zero_optimization |= {"stage3_max_reuse_distance": 0, "stage3_max_live_parameters": largest_weight}
+    return {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero_optimization,
             "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
             **overrides}
 
@@ -58,7 +63,10 @@ def load_partitioned(checkpoint: Path, model_class: type, zero: dict[str, Any],
 
     Each safetensors tensor is read alone and copied into its parameter inside
     ``deepspeed.zero.GatheredParameters`` (gathered, written, partitioned again: with NVMe
-    offload, swapped in and out), so at most one tensor of the checkpoint is in memory.
+    offload, swapped in and out), so at most one tensor of the checkpoint is in memory, whether
+    the checkpoint is one file or many. What stays resident with NVMe offload is DeepSpeed's
+    floor: 5 locked swap buffers of the largest tensor (:func:`zero_inference_config`) and the
+    parameters under ``stage3_param_persistence_threshold`` (10^5 elements: biases, LayerNorms).
 
     Args:
         checkpoint: a Hugging Face folder with safetensors weights whose names are the model's
@@ -85,13 +93,18 @@ def load_partitioned(checkpoint: Path, model_class: type, zero: dict[str, Any],
     unfilled = set(dict(model.named_parameters()))
     for file in (f for f in weight_files(checkpoint) if f.suffix == ".safetensors"):
         with safe_open(str(file), "pt") as weights:
-            for name in weights.keys():
-                if name not in targets:
-                    log.info("zero: %s in %s is not a tensor of %s; skipped", name, file.name, type(model).__name__)
-                    continue
-                with deepspeed.zero.GatheredParameters([targets[name]], modifier_rank=0), torch.no_grad():
-                    targets[name].data.copy_(weights.get_tensor(name))
-                unfilled.discard(name)
+            names = list(weights.keys())
+        for name in names:
+            if name not in targets:
+                log.info("zero: %s in %s is not a tensor of %s; skipped", name, file.name, type(model).__name__)
+                continue
+            # the file is mapped for one tensor at a time: pages read through a mapping count in the
+            # process's RSS until it is closed, which for a one-file teacher would be all of it
+            with safe_open(str(file), "pt") as weights:
+                tensor = weights.get_tensor(name)
+            with deepspeed.zero.GatheredParameters([targets[name]], modifier_rank=0), torch.no_grad():
+                targets[name].data.copy_(tensor)
+            unfilled.discard(name)
     if unfilled:
         raise ConfigError(f"{checkpoint}: no weights for {', '.join(sorted(unfilled)[:3])} (of {len(unfilled)} "
                           f"parameters); ZeRO-Inference loads a checkpoint written by save_pretrained of the "

@@ -16,8 +16,10 @@ FP32 = select_precision("fp32", "test")
 
 def test_nvme_buffers_hold_the_largest_weight_and_overrides_win(tmp_path):
     nvme = zero_inference_config(FP32, "nvme", tmp_path, {}, largest_weight=976_704)
-    assert nvme["zero_optimization"]["offload_param"] == {"device": "nvme", "pin_memory": False,
-                                                          "nvme_path": str(tmp_path), "buffer_size": 976_704}
+    assert nvme["zero_optimization"] == {
+        "stage": 3, "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": 976_704,
+        "offload_param": {"device": "nvme", "pin_memory": False, "nvme_path": str(tmp_path), "buffer_size": 976_704}}
+    assert "stage3_max_reuse_distance" not in zero_inference_config(FP32, "cpu", None, {}, 976_704)["zero_optimization"]
     cpu = zero_inference_config(FP32, "cpu", None, {"zero_optimization": {"stage": 3}}, largest_weight=976_704)
     assert cpu["zero_optimization"] == {"stage": 3}  # a DeepSpeed JSON's section replaces the generated one
 
