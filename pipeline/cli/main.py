@@ -3,7 +3,9 @@
     distill run CONFIG [--set key=value ...] [--until STAGE] [--force STAGE ...] [--dry-run]
                   (a CONFIG with a top-level ``tasks`` key trains a multi-task student)
     distill validate CONFIG [--set key=value ...]
+    distill show CONFIG [--set key=value ...]
     distill presets
+    distill --version
     distill teacher list | install NAME | random --shape bert-large|1.3b --out DIR
     distill submit CONFIG --address http://HOST:8265 [--set key=value ...] [--data-dir DIR] [--until STAGE] [--gpus N] [--wait]
     distill status NAME --address http://HOST:8265
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import shlex
 import sys
 
@@ -30,8 +33,15 @@ from pipeline.observability.console import quiet_import_noise, run_logging, setu
 
 quiet_import_noise()  # before the imports below bring in torch and transformers
 
-from pipeline.config.loading import load_config, preset_names  # noqa: E402
+from pipeline.config.loading import load_config  # noqa: E402
+from pipeline.config.resolved import preset_table, resolved_yaml  # noqa: E402
+from pipeline.stages import STAGE_NAMES  # noqa: E402
 from core.errors import ConfigError, DistillError  # noqa: E402
+
+DESCRIPTION = ("Distil a fine-tuned transformer teacher into compact students (data, fine-tune, label, train, "
+               "evaluate, then optionally prune, export, quantize, benchmark) on Ray, locally or on a cluster.")
+"""What ``distill --help`` says the tool does."""
+SET_HELP = "override a config field, e.g. --set train.epochs=3 (repeatable)"
 
 
 def layer_pair(text: str) -> tuple[int, int]:
@@ -40,18 +50,28 @@ def layer_pair(text: str) -> tuple[int, int]:
     return first, second
 
 
+def config_arguments(sub: argparse.ArgumentParser, config_help: str = "preset name or YAML file",
+                     set_help: str = SET_HELP) -> argparse.ArgumentParser:
+    """Add the ``CONFIG`` positional and the repeatable ``--set KEY=VALUE`` to a subcommand; returns it."""
+    sub.add_argument("config", help=config_help)
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``distill``."""
-    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="distill", description=DESCRIPTION,
+                                     epilog="CONFIG is a preset name (distill presets) or a YAML file.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('distill')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run a distillation, reusing finished stages"), ("validate", "check a config")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("config", help="preset name or YAML file")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config field, e.g. --set train.epochs=3 (repeatable)")
-    submit = commands.add_parser("submit", help="run on a Ray cluster through its Jobs API; a resubmission resumes")
-    submit.add_argument("config", help="preset name or YAML file; validated here, run there as resolved here")
-    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    for name, text in (("run", "run a distillation, reusing finished stages"), ("validate", "check a config"),
+                       ("show", "print the resolved config as YAML (bases merged, defaults written out), to "
+                                "copy and edit")):
+        config_arguments(commands.add_parser(name, help=text))
+    submit = config_arguments(commands.add_parser(
+        "submit", help="run on a Ray cluster through its Jobs API; a resubmission resumes"),
+        "preset name or YAML file; validated here, run there as resolved here")
     submit.add_argument("--data-dir", help="the cluster's data folder for relative data paths ($DISTILL_DATA_DIR there)")
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit 2 if it fails")
     submit.add_argument("--gpus", type=float, default=0,
@@ -64,16 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         commands.choices[name].add_argument("--address", required=True, help="the head's dashboard, http://HOST:8265")
     for name in ("run", "submit"):
         commands.choices[name].add_argument(
-            "--until", default="benchmark", help="last stage to run (data, finetune, label, train, evaluate, and the "
-                                                 "optional prune, export, quantize, benchmark when the config has "
-                                                 "their sections)")
-    commands.choices["run"].add_argument("--force", action="append", default=[], metavar="STAGE",
-                                         help="redo this stage and the ones after it")
+            "--until", default="benchmark", choices=STAGE_NAMES, metavar="STAGE",
+            help=f"last stage to run, one of {', '.join(STAGE_NAMES)} (prune, export, quantize and benchmark run "
+                 f"only when the config has their sections; default benchmark)")
+    commands.choices["run"].add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
+                                         help="redo this stage and the ones after it (repeatable)")
     commands.choices["run"].add_argument("--dry-run", action="store_true",
                                          help="print, per stage, reuse or rerun and why (no manifest yet, a config "
                                               "section or a library version changed, an upstream stage reruns); "
                                               "runs nothing")
-    commands.add_parser("presets", help="list the presets shipped with the package")
+    commands.add_parser("presets", help="list the presets shipped with the package, each with what it does")
     teacher = commands.add_parser("teacher", help="teachers by name: list the catalogue, install one offline, "
                                                   "or save a random-initialised one of a named size")
     teacher.add_argument("action", choices=["install", "list", "random"])
@@ -83,37 +103,46 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--out", help="random: the folder to write (a teacher.model for an SST-2 config)")
     for size in ("layers", "hidden"):  # tests make a tiny teacher through the command
         teacher.add_argument(f"--{size}", type=int, help=argparse.SUPPRESS)
-    bench = commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, writes JSON")
-    bench.add_argument("what", choices=["label", "readback", "latency"],
-                       help="label: the label stage against a naive transformers loop; readback: memory of "
-                            "streaming the label shards into training batches, a quarter of them against all; "
-                            "latency: the benchmark stage's measurement of every variant, against the teacher's "
-                            "best variant")
-    bench.add_argument("config", help="preset name or YAML file of a run that has finished its finetune stage "
-                                      "(label: --until finetune; readback: --until label; latency: --until quantize, "
-                                      "the benchmark section's settings)")
-    bench.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
-    bench.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
-                       help="two teacher layers whose hidden states and attention maps the third way emits "
-                            "(default 3,6)")
-    bench.add_argument("--logits-only", action="store_true",
-                       help="label: leave out the third way (a whole split's hidden states take gigabytes)")
-    bench.add_argument("--engines", type=lambda text: text.split(","), metavar="E1,E2",
-                       help="label: run the label stage once per DeepSpeed engine (inference, zero; zero keeps "
-                            "label.offload and label.nvme_path, e.g. --set label.offload=nvme --set "
-                            "label.nvme_path=DIR), with each actor's peak RSS beside the teacher's fp32 weights")
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sweep = commands.add_parser("sweep", help="grid search over train.* settings on a run's soft labels (Ray Tune); "
-                                              "prints a table of dev scores, writes sweep/results.json")
-    sweep.add_argument("config", help="preset name or YAML file of a run that has finished its label stage")
+    bench_parsers(commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, "
+                                                    "writes JSON"))
+    sweep = config_arguments(commands.add_parser(
+        "sweep", help="grid search over train.* settings on a run's soft labels (Ray Tune); prints a table of dev "
+                      "scores, writes sweep/results.json"),
+        "preset name or YAML file of a run that has finished its label stage",
+        "override a config field for every trial")
     sweep.add_argument("--set-grid", dest="grid", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="values of one train.* setting to try, e.g. train.loss.temperature=1,2,4 (repeatable: "
                             "every combination is a trial)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field for every trial")
     sweep.add_argument("--metric", default=None, help="dev score to rank by: accuracy (sequence tasks; the default) "
                                                       "or entity_f1 (the default), entity_precision, entity_recall")
     return parser
+
+
+def bench_parsers(bench: argparse.ArgumentParser) -> None:
+    """``distill bench label|readback|latency``, each with the flags it acts on."""
+    kinds = bench.add_subparsers(dest="what", required=True, metavar="{label,readback,latency}")
+    label = config_arguments(kinds.add_parser(
+        "label", help="the label stage against a naive transformers loop: examples/s and bytes of each signal"),
+        "preset name or YAML file of a run that has finished its finetune stage (--until finetune)")
+    label.add_argument("--rows", type=int, default=4000, help="transfer-set rows to label (default 4000)")
+    signals = label.add_mutually_exclusive_group()
+    signals.add_argument("--emit-layers", type=layer_pair, default=(3, 6), metavar="A,B",
+                         help="two teacher layers whose hidden states and attention maps the third way emits "
+                              "(default 3,6)")
+    signals.add_argument("--logits-only", action="store_true",
+                         help="leave out the third way (a whole split's hidden states take gigabytes)")
+    label.add_argument("--engines", type=lambda text: text.split(","), metavar="E1,E2",
+                       help="run the label stage once per DeepSpeed engine (inference, zero; zero keeps "
+                            "label.offload and label.nvme_path, e.g. --set label.offload=nvme --set "
+                            "label.nvme_path=DIR), with each actor's peak RSS beside the teacher's fp32 weights")
+    config_arguments(kinds.add_parser(
+        "readback", help="memory of streaming the label shards into training batches, a quarter of them "
+                         "against all"),
+        "preset name or YAML file of a run that has finished its label stage (--until label)")
+    config_arguments(kinds.add_parser(
+        "latency", help="the benchmark stage's measurement of every variant, against the teacher's best variant"),
+        "preset name or YAML file of a run that has finished its quantize stage (--until quantize); the "
+        "benchmark section's settings apply")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +157,7 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
     """Carry out one parsed command; ``logs`` holds the run's :func:`run_logging` once it has a run."""
     try:
         if args.command == "presets":
-            print("\n".join(preset_names()))
+            print(preset_table())
             return 0
         if args.command == "teacher":
             return teacher_command(args)
@@ -143,29 +172,14 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
             check_before_stages(cfg)  # the rules that read the teacher's config.json or the source runs
             print(f"{args.config}: valid; run directory {cfg.run_dir}")
             return 0
+        if args.command == "show":
+            print(resolved_yaml(cfg, shlex.join([args.config, *(w for v in args.overrides for w in ("--set", v))])),
+                  end="")
+            return 0
         if args.command == "submit":
             return submit_job(cfg, args)
         if args.command == "bench":
-            if not cfg.runs_stage("label"):  # a multi-task run has no label stage of its own
-                raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
-            out_file = cfg.run_dir / "bench" / f"{args.what}.json"
-            logs.enter_context(run_logging(cfg.run_dir / "logs"))
-            if args.what == "label":
-                from pipeline.cli import bench_label as bench
-
-                layers = None if args.logits_only else args.emit_layers
-                print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers, args.engines)))
-            elif args.what == "readback":
-                from pipeline.cli import bench_readback
-
-                print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
-            else:
-                from pipeline.stages import benchmark
-                from pipeline.evaluation import report_compress
-
-                print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
-            print(f"written: {out_file}")
-            return 0
+            return run_bench(cfg, args, logs)
         if args.dry_run:
             return print_dry_run(cfg, args)
         log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))  # before the stages' imports, which log
@@ -185,6 +199,34 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C; pipeline.runner.StageInterrupted names the stage
         print(interrupted_line(args, getattr(exc, "stage", None)), file=sys.stderr)
         return 130
+
+
+def run_bench(cfg, args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
+    """``distill bench label|readback|latency``: measure, print the table, write ``bench/<what>.json``.
+
+    Raises:
+        ConfigError: ``cfg`` is a multi-task run (it has no label stage of its own).
+    """
+    if not cfg.runs_stage("label"):
+        raise ConfigError(f"{args.config}: bench measures a single-task run; give that run's config")
+    out_file = cfg.run_dir / "bench" / f"{args.what}.json"
+    logs.enter_context(run_logging(cfg.run_dir / "logs"))
+    if args.what == "label":
+        from pipeline.cli import bench_label as bench
+
+        layers = None if args.logits_only else args.emit_layers
+        print(bench.render(bench.bench_label(cfg, args.rows, out_file, layers, args.engines)))
+    elif args.what == "readback":
+        from pipeline.cli import bench_readback
+
+        print(bench_readback.render(bench_readback.bench_readback(cfg, out_file)))
+    else:
+        from pipeline.stages import benchmark
+        from pipeline.evaluation import report_compress
+
+        print(report_compress.benchmark_table(benchmark.bench_latency(cfg, out_file)))
+    print(f"written: {out_file}")
+    return 0
 
 
 def interrupted_line(args: argparse.Namespace, stage: str | None) -> str:

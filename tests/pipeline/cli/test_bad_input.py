@@ -102,8 +102,6 @@ CASES = {
     "unknown preset": (lambda ws: ["run", "sst3"], r"sst3: no such config file or preset; presets are \["),
     "malformed --set": (lambda ws: ws.run("--set", "train.epochs"),
                         r"override 'train\.epochs': expected dotted\.key=value"),
-    "unknown stage in --until": (lambda ws: ["run", ws.config(), "--until", "trian"],
-                                 r"unknown stage 'trian'; stages are \['data', "),
     "text_column and text_columns": (lambda ws: ws.run(data={"text_column": "s", "text_columns": ["a", "b"]}),
                                      r"data: Value error, give text_column .* or text_columns .*, not both"),
     "student that does not fit the task": (
