@@ -231,8 +231,11 @@ def test_loss_terms_and_the_ce_only_twin():
 @pytest.mark.parametrize(("base", "derived", "copied", "next_stage"), [
     ("sst2-mpnet", "sst2-mpnet-bilstm", ("data", "finetune", "label"), "train"),
     ("sst2-mpnet", "sst2-mpnet-ship", ("data", "finetune", "label", "train", "evaluate"), "prune")])
-def test_a_derived_preset_reuses_the_stages_its_comment_copies(base, derived, copied, next_stage):
-    """The preset's comment copies the base run's finished stage folders: they must be reused."""
+def test_a_derived_preset_reuses_the_stages_its_comment_copies(base, derived, copied, next_stage, tmp_path,
+                                                               monkeypatch):
+    """The preset's comment copies the base run's finished stage folders: they must be reused
+    (the label stage counts the fine-tuned teacher by its weights' content, equal in a copy)."""
+    monkeypatch.chdir(tmp_path)  # no run folder of this checkout's runs/ counts
     upstream = {name: "" for name in (base, derived)}
     for stage in copied:
         prints = {name: stage_fingerprint(load_config(name), stage, upstream[name]) for name in (base, derived)}
