@@ -1,7 +1,9 @@
 """The label stage: shard plan, per-shard manifest, soft-label values, resume, sentence pairs
 and several teachers."""
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -246,6 +248,10 @@ def test_nvme_offload_labels_like_a_plain_forward_with_the_weights_on_disk(run_d
 
     if not get_accelerator().create_op_builder("AsyncIOBuilder").is_compatible():
         pytest.skip("DeepSpeed's async_io op needs libaio: apt install libaio-dev")
+    extensions = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")).expanduser()
+    if os.environ.get("CI") == "true" and not any(extensions.glob("*/async_io/*.so")):
+        pytest.skip("DeepSpeed's async_io op is not built on this machine; its first build (~11 min) would not "
+                    "fit the CI budget")
     cfg, run = run_dir
     nvme = tmp_path / "nvme"
     summary = label.run(with_label(cfg, num_actors=1, engine="zero", offload="nvme", nvme_path=str(nvme)), run)
