@@ -257,8 +257,10 @@ def check_teacher_fits(cfg: RunConfig) -> None:
     raise_problems(prune_architecture_problems(cfg.prune, teacher) or layer_drop_problems(cfg.prune,
                                                                                       teacher.num_hidden_layers))
     if cfg.data.augment is not None and cfg.data.augment.p_mask > 0:
-        tokenizer_mask = load_tokenizer(checkpoint, cfg.teacher.trust_remote_code).mask_token
-        raise_problems([problem] if (problem := mask_token_problem(cfg.data.augment, tokenizer_mask)) else [])
+        mask = load_tokenizer(checkpoint, cfg.teacher.trust_remote_code).mask_token
+        problem = mask_token_problem(cfg.data.augment, mask)
+        if problem:
+            raise ConfigError(problem)
 
 
 def mask_token_problem(augment: AugmentConfig, tokenizer_mask: str | None) -> str | None:
