@@ -12,8 +12,10 @@ folder of the file that names it. Unknown keys and wrong types fail before any w
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,17 +45,21 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
 
 
-def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | MultiTaskRunConfig:
-    """Load a preset name or a YAML file, merge it onto its ``base`` chain, apply ``a.b=value``
-    overrides, and validate.
+def load_config(source: str | Path | Mapping[str, Any],
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig | MultiTaskRunConfig:
+    """Load a preset name, a YAML file or a mapping (a parsed YAML file, e.g. a dict built in a
+    notebook), merge it onto its ``base`` chain, apply ``a.b=value`` overrides, and validate.
 
     A mapping with a top-level ``tasks`` key is a :class:`MultiTaskRunConfig`, any other a
     :class:`RunConfig`.
 
     Args:
-        source: a preset name (see :func:`preset_names`) or a path to a YAML file.
-        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars. They apply
-            after the bases are merged.
+        source: a preset name (see :func:`preset_names`), a path to a YAML file, or a mapping
+            validated as that file's content would be (its relative ``base`` resolves against
+            the working directory; the mapping is not modified).
+        overrides: ``dotted.key=value`` strings, values parsed as YAML scalars; or a mapping
+            ``{"dotted.key": value}`` whose values are taken as they are. They apply after the
+            bases are merged.
 
     Returns:
         The validated, frozen config.
@@ -66,8 +72,12 @@ def load_config(source: str | Path, overrides: list[str] = ()) -> RunConfig | Mu
             :func:`pipeline.config.rules.config_problems` broken is listed).
     """
     raw, origin = read_with_bases(source)
-    for override in overrides:
-        _apply_override(raw, override)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            _set_dotted(raw, str(key), value, f"override {key!r}")
+    else:
+        for override in overrides:
+            _apply_override(raw, override)
     return validate_config(raw, origin)
 
 
@@ -100,7 +110,7 @@ def validate_config(raw: dict[str, Any], origin: str = "config") -> RunConfig | 
     return cfg
 
 
-def read_with_bases(source: str | Path, relative_to: Path | None = None,
+def read_with_bases(source: str | Path | Mapping[str, Any], relative_to: Path | None = None,
                     chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     """The mapping of ``source`` merged onto those of its ``base`` chain, without the ``base`` key.
 
@@ -150,8 +160,12 @@ def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _read_source(source: str | Path, relative_to: Path | None) -> tuple[dict[str, Any], str, Path | None]:
-    """``(mapping, origin, folder its relative bases resolve against)`` of one preset or file."""
+def _read_source(source: str | Path | Mapping[str, Any],
+                 relative_to: Path | None) -> tuple[dict[str, Any], str, Path | None]:
+    """``(mapping, origin, folder its relative bases resolve against)`` of one preset, file or
+    mapping (a deep copy, which merging and overrides may change)."""
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "config mapping", None
     path = Path(source)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
@@ -179,13 +193,19 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected dotted.key=value, e.g. train.epochs=3")
+    _set_dotted(raw, key, yaml.safe_load(value), f"override {override!r}")
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``raw[a][b]... = value`` for ``key`` ``"a.b..."``, making missing sections; ConfigError
+    naming ``what`` when a part on the way is not a section."""
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
+            raise ConfigError(f"{what}: {part} is not a section")
+    node[leaf] = value
 
 
 def _describe(err: dict[str, Any], root: type[BaseModel]) -> str:
