@@ -70,11 +70,18 @@ class ExportConfig(Section):
     """Stage ``export``: every model of the run to ONNX (dynamic batch and sequence axes) and to an
     ExecuTorch ``.pte`` through XNNPACK (a fixed padded length where dynamic shapes fail), each
     checked for parity against PyTorch on dev rows at batch sizes and lengths not used when
-    exporting (max |logit difference| <= ``atol``)."""
+    exporting (max |logit difference| <= ``atol``); beside each ONNX graph its text-in graph
+    (:mod:`compress.text_graph`) and ``.ort`` files (:mod:`compress.ort_format`)."""
 
     formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "executorch"], min_length=1)
     atol: float = Field(default=1e-4, gt=0, description="fp32 parity bound on logits")
     parity_rows: int = Field(default=64, gt=0, description="dev rows of the parity check")
+    text_graph: bool = Field(default=True, description="also write model_text.onnx: the tokenizer "
+                                                       "(onnxruntime-extensions operators) in front of the ONNX "
+                                                       "graph, a string in and logits out; ids checked equal to "
+                                                       "the model's featurizer on the parity rows")
+    ort: bool = Field(default=True, description="also write ONNX Runtime's mobile .ort file of each ONNX "
+                                                "graph, with its required-operators config, parity-checked")
 
 
 class QuantizeConfig(Section):

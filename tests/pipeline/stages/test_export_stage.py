@@ -105,7 +105,36 @@ def test_token_teacher_exports_its_subtoken_logits(tiny_token_teacher_dir, tmp_p
     featurize = export.model_featurizer(model, folder)
     words = [text.split() for text in sentences(11, seed=4)[0]]
     meta, result = export.export_variant(run_dir, "teacher", folder, model, "onnx", featurize(words[:2]),
-                                         export.parity_batches(featurize, words[2:], None), 1e-4, None)
+                                         export.parity_batches(featurize, words[2:], None), ExportConfig(), None,
+                                         export.TextRows(words[2:], False, 32))
     assert result["max_abs_diff"] <= 1e-4 and [b for b, _ in result["shapes"]] == [1, 3, 5]
     logits = load_variant(run_dir, meta, 1).predict(featurizer(run_dir, meta, 32)(words[:3]))
     assert logits.ndim == 3 and logits.shape[0] == 3 and logits.shape[2] == 7  # [B, T sub-tokens, 7 tags]
+    assert "text_graph" not in meta.settings or meta.settings["text_graph"] is None  # word rows: no text graph
+    assert meta.settings["ort"]["parity"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.slow  # the teacher's dynamo export and the BiLSTM's: 15-40 s on a loaded 2-core machine
+def test_onnx_exports_get_text_graphs_and_ort_files(tmp_path):
+    """The stage writes model_text.onnx and the .ort files beside each ONNX graph, checked on the
+    parity rows (ids equal, logits within atol), and meta.json records them."""
+    from compress.ort_format import session
+    from compress.text_graph import TEXT_INPUT
+
+    cfg, run_dir = finished_run(tmp_path, export=ExportConfig(formats=["onnx"], parity_rows=5))
+    export.run(cfg, run_dir)
+    rows = sentences(3, seed=11)[0]
+    for meta in stage_variants(run_dir, "export"):
+        folder = (run_dir.root / meta.file).parent
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "meta.json", "model.onnx", "model.ort", "model.required_operators.config", "model_text.onnx",
+            "model_text.ort", "model_text.required_operators.config"]
+        text = meta.settings["text_graph"]
+        assert text["check"] == {"rows": 5, "ids_equal": 5, "max_abs_diff": pytest.approx(0, abs=1e-4)}
+        assert "ai.onnx.contrib:BertTokenizer" in text["ort"]["operators"]
+        assert text["max_length"] == (cfg.teacher.max_length if meta.model == "teacher" else STUDENT["max_length"])
+        from_text = np.concatenate([session(folder / "model_text.ort", custom_ops=True).run(
+            None, {TEXT_INPUT: np.array([row])})[0] for row in rows])
+        expected = np.concatenate([load_variant(run_dir, meta, 1).predict(featurizer(
+            run_dir, meta, cfg.teacher.max_length)([row])) for row in rows])
+        np.testing.assert_allclose(from_text, expected, atol=1e-4)
