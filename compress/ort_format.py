@@ -125,4 +125,5 @@ def session(path: str | Path | onnx.ModelProto, custom_ops: bool = False):
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT's own error types
-        raise ArtifactError(Path(str(path)[:200]), f"ONNX Runtime cannot load it ({error})") from error
+        where = Path("<in-memory model>") if isinstance(path, onnx.ModelProto) else Path(path)
+        raise ArtifactError(where, f"ONNX Runtime cannot load it ({error})") from error
