@@ -57,7 +57,7 @@ STAGE_LIBRARIES: dict[str, tuple[str, ...]] = {
     "evaluate": ("torch", "transformers", "tokenizers"),
     "prune": ("torch", "transformers"),
     "export": ("torch", "onnx", "onnxruntime", "executorch"),
-    "quantize": ("torch", "onnx", "onnxruntime"),
+    "quantize": ("torch", "onnx", "onnxruntime", "executorch", "torchao"),
     "benchmark": ("torch", "onnxruntime", "executorch")}
 """Stage name -> the distributions whose versions shape its output, besides :data:`PROJECT`."""
 
@@ -326,21 +326,41 @@ def clean_up_interrupted(stage: str, connected: bool) -> None:
     drawn again under the last line). Worker processes of the local instance that outlive its
     raylet (Ray Train's PlacementGroupCleaner and PreemptionWatcher linger for tens of seconds)
     are killed after :data:`RAY_EXIT_S`."""
-    import psutil
-    import ray
     from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.debug("stage %s: interrupted (SIGINT)%s", stage, "; shutting Ray down" if connected else "")
-    workers: list[psutil.Process] = []
-    if connected:
-        for child in psutil.Process().children():  # no raylet among them on a cluster
-            with contextlib.suppress(psutil.NoSuchProcess):  # a child that has just exited
-                if child.name() == "raylet":
-                    workers += child.children(recursive=True)
-        ray.shutdown()
+    workers = shutdown_ray() if connected else []
     for bar in list(tqdm._instances):  # every bar still open, tqdm_ray's included
         bar.close()
+    reap(workers)
+
+
+def shutdown_ray() -> list:
+    """``ray.shutdown()``: the local instance this process started goes down (a cluster is left).
+
+    Returns:
+        The ``psutil.Process`` es of the local instance's workers (the children of its raylet,
+        none on a cluster), which may outlive it: give them to :func:`reap`.
+    """
+    import psutil
+    import ray
+
+    workers: list[psutil.Process] = []
+    for child in psutil.Process().children():  # no raylet among them on a cluster
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that has just exited
+            if child.name() == "raylet":
+                workers += child.children(recursive=True)
+    ray.shutdown()
+    return workers
+
+
+def reap(workers: list) -> None:
+    """Wait up to :data:`RAY_EXIT_S` for Ray worker processes (``psutil.Process``) that
+    :func:`shutdown_ray` left, then kill those still alive (Ray Train's PlacementGroupCleaner and
+    PreemptionWatcher linger for tens of seconds)."""
+    import psutil
+
     _, alive = psutil.wait_procs(workers, timeout=RAY_EXIT_S)
     for worker in alive:
         log.debug("killing Ray worker %d, left after ray.shutdown()", worker.pid)

@@ -19,6 +19,7 @@
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2; Ctrl-C prints
 one line (for ``run``: the stage interrupted and the command that resumes) and exits with 130.
+``distill run`` is a layer over :func:`pipeline.api.run`, the Python API's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import importlib.metadata
 import shlex
 import sys
 
-from pipeline.observability.console import quiet_import_noise, run_logging, setup_logging
+from pipeline.observability.console import RUN_LOG_NAME, quiet_import_noise, run_logging, setup_logging
 
 quiet_import_noise()  # before the imports below bring in torch and transformers
 
@@ -182,13 +183,12 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
             return run_bench(cfg, args, logs)
         if args.dry_run:
             return print_dry_run(cfg, args)
-        log_file = logs.enter_context(run_logging(cfg.run_dir / "logs"))  # before the stages' imports, which log
-        print(f"log: {log_file}", file=sys.stderr)
-        from pipeline.runner import run_pipeline
+        print(f"log: {cfg.run_dir / 'logs' / RUN_LOG_NAME}", file=sys.stderr)  # api.run's run_logging writes it
+        from pipeline import api
 
-        manifests = run_pipeline(cfg, until=args.until, force=tuple(args.force))
-        if "evaluate" in manifests:  # the report is written with the evaluate stage
-            print(f"report: {cfg.run_dir / 'report.md'}")
+        result = api.run(cfg, until=args.until, force=tuple(args.force))
+        if result.report is not None:  # the report is written with the evaluate stage
+            print(f"report: {result.report}")
         return 0
     except DistillError as exc:
         # an error raised in a Ray actor or task arrives wrapped (ray.exceptions.RayTaskError, a

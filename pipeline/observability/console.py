@@ -113,15 +113,30 @@ def setup_logging(log_dir: Path | None) -> Path | None:
 def run_logging(log_dir: Path) -> Iterator[Path]:
     """:func:`setup_logging` for a run, with :func:`native_stderr_to` its log file, for the block.
 
+    On exit the root logger gets back the handlers and level it had (a notebook's, or the
+    console of :func:`setup_logging` ``(None)``), the run's own are closed, and :data:`LOG_DIR_ENV`
+    is as it was, so that a second run in the process starts from the same state.
+
     Yields:
         The run's log file, ``log_dir / distill.log``.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handlers, level, env_log_dir = root.handlers[:], root.level, os.environ.get(LOG_DIR_ENV)
     with native_stderr_to(log_dir / RUN_LOG_NAME):
         try:
             yield setup_logging(log_dir)
         finally:
-            setup_logging(None)
+            for handler in root.handlers[:]:
+                root.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                root.addHandler(handler)
+            root.setLevel(level)
+            if env_log_dir is None:
+                os.environ.pop(LOG_DIR_ENV, None)
+            else:
+                os.environ[LOG_DIR_ENV] = env_log_dir
 
 
 @contextlib.contextmanager

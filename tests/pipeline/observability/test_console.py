@@ -50,7 +50,8 @@ def test_console_shows_ours_and_the_logs_hold_everything(tmp_path):
 NATIVE_SCRIPT = """
 import logging, os, sys
 from pathlib import Path
-from pipeline.observability.console import run_logging
+from pipeline.observability.console import run_logging, setup_logging
+setup_logging(None)  # as distill's main does: the console before and after the run
 with run_logging(Path(sys.argv[1])):
     os.write(2, b"native: core worker line\\n")
     logging.getLogger("pipeline.stage").info("ours: stage done")

@@ -1,0 +1,151 @@
+"""The Python API as a notebook uses it (issue 25): an `sst2-quick`-shaped config over the tiny teacher
+and generated rows, run twice in one process (another name, another override), the results read,
+a third call that reuses the first run, then the student loaded and asked about three sentences."""
+
+import logging
+import os
+import sys
+
+import pytest
+import torch
+import yaml
+
+from core.errors import ArtifactError, ConfigError
+from pipeline import api
+from pipeline.artifacts import RunDir
+from pipeline.observability.console import LOG_DIR_ENV
+from students.registry import load_student as load_bare_student
+from wandb_offline import wandb_files
+
+WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "poor", "dull"]}
+SENTENCES = ["a great and lovely film", "an awful , dull plot", "the acting was fine"]
+STAGES = ["data", "finetune", "label", "train", "evaluate"]
+
+
+def write_sst2(root, rows: int) -> None:
+    """``root/sst2/{train,dev}.tsv`` as SST-2 has them (``sentence``, ``label``), ``rows`` train rows."""
+    (root / "sst2").mkdir(parents=True)
+    for split, count in (("train", rows), ("dev", 16)):
+        lines = [f"a {WORDS[i % 2][i % 4]} film number {i}\t{i % 2}" for i in range(count)]
+        (root / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
+
+
+def tiny_config(root, teacher_dir) -> dict:
+    """`sst2-quick` (a dict with its ``base``) shrunk to the tiny teacher and 40 generated rows."""
+    write_sst2(root / "data", rows=40)
+    return {"base": "sst2-quick", "name": "notebook-a", "output_dir": str(root / "runs"),
+            "data": {"root": str(root / "data"), "train": {"limit": 24}, "unlabeled": {"skip": 24, "limit": 16}},
+            "teacher": {"model": str(teacher_dir), "max_length": 16},
+            "finetune": {"batch_size": 8}, "label": {"shard_rows": 16, "num_actors": 1},
+            "train": {"epochs": 1, "batch_size": 8, "ce_only_baseline": False,
+                      "student": {"family": "bilstm", "embed_dim": 32, "hidden_dim": 8, "max_length": 16,
+                                  "init_from_teacher_embeddings": False}},
+            "evaluate": {"latency_runs": 2, "latency_warmup": 0}, "ray": {"num_cpus": 2},
+            "tracking": {"mode": "offline"}}
+
+
+def process_state():
+    """What a run must leave as it found it: Ray, the root logger, the log-folder variable, stderr."""
+    import ray
+    import wandb
+
+    root = logging.getLogger()
+    return (ray.is_initialized(), root.handlers[:], root.level, os.environ.get(LOG_DIR_ENV), sys.stderr,
+            os.fstat(2).st_ino, wandb.run)
+
+
+@pytest.mark.slow  # two tiny runs through evaluate, each starting and stopping a local Ray instance
+def test_two_runs_in_one_process_then_the_student_predicts(tmp_path, tiny_teacher_dir, one_torch_thread):
+    config = tiny_config(tmp_path, tiny_teacher_dir)
+    state = process_state()
+
+    first = api.run(config)  # a dict, with a base, W&B offline
+    assert process_state() == state
+    assert first.run_dir == tmp_path / "runs" / "notebook-a" and list(first.stages) == STAGES
+    assert {stage: result.status for stage, result in first.stages.items()} == dict.fromkeys(STAGES, "ran")
+    run = RunDir(first.run_dir)
+    assert {stage: r.wall_s for stage, r in first.stages.items()} == {s: run.manifest(s)["wall_s"] for s in STAGES}
+    assert set(first.models) == {"teacher", "kd"} and first.variants == {} and first.score_key is None
+    evaluated = run.manifest("evaluate")["models"]
+    for name, model in first.models.items():
+        assert model.scores == {"dev_accuracy": evaluated[name]["dev_accuracy"]}
+        assert 0 <= model.scores["dev_accuracy"] <= 1 and model.parameters == evaluated[name]["parameters"] > 0
+        assert model.p50_ms == evaluated[name]["latency"]["p50_ms"] > 0
+    assert first.models["kd"].folder == run.student_dir("kd") and first.models["teacher"].folder == run.teacher_dir
+    assert "student, KD" in first.report.read_text() and "stage train: done" in first.log_file.read_text()
+    assert len(wandb_files(first.run_dir)) == 1  # the offline W&B run, finished (wandb.run is None again)
+    written = {path: path.stat().st_mtime_ns for path in first.run_dir.rglob("*") if path.is_file()}
+
+    second = api.run(config, ["name=notebook-b", "train.epochs=2", "tracking.mode=disabled"])
+    assert process_state() == state
+    assert second.run_dir == tmp_path / "runs" / "notebook-b"
+    assert {stage: result.status for stage, result in second.stages.items()} == dict.fromkeys(STAGES, "ran")
+    assert len(second.stages["train"].manifest["kd"]["history"]) == 2
+    assert len(first.stages["train"].manifest["kd"]["history"]) == 1
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # the first run's folder untouched
+    assert all(0 <= model.scores["dev_accuracy"] <= 1 for model in second.models.values())
+
+    yaml_file = tmp_path / "notebook-a.yaml"  # the first config again, as a YAML file: every stage reused
+    yaml_file.write_text(yaml.safe_dump(config))
+    third = api.run(yaml_file, {"tracking.mode": "disabled"})
+    assert process_state() == state
+    assert {stage: result.status for stage, result in third.stages.items()} == dict.fromkeys(STAGES, "reused")
+    assert third.models == first.models and third.run_dir == first.run_dir
+
+    names = ["negative", "positive"]  # sst2's data.label_names, read from the run's config.yaml
+    student = api.load_student(first.models["kd"].folder)
+    predictions = student.predict(SENTENCES)
+    bare = load_bare_student(first.models["kd"].folder)
+    with torch.no_grad():
+        logits = bare(**bare.featurize(SENTENCES)).logits  # [3, 2]
+    assert [p.label for p in predictions] == [names[i] for i in logits.argmax(-1).tolist()]
+    for prediction, row in zip(predictions, torch.softmax(logits, -1).tolist()):
+        assert list(prediction.probabilities) == names
+        assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-6)
+        assert list(prediction.probabilities.values()) == pytest.approx(row, abs=1e-5)
+    teacher = api.load_student(first.models["teacher"].folder).predict(SENTENCES[:1], None)
+    assert teacher[0].label in names and sum(teacher[0].probabilities.values()) == pytest.approx(1, abs=1e-6)
+
+
+def test_a_bad_config_raises_before_any_run_folder(tmp_path, tiny_teacher_dir):
+    config = tiny_config(tmp_path, tiny_teacher_dir)
+    with pytest.raises(ConfigError, match="did you mean train.epochs"):
+        api.run(config, {"train.epoch": 2})
+    with pytest.raises(ConfigError, match="validated config"):
+        api.run(api.resolve_config(config, None), ["train.epochs=2"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_student_without_the_runs_labels_names_the_fix(tmp_path):
+    folder = tmp_path / "copied" / "kd"
+    folder.mkdir(parents=True)
+    with pytest.raises(ArtifactError, match="config.yaml.*pass labels"):
+        api.load_student(folder)
+
+
+def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predicts(tmp_path, tiny_teacher_dir):
+    """A hand-built run as test_benchmark's (the tiny teacher, its ONNX export and an int8 copy of
+    that) measured by the benchmark stage: the result's variants are the manifest's, and the ONNX
+    variant's folder loads and predicts what the PyTorch teacher does."""
+    from pipeline.stages import benchmark
+    from test_benchmark import build_run, int8_variant, onnx_variant
+
+    cfg, run_dir = build_run(tmp_path, tiny_teacher_dir)
+    (run_dir.root / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    onnx_variant(run_dir)
+    int8_variant(run_dir)
+    manifest = run_dir.publish("benchmark", "fp", benchmark.run(cfg, run_dir), 1.0)
+    result = api.read_result(cfg, {"benchmark": manifest}, {"benchmark": manifest}, run_dir.root / "log")
+    assert result.stages["benchmark"].status == "reused" and result.score_key == "dev_accuracy"
+    assert {name: v.folder.relative_to(run_dir.root).as_posix() for name, v in result.variants.items()} == {
+        "teacher": "finetune/teacher", "teacher/onnxruntime-fp32": "export/teacher-onnx",
+        "teacher/onnxruntime-int8-dynamic": "quantize/teacher-int8-dynamic"}
+    for row in manifest["variants"]:
+        variant = result.variants[row["name"]]
+        assert (variant.score, variant.size_mb, variant.p50_ms) == (row["dev_accuracy"], row["size_mb"],
+                                                                     row["threads"]["1"]["p50_ms"])
+    shipped = api.load_student(result.variants["teacher/onnxruntime-fp32"].folder).predict(SENTENCES)
+    eager = api.load_student(run_dir.teacher_dir).predict(SENTENCES)
+    assert [p.label for p in shipped] == [p.label for p in eager] and {p.label for p in eager} <= {"0", "1"}
+    for ours, theirs in zip(shipped, eager):
+        assert list(ours.probabilities.values()) == pytest.approx(list(theirs.probabilities.values()), abs=1e-4)
