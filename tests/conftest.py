@@ -12,6 +12,16 @@ import ray
 DATA_DIR = Path(os.environ.get("DISTILL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 """The real data sets (``sst2/``, ``conll2003/``): ``$DISTILL_DATA_DIR``, else ``../shared/data``."""
 
+TRAIN_POLL_S = "0.2"
+"""Seconds between Ray Train's polls of its workers in tests (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``,
+Ray's default 2.0). A worker's ``report`` waits until the controller's poll has taken the previous
+one (a queue of one), so at 2 s every epoch or checkpoint of a tiny test model took at least 2 s,
+and every training a few more to start and end. Set before any Ray instance starts; the driver
+passes it on to Ray Train's controller, and ``distill`` processes started by tests inherit it."""
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
+# nor does each training start a preemption-watcher actor (one more Python process): no test drains a node
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shared_data(*files): the test reads these files under DATA_DIR; "
