@@ -36,8 +36,11 @@ def test_sigkill_after_an_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path,
     cfg, run_dir = build_run(tmp_path, epochs=3, ce_only_baseline=False)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    # at Ray Train's default 2 s poll (tests/conftest.py shortens it) the epoch-2 checkpoint cannot
+    # replace epoch 1's (the stage keeps one) in the second before the kill
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(config_file)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                               stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     storage = run_dir.train_storage
     deadline = time.monotonic() + 300
     while first_checkpoint(storage) is None:
