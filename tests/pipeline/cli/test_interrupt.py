@@ -48,12 +48,19 @@ def started_ray(process: psutil.Process) -> tuple[list[psutil.Process], str]:
     return descendants, sessions.pop()
 
 
-@pytest.mark.slow  # 8 to 14 minutes on a busy 2-core machine: a run through train, interrupted, then resumed
+EPOCHS = 10
+"""Enough that SIGINT, sent when the first epoch's checkpoint appears, still lands in train (each
+epoch of three steps is half a second or more of Ray Data reads and a checkpoint), few enough that
+the resumed run's remaining epochs take seconds (30 took minutes)."""
+
+
+@pytest.mark.slow  # two `distill run` processes, each starting Ray, label and Ray Train workers: mostly start-up
 def test_ctrl_c_during_train_prints_the_resume_command_exits_130_and_leaves_no_ray_process(pair_task, tiny_teacher_dir):
     cfg = pair_task.config(
         teacher={"model": str(tiny_teacher_dir), "max_length": 16}, tracking={"mode": "disabled"},
-        ray={"num_cpus": 2}, label={"num_actors": 1, "shard_rows": 4}, evaluate={"latency_runs": 5},
-        train={"epochs": 30, "batch_size": 2, "ce_only_baseline": False,
+        ray={"num_cpus": 2}, label={"num_actors": 1, "shard_rows": 4},
+        evaluate={"latency_runs": 5, "latency_warmup": 0},
+        train={"epochs": EPOCHS, "batch_size": 2, "ce_only_baseline": False,
                "student": {"family": "bilstm", "embed_dim": 32, "hidden_dim": 16, "max_length": 16}})
     config_file = pair_task.root / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -99,5 +106,5 @@ def test_ctrl_c_during_train_prints_the_resume_command_exits_130_and_leaves_no_r
     for stage in ("data", "finetune", "label"):
         assert f"stage {stage}: up to date" in again.stderr
         assert run.manifest(stage)["finished_at"] == finished[stage]
-    assert [h["epoch"] for h in run.manifest("train")["kd"]["history"]] == list(range(1, 31))
+    assert [h["epoch"] for h in run.manifest("train")["kd"]["history"]] == list(range(1, EPOCHS + 1))
     assert run.manifest("evaluate") is not None and run.report_file.exists()
