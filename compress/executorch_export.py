@@ -27,6 +27,8 @@ alone says how to feed it (``meta.json``'s ``settings.fixed_length`` only record
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,10 +69,108 @@ def pad_sequences(features: list[torch.Tensor], padded: list[bool], length: int)
     return out
 
 
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an ExecuTorch program of one model is traced from (:func:`plan_export`).
+
+    Attributes:
+        view: the model's :class:`compress.traceable.LogitsOnly` view (LSTMs unrolled, ready masks).
+        features: the example, int64, padded to ``fixed_length`` where ``padded`` says.
+        dynamic_shapes: ``torch.export``'s spec of each positional input.
+        padded: per input, whether it is right-padded to ``fixed_length``.
+        fixed_length: the padded sequence length; None when dynamic.
+        max_batch: the largest batch the program takes.
+        constant_methods: the program's self-description (see the module docstring).
+    """
+
+    view: LogitsOnly
+    features: tuple[torch.Tensor, ...]
+    dynamic_shapes: tuple
+    padded: list[bool]
+    fixed_length: int | None
+    max_batch: int
+    constant_methods: dict
+
+    def inputs(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """A feature dict as the program's positional inputs, padded like the example.
+
+        Raises:
+            ValueError: a padded feature is longer than ``fixed_length``.
+        """
+        return tuple(pad_sequences([features[name] for name in self.view.input_names], self.padded,
+                                   self.fixed_length or 0))
+
+
+def plan_export(model: torch.nn.Module, example_features: dict[str, torch.Tensor], fixed_length: int | None = None,
+                task: str | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> ExportPlan:
+    """The view, example and shapes an ExecuTorch program of ``model`` is traced with
+    (arguments as :func:`export_executorch`).
+
+    Raises:
+        ConfigError: bad example features (or longer than ``fixed_length``), an unknown family
+            or a missing task.
+    """
+    names = check_example(model, example_features, task, "executorch")
+    view = LogitsOnly(model, names, task, unroll_lstm=True, ready_mask=True)
+    if fixed_length is None and view.family in LSTM_FAMILIES:
+        fixed_length = (max_sequence_length(model) if view.family != "cnn_lstm"
+                        else example_features["word_ids"].shape[1])
+    padded = [fixed_length is not None and AXES[name][1] in SEQUENCE_AXES for name in names]
+    try:
+        features = pad_sequences(list(example_features.values()), padded, fixed_length or 0)
+    except ValueError as error:
+        raise ConfigError(f"executorch export of family {view.family}: example {error}") from None
+    max_sizes = {"batch": max_batch, "sequence": max_sequence_length(model), "pair_sequence": max_sequence_length(model)}
+    fixed = {**(dict.fromkeys(SEQUENCE_AXES, fixed_length) if fixed_length else {}),
+             "chars": None}  # always max_word_chars; XNNPACK reshapes take one dynamic axis (batch)
+    pads_output = int(fixed_length is not None and output_axes(model, task).get(1) == "sequence")
+    return ExportPlan(view, tuple(features), tuple(dynamic_shapes(names, fixed, max_sizes)), padded, fixed_length,
+                      max_batch, {"fixed_length": fixed_length or 0, "padded_inputs": [int(p) for p in padded],
+                                  "pads_output": pads_output})
+
+
+def traced(plan: ExportPlan, module: torch.nn.Module | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module`` (default: the plan's view) on the plan's example and shapes."""
+    if module is None:
+        return torch.export.export(plan.view, plan.features, dynamic_shapes=(plan.dynamic_shapes,))
+    return torch.export.export(module, plan.features, dynamic_shapes=plan.dynamic_shapes)  # a flat GraphModule
+
+
+def write_program(plan: ExportPlan, program: Callable[[], torch.export.ExportedProgram], out_path: str | Path,
+                  start: float) -> dict:
+    """Lower the program ``program()`` returns to XNNPACK and write it, atomically, as a ``.pte``.
+
+    Args:
+        plan: what the program was traced from. program: traces it (errors are caught here).
+        out_path: the ``.pte`` file. start: ``time.perf_counter()`` when the work began.
+
+    Returns:
+        ``input_names``, ``fixed_length``, ``max_batch``, ``export_s`` (seconds since ``start``),
+        ``size_mb`` (2^20 bytes).
+
+    Raises:
+        ConfigError: a tracing or lowering error (chained), naming the family and backend.
+    """
+    out_path = Path(out_path)
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        lowered = to_edge_transform_and_lower(program(), partitioner=[XnnpackPartitioner()],
+                                              constant_methods=plan.constant_methods).to_executorch()
+    except Exception as error:  # torch.export, PT2E and exir errors: name what failed
+        raise ConfigError(f"family {plan.view.family} does not export to backend executorch "
+                          f"({type(error).__name__}; see the chained error); try fixed_length=") from error
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(lowered.buffer)
+    return {"input_names": plan.view.input_names, "fixed_length": plan.fixed_length, "max_batch": plan.max_batch,
+            "export_s": round(time.perf_counter() - start, 2), "size_mb": round(out_path.stat().st_size / 2**20, 3)}
+
+
 def export_executorch(model: torch.nn.Module, out_path: str | Path, example_features: dict[str, torch.Tensor],
                       fixed_length: int | None = None, task: str | None = None,
                       max_batch: int = DEFAULT_MAX_BATCH) -> dict:
-    """Write the model's logits graph as an ExecuTorch program lowered to XNNPACK.
+    """Write the model's logits graph as an fp32 ExecuTorch program lowered to XNNPACK.
 
     Args:
         model: any family (see :mod:`compress.traceable`); put in eval mode.
@@ -91,33 +191,6 @@ def export_executorch(model: torch.nn.Module, out_path: str | Path, example_feat
         ConfigError: bad example features (or longer than ``fixed_length``), an unknown family,
             a missing task, or an export or lowering error (chained), naming family and backend.
     """
-    names = check_example(model, example_features, task, "executorch")
-    view, out_path, start = LogitsOnly(model, names, task, unroll_lstm=True), Path(out_path), time.perf_counter()
-    if fixed_length is None and view.family in LSTM_FAMILIES:
-        fixed_length = (max_sequence_length(model) if view.family != "cnn_lstm"
-                        else example_features["word_ids"].shape[1])
-    padded = [fixed_length is not None and AXES[name][1] in SEQUENCE_AXES for name in names]
-    try:
-        features = pad_sequences(list(example_features.values()), padded, fixed_length or 0)
-    except ValueError as error:
-        raise ConfigError(f"executorch export of family {view.family}: example {error}") from None
-    max_sizes = {"batch": max_batch, "sequence": max_sequence_length(model), "pair_sequence": max_sequence_length(model)}
-    fixed = {**(dict.fromkeys(SEQUENCE_AXES, fixed_length) if fixed_length else {}),
-             "chars": None}  # always max_word_chars; XNNPACK reshapes take one dynamic axis (batch)
-    pads_output = int(fixed_length is not None and output_axes(model, task).get(1) == "sequence")
-    try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
-        program = torch.export.export(view, tuple(features), dynamic_shapes=(dynamic_shapes(names, fixed, max_sizes),))
-        lowered = to_edge_transform_and_lower(
-            program, partitioner=[XnnpackPartitioner()],
-            constant_methods={"fixed_length": fixed_length or 0, "padded_inputs": [int(p) for p in padded],
-                              "pads_output": pads_output}).to_executorch()
-    except Exception as error:  # torch.export and exir errors: name what failed
-        raise ConfigError(f"family {view.family} does not export to backend executorch ({type(error).__name__}; "
-                          f"see the chained error); try fixed_length=") from error
-    with atomic_path(out_path) as tmp:
-        tmp.write_bytes(lowered.buffer)
-    return {"input_names": names, "fixed_length": fixed_length, "max_batch": max_batch,
-            "export_s": round(time.perf_counter() - start, 2), "size_mb": round(out_path.stat().st_size / 2**20, 3)}
+    start = time.perf_counter()
+    plan = plan_export(model, example_features, fixed_length, task, max_batch)
+    return write_program(plan, lambda: traced(plan), out_path, start)

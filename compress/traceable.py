@@ -25,6 +25,7 @@ on padding, as ``pad_packed_sequence`` leaves them; the logits are equal up to f
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -275,6 +276,37 @@ class MaskedTagger(nn.Module):
         return tagger.classifier(outputs).float()  # [B, T, C]
 
 
+def ready_mask_kind(model: nn.Module) -> str | None:
+    """How a teacher's or transformer student's attention takes a ready 4-D mask
+    (:func:`expanded_mask`): ``"bool"`` under SDPA, ``"additive"`` under eager attention (MPNet,
+    or a student showing its attentions), None for models whose mask is not built by
+    transformers' ``masking_utils.create_bidirectional_mask`` (which returns a 4-D mask as it is)
+    and for the other families."""
+    if family_of(model) not in (TEACHER, "transformer"):
+        return None
+    hf_model = model if isinstance(model, PreTrainedModel) else model.model
+    if "create_bidirectional_mask" not in vars(sys.modules[type(hf_model).__module__]):
+        return None
+    return {"sdpa": "bool", "eager": "additive"}.get(hf_model.config._attn_implementation)
+
+
+def expanded_mask(attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """int64 [B, T] (1 = token) -> [B, 1, T, T]: bool (True where a query may attend to a key)
+    for ``kind="bool"``, else float32 0 there and the float32 minimum elsewhere (``"additive"``,
+    as transformers' eager masks).
+
+    Gives the same logits as the 2-D mask (checked on tiny BERT, RoBERTa, DistilBERT and MPNet:
+    0.0 difference), without transformers 5's mask code, whose integer ``arange + 0`` becomes a
+    float constant under ``prepare_pt2e`` ("IndexError: tensors used as indices must be long"
+    in calibration).
+    """
+    length = attention_mask.shape[1]
+    allowed = attention_mask[:, None, None, :].bool().expand(-1, 1, length, -1)
+    if kind == "bool":
+        return allowed
+    return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
 def with_encoder(student: nn.Module, encoder: nn.Module) -> nn.Module:
     """A shallow copy of ``student`` whose ``encoder`` is ``encoder``; ``student`` is unchanged."""
     clone = copy.copy(student)
@@ -292,16 +324,20 @@ class LogitsOnly(nn.Module):
         input_names: the feature order of ``forward`` (:func:`input_names_of`).
         task: the head of a multitask student; None for other families.
         unroll_lstm: unroll the LSTM families' recurrence over time steps (see :class:`MaskedBiLSTM`).
+        ready_mask: pass the attention mask as :func:`expanded_mask` where the model takes one
+            (:func:`ready_mask_kind`), for ``torch.export`` and PT2E quantization.
 
     Raises:
         ConfigError: an unknown family, or a task missing for (or given to the wrong) family.
     """
 
-    def __init__(self, model: nn.Module, input_names: list[str], task: str | None = None, unroll_lstm: bool = False):
+    def __init__(self, model: nn.Module, input_names: list[str], task: str | None = None, unroll_lstm: bool = False,
+                 ready_mask: bool = False):
         super().__init__()
         self.family = family_of(model)
         check_task(model, task)
         self.input_names, self.task = list(input_names), task
+        self.mask_kind = ready_mask_kind(model) if ready_mask else None
         model.eval()
         if self.family == "cnn_lstm":
             model = MaskedTagger(model, unroll_lstm)
@@ -315,6 +351,8 @@ class LogitsOnly(nn.Module):
         if self.family == "cnn_lstm":
             return self.model(*features)
         kwargs = dict(zip(self.input_names, features))
+        if self.mask_kind:
+            kwargs["attention_mask"] = expanded_mask(kwargs["attention_mask"], self.mask_kind)
         if self.task is not None:
             kwargs["task"] = self.task
         return self.model(**kwargs).logits.float()

@@ -20,7 +20,8 @@ PrunableModel = Literal["teacher", "kd"]
 """Models the prune stage can prune: the teacher, and the distilled student when it is a transformer."""
 
 ExportFormat = Literal["onnx", "executorch"]
-QuantizeMethod = Literal["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8"]
+QuantizeMethod = Literal["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8", "executorch_dynamic_int8",
+                         "executorch_static_int8"]
 
 
 class PruneConfig(Section):
@@ -87,12 +88,17 @@ class ExportConfig(Section):
 class QuantizeConfig(Section):
     """Stage ``quantize``: ONNX Runtime dynamic int8 and static int8 (QDQ, calibrated on
     ``calibration_rows`` transfer-set rows), fp16 weights, and PyTorch dynamic int8 as a
-    baseline, of every ONNX export. A variant that agrees with its fp32 parent on fewer than
+    baseline, of every ONNX export; ExecuTorch int8 for XNNPACK (PT2E, dynamic, or static
+    calibrated on the same rows) of every ExecuTorch export. A method whose format the export
+    stage did not write is skipped (a log line says so). ``calibration`` and ``per_channel``
+    are ONNX Runtime's settings; ExecuTorch static int8 calibrates with XNNPACKQuantizer's
+    observers and takes ``per_channel`` too. A variant that agrees with its fp32 parent on fewer than
     ``min_agreement`` of the parity rows' predictions is kept for the benchmark, flagged and
     warned about (an unreadable or mismatched file fails the stage)."""
 
     methods: list[QuantizeMethod] = Field(
-        default_factory=lambda: ["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8"], min_length=1)
+        default_factory=lambda: ["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8", "executorch_dynamic_int8",
+                                 "executorch_static_int8"], min_length=1)
     calibration_rows: int = Field(default=256, gt=0)
     calibration: Literal["minmax", "percentile"] = "minmax"
     per_channel: bool = True

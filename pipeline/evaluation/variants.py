@@ -10,6 +10,7 @@ A *model* is a PyTorch folder the run trained or pruned; a *variant* is one way 
     export/<model>-onnx/model.onnx       variant onnxruntime fp32
     export/<model>-executorch/model.pte  variant executorch fp32
     quantize/<model>-<method>/model.onnx variant onnxruntime int8-dynamic / int8-static / fp16
+    quantize/<model>-executorch-int8-<dynamic|static>/model.pte  variant executorch int8-dynamic / int8-static
 
 Every model and variant folder holds ``meta.json`` (:class:`VariantMeta`), written last, so a
 folder without it is unfinished. PyTorch dynamic int8 has no file: its meta names the model

@@ -1,13 +1,17 @@
-"""Stage ``quantize``: int8 and fp16 variants of every ONNX export, and PyTorch dynamic int8.
+"""Stage ``quantize``: int8 and fp16 variants of every ONNX and ExecuTorch export, and PyTorch dynamic int8.
 
-For each ``onnxruntime`` variant of the export stage, the fp32 file is first checked again
-against its PyTorch model (a file changed since export fails here, naming it), then written as
-each method of ``quantize.methods`` to ``quantize/<model>-<suffix>/model.onnx`` with
-:mod:`compress.quantize` (ONNX Runtime's dynamic int8, static int8 in QDQ calibrated on
-``quantize.calibration_rows`` transfer-set rows, fp16 weights); ``torch_dynamic_int8`` writes a
-meta-only variant that :func:`pipeline.evaluation.variants.load_variant` quantizes on load. Every variant
-must predict as its fp32 parent on at least ``quantize.min_agreement`` of the export stage's
-parity rows (:func:`compress.parity.check_parity`, ``mode="predictions"``).
+For each fp32 variant of the export stage, the file is first checked again against its PyTorch
+model (a file changed since export fails here, naming it), then written as each method of
+``quantize.methods`` made for its backend (:data:`BACKENDS`): an ONNX file to
+``quantize/<model>-<suffix>/model.onnx`` with :mod:`compress.quantize` (ONNX Runtime's dynamic
+int8, static int8 in QDQ calibrated on ``quantize.calibration_rows`` transfer-set rows, fp16
+weights), an ExecuTorch program to ``quantize/<model>-<suffix>/model.pte`` with
+:mod:`compress.executorch_quantize` (PT2E int8 for XNNPACK, dynamic, or static calibrated on the
+same rows); ``torch_dynamic_int8`` writes a meta-only variant beside each ONNX export that
+:func:`pipeline.evaluation.variants.load_variant` quantizes on load. A method whose format the
+export stage did not write is skipped with a log line. Every variant must predict as its fp32
+parent on at least ``quantize.min_agreement`` of the export stage's parity rows
+(:func:`compress.parity.check_parity`, ``mode="predictions"``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from compress.backends import PyTorchPredictor, load_model_folder
+from compress.executorch_quantize import quantize_executorch
 from compress.parity import EXPORT_ROWS, check_parity, parity_batches
 from compress.quantize import convert_fp16, quantize_dynamic_int8, quantize_static_int8, quantize_torch_dynamic
 from compress.traceable import family_of, model_featurizer
@@ -36,17 +41,26 @@ from pipeline.evaluation.variants import VariantMeta, stage_variants, variant_fo
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"dynamic_int8": "int8-dynamic", "static_int8": "int8-static", "fp16": "fp16",
-              "torch_dynamic_int8": "int8-dynamic"}
+              "torch_dynamic_int8": "int8-dynamic", "executorch_dynamic_int8": "int8-dynamic",
+              "executorch_static_int8": "int8-static"}
 """Quantize method -> the precision of its variants."""
 SUFFIXES = {"dynamic_int8": "int8-dynamic", "static_int8": "int8-static", "fp16": "fp16",
-            "torch_dynamic_int8": "torch-int8-dynamic"}
+            "torch_dynamic_int8": "torch-int8-dynamic", "executorch_dynamic_int8": "executorch-int8-dynamic",
+            "executorch_static_int8": "executorch-int8-static"}
 """Quantize method -> its variant folder's suffix, ``quantize/<model>-<suffix>/``."""
+BACKENDS = {"dynamic_int8": "onnxruntime", "static_int8": "onnxruntime", "fp16": "onnxruntime",
+            "torch_dynamic_int8": "onnxruntime", "executorch_dynamic_int8": "executorch",
+            "executorch_static_int8": "executorch"}
+"""Quantize method -> the backend of the fp32 exports it starts from."""
+FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
+"""Export backend -> its ``export.formats`` name, which :func:`compress.parity.check_parity` takes too."""
 CALIBRATION_BATCH = 32
 """Transfer-set rows per calibration batch."""
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict:
-    """Quantize every ONNX export of the run with each of ``quantize.methods``.
+    """Quantize every ONNX and ExecuTorch export of the run with each of ``quantize.methods``
+    made for its backend.
 
     A variant whose agreement is under ``quantize.min_agreement`` is kept (the benchmark measures
     its accuracy) but flagged: ``below_min_agreement`` in its summary and meta, and a warning.
@@ -59,14 +73,15 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         quantized, and the ops ONNX Runtime's transformer optimizer fused (dynamic int8 of BERTs).
 
     Raises:
-        ConfigError: the export stage wrote no ONNX file, or a method cannot quantize a family.
+        ConfigError: the export stage wrote no file any method takes, or a method cannot quantize a family.
         ArtifactError: an fp32 export no longer matches its model, or a variant's file does not
             load or run (naming the file).
     """
-    parents = [meta for meta in stage_variants(run_dir, "export") if meta.backend == "onnxruntime"]
+    methods = methods_by_backend(cfg.quantize.methods, {meta.backend for meta in stage_variants(run_dir, "export")})
+    parents = [meta for meta in stage_variants(run_dir, "export") if meta.backend in methods]
     if not parents:
-        raise ConfigError("quantize: the export stage wrote no ONNX file; add an export: section with "
-                          "formats including onnx")
+        raise ConfigError(f"quantize: the export stage wrote no file that quantize.methods {cfg.quantize.methods} "
+                          "take; add an export: section with formats including onnx or executorch")
     kind = task_kind(cfg.data)
     rows = sum(batch for batch, _ in parents[0].settings["parity"]["shapes"])  # the export's parity rows
     dev = read_split(run_dir.split_file("dev"), kind, rows + EXPORT_ROWS)
@@ -79,13 +94,16 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         model = load_model_folder(folder)
         featurize = model_featurizer(model, folder)
         batches = parity_batches(featurize, texts[EXPORT_ROWS:], pairs[EXPORT_ROWS:] if pairs else None)
-        check_parity(model, run_dir.root / parent.file, "onnx", batches,
+        check_parity(model, run_dir.root / parent.file, FORMATS[parent.backend], batches,
                      atol=cfg.export.atol if cfg.export else ExportConfig().atol)
-        for method in cfg.quantize.methods:
+        example = featurize(texts[:EXPORT_ROWS], pairs[:EXPORT_ROWS] if pairs else None)  # the export's
+        for method in methods[parent.backend]:
             out_folder = variant_folder(run_dir, "quantize", parent.model, SUFFIXES[method])
-            meta, report = quantize_variant(run_dir, parent, model, method, cfg, featurize, calibration, out_folder)
+            meta, report = quantize_variant(run_dir, parent, model, method, cfg, featurize, calibration, out_folder,
+                                            example)
             torch_dynamic = meta.backend == "pytorch"
-            parity = check_parity(model, run_dir.root / meta.file, "pytorch" if torch_dynamic else "onnx", batches,
+            parity = check_parity(model, run_dir.root / meta.file,
+                                  "pytorch" if torch_dynamic else FORMATS[meta.backend], batches,
                                   mode="predictions", min_agreement=0.0,
                                   predictor=PyTorchPredictor(quantize_torch_dynamic(model), torch.get_num_threads())
                                   if torch_dynamic else None)
@@ -103,17 +121,33 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     return {"variants": summary}
 
 
+def methods_by_backend(methods: list[str], exported: set[str]) -> dict[str, list[str]]:
+    """``{backend: its methods}`` of the quantize methods whose fp32 exports exist (backends in
+    ``exported``); each other method is skipped with an info line naming the missing format."""
+    kept: dict[str, list[str]] = {}
+    for method in methods:
+        if BACKENDS[method] in exported:
+            kept.setdefault(BACKENDS[method], []).append(method)
+        else:
+            log.info("quantize: skipping %s: the export stage wrote no %s file (add it to export.formats)", method,
+                     FORMATS[BACKENDS[method]])
+    return kept
+
+
 def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, method: str, cfg: RunConfig,
-                     featurize, calibration: tuple[list, list[str] | None], folder: Path) -> tuple[VariantMeta, dict]:
-    """Write one quantized variant of an fp32 ONNX export (or, for ``torch_dynamic_int8``, its
-    meta-only folder) and say what was done; the caller checks it and writes its meta.
+                     featurize, calibration: tuple[list, list[str] | None], folder: Path,
+                     example: dict[str, torch.Tensor]) -> tuple[VariantMeta, dict]:
+    """Write one quantized variant of an fp32 ONNX or ExecuTorch export (or, for
+    ``torch_dynamic_int8``, its meta-only folder) and say what was done; the caller checks it and
+    writes its meta.
 
     Args:
-        run_dir: the run. parent: the fp32 ONNX variant. model: its PyTorch model.
+        run_dir: the run. parent: the fp32 variant of the method's backend. model: its PyTorch model.
         method: a :data:`PRECISIONS` key. cfg: the run config (``quantize`` section).
         featurize: the model's featurizer (:func:`compress.traceable.model_featurizer`).
         calibration: transfer-set texts and pairs for static int8.
         folder: the variant folder (``quantize/<model>-<suffix>/``).
+        example: the export stage's example batch (ExecuTorch traces the model again from it).
 
     Returns:
         The variant's meta, and ``{"size_mb", "op_types", "fused"}``.
@@ -129,11 +163,16 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
                                         calibration=cfg.quantize.calibration, per_channel=cfg.quantize.per_channel)
     elif method == "fp16":
         settings = convert_fp16(source, out)
+    elif BACKENDS[method] == "executorch":
+        mode, out = method.split("_")[1], folder / "model.pte"
+        settings = quantize_executorch(model, out, example, mode, calibration_batches(featurize, *calibration)
+                                       if mode == "static" else None, fixed_length=parent.settings["fixed_length"],
+                                       max_batch=parent.settings["max_batch"], per_channel=cfg.quantize.per_channel)
     else:
         return torch_dynamic_meta(parent, model), {
             "size_mb": round(serialized_mb(quantize_torch_dynamic(model)), 3), "op_types": ["Linear", "LSTM"],
             "fused": {}}
-    backend = "onnxruntime"
+    backend = BACKENDS[method]
     meta = VariantMeta(name=f"{parent.model}/{backend}-{PRECISIONS[method]}", model=parent.model, backend=backend,
                        precision=PRECISIONS[method], file=run_dir.relative(out), source=parent.source,
                        parent=parent.name, method="quantize", family=parent.family,
