@@ -164,7 +164,7 @@ def run(config: Config, overrides: Mapping[str, Any] | Iterable[str] | None = No
 
 
 def resolve_config(config: Config,
-                   overrides: Mapping[str, Any] | Iterable[str] | None) -> RunConfig | MultiTaskRunConfig:
+                   overrides: Mapping[str, Any] | Iterable[str] | None = None) -> RunConfig | MultiTaskRunConfig:
     """The validated config of :func:`run`'s arguments (:func:`pipeline.config.loading.load_config`).
 
     Raises:
@@ -353,12 +353,6 @@ def load_student(folder: str | Path, labels: Sequence[str] | None = None,
             run has no ``config.yaml``.
         ConfigError: a multi-task run's student (its tasks have label sets of their own).
     """
-    import torch
-
-    from pipeline.evaluation.scoring import EVAL_BATCH
-    from pipeline.evaluation.variants import featurizer, load_variant
-    from pipeline.stages.benchmark import model_meta
-
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise ArtifactError(folder, "no such folder; give a model or variant folder of a run, e.g. runs/NAME/train/kd")
@@ -368,6 +362,12 @@ def load_student(folder: str | Path, labels: Sequence[str] | None = None,
         if config is None:
             raise ArtifactError(run_dir.root / "config.yaml", "missing, and it names the labels; pass labels=[...]")
         labels = config["data"].get("label_names") or [str(label) for label in config["data"]["labels"]]
+    import torch  # after the checks: the runtimes take seconds to import
+
+    from pipeline.evaluation.scoring import EVAL_BATCH
+    from pipeline.evaluation.variants import featurizer, load_variant
+    from pipeline.stages.benchmark import model_meta
+
     max_length = (config or {}).get("teacher", {}).get("max_length", TeacherConfig().max_length)
     meta = model_meta(run_dir, folder.name, folder)
     predictor = load_variant(run_dir, meta, threads or torch.get_num_threads())

@@ -123,6 +123,7 @@ def test_load_student_without_the_runs_labels_names_the_fix(tmp_path):
         api.load_student(folder)
 
 
+@pytest.mark.slow  # an ONNX export, an int8 copy of it and the benchmark stage's measurements
 def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predicts(tmp_path, tiny_teacher_dir):
     """A hand-built run as test_benchmark's (the tiny teacher, its ONNX export and an int8 copy of
     that) measured by the benchmark stage: the result's variants are the manifest's, and the ONNX
@@ -149,3 +150,19 @@ def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predict
     assert [p.label for p in shipped] == [p.label for p in eager] and {p.label for p in eager} <= {"0", "1"}
     for ours, theirs in zip(shipped, eager):
         assert list(ours.probabilities.values()) == pytest.approx(list(theirs.probabilities.values()), abs=1e-4)
+
+
+def test_the_readmes_example_names_a_config_that_validates():
+    """The README's Python example: every ``api.run(...)`` call of it takes a config that loads
+    (its arguments are literals), as test_readme checks the documented commands."""
+    import ast
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (example,) = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    calls = [node for node in ast.walk(ast.parse(example)) if isinstance(node, ast.Call)
+             and ast.unparse(node.func) == "api.run"]
+    assert calls, "the README's example runs nothing"
+    for call in calls:
+        api.resolve_config(*(ast.literal_eval(arg) for arg in call.args))  # ConfigError if it does not load
