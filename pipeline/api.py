@@ -130,7 +130,7 @@ class RunResult:
 
 
 def run(config: Config, overrides: Mapping[str, Any] | Iterable[str] | None = None, until: str = "benchmark",
-        force: Iterable[str] = ()) -> RunResult:
+        force: str | Iterable[str] = ()) -> RunResult:
     """Run a distillation up to and including ``until``, reusing finished stages (``distill run``).
 
     Args:
@@ -139,7 +139,7 @@ def run(config: Config, overrides: Mapping[str, Any] | Iterable[str] | None = No
             scalars), as ``distill run --set``; not with a validated config.
         until: the last stage to run (:data:`pipeline.stages.STAGE_NAMES`); stages the config has
             no section for are skipped.
-        force: stages to redo even when fresh (those after them are redone too).
+        force: a stage or stages to redo even when fresh (those after them are redone too).
 
     Returns:
         The :class:`RunResult`.
@@ -159,7 +159,7 @@ def run(config: Config, overrides: Mapping[str, Any] | Iterable[str] | None = No
     with isolated(cfg) as log_file:
         from pipeline.runner import run_pipeline  # after the log setup: the stages' imports log
 
-        manifests = run_pipeline(cfg, until=until, force=tuple(force))
+        manifests = run_pipeline(cfg, until=until, force=(force,) if isinstance(force, str) else tuple(force))
     return read_result(cfg, manifests, before, log_file)
 
 

@@ -1,7 +1,7 @@
 """The import-direction contracts of pyproject.toml ([tool.importlinter]) hold, and they bite.
 
 Between packages, pipeline > compress > students | teachers > core: a package imports only the
-ones below it, and students and teachers import neither each other. Inside pipeline, cli > runner >
+ones below it, and students and teachers import neither each other. Inside pipeline, cli > api > runner >
 stages > the shared libraries (training, evaluation, labeling, observability, tasks) > textdata >
 config, artifacts and ray_address; and no stage imports another stage.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "teachers", "students", "compress", "pipeline")
 PIPELINE_PACKAGES = ("cli", "stages", "training", "evaluation", "labeling", "observability", "textdata", "config")
-PIPELINE_MODULES = ("runner", "tasks", "artifacts", "ray_address")
+PIPELINE_MODULES = ("api", "runner", "tasks", "artifacts", "ray_address")
 STAGES = ("data", "finetune", "label", "train", "evaluate", "prune", "export", "quantize", "benchmark")
 
 
