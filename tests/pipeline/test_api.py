@@ -166,3 +166,25 @@ def test_the_readmes_example_names_a_config_that_validates():
     assert calls, "the README's example runs nothing"
     for call in calls:
         api.resolve_config(*(ast.literal_eval(arg) for arg in call.args))  # ConfigError if it does not load
+
+
+def test_a_tagger_gives_each_word_the_tag_of_its_own_word_logits(tmp_path, tiny_token_teacher_dir):
+    """A token task's model (the tiny token teacher, as a run's finetune stage leaves it) takes word
+    lists and tags every word as the evaluate stage's WordTagger does (its first sub-token)."""
+    import shutil
+
+    from pipeline.evaluation.scoring import teacher_model
+
+    tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    folder = shutil.copytree(tiny_token_teacher_dir, tmp_path / "ner" / "finetune" / "teacher")
+    (tmp_path / "ner" / "config.yaml").write_text(yaml.safe_dump(
+        {"name": "ner", "data": {"task": "token", "labels": tags}, "teacher": {"max_length": 16}}))
+    sentences = [["John", "lives", "in", "Paris"], ["Acme", "hired", "Mary"]]
+    predictions = api.load_student(folder).predict(sentences)
+    model, featurize, _ = teacher_model(folder, 16, "token")
+    with torch.no_grad():
+        logits = model(**featurize(sentences)).logits  # [2, 4, 7]: words of the longer sentence
+    assert [p.words for p in predictions] == [tuple(words) for words in sentences]
+    for prediction, words, row in zip(predictions, sentences, logits.argmax(-1).tolist()):
+        assert list(prediction.tags) == [tags[i] for i in row[:len(words)]]
+        assert all(sum(p.values()) == pytest.approx(1, abs=1e-6) for p in prediction.probabilities)
