@@ -113,6 +113,8 @@ SHIP_SMOKE = [
     "benchmark.warmup=2", "benchmark.latency_rows=10", "benchmark.throughput_runs=1", "benchmark.threads=[1]",
     "data.dev.limit=200",  # every variant is scored on the dev split
     "prune.models=[kd]", "tracking.mode=disabled",  # the teacher's pruning is tests/pipeline/test_prune.py's
+    # the ExecuTorch int8 lowerings (about a minute each, eight here) are test_quantize_executorch_stage.py's
+    "quantize.methods=[dynamic_int8,static_int8,fp16,torch_dynamic_int8]",
 ]
 
 
