@@ -2,7 +2,7 @@
 
 For each fp32 variant of the export stage, the file is first checked again against its PyTorch
 model (a file changed since export fails here, naming it), then written as each method of
-``quantize.methods`` made for its backend (:data:`BACKENDS`): an ONNX file to
+``quantize.methods`` made for its backend (:data:`METHODS`): an ONNX file to
 ``quantize/<model>-<suffix>/model.onnx`` with :mod:`compress.quantize` (ONNX Runtime's dynamic
 int8, static int8 in QDQ calibrated on ``quantize.calibration_rows`` transfer-set rows, fp16
 weights), an ExecuTorch program to ``quantize/<model>-<suffix>/model.pte`` with
@@ -20,6 +20,7 @@ import io
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,18 +41,24 @@ from pipeline.evaluation.variants import VariantMeta, stage_variants, variant_fo
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"dynamic_int8": "int8-dynamic", "static_int8": "int8-static", "fp16": "fp16",
-              "torch_dynamic_int8": "int8-dynamic", "executorch_dynamic_int8": "int8-dynamic",
-              "executorch_static_int8": "int8-static"}
-"""Quantize method -> the precision of its variants."""
-SUFFIXES = {"dynamic_int8": "int8-dynamic", "static_int8": "int8-static", "fp16": "fp16",
-            "torch_dynamic_int8": "torch-int8-dynamic", "executorch_dynamic_int8": "executorch-int8-dynamic",
-            "executorch_static_int8": "executorch-int8-static"}
-"""Quantize method -> its variant folder's suffix, ``quantize/<model>-<suffix>/``."""
-BACKENDS = {"dynamic_int8": "onnxruntime", "static_int8": "onnxruntime", "fp16": "onnxruntime",
-            "torch_dynamic_int8": "onnxruntime", "executorch_dynamic_int8": "executorch",
-            "executorch_static_int8": "executorch"}
-"""Quantize method -> the backend of the fp32 exports it starts from."""
+class Method(NamedTuple):
+    """What a quantize method makes: the precision of its variants, their folder suffix
+    (``quantize/<model>-<suffix>/``) and the backend of the fp32 exports it starts from."""
+
+    precision: str
+    suffix: str
+    backend: str
+
+
+METHODS = {
+    "dynamic_int8": Method("int8-dynamic", "int8-dynamic", "onnxruntime"),
+    "static_int8": Method("int8-static", "int8-static", "onnxruntime"),
+    "fp16": Method("fp16", "fp16", "onnxruntime"),
+    "torch_dynamic_int8": Method("int8-dynamic", "torch-int8-dynamic", "onnxruntime"),
+    "executorch_dynamic_int8": Method("int8-dynamic", "executorch-int8-dynamic", "executorch"),
+    "executorch_static_int8": Method("int8-static", "executorch-int8-static", "executorch"),
+}
+"""Quantize method (``quantize.methods``) -> what it makes."""
 FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
 """Export backend -> its ``export.formats`` name, which :func:`compress.parity.check_parity` takes too."""
 CALIBRATION_BATCH = 32
@@ -98,7 +105,7 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                      atol=cfg.export.atol if cfg.export else ExportConfig().atol)
         example = featurize(texts[:EXPORT_ROWS], pairs[:EXPORT_ROWS] if pairs else None)  # the export's
         for method in methods[parent.backend]:
-            out_folder = variant_folder(run_dir, "quantize", parent.model, SUFFIXES[method])
+            out_folder = variant_folder(run_dir, "quantize", parent.model, METHODS[method].suffix)
             meta, report = quantize_variant(run_dir, parent, model, method, cfg, featurize, calibration, out_folder,
                                             example)
             torch_dynamic = meta.backend == "pytorch"
@@ -126,11 +133,11 @@ def methods_by_backend(methods: list[str], exported: set[str]) -> dict[str, list
     ``exported``); each other method is skipped with an info line naming the missing format."""
     kept: dict[str, list[str]] = {}
     for method in methods:
-        if BACKENDS[method] in exported:
-            kept.setdefault(BACKENDS[method], []).append(method)
+        if METHODS[method].backend in exported:
+            kept.setdefault(METHODS[method].backend, []).append(method)
         else:
             log.info("quantize: skipping %s: the export stage wrote no %s file (add it to export.formats)", method,
-                     FORMATS[BACKENDS[method]])
+                     FORMATS[METHODS[method].backend])
     return kept
 
 
@@ -143,7 +150,7 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
 
     Args:
         run_dir: the run. parent: the fp32 variant of the method's backend. model: its PyTorch model.
-        method: a :data:`PRECISIONS` key. cfg: the run config (``quantize`` section).
+        method: a :data:`METHODS` key. cfg: the run config (``quantize`` section).
         featurize: the model's featurizer (:func:`compress.traceable.model_featurizer`).
         calibration: transfer-set texts and pairs for static int8.
         folder: the variant folder (``quantize/<model>-<suffix>/``).
@@ -163,7 +170,7 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
                                         calibration=cfg.quantize.calibration, per_channel=cfg.quantize.per_channel)
     elif method == "fp16":
         settings = convert_fp16(source, out)
-    elif BACKENDS[method] == "executorch":
+    elif METHODS[method].backend == "executorch":
         mode, out = method.split("_")[1], folder / "model.pte"
         settings = quantize_executorch(model, out, example, mode, calibration_batches(featurize, *calibration)
                                        if mode == "static" else None, fixed_length=parent.settings["fixed_length"],
@@ -172,9 +179,9 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
         return torch_dynamic_meta(parent, model), {
             "size_mb": round(serialized_mb(quantize_torch_dynamic(model)), 3), "op_types": ["Linear", "LSTM"],
             "fused": {}}
-    backend = BACKENDS[method]
-    meta = VariantMeta(name=f"{parent.model}/{backend}-{PRECISIONS[method]}", model=parent.model, backend=backend,
-                       precision=PRECISIONS[method], file=run_dir.relative(out), source=parent.source,
+    backend = METHODS[method].backend
+    meta = VariantMeta(name=f"{parent.model}/{backend}-{METHODS[method].precision}", model=parent.model, backend=backend,
+                       precision=METHODS[method].precision, file=run_dir.relative(out), source=parent.source,
                        parent=parent.name, method="quantize", family=parent.family,
                        input_names=parent.input_names, settings=settings)
     return meta, {"size_mb": round(out.stat().st_size / 2**20, 3), "op_types": settings.get("op_types", []),
