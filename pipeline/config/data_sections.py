@@ -65,9 +65,12 @@ class DataConfig(Section):
     plus the rows of ``unlabeled`` (hard labels dropped), as in Tang et al. (2019). With
     ``text_pair_column`` every row is a sentence pair (text, text_pair).
 
-    ``task: token`` is word tagging (NER): every split is a CoNLL-format file
-    (:mod:`pipeline.textdata.conll`), ``labels`` is the tag set (IOB2, e.g. ``CONLL2003_TAGS``) and the
-    column settings are not used.
+    ``task: token`` is word tagging (NER): every split is a file of one word per line, ``TOKEN TAG``
+    or CoNLL-2003's columns (:mod:`pipeline.textdata.conll`), ``labels`` is the tag set (IOB2, e.g.
+    ``CONLL2003_TAGS``), ``tag_column`` the field of the tag, and the column settings are not used.
+
+    ``metric`` is the task's score (:func:`pipeline.evaluation.scoring.score`): it picks the students' best epoch and heads
+    the evaluate report, accuracy beside it.
     """
 
     root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
@@ -95,6 +98,14 @@ class DataConfig(Section):
                                   "[World, Sports, Business, Sci/Tech]); a file value may be the label or this")
     label_names: list[str] | None = None
     augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
+    tag_column: int = Field(
+        default=-1, description="token tasks: the field of a line that holds the tag, 0-based, negative from the "
+                                "end (-1: the last, as in TOKEN TAG and CoNLL-2003's TOKEN POS CHUNK TAG)")
+    metric: Literal["accuracy", "f1", "macro_f1", "matthews", "entity_f1"] | None = Field(
+        default=None, description="the task's score, which picks the best epoch and heads the report: accuracy; "
+                                  "f1 of the positive class (labels[1], two labels only); macro_f1; matthews "
+                                  "(correlation); entity_f1 (token tasks, their only one). None: accuracy, or "
+                                  "entity_f1 for token tasks")
 
     @model_validator(mode="after")
     def _names_match(self) -> "DataConfig":
@@ -117,6 +128,10 @@ class DataConfig(Section):
             if bad:
                 raise ValueError(f"a token task's labels are IOB2 tags ('O', 'B-TYPE', 'I-TYPE'); got {bad}")
         return self
+
+    def scored_metric(self) -> str:
+        """The task's metric: ``metric``, or when left out ``accuracy`` (``entity_f1`` for token tasks)."""
+        return self.metric or ("entity_f1" if self.task == "token" else "accuracy")
 
     def resolved_root(self) -> Path:
         """The folder relative paths resolve against: ``root``, ``$DISTILL_DATA_DIR`` or ``../shared/data``."""

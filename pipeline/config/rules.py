@@ -30,7 +30,8 @@ from core.config import Section
 from core.errors import ConfigError
 from core.hf_checkpoint import load_tokenizer
 from pipeline.config.compress_sections import PruneConfig
-from pipeline.config.sections import PRUNABLE_FAMILIES, AugmentConfig, MultiTaskRunConfig, RunConfig, TrainConfig
+from pipeline.config.sections import (PRUNABLE_FAMILIES, AugmentConfig, DataConfig, MultiTaskRunConfig, RunConfig,
+                                      TrainConfig)
 from students.registry import FAMILIES
 from students.terms import TERMS, LossConfig, layer_terms, teacher_layers, width_problem
 from teachers.catalog import CATALOG
@@ -73,10 +74,10 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     if family in MULTI_TASK_FAMILIES:
         return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
                 "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
+    problems = data_problems(cfg.data)
     if cfg.data.task == "sequence":
-        return [f"train.student.family: {family} tags words; it needs data.task: token, or use "
-                f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else []
-    problems = []
+        return problems + ([f"train.student.family: {family} tags words; it needs data.task: token, or use "
+                            f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else [])
     if family not in TAGGER_FAMILIES:
         problems.append(f"train.student.family: {family} classifies sentences, but data.task is token; use "
                         f"{' or '.join(TAGGER_FAMILIES)}")
@@ -87,6 +88,27 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
                  if value]
     return problems
+
+
+def data_problems(data: DataConfig) -> list[str]:
+    """``data.metric`` and ``data.tag_column`` against ``data.task`` and the label count, as
+    ``field: problem; fix`` lines: a token task is scored by entity F1 alone and a sequence task
+    never by it; ``f1`` (of the positive class, ``labels[1]``) needs two labels; the tag is not
+    in the word's field."""
+    metric = data.scored_metric()
+    if data.task == "token":
+        problems = [] if metric == "entity_f1" else [
+            f"data.metric: {metric} scores sentence labels; a token task is scored by entity_f1; remove data.metric"]
+        if data.tag_column == 0:
+            problems.append("data.tag_column: 0 is the word's field; give the tag's field (0-based, -1 the last)")
+        return problems
+    if metric == "entity_f1":
+        return ["data.metric: entity_f1 scores word tags, but data.task is sequence; use accuracy, f1, macro_f1 or "
+                "matthews"]
+    if metric == "f1" and len(data.labels) != 2:
+        return [f"data.metric: f1 is the F1 of the positive class (data.labels[1]) of a two-label task, but "
+                f"data.labels has {len(data.labels)}; use macro_f1 or matthews"]
+    return []
 
 
 def config_problems(cfg: RunConfig | MultiTaskRunConfig) -> list[str]:

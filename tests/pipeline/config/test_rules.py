@@ -117,6 +117,18 @@ RULES = {
     "multi-task student on layer terms": (
         {"name": "mt", "tasks": {"a": "runs/a"}, "train": {"loss": {"hidden": {"layer_map": {1: 1}}}}},
         r"train\.loss\.hidden needs a transformer student .*, not multitask_lstm"),
+    "f1 of the positive class with three labels": (
+        changed(BILSTM_RUN, ("data.labels", [0, 1, 2]), ("data.metric", "f1")),
+        r"data\.metric: f1 is the F1 of the positive class \(data\.labels\[1\]\) of a two-label task, but "
+        r"data\.labels has 3; use macro_f1 or matthews$"),
+    "a sentence metric on a token task": (
+        changed(TOKEN_RUN, ("data.metric", "accuracy")),
+        r"data\.metric: accuracy scores sentence labels; a token task is scored by entity_f1; remove data\.metric$"),
+    "entity F1 on a sequence task": (
+        changed(BILSTM_RUN, ("data.metric", "entity_f1")),
+        r"data\.metric: entity_f1 scores word tags, but data\.task is sequence; use accuracy, f1, macro_f1 or "),
+    "the tag in the word's field": (
+        changed(TOKEN_RUN, ("data.tag_column", 0)), r"data\.tag_column: 0 is the word's field; give the tag's field"),
     "multi-task student on several workers": (
         {"name": "mt", "tasks": {"a": "runs/a"}, "train": {"num_workers": 2}},
         r"train\.num_workers must be 1 for a multi-task student .*; set train\.num_workers: 1"),
@@ -130,6 +142,14 @@ def test_a_config_that_breaks_a_rule_is_refused_when_read(rule):
         validate_config(raw, "c.yaml")
     assert str(err.value).startswith("c.yaml: ") and "\n" not in str(err.value)
     assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_the_metric_left_out_follows_the_task():
+    assert validate_config(BILSTM_RUN).data.scored_metric() == "accuracy"
+    assert validate_config(TOKEN_RUN).data.scored_metric() == "entity_f1"
+    assert validate_config(changed(BILSTM_RUN, ("data.metric", "f1"))).data.scored_metric() == "f1"
+    three = changed(BILSTM_RUN, ("data.labels", [0, 1, 2]))
+    assert validate_config(changed(three, ("data.metric", "macro_f1"))).data.scored_metric() == "macro_f1"
 
 
 def test_several_broken_rules_are_listed_a_line_each():
