@@ -15,6 +15,7 @@
     distill bench readback CONFIG [--set key=value ...]
     distill bench latency CONFIG [--set key=value ...]
     distill sweep CONFIG --set-grid train.key=v1,v2,... [--set-grid ...] [--set key=value ...] [--metric NAME]
+    distill predict BUNDLE ["text" ...] [--file F] [--artifact NAME] [--check [--dev FILE]]
 
 CONFIG is a preset name (``distill presets`` lists them) or a YAML file. A known error
 (bad config, bad data, missing artifact) prints one line and exits with code 2; Ctrl-C prints
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--out", help="random: the folder to write (a teacher.model for an SST-2 config)")
     for size in ("layers", "hidden"):  # tests make a tiny teacher through the command
         teacher.add_argument(f"--{size}", type=int, help=argparse.SUPPRESS)
+    predict_parser(commands.add_parser("predict", help="a shipped bundle (runs/NAME/ship/MODEL) on raw texts: label "
+                                                      "and probabilities; --check: every artifact against PyTorch"))
     bench_parsers(commands.add_parser("bench", help="measure a stage against a named baseline; prints a table, "
                                                     "writes JSON"))
     sweep = config_arguments(commands.add_parser(
@@ -117,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--metric", default=None, help="dev score to rank by: accuracy (sequence tasks; the default) "
                                                       "or entity_f1 (the default), entity_precision, entity_recall")
     return parser
+
+
+def predict_parser(predict: argparse.ArgumentParser) -> None:
+    """``distill predict``'s arguments (:mod:`pipeline.cli.predict`)."""
+    predict.add_argument("bundle", help="a bundle folder, runs/NAME/ship/MODEL")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--file", help="a text file, one text a line")
+    predict.add_argument("--artifact", help="the artifact's path in the bundle (bundle.json lists them; default the "
+                                            "first, the fastest Pareto pick)")
+    predict.add_argument("--check", action="store_true", help="run every artifact on the dev split: agreement with "
+                                                              "the PyTorch model (exit 1 under 99.5%%) and tokenizer ids")
+    predict.add_argument("--dev", help="--check on this split file (parquet) instead of the run's data/dev")
 
 
 def bench_parsers(bench: argparse.ArgumentParser) -> None:
@@ -166,6 +181,10 @@ def run_command(args: argparse.Namespace, logs: contextlib.ExitStack) -> int:
             return run_sweep(args, logs)
         if args.command in ("status", "logs"):
             return follow_job(args)
+        if args.command == "predict":
+            from pipeline.cli.predict import run_predict
+
+            return run_predict(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             from pipeline.tasks import check_before_stages

@@ -43,6 +43,7 @@ from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import BenchmarkConfig
 from pipeline.config.sections import RunConfig
 from pipeline.config.sections import task_kind
+from pipeline.evaluation.bundle import write_bundles
 from pipeline.evaluation.scoring import Split, batch1_features, dev_metric_name, predict_with, read_split, score
 from pipeline.tasks import tag_names
 from pipeline.evaluation.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
@@ -61,10 +62,12 @@ PARETO_PNG = "pareto.png"
 
 
 def run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
-    """Measure every variant of a run whose earlier stages are finished; draw the Pareto plot.
+    """Measure every variant of a run whose earlier stages are finished; draw the Pareto plot;
+    write a bundle per shipped model (:func:`pipeline.evaluation.bundle.write_bundles`).
 
     Returns:
-        the summary of :func:`measure_run`, plus ``pareto_png`` (relative to the run folder).
+        the summary of :func:`measure_run`, plus ``pareto_png`` (relative to the run folder) and
+        ``bundles`` ({model: ``ship/<model>``}).
 
     Raises:
         ArtifactError: a variant's file is missing or corrupted (naming it), or the dev split is missing.
@@ -72,7 +75,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     """
     summary = measure_run(cfg, run_dir)
     png = write_pareto(summary, run_dir.stage_dir("benchmark") / PARETO_PNG)
-    return {**summary, "pareto_png": str(png.relative_to(run_dir.root))}
+    bundles = write_bundles(cfg, run_dir, summary, latency_key(summary["machine"]["threads"]))
+    return {**summary, "pareto_png": str(png.relative_to(run_dir.root)), "bundles": bundles}
 
 
 def bench_latency(cfg: RunConfig, out_file: Path) -> dict[str, Any]:
