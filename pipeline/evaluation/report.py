@@ -30,8 +30,10 @@ def render(name: str, metrics: dict[str, Any]) -> str:
     and benchmark stages when they ran (:mod:`pipeline.evaluation.report_compress`).
 
     One task (a single-task run, whose evaluate manifest has no ``tasks``): one table of every
-    model's scores, size and latency, and the data sizes. Several (``tasks``): each task's scores
-    per model beside its teacher, then the students' size and latency.
+    model's scores, size and latency, the trivial baseline's scores, and the data sizes. Several
+    (``tasks``): each task's scores per model beside its teacher and its trivial baseline, then the
+    students' size and latency. A flagged student (one that learned almost nothing,
+    :mod:`pipeline.evaluation.baseline`) is marked in the tables.
     """
     evaluation = metrics["evaluate"]
     hardware = evaluation["hardware"]
@@ -62,9 +64,13 @@ def one_task_tables(evaluation: dict[str, Any], data: dict[str, Any], hardware_l
     for key, row in models.items():
         latency = row["latency"]
         scores = " | ".join(f"{row[k]:.4f}" for k in keys)
-        lines.append(f"| {MODEL_TITLES.get(key, key)} | {scores} | {row['parameters']:,} | "
+        lines.append(f"| {MODEL_TITLES.get(key, key)}{flag_mark(row.get('flag'))} | {scores} | {row['parameters']:,} | "
                      f"{row['size_mb']:.1f} | {latency['p50_ms']:.2f} | {latency['p99_ms']:.2f} | "
                      f"{teacher_p50 / latency['p50_ms']:.1f}x |")
+    if "baseline" in evaluation:  # manifests written before the baseline existed have none
+        baseline = evaluation["baseline"]
+        lines.append(f"| {baseline_title(baseline)} | {' | '.join(f'{baseline[k]:.4f}' for k in keys)} |"
+                     + " - |" * 5)
     transfer = data["transfer"]
     unlabeled = transfer.get("unlabeled_rows", transfer["label_counts"].get("-1", 0))  # the key is newer than runs
     return lines + ["", f"Labeled train rows: {data['train']['rows']}; transfer set: {transfer['rows']} rows "
@@ -74,12 +80,15 @@ def one_task_tables(evaluation: dict[str, Any], data: dict[str, Any], hardware_l
 def tasks_tables(evaluation: dict[str, Any]) -> list[str]:
     """A multi-task run's lines: every task's scores (teacher, KD student, CE-only student), then
     the students' size and batch-1 latency on the first task."""
-    lines = ["| task | score | teacher | student, KD | student, CE only |", "|---|---|---|---|---|"]
+    lines = ["| task | score | teacher | student, KD | student, CE only | trivial baseline |",
+             "|---|---|---|---|---|---|"]
     for task, results in evaluation["tasks"].items():
+        flags, baseline = results.get("flags", {}), results.get("baseline", {})
         for key in results["score_keys"]:
             teacher = results["teacher"].get(key) if results["teacher"] else None
             cells = [f"{teacher:.4f}" if teacher is not None else "-",
-                     *(f"{results[kind][key]:.4f}" if kind in results else "-" for kind in STUDENT_MODELS)]
+                     *(f"{results[kind][key]:.4f}{flag_mark(flags.get(kind))}" if kind in results else "-"
+                       for kind in STUDENT_MODELS), f"{baseline[key]:.4f}" if key in baseline else "-"]
             lines.append(f"| {task} | {key.replace('_', ' ')} | {' | '.join(cells)} |")
     lines += ["", f"Batch-1 latency on {evaluation['latency_task']} dev rows.", "",
               "| model | parameters | size (MB) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|"]
@@ -87,6 +96,17 @@ def tasks_tables(evaluation: dict[str, Any]) -> list[str]:
         lines.append(f"| {MODEL_TITLES[kind]} | {row['parameters']:,} | "
                      f"{row['size_mb']:.1f} | {row['latency']['p50_ms']:.2f} | {row['latency']['p99_ms']:.2f} |")
     return lines
+
+
+def flag_mark(flag: str | None) -> str:
+    """The marker after a flagged student's name or score in a table (:mod:`pipeline.evaluation.baseline`):
+    " **[flagged: <why>]**", or "" when it is not flagged."""
+    return f" **[flagged: {flag}]**" if flag else ""
+
+
+def baseline_title(baseline: dict[str, Any]) -> str:
+    """The model cell of the trivial baseline's row: "trivial baseline (majority class: 1)"."""
+    return f"trivial baseline ({baseline['rule']})"
 
 
 def score_title(key: str) -> str:

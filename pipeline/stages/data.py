@@ -243,10 +243,11 @@ def read_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datase
 
 
 def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) -> datasets.Dataset:
-    """Read one CoNLL-format split of a token task into a table with columns ``id, tokens, tags``.
+    """Read one split of a token task (a file of one word per line, :mod:`pipeline.textdata.conll`)
+    into a table with columns ``id, tokens, tags``.
 
     Args:
-        data: the data section (label set, root folder).
+        data: the data section (label set, ``tag_column``, root folder).
         split: which file, and which sentences (``skip``, ``limit``); hub splits are not supported.
         labeled: whether to keep the tags; an unlabeled split's rows get ``tags = []``.
 
@@ -259,7 +260,7 @@ def read_tagged_split(data: DataConfig, split: SplitConfig, *, labeled: bool) ->
     if path is None:
         raise DataError(Path(f"{split.hub}:{split.hub_split}"), "token tasks read CoNLL-format files; give the "
                                                                 "split a local path instead of hub")
-    table = read_conll(path, [str(tag) for tag in data.labels])
+    table = read_conll(path, [str(tag) for tag in data.labels], data.tag_column)
     stop = len(table) if split.limit is None else min(len(table), split.skip + split.limit)
     if split.skip >= stop:
         raise DataError(path, f"no sentences left after skip={split.skip} (the file has {len(table)}); "

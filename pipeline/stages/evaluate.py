@@ -9,7 +9,10 @@ the run's tasks (:func:`pipeline.tasks.run_tasks`): a single-task run's own, or 
 run's of a multi-task run, whose teachers were measured by their own runs. Sequence tasks are
 scored by accuracy; token tasks by entity-level F1, precision and recall
 (:mod:`pipeline.evaluation.entity_metrics`), the teacher tagging each word with its first
-sub-token (:class:`teachers.token_alignment.WordTagger`).
+sub-token (:class:`teachers.token_alignment.WordTagger`). Beside them, each task's trivial
+baseline (the train split's majority label for every row or word), scored alike; a student at
+or below it, or under a quarter of its teacher's dev score, is flagged and warned about
+(:mod:`pipeline.evaluation.baseline`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from torch import nn
 from compress.latency import LATENCY_ROWS, measure as measure_latency
 from core.errors import ArtifactError
 from pipeline.artifacts import RunDir
-from pipeline.config.sections import EvaluateConfig, MultiTaskRunConfig, RunConfig
-from pipeline.evaluation.scoring import (Split, batch1_features, featurize_for, logits_of, predict, read_split, score,
-                                         teacher_model)
+from pipeline.config.sections import EvaluateConfig, MultiTaskRunConfig, RunConfig, TrainConfig
+from pipeline.evaluation.baseline import advice, baseline_scores, flag_students, warning
+from pipeline.evaluation.scoring import (Split, batch1_features, dev_metric_name, featurize_for, logits_of, predict,
+                                         read_split, score, teacher_model)
 from pipeline.tasks import Task, run_tasks
 from students.base import META_FILE, Student
 from students.registry import load_student
@@ -51,11 +55,13 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         "score_keys", "models": {"teacher"|"kd"|"ce_only": metrics}}``; ``score_keys`` lists the
         score entries of each metrics dict, ``<split>_<score>`` with the scores of :func:`score`
         (``dev_accuracy``; ``dev_entity_f1``, ``test_entity_f1``, ...), and each metrics dict
-        also holds ``parameters``, ``size_mb`` and ``latency`` (see :func:`measure`).
+        also holds ``parameters``, ``size_mb`` and ``latency`` (see :func:`measure`), and a
+        flagged student's ``flag`` (:func:`flagged`); ``baseline`` is the task's trivial baseline,
+        ``{"rule", <score key>: value}`` (:func:`pipeline.evaluation.baseline.baseline_scores`).
         For named tasks: ``{"tasks": {task: {"kind", "score_keys", "teacher": {score: value} or
-        None, "kd"/"ce_only": {score: value}}}, "models": {kind: {"parameters", "size_mb",
-        "latency"}}, "latency_task", "hardware"}``; the teacher's scores are None when its run
-        has not been evaluated.
+        None, "kd"/"ce_only": {score: value}, "baseline", "flags": {student: flag}}}, "models":
+        {kind: {"parameters", "size_mb", "latency"}}, "latency_task", "hardware"}``; the
+        teacher's scores are None when its run has not been evaluated.
 
     Raises:
         ArtifactError: a multi-task run has no KD student (run the train stage first), or a
@@ -72,6 +78,11 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
     splits = {task.name: task_splits(task) for task in tasks}
     scores = {task.name: {name: task_scores(name, model, featurize_for(featurize, task.name), splits[task.name], task)
                           for name, (model, featurize, _) in models.items()} for task in tasks}
+    teachers = {task.name: teacher_scores(task, scores[task.name]) for task in tasks}
+    baselines = {task.name: baseline_scores(read_split(task.run_dir.split_file("train"), task.kind).gold,
+                                            splits[task.name], task.cfg.data.labels, task.tag_names) for task in tasks}
+    flags = {task.name: flagged(task, scores[task.name], baselines[task.name], teachers[task.name], cfg.train)
+             for task in tasks}
     first = tasks[0]
     measured = {name: measure(model, featurize_for(featurize, first.name), folder, splits[first.name]["dev"],
                               cfg.evaluate) for name, (model, featurize, folder) in models.items()}
@@ -80,9 +91,11 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
                  row["latency"]["p50_ms"])
     if first.name is None:
         return {**{f"{name}_rows": len(split.texts) for name, split in splits[None].items()}, "hardware": hardware(),
-                "score_keys": list(next(iter(scores[None].values()))),
-                "models": {name: {**scores[None][name], **measured[name]} for name in models}}
-    return {"tasks": {task.name: named_task_results(task, scores[task.name]) for task in tasks},
+                "score_keys": list(next(iter(scores[None].values()))), "baseline": baselines[None],
+                "models": {name: {**scores[None][name], **measured[name],
+                                  **({"flag": flags[None][name]} if name in flags[None] else {})} for name in models}}
+    return {"tasks": {task.name: {**named_task_results(task, scores[task.name], teachers[task.name]),
+                                  "baseline": baselines[task.name], "flags": flags[task.name]} for task in tasks},
             "models": measured, "latency_task": first.name, "hardware": hardware()}
 
 
@@ -109,13 +122,33 @@ def task_scores(name: str, model: nn.Module, featurize: Callable, splits: dict[s
     return scores
 
 
-def named_task_results(task: Task, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+def teacher_scores(task: Task, scores: dict[str, dict[str, float]]) -> dict[str, float | None] | None:
+    """The teacher's scores on a task: this run's (``scores["teacher"]``), else, for a multi-task
+    run's task, its source run's evaluate stage's (None when that has not run)."""
+    if "teacher" in scores:
+        return scores["teacher"]
+    teacher = task.run_dir.manifest("evaluate")
+    return {key: teacher["models"]["teacher"].get(key) for key in scores["kd"]} if teacher else None
+
+
+def flagged(task: Task, scores: dict[str, dict[str, float]], baseline: dict[str, Any],
+            teacher: dict[str, float | None] | None, train: TrainConfig) -> dict[str, str]:
+    """The task's students that learned (almost) nothing, ``{student: flag}``
+    (:func:`pipeline.evaluation.baseline.flag_students` on the run's dev metric), each warned about
+    on the console with the likely causes and the settings to try."""
+    key = f"dev_{dev_metric_name(task.tag_names)}"
+    flags = flag_students(scores, baseline, teacher, key)
+    for name, reason in flags.items():
+        log.warning("%s %s", warning(name, task.name, key, scores[name], reason, baseline, teacher),
+                    advice(name, train, task.cfg.data.augment, task.tag_names is not None))
+    return flags
+
+
+def named_task_results(task: Task, scores: dict[str, dict[str, float]],
+                       teacher: dict[str, float | None] | None) -> dict[str, Any]:
     """One task of a multi-task run: ``{"kind", "kd"/"ce_only": scores, "score_keys", "teacher"}``;
     the teacher's scores are its source run's evaluate stage's (None when that has not run)."""
-    keys = list(scores["kd"])
-    teacher = task.run_dir.manifest("evaluate")
-    return {"kind": task.kind.value, **scores, "score_keys": keys,
-            "teacher": {key: teacher["models"]["teacher"].get(key) for key in keys} if teacher else None}
+    return {"kind": task.kind.value, **scores, "score_keys": list(scores["kd"]), "teacher": teacher}
 
 
 def measure(model: nn.Module, featurize: Callable, folder: Path, dev: Split, cfg: EvaluateConfig) -> dict[str, Any]:

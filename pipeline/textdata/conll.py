@@ -1,9 +1,12 @@
-"""Reading CoNLL-2003-format files (one token per line) into tagged-sentence tables.
+"""Reading token-task files (one word per line) into tagged-sentence tables.
 
-The format: one token per line, whitespace-separated fields of which the first is the token
-and the last its tag (``TOKEN POS NER`` here, ``TOKEN POS CHUNK NER`` in the original release);
-a blank line ends a sentence. ``-DOCSTART-`` lines, the original release's document
-boundaries, are skipped. Tags are IOB2 over PER/LOC/ORG/MISC.
+The forms read: one word per line, its fields separated by a tab (then a field may hold
+spaces) or by spaces, the first field the word and the tag in the last field (or in field
+``tag_column``, 0-based, negative from the end): two columns ``TOKEN TAG`` (the common
+``TOKEN<TAB>TAG`` of WNUT and many NER sets), ``TOKEN POS NER`` (the copy in ../shared/data)
+or CoNLL-2003's original ``TOKEN POS CHUNK NER``. A blank or whitespace-only line ends a
+sentence (several in a row end one); ``-DOCSTART-`` lines, the original release's document
+boundaries, are skipped. Tags are IOB2 (CoNLL-2003: PER/LOC/ORG/MISC).
 
 The result is a ``datasets.Dataset`` with columns::
 
@@ -42,20 +45,22 @@ def conll_features(tags: Sequence[str]) -> datasets.Features:
     })
 
 
-def read_conll(path: str | Path, tags: Sequence[str] = CONLL2003_TAGS) -> datasets.Dataset:
-    """Read a CoNLL-format file into a table of tagged sentences (columns: see the module docstring).
+def read_conll(path: str | Path, tags: Sequence[str] = CONLL2003_TAGS, tag_column: int = -1) -> datasets.Dataset:
+    """Read a token-task file into a table of tagged sentences (forms and columns: see the module docstring).
 
     Args:
-        path: the file, UTF-8, one ``TOKEN ... TAG`` line per word, blank lines between sentences.
+        path: the file, UTF-8, one ``TOKEN [...] TAG`` line per word, blank lines between sentences.
         tags: the label set; a word's tag id is its index here.
+        tag_column: the field that holds the tag, 0-based (negative: from the end); the default,
+            -1, is the last field of every form above. It may not name the word's field.
 
     Returns:
         A ``datasets.Dataset`` with one row per sentence, in file order.
 
     Raises:
-        DataError: the file is missing or empty; a line is not UTF-8, has fewer than 3 fields or
-            a tag outside ``tags``; two blank lines in a row make an empty sentence; the file
-            holds no sentence. The message names the file and the line number.
+        DataError: the file is missing or empty; a line is not UTF-8, has no field ``tag_column``
+            (or it is the word's), or has a tag outside ``tags``; the file holds no sentence. The
+            message names the file and the line number, and the fix.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,29 +71,19 @@ def read_conll(path: str | Path, tags: Sequence[str] = CONLL2003_TAGS) -> datase
     sentences: list[tuple[list[str], list[int]]] = []
     tokens: list[str] = []
     tag_row: list[int] = []
-    sentence_end = None  # number of the blank line that ended the last sentence, until a word line follows
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
-            fields = _decode(raw, path, number).split()
-            if fields and fields[0] == DOCSTART:
-                sentence_end = None  # the blank line after a document boundary ends no sentence
-                continue
-            if not fields:
+            fields = line_fields(_decode(raw, path, number))
+            if not fields or fields[0] == DOCSTART:  # a sentence's end, or a document boundary
                 if tokens:
                     sentences.append((tokens, tag_row))
-                    tokens, tag_row, sentence_end = [], [], number
-                elif sentence_end is not None:
-                    raise DataError(path, f"line {number}: empty sentence (blank lines {sentence_end} and "
-                                          f"{number} in a row); remove one of them")
+                    tokens, tag_row = [], []
                 continue
-            sentence_end = None
-            if len(fields) < 3:
-                raise DataError(path, f"line {number}: {len(fields)} field(s) {fields!r}, expected at least 3 "
-                                      f"(TOKEN POS TAG) separated by spaces")
-            tag = fields[-1]
+            tag = fields[_tag_index(fields, tag_column, path, number)]
             if tag not in tag_ids:
                 raise DataError(path, f"line {number}: tag {tag!r} is not in the label set {list(tags)}; "
-                                      f"fix the tag or configure the label set")
+                                      f"fix the tag, or set data.labels (or data.tag_column if the tag is "
+                                      f"in another column)")
             tokens.append(fields[0])
             tag_row.append(tag_ids[tag])
     if tokens:
@@ -98,6 +93,27 @@ def read_conll(path: str | Path, tags: Sequence[str] = CONLL2003_TAGS) -> datase
     return datasets.Dataset.from_dict(
         {"id": list(range(len(sentences))), "tokens": [s[0] for s in sentences], "tags": [s[1] for s in sentences]},
         features=conll_features(tags))
+
+
+def line_fields(line: str) -> list[str]:
+    """The fields of one line: split at tabs when it has one (a field may then hold spaces), else
+    at runs of spaces; [] for a blank or whitespace-only line."""
+    line = line.strip()
+    if "\t" in line:
+        return [field.strip() for field in line.split("\t")]
+    return line.split()
+
+
+def _tag_index(fields: list[str], tag_column: int, path: Path, number: int) -> int:
+    """The non-negative index of the tag among a line's ``fields``; DataError naming the line when
+    the line has no field ``tag_column`` or it is the word's."""
+    index = tag_column if tag_column >= 0 else len(fields) + tag_column
+    if index <= 0 or index >= len(fields):
+        raise DataError(path, f"line {number}: {len(fields)} field(s) {fields!r}, expected a word and its tag "
+                              f"(TOKEN TAG, or CoNLL-2003's TOKEN POS CHUNK TAG) separated by a tab or spaces, "
+                              f"the tag in field {tag_column} (data.tag_column, 0-based); fix the line or "
+                              f"data.tag_column")
+    return index
 
 
 def _decode(raw: bytes, path: Path, number: int) -> str:

@@ -104,6 +104,10 @@ CASES = {
                         r"override 'train\.epochs': expected dotted\.key=value"),
     "text_column and text_columns": (lambda ws: ws.run(data={"text_column": "s", "text_columns": ["a", "b"]}),
                                      r"data: Value error, give text_column .* or text_columns .*, not both"),
+    "f1 of the positive class on three labels": (
+        lambda ws: ["validate", ws.config(data={"labels": [0, 1, 2], "metric": "f1"})],
+        r"c\.yaml: data\.metric: f1 is the F1 of the positive class \(data\.labels\[1\]\) of a two-label task, but "
+        r"data\.labels has 3; use macro_f1 or matthews$"),
     "student that does not fit the task": (
         lambda ws: ws.run(data={"task": "token", "labels": ["O", "B-PER"]}),
         r"train\.student\.family: bilstm classifies sentences, but data\.task is token; use "),

@@ -55,8 +55,10 @@ def test_report_of_several_tasks_has_a_row_per_task_and_score(tmp_path):
     latency = {"p50_ms": 1.5, "p99_ms": 3.0, "mean_ms": 1.5}
     run.publish("train", "a", {"kd": {"best_dev_score": 0.9}}, 3.0)
     run.publish("evaluate", "b", {
-        "tasks": {"sst": {"kind": "sentence", "kd": {"dev_accuracy": 0.85}, "ce_only": {"dev_accuracy": 0.8},
-                          "score_keys": ["dev_accuracy"], "teacher": {"dev_accuracy": 0.9}},
+        "tasks": {"sst": {"kind": "sentence", "kd": {"dev_accuracy": 0.85}, "ce_only": {"dev_accuracy": 0.5},
+                          "score_keys": ["dev_accuracy"], "teacher": {"dev_accuracy": 0.9},
+                          "baseline": {"rule": "majority class: 1", "dev_accuracy": 0.51},
+                          "flags": {"ce_only": "at or below the trivial baseline"}},
                   "ner": {"kind": "token", "kd": {"dev_entity_f1": 0.7}, "score_keys": ["dev_entity_f1"],
                           "teacher": None}},
         "models": {"kd": {"parameters": 1234, "size_mb": 0.5, "latency": latency}},
@@ -64,8 +66,30 @@ def test_report_of_several_tasks_has_a_row_per_task_and_score(tmp_path):
     report.write(run, "mt", ["train", "evaluate"])
     lines = run.report_file.read_text().splitlines()
     assert lines[0] == "# Multi-task distillation report: mt"
-    assert "| sst | dev accuracy | 0.9000 | 0.8500 | 0.8000 |" in lines
-    assert "| ner | dev entity f1 | - | 0.7000 | - |" in lines
+    assert "| task | score | teacher | student, KD | student, CE only | trivial baseline |" in lines
+    assert ("| sst | dev accuracy | 0.9000 | 0.8500 | 0.5000 **[flagged: at or below the trivial baseline]** "
+            "| 0.5100 |") in lines
+    assert "| ner | dev entity f1 | - | 0.7000 | - | - |" in lines  # a manifest of before the baseline
     assert "Batch-1 latency on sst dev rows." in lines
     assert "| student, KD | 1,234 | 0.5 | 1.50 | 3.00 |" in lines
     assert lines[-2:] == ["| train | 3.0 |", "| evaluate | 2.0 |"]
+
+
+def test_report_and_metrics_show_the_trivial_baseline_and_flag_a_student_below_it(tmp_path):
+    run = RunDir(tmp_path)
+    run.publish("data", "a", {"train": {"rows": 10}, "transfer": {"rows": 30, "unlabeled_rows": 0,
+                                                                  "label_counts": {"0": 4, "1": 6}}}, 1.0)
+    flag = "at or below the trivial baseline"
+    run.publish("evaluate", "b", {"dev_rows": 5, "test_rows": 4, "score_keys": ["dev_accuracy", "test_accuracy"],
+                                  "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
+                                  "baseline": {"rule": "majority class: 1", "dev_accuracy": 0.6, "test_accuracy": 0.5},
+                                  "models": {"teacher": {**model(0.9, 1000, 8.0), "test_accuracy": 0.85},
+                                             "kd": {**model(0.6, 100, 2.0), "test_accuracy": 0.5, "flag": flag}}}, 2.0)
+    report.write(run, "demo", ["data", "evaluate"])
+    lines = run.report_file.read_text().splitlines()
+    assert "| teacher (fine-tuned) | 0.9000 | 0.8500 | 1,000 | 0.0 | 8.00 | 16.00 | 1.0x |" in lines
+    assert ("| student, KD **[flagged: at or below the trivial baseline]** | 0.6000 | 0.5000 | 100 | 0.0 | 2.00 | "
+            "4.00 | 4.0x |") in lines
+    assert "| trivial baseline (majority class: 1) | 0.6000 | 0.5000 | - | - | - | - | - |" in lines
+    models = read_json(run.metrics_file)["evaluate"]["models"]
+    assert models["kd"]["flag"] == flag and "flag" not in models["teacher"]

@@ -37,13 +37,14 @@ THREAD_KEYS = {"p50_ms", "p99_ms", "throughput_eps", "peak_rss_mb"}
 
 
 def build_run(root, teacher_dir, tracking: str = "disabled"):
-    """A run as the data and finetune stages leave it: 24 dev rows and the teacher folder."""
+    """A run as the data and finetune stages leave it: 16 train rows, 24 dev rows and the teacher folder."""
     cfg = validate_config({"name": "b", "output_dir": str(root), "seed": 0,
                            "data": {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": [0, 1]},
                            "teacher": {"model": str(teacher_dir), "max_length": 32},
                            "evaluate": {"latency_runs": 3, "latency_warmup": 1},
                            "benchmark": BENCHMARK, "tracking": {"mode": tracking}})
     run_dir = RunDir(cfg.run_dir)
+    write_table(run_dir.split_file("train"), *sentences(16, seed=1))
     write_table(run_dir.split_file("dev"), *sentences(24, seed=2))
     shutil.copytree(teacher_dir, run_dir.teacher_dir)
     return cfg, run_dir

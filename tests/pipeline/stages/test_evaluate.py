@@ -12,6 +12,7 @@ from pipeline.evaluation.scoring import batch1_features, read_split, teacher_mod
 from pipeline.stages import evaluate
 
 from test_benchmark import build_run
+from test_train import sentences
 
 
 @pytest.fixture
@@ -30,6 +31,11 @@ def test_metrics_state_the_thread_count_of_the_latency(tmp_path, tiny_teacher_di
     assert set(latency) == {"p50_ms", "p99_ms", "mean_ms", "threads"}
     assert latency["threads"] == 1 == metrics["hardware"]["torch_threads"]
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+    # the trivial baseline: the train split's majority label, scored on the dev rows
+    train, dev = sentences(16, seed=1)[1], sentences(24, seed=2)[1]
+    majority = max((0, 1), key=lambda label: (train.count(label), -label))
+    assert metrics["baseline"] == {"rule": f"majority class: {majority}",
+                                   "dev_accuracy": round(dev.count(majority) / len(dev), 4)}
 
 
 def test_latency_rows_are_the_first_dev_rows_each_alone(tmp_path, tiny_teacher_dir):

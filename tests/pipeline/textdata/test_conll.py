@@ -1,4 +1,5 @@
-"""Tests of pipeline/textdata/conll.py: tagged-sentence tables from CoNLL-2003-format files."""
+"""Tests of pipeline/textdata/conll.py: tagged-sentence tables from token-task files (TOKEN TAG,
+CoNLL-2003's TOKEN POS CHUNK TAG; tab or spaces)."""
 
 from __future__ import annotations
 
@@ -44,15 +45,37 @@ def test_last_sentence_needs_no_final_blank_line_and_four_columns_take_the_last(
     assert table["tags"] == [[3, 0]]
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("EU NNP B-ORG\nrejects O\n", 2, ["line 2", "2 field(s)", "expected at least 3"]),
-    ("EU NNP B-ORG\n\nPeter NNP B-PERSON\n", 3, ["line 3", "'B-PERSON'", "'I-MISC'"]),
-    ("EU NNP B-ORG\n\n\nPeter NNP B-PER\n", 3, ["line 3", "empty sentence", "blank lines 2 and 3"]),
+def test_two_tab_separated_columns_with_spaces_in_a_word(tmp_path):
+    table = read_conll(write(tmp_path, "@EU_news\tO\nNew York\tB-LOC\n \t \nPeter\tB-PER\n"))
+    assert table["tokens"] == [["@EU_news", "New York"], ["Peter"]]  # the tab-only line ends a sentence
+    assert table["tags"] == [[0, 5], [1]]
+
+
+def test_docstart_and_whitespace_only_lines_are_skipped_however_many(tmp_path):
+    text = "-DOCSTART-\tO\n\n \nEU NNP B-NP B-ORG\n\t\n\n-DOCSTART- -X- -X- O\n\nsays VBZ B-VP O\n   \n"
+    table = read_conll(write(tmp_path, text))
+    assert table["tokens"] == [["EU"], ["says"]]
+    assert table["tags"] == [[3], [0]]
+
+
+@pytest.mark.parametrize("tag_column, tags", [(1, [[0, 0]]), (-3, [[0, 0]]), (3, [[3, 0]]), (-1, [[3, 0]])])
+def test_the_tag_column_picks_the_field(tmp_path, tag_column, tags):
+    table = read_conll(write(tmp_path, "EU O B-NP B-ORG\nsays O B-VP O\n"), tag_column=tag_column)
+    assert table["tags"] == tags
+
+
+@pytest.mark.parametrize("text, tag_column, words", [
+    ("EU NNP B-ORG\nrejects\n", -1, ["tiny.txt: line 2: 1 field(s) ['rejects']", "expected a word and its tag",
+                                        "fix the line or data.tag_column"]),
+    ("EU\tB-ORG\nrejects\tO\n", 2, ["tiny.txt: line 1: 2 field(s)", "the tag in field 2"]),
+    ("EU\tB-ORG\n", 0, ["line 1", "the tag in field 0"]),
+    ("EU NNP B-ORG\n\n\nPeter NNP B-PERSON\n", -1, ["tiny.txt: line 4: tag 'B-PERSON'", "'I-MISC'",
+                                                       "data.tag_column"]),
 ])
-def test_bad_lines_are_named(tmp_path, text, line, words):
+def test_bad_lines_are_named(tmp_path, text, tag_column, words):
     path = write(tmp_path, text)
     with pytest.raises(DataError) as error:
-        read_conll(path)
+        read_conll(path, tag_column=tag_column)
     assert error.value.path == path
     for word in words:
         assert word in str(error.value)
