@@ -15,6 +15,12 @@ The student reads words, not word pieces, and owns two vocabularies built from t
 every character seen (case kept, so capitalisation reaches the CNN). Both reserve id 0 for
 padding and id 1 for unknown entries.
 
+Its word embeddings start from the teacher's (``init_from_teacher_embeddings``, on by default
+when they fit): each word's row is the mean of the teacher's input embeddings of the word's
+pieces, reduced to ``word_embed_dim`` by PCA as the BiLSTM's table is
+(:mod:`students.teacher_embeddings`). Random vectors leave a tagger trained on a few thousand
+sentences to learn every word's meaning from them; Izsak et al. start from pretrained vectors too.
+
 A saved student is a folder with ``model.safetensors``, ``student.json`` (family, config, label
 count) and the vocabularies as JSON lists (``words.json``, ``chars.json``; an entry's id is its
 position); no pickles.
@@ -31,11 +37,15 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, PretrainedConfig
 
 from core.artifacts import atomic_dir
 from core.config import Section
-from core.errors import ArtifactError
+from core.errors import ArtifactError, ConfigError
+from core.hf_checkpoint import load_tokenizer
 from students.base import BuildInputs, Student, StudentOutput, write_meta
+from students.teacher_embeddings import (embed_dim_mismatch, reduced_to_width, teacher_embedding_width,
+                                         teacher_word_embeddings, word_piece_means)
 
 PAD, UNK = "<pad>", "<unk>"
 """Entries 0 and 1 of both vocabularies."""
@@ -60,6 +70,10 @@ class CNNLSTMTaggerConfig(Section):
     hidden_dim: int = Field(default=200, gt=0)
     num_layers: int = Field(default=1, gt=0)
     dropout: float = Field(default=0.5, ge=0, lt=1)
+    init_from_teacher_embeddings: bool | Literal["auto"] = Field(
+        default="auto", description="seed each word's row with the mean of its pieces' teacher input embeddings, "
+                                    "reduced by PCA to word_embed_dim; auto: when word_embed_dim is at most the "
+                                    "teacher's embedding width (students.teacher_embeddings)")
 
 
 class CNNLSTMTagger(Student):
@@ -196,17 +210,64 @@ def build_cnn_lstm_tagger(cfg: CNNLSTMTaggerConfig, inputs: BuildInputs) -> CNNL
 
     Args:
         cfg: the ``train.student`` section.
-        inputs: ``num_labels`` C (the tags) and ``transfer_texts``, the transfer set's sentences
-            as word lists.
+        inputs: ``num_labels`` C (the tags), ``transfer_texts``, the transfer set's sentences
+            as word lists, and ``teacher_dir``, whose word embeddings and tokenizer seed the
+            word table unless ``init_from_teacher_embeddings`` is false.
 
     Returns:
         The tagger, in training mode, on the CPU. Its word vocabulary holds the
         ``cfg.word_vocab_size`` most frequent lower-cased words (ties: first seen first), its
         character vocabulary every character of those sentences, in order of frequency.
+
+    Raises:
+        ConfigError: ``init_from_teacher_embeddings`` is true and ``word_embed_dim`` exceeds the
+            teacher's embedding width.
+        ValueError: no ``num_labels``.
     """
     transfer_tokens = inputs.transfer_texts
     word_counts = Counter(word.lower() for sentence in transfer_tokens for word in sentence)
     char_counts = Counter(char for sentence in transfer_tokens for word in sentence for char in word)
     words = [PAD, UNK] + [word for word, _ in word_counts.most_common(cfg.word_vocab_size) if word not in (PAD, UNK)]
     chars = [PAD, UNK] + [char for char, _ in char_counts.most_common()]
-    return CNNLSTMTagger(cfg, inputs.label_count(), words, chars)
+    tagger = CNNLSTMTagger(cfg, inputs.label_count(), words, chars)
+    if cfg.init_from_teacher_embeddings is not False and \
+            seeds_from_teacher(cfg, AutoConfig.from_pretrained(str(inputs.teacher_dir))):
+        seed_word_embeddings(tagger, inputs.teacher_dir)
+    return tagger
+
+
+def seeds_from_teacher(cfg: CNNLSTMTaggerConfig, teacher: PretrainedConfig) -> bool:
+    """Whether the builder seeds the word table from a teacher of config ``teacher``: never when
+    ``init_from_teacher_embeddings`` is false; with ``auto`` when ``word_embed_dim`` is at most
+    the teacher's embedding width (:func:`students.teacher_embeddings.teacher_embedding_width`).
+    Reads only the teacher's config, so the run config's rules call it before any stage
+    (:attr:`students.registry.Family.fits_teacher`).
+
+    Raises:
+        ConfigError: ``init_from_teacher_embeddings`` is true and ``word_embed_dim`` is wider.
+    """
+    fits = cfg.word_embed_dim <= teacher_embedding_width(teacher)
+    if cfg.init_from_teacher_embeddings is True and not fits:
+        raise ConfigError(embed_dim_mismatch(cfg.word_embed_dim, teacher_embedding_width(teacher), "word_embed_dim"))
+    return cfg.init_from_teacher_embeddings is not False and fits
+
+
+def seed_word_embeddings(tagger: CNNLSTMTagger, teacher_dir: Path) -> None:
+    """Overwrite the tagger's word rows with the teacher's: each word the mean of its pieces'
+    input embeddings reduced to ``word_embed_dim`` (:func:`students.teacher_embeddings.word_piece_means`);
+    the unknown word gets the teacher's unknown piece (the mean row without one); padding stays 0.
+
+    Args:
+        tagger: its ``word_embedding`` [V_w, E_w] is overwritten in place.
+        teacher_dir: the teacher's checkpoint folder (tokenizer and word embeddings).
+
+    Raises:
+        ConfigError: ``word_embed_dim`` exceeds the teacher's embedding width.
+    """
+    table = reduced_to_width(teacher_word_embeddings(teacher_dir), tagger.cfg.word_embed_dim, "word_embed_dim")
+    tokenizer = load_tokenizer(teacher_dir)
+    unknown = table[tokenizer.unk_token_id] if tokenizer.unk_token_id is not None else table.mean(dim=0)
+    with torch.no_grad():
+        tagger.word_embedding.weight[UNK_ID] = unknown
+        tagger.word_embedding.weight[UNK_ID + 1:] = word_piece_means(tagger.words[UNK_ID + 1:], tokenizer, table,
+                                                                     unknown)

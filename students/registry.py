@@ -20,7 +20,7 @@ from core.config import Section
 from core.errors import ArtifactError, ConfigError
 from students.base import META_FILE, BuildInputs, Student
 from students.bilstm import BiLSTMStudent, BiLSTMStudentConfig, build_bilstm_student, check_embeddings_fit
-from students.cnn_lstm import CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
+from students.cnn_lstm import CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger, seeds_from_teacher
 from students.multitask import MultiTaskLSTMConfig, MultiTaskLSTMStudent, build_multitask_student
 from students.transformer import (TransformerStudent, TransformerStudentConfig, build_transformer_student,
                                   check_fits_teacher)
@@ -44,7 +44,8 @@ class Family:
         fits_teacher: ``fits_teacher(cfg, teacher_config)`` raises a ConfigError when ``build``
             would fail on this teacher for reasons its config (``config.json``) already shows;
             the run config's rules call it before any stage (:mod:`pipeline.config.rules`).
-            None when the family reads nothing of the teacher that can conflict.
+            None when the family reads nothing of the teacher that can conflict; what it returns
+            is ignored.
     """
 
     config: type[Section]
@@ -54,7 +55,7 @@ class Family:
     tags_tokens: bool = False
     layer_outputs: bool = False
     multi_task: bool = False
-    fits_teacher: Callable[[Any, PretrainedConfig], None] | None = None
+    fits_teacher: Callable[[Any, PretrainedConfig], object] | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -65,7 +66,8 @@ FAMILIES: dict[str, Family] = {
                           "small BERT initialised from teacher layers (TinyBERT, Sajjad et al. 2020)",
                           layer_outputs=True, fits_teacher=check_fits_teacher),
     "cnn_lstm": Family(CNNLSTMTaggerConfig, build_cnn_lstm_tagger, CNNLSTMTagger.load,
-                       "character-CNN + word BiLSTM tagger of Izsak et al. (2019)", tags_tokens=True),
+                       "character-CNN + word BiLSTM tagger of Izsak et al. (2019)", tags_tokens=True,
+                       fits_teacher=seeds_from_teacher),
     "multitask_lstm": Family(MultiTaskLSTMConfig, build_multitask_student, MultiTaskLSTMStudent.load,
                              "attentive multi-task LSTM of Liu et al. (2019), one head per task", multi_task=True,
                              fits_teacher=check_embeddings_fit),

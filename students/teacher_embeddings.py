@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModel, PretrainedConfig
+from transformers import AutoModel, PretrainedConfig, PreTrainedTokenizerBase
 
 from core.errors import ConfigError
 
@@ -51,11 +51,17 @@ def principal_components(table: torch.Tensor, width: int) -> torch.Tensor:
     return centred @ directions[:width].T
 
 
-def embed_dim_mismatch(embed_dim: int, teacher_dim: int) -> str:
-    """The error line for a student table of width ``embed_dim`` wider than the teacher's word
-    embeddings (width ``teacher_dim``)."""
-    return (f"train.student.embed_dim is {embed_dim} but the teacher's word embeddings are {teacher_dim} wide; set "
-            f"train.student.embed_dim to at most {teacher_dim} (a narrower table takes their leading principal "
+def teacher_embedding_width(teacher: PretrainedConfig) -> int:
+    """Width D of a teacher's word embeddings: ``embedding_size`` where its config has one
+    (ALBERT), else ``hidden_size``."""
+    return getattr(teacher, "embedding_size", None) or teacher.hidden_size
+
+
+def embed_dim_mismatch(embed_dim: int, teacher_dim: int, field: str = "embed_dim") -> str:
+    """The error line for a student table of width ``embed_dim`` (the ``train.student.<field>``
+    setting) wider than the teacher's word embeddings (width ``teacher_dim``)."""
+    return (f"train.student.{field} is {embed_dim} but the teacher's word embeddings are {teacher_dim} wide; set "
+            f"train.student.{field} to at most {teacher_dim} (a narrower table takes their leading principal "
             f"components) or train.student.init_from_teacher_embeddings=false")
 
 
@@ -66,8 +72,7 @@ def check_embeddings_fit(cfg: LSTMConfig, teacher: PretrainedConfig) -> None:
 
     Args:
         cfg: the ``train.student`` section of an LSTM family.
-        teacher: the teacher's transformers config; its word embeddings are ``embedding_size``
-            wide where the config has one (ALBERT), else ``hidden_size``.
+        teacher: the teacher's transformers config (:func:`teacher_embedding_width`).
 
     Raises:
         ConfigError: the copy is asked for with a SentencePiece vocabulary, or ``embed_dim``
@@ -78,14 +83,35 @@ def check_embeddings_fit(cfg: LSTMConfig, teacher: PretrainedConfig) -> None:
     if cfg.vocab != "teacher":
         raise ConfigError(f"train.student.init_from_teacher_embeddings needs train.student.vocab=teacher "
                           f"(it is {cfg.vocab!r}); set one of them")
-    teacher_dim = getattr(teacher, "embedding_size", None) or teacher.hidden_size
+    teacher_dim = teacher_embedding_width(teacher)
     if cfg.embed_dim > teacher_dim:
         raise ConfigError(embed_dim_mismatch(cfg.embed_dim, teacher_dim))
 
 
+def reduced_to_width(teacher_embeddings: torch.Tensor, width: int, field: str = "embed_dim") -> torch.Tensor:
+    """The teacher's word embeddings at a student table's width: as they are when the widths
+    match, else their leading principal components (:func:`principal_components`).
+
+    Args:
+        teacher_embeddings: float [V_t, D] (see :func:`teacher_word_embeddings`).
+        width: E, the student table's width.
+        field: the ``train.student`` field that sets ``width``, for the error line.
+
+    Returns:
+        float32 [V_t, E].
+
+    Raises:
+        ConfigError: ``E`` exceeds ``D``.
+    """
+    teacher_dim = teacher_embeddings.shape[1]
+    if width > teacher_dim:
+        raise ConfigError(embed_dim_mismatch(width, teacher_dim, field))
+    return teacher_embeddings if width == teacher_dim else principal_components(teacher_embeddings, width)
+
+
 def copy_teacher_embeddings(embedding: nn.Embedding, teacher_embeddings: torch.Tensor) -> None:
     """Overwrite a student's embedding table with the teacher's word embeddings, reduced to their
-    leading principal components (:func:`principal_components`) when the table is narrower.
+    leading principal components when the table is narrower (:func:`reduced_to_width`).
 
     Args:
         embedding: the student's table, [V, E].
@@ -95,13 +121,34 @@ def copy_teacher_embeddings(embedding: nn.Embedding, teacher_embeddings: torch.T
         ConfigError: ``E`` exceeds the teacher's width ``D``, or ``V`` differs from the teacher's
             vocabulary size.
     """
-    vocab_size, teacher_dim = teacher_embeddings.shape
-    if embedding.embedding_dim > teacher_dim:
-        raise ConfigError(embed_dim_mismatch(embedding.embedding_dim, teacher_dim))
-    if vocab_size != embedding.num_embeddings:
-        raise ConfigError(f"the teacher has {vocab_size} word embeddings but its tokenizer {embedding.num_embeddings} "
-                          f"ids; set train.student.init_from_teacher_embeddings=false")
-    if embedding.embedding_dim < teacher_dim:
-        teacher_embeddings = principal_components(teacher_embeddings, embedding.embedding_dim)
+    if teacher_embeddings.shape[0] != embedding.num_embeddings:
+        raise ConfigError(f"the teacher has {teacher_embeddings.shape[0]} word embeddings but its tokenizer "
+                          f"{embedding.num_embeddings} ids; set train.student.init_from_teacher_embeddings=false")
+    reduced = reduced_to_width(teacher_embeddings, embedding.embedding_dim)
     with torch.no_grad():
-        embedding.weight.copy_(teacher_embeddings)
+        embedding.weight.copy_(reduced)
+
+
+def word_piece_means(words: list[str], tokenizer: PreTrainedTokenizerBase, table: torch.Tensor,
+                     fallback: torch.Tensor) -> torch.Tensor:
+    """Each word's vector as the mean of the rows of its pieces: a word-level student's table
+    seeded from the teacher's sub-word table (for the CNN-LSTM tagger,
+    :func:`students.cnn_lstm.build_cnn_lstm_tagger`).
+
+    With ``table`` the teacher's word embeddings reduced by :func:`reduced_to_width`, the mean of
+    the reduced pieces is the reduction of the pieces' mean (the projection is affine), so the
+    result is the teacher's mean piece vector, projected to the student's width.
+
+    Args:
+        words: N words, each tokenised on its own (no special tokens).
+        tokenizer: the teacher's tokenizer; its ids index ``table``.
+        table: float32 [V_t, E] rows by piece id.
+        fallback: float32 [E], the vector of a word with no pieces (the tokenizer drops it).
+
+    Returns:
+        float32 [N, E].
+    """
+    rows = table.new_zeros((len(words), table.shape[1]))
+    for row, ids in enumerate(tokenizer(words, add_special_tokens=False)["input_ids"] if words else []):
+        rows[row] = table[ids].mean(dim=0) if ids else fallback
+    return rows

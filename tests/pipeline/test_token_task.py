@@ -201,7 +201,8 @@ def test_collate_pads_tags_teacher_logits_and_the_distillation_mask():
     torch.manual_seed(0)
     student = build_cnn_lstm_tagger(validate_config({
         "name": "t", "data": {"task": "token", "train": {"path": "a"}, "dev": {"path": "b"}, "labels": TAGS},
-        "train": {"student": {"family": "cnn_lstm"}}}).train.student, BuildInputs(Path("unused"), [["Alice", "met", "Bob"]], len(TAGS)))
+        "train": {"student": {"family": "cnn_lstm", "init_from_teacher_embeddings": False}}}).train.student,
+        BuildInputs(Path("unused"), [["Alice", "met", "Bob"]], len(TAGS)))
     c = len(TAGS)
     batch = {"tokens": np.array([np.array(["Alice", "met", "Bob"]), np.array(["Paris"])], dtype=object),
              "tags": np.array([np.array([1, 0, 1]), np.array([], dtype=np.int64)], dtype=object),

@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from students.base import BuildInputs
-from students.cnn_lstm import PAD, UNK, UNK_ID, CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from core.errors import ConfigError
+from students.cnn_lstm import (PAD, UNK, UNK_ID, CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm_tagger,
+                               seeds_from_teacher)
 from students.registry import FAMILIES, load_student
 
 TRANSFER = [["Peter", "Blackburn"], ["EU", "rejects", "German", "call"], ["the", "The", "THE"]]
 CFG = CNNLSTMTaggerConfig(word_embed_dim=8, word_vocab_size=3, char_embed_dim=4, char_filters=6, char_kernel=3,
-                          max_word_chars=5, hidden_dim=7, dropout=0.5)
+                          max_word_chars=5, hidden_dim=7, dropout=0.5, init_from_teacher_embeddings=False)
 NUM_LABELS = 9
 
 
@@ -90,3 +94,37 @@ def test_bad_inputs_are_refused(tagger):
                attention_mask=features["attention_mask"], input_ids=features["word_ids"] + 1)
     with pytest.raises(ValueError, match="char_kernel is 4"):
         build_cnn_lstm_tagger(CFG.model_copy(update={"char_kernel": 4}), BuildInputs(Path("unused"), TRANSFER, NUM_LABELS))
+
+
+def test_word_rows_start_as_the_projected_mean_of_the_teachers_piece_embeddings(tiny_teacher_dir):
+    cfg = CFG.model_copy(update={"word_vocab_size": 20, "init_from_teacher_embeddings": "auto"})
+    tagger = build_cnn_lstm_tagger(cfg, BuildInputs(tiny_teacher_dir, TRANSFER + [["Zxqvbnk"]], NUM_LABELS))
+    table = AutoModel.from_pretrained(tiny_teacher_dir).get_input_embeddings().weight.detach()  # [V_t, 32]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    centre = table.mean(dim=0)
+    directions = torch.linalg.svd(table - centre, full_matrices=False)[2][:8]  # [8, 32], by variance
+    pieces = tokenizer(tagger.words[2:], add_special_tokens=False)["input_ids"]
+    assert max(len(ids) for ids in pieces) > 1  # a word of several pieces is averaged
+    expected = torch.stack([(table[ids].mean(dim=0) - centre) @ directions.T for ids in pieces])  # [V_w - 2, 8]
+    rows = tagger.word_embedding.weight.detach()
+    torch.testing.assert_close(rows[2:], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rows[UNK_ID], (table[tokenizer.unk_token_id] - centre) @ directions.T,
+                               atol=1e-5, rtol=1e-4)
+    assert rows[0].abs().sum() == 0  # padding
+
+
+def test_teacher_rows_are_skipped_when_too_narrow_on_auto_and_refused_when_asked_for(tiny_teacher_dir):
+    wide = CFG.model_copy(update={"word_embed_dim": 64})  # the tiny teacher's embeddings are 32 wide
+    teacher = AutoConfig.from_pretrained(tiny_teacher_dir)
+    assert not seeds_from_teacher(wide, teacher)
+    assert not seeds_from_teacher(wide.model_copy(update={"init_from_teacher_embeddings": "auto"}), teacher)
+    assert seeds_from_teacher(CFG.model_copy(update={"init_from_teacher_embeddings": "auto"}), teacher)
+    torch.manual_seed(0)
+    auto = build_cnn_lstm_tagger(wide.model_copy(update={"init_from_teacher_embeddings": "auto"}),
+                                 BuildInputs(tiny_teacher_dir, TRANSFER, NUM_LABELS))
+    torch.manual_seed(0)
+    random_rows = build_cnn_lstm_tagger(wide, BuildInputs(tiny_teacher_dir, TRANSFER, NUM_LABELS))
+    assert torch.equal(auto.word_embedding.weight, random_rows.word_embedding.weight)
+    with pytest.raises(ConfigError, match="train.student.word_embed_dim is 64 but the teacher's word embeddings "
+                                          "are 32 wide"):
+        FAMILIES["cnn_lstm"].fits_teacher(wide.model_copy(update={"init_from_teacher_embeddings": True}), teacher)

@@ -79,7 +79,7 @@ def test_unknown_family_lists_the_choices(tmp_path):
 
 def test_build_student_dispatches_on_the_family(tmp_path):
     tagger = build_student(FAMILIES["cnn_lstm"].config(word_embed_dim=4, char_embed_dim=2, char_filters=3,
-                                                       hidden_dim=4),
+                                                       hidden_dim=4, init_from_teacher_embeddings=False),
                            BuildInputs(tmp_path, [["Alice", "met", "Bob"]], num_labels=5))
     assert tagger.family == "cnn_lstm" and tagger.num_labels == 5
     with pytest.raises(ValueError, match="give BuildInputs.num_labels"):
