@@ -33,6 +33,7 @@ from pipeline.config.loading import redact
 from pipeline.ray_address import check_ray_address
 from core.errors import ConfigError
 from pipeline.tasks import check_before_stages, source_fingerprints
+from pipeline.textdata.lexicon import lexicon_path
 from pipeline.observability.tracking import Tracker
 from core.hf_checkpoint import weight_files
 
@@ -80,7 +81,7 @@ def stage_inputs(cfg: RunConfig | MultiTaskRunConfig, stage: str) -> dict[str, A
         files = [cfg.data.resolve(s) for s in (cfg.data.train, cfg.data.dev, cfg.data.test, cfg.data.unlabeled)
                  if s is not None]
         if cfg.data.augment is not None:
-            files.append(cfg.data.resolve_path(cfg.data.augment.pos_lexicon))
+            files.append(lexicon_path(cfg.data))
         # where the data lies (data.root) does not count, only the content of its files; the teacher
         # counts for the rows its tokenizer truncates
         return {"config section data": cfg.data.model_copy(update={"root": None}),

@@ -52,8 +52,10 @@ class AugmentConfig(Section):
     p_ngram: float = Field(default=0.25, ge=0, le=1)
     max_ngram: int = Field(default=5, gt=0)
     mask_token: str = "[MASK]"
-    pos_lexicon: str = Field(default="conll2003/train.txt", description="CoNLL-format file (TOKEN POS ...), "
-                                                                          "relative to data.root")
+    pos_lexicon: str | None = Field(
+        default=None, description="None: the packaged lexicon (CoNLL-2003 train, Reuters; pipeline.textdata.lexicon); "
+                                  "else a CoNLL-format file (TOKEN POS ...) or a word/tag/count .tsv(.gz), relative "
+                                  "to data.root")
     num_actors: int = Field(default=2, gt=0)
 
 

@@ -37,9 +37,10 @@ from core.errors import DataError
 from core.hf_checkpoint import load_tokenizer
 from core.schema import ID, LABEL, NO_LABEL, TAGS, TEXT, TEXT_PAIR, TOKENS, TaskKind
 from pipeline.artifacts import RunDir
-from pipeline.textdata.augment import augment, read_pos_lexicon
+from pipeline.textdata.augment import augment
 from pipeline.config.sections import DataConfig, RunConfig, SplitConfig, task_kind
 from pipeline.textdata.conll import read_conll
+from pipeline.textdata.lexicon import lexicon_path, read_pos_lexicon
 from pipeline.textdata.files import load_table
 from teachers.checkpoint import check_teacher, resolve_teacher
 
@@ -161,9 +162,9 @@ def augmented_table(train: datasets.Dataset, extras: list[datasets.Dataset], dat
         A table with the columns of ``train``: label -1 (``tags = []`` for token tasks).
 
     Raises:
-        DataError: the POS lexicon is missing or empty (:func:`pipeline.textdata.augment.read_pos_lexicon`).
+        DataError: the POS lexicon is missing or empty (:func:`pipeline.textdata.lexicon.read_pos_lexicon`).
     """
-    lexicon = read_pos_lexicon(data.resolve_path(data.augment.pos_lexicon))
+    lexicon = read_pos_lexicon(lexicon_path(data))
     as_text = (lambda keys: [(" ".join(words),) for (words,) in keys]) if kind is TaskKind.TOKEN else list
     known = set(as_text(sentences(train, kind))).union(*(as_text(sentences(extra, kind)) for extra in extras))
     rows = augment(train[ID], as_text(sentences(train, kind)), data.augment, lexicon, seed, exclude=known)

@@ -10,61 +10,17 @@ candidates carry no hard label: the teacher's soft labels are their only target.
 sentence-pair task both sentences of a candidate are perturbed, each on its own, and a
 candidate is a duplicate only when both sentences match.
 
-The POS lexicon is read from a CoNLL-format file (``TOKEN POS ...`` per line; CoNLL-2003's
-train split by default), lower-cased, each word keeping its most frequent tag.
+The POS lexicon (:mod:`pipeline.textdata.lexicon`) is the packaged one, built from CoNLL-2003's
+train split, unless ``pos_lexicon`` names another.
 """
 
 from __future__ import annotations
-
-from collections import Counter, defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import ray
 
 from pipeline.config.sections import AugmentConfig
-from core.errors import DataError
-
-
-@dataclass(frozen=True)
-class PosLexicon:
-    """Word -> POS tag, and per tag the words and their unigram probabilities.
-
-    Attributes:
-        tag_of: lower-cased word -> its most frequent tag.
-        words_of: tag -> (words, probabilities float64 [n], summing to 1).
-    """
-
-    tag_of: dict[str, str]
-    words_of: dict[str, tuple[list[str], np.ndarray]]
-
-
-def read_pos_lexicon(path: Path) -> PosLexicon:
-    """Build a :class:`PosLexicon` from a CoNLL-format file.
-
-    Raises:
-        DataError: the file is missing or has no ``TOKEN POS`` lines.
-    """
-    if not path.is_file():
-        raise DataError(path, "no such POS lexicon; set data.augment.pos_lexicon to a CoNLL-format file")
-    counts: dict[str, Counter] = defaultdict(Counter)
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] != "-DOCSTART-":
-                counts[parts[0].lower()][parts[1]] += 1
-    if not counts:
-        raise DataError(path, "has no 'TOKEN POS' lines; give a CoNLL-format file")
-    tag_of = {word: tags.most_common(1)[0][0] for word, tags in counts.items()}
-    by_tag: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for word, tags in counts.items():
-        by_tag[tag_of[word]].append((word, sum(tags.values())))
-    words_of = {}
-    for tag, entries in by_tag.items():
-        frequency = np.asarray([n for _, n in entries], dtype=np.float64)
-        words_of[tag] = ([w for w, _ in entries], frequency / frequency.sum())
-    return PosLexicon(tag_of, words_of)
+from pipeline.textdata.lexicon import PosLexicon
 
 
 def augment_sentence(text: str, rng: np.random.Generator, cfg: AugmentConfig, lexicon: PosLexicon) -> str:
@@ -116,7 +72,7 @@ def augment(ids: list[int], rows: list[tuple[str, ...]], cfg: AugmentConfig, lex
         ids: row ids of the labeled split (seed each row's generator).
         rows: the labeled rows' sentences, ``(text,)`` or, for pair tasks, ``(text, text_pair)``.
         cfg: the augmentation section.
-        lexicon: see :func:`read_pos_lexicon`.
+        lexicon: see :func:`pipeline.textdata.lexicon.read_pos_lexicon`.
         seed: the run seed.
         exclude: rows already in the transfer set, in the form of ``rows``; never returned.
 

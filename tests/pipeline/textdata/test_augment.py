@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.stages import data
 from pipeline.artifacts import RunDir
-from pipeline.textdata.augment import augment, augment_sentence, read_pos_lexicon
+from pipeline.textdata.augment import augment, augment_sentence
+from pipeline.textdata.lexicon import PACKAGED_LEXICON, read_pos_lexicon, write_lexicon_table
 from pipeline.config.sections import AugmentConfig
 from pipeline.config.loading import validate_config
 from core.errors import DataError
@@ -26,12 +27,35 @@ def test_lexicon_keeps_the_most_frequent_tag_and_unigram_probabilities(lexicon):
     assert dict(zip(words, probabilities)) == pytest.approx({"film": 0.25, "movie": 0.5, "plot": 0.25})
 
 
+def test_a_lexicon_table_reads_as_the_corpus_it_was_built_from(tmp_path, lexicon):
+    assert write_lexicon_table(tmp_path / "pos.txt", tmp_path / "pos.tsv.gz", min_count=1) == 8
+    table = read_pos_lexicon(tmp_path / "pos.tsv.gz")
+    assert table.tag_of == lexicon.tag_of
+    for tag, (words, probabilities) in lexicon.words_of.items():
+        assert dict(zip(*table.words_of[tag])) == pytest.approx(dict(zip(words, probabilities)))
+    assert write_lexicon_table(tmp_path / "pos.txt", tmp_path / "frequent.tsv", min_count=2) == 1
+    assert read_pos_lexicon(tmp_path / "frequent.tsv").tag_of == {"movie": "NN"}
+
+
+def test_the_packaged_lexicon_is_small_and_tags_common_english_words():
+    assert PACKAGED_LEXICON.stat().st_size < 200_000  # bytes, gzip
+    lexicon = read_pos_lexicon()
+    assert len(lexicon.tag_of) > 5000
+    assert {w: lexicon.tag_of[w] for w in ("the", "government", "said", "good")} == \
+        {"the": "DT", "government": "NN", "said": "VBD", "good": "JJ"}
+    for words, probabilities in lexicon.words_of.values():
+        assert len(words) == len(probabilities) and probabilities.sum() == pytest.approx(1.0)
+
+
 def test_lexicon_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="no such POS lexicon"):
         read_pos_lexicon(tmp_path / "missing.txt")
     (tmp_path / "blank.txt").write_text("\n\n")
     with pytest.raises(DataError, match="has no 'TOKEN POS' lines"):
         read_pos_lexicon(tmp_path / "blank.txt")
+    (tmp_path / "bad.tsv").write_text("the\tDT\t3\nfilm NN 2\n")
+    with pytest.raises(DataError, match="bad.tsv: line 2 is not 'word<TAB>tag<TAB>count'"):
+        read_pos_lexicon(tmp_path / "bad.tsv")
 
 
 def test_masking_replaces_every_word_at_p_1(lexicon):
@@ -93,9 +117,9 @@ def test_data_stage_adds_augmented_rows_without_hard_labels(tmp_path, lexicon, r
     assert len(set(transfer["text"])) == len(transfer["text"]) == 4 + added
 
 
-def test_data_stage_augments_pairs(pair_task, lexicon, ray_local):
-    (pair_task.root / "pos.txt").write_text(CONLL)
-    augment_cfg = {"copies": 4, "p_mask": 0.5, "p_pos": 0.0, "p_ngram": 0.0, "pos_lexicon": "pos.txt", "num_actors": 1}
+def test_data_stage_augments_pairs(pair_task, ray_local):
+    assert not (pair_task.root / "conll2003").exists()  # the packaged POS lexicon serves any data folder
+    augment_cfg = {"copies": 4, "p_mask": 0.5, "p_pos": 0.0, "p_ngram": 0.0, "num_actors": 1}
     cfg = pair_task.config(data={"augment": augment_cfg})
     summary = data.run(cfg, RunDir(cfg.run_dir))
     transfer = pq.read_table(RunDir(cfg.run_dir).split_file("transfer")).to_pydict()
