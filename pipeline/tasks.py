@@ -58,6 +58,12 @@ class Task:
         """IOB2 tag names of a token task, else None."""
         return tag_names(self.cfg)
 
+    @property
+    def metric(self) -> str:
+        """The task's metric (``data.metric``, :attr:`DataConfig.scored_metric`): a key of
+        :func:`pipeline.evaluation.scoring.score` that picks the best epoch and heads the report."""
+        return self.cfg.data.scored_metric
+
     def transfer_texts(self) -> list[Any]:
         """The texts of the task's transfer set: sentences (both sentences of pairs), or word lists
         for a token task."""

@@ -131,6 +131,7 @@ class DataConfig(Section):
                 raise ValueError(f"a token task's labels are IOB2 tags ('O', 'B-TYPE', 'I-TYPE'); got {bad}")
         return self
 
+    @property
     def scored_metric(self) -> str:
         """The task's metric: ``metric``, or when left out ``accuracy`` (``entity_f1`` for token tasks)."""
         return self.metric or ("entity_f1" if self.task == "token" else "accuracy")

@@ -95,7 +95,7 @@ def data_problems(data: DataConfig) -> list[str]:
     ``field: problem; fix`` lines: a token task is scored by entity F1 alone and a sequence task
     never by it; ``f1`` (of the positive class, ``labels[1]``) needs two labels; the tag is not
     in the word's field."""
-    metric = data.scored_metric()
+    metric = data.scored_metric
     if data.task == "token":
         problems = [] if metric == "entity_f1" else [
             f"data.metric: {metric} scores sentence labels; a token task is scored by entity_f1; remove data.metric"]

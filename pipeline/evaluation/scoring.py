@@ -1,8 +1,8 @@
 """What every stage that scores a model shares: the dev rows, the scorer and batched prediction.
 
 One reader of a data-stage split (:func:`read_split`), one place that turns logits into
-predictions of rows or words (:func:`predicted_classes`), one scorer (:func:`score`, accuracy or
-entity-level F1), one batched predictor (:func:`predict`, :func:`predict_with`), used by the
+predictions of rows or words (:func:`predicted_classes`), one scorer (:func:`score`: accuracy and the task's
+``data.metric``, or entity-level F1), one batched predictor (:func:`predict`, :func:`predict_with`), used by the
 evaluate, prune and benchmark stages and by the training loop's dev scoring; and the batch-1
 inputs whose latency the evaluate and benchmark stages time (:func:`batch1_features`).
 """
@@ -10,12 +10,15 @@ inputs whose latency the evaluate and benchmark stages time (:func:`batch1_featu
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import sklearn.metrics
 import torch
 from torch import nn
 
@@ -56,25 +59,45 @@ def featurize_for(featurize: Callable[..., dict[str, Any]], task: str | None) ->
     return featurize_task
 
 
-def dev_metric_name(tag_names: list[str] | None) -> str:
-    """The key of :func:`score` that picks the best epoch: ``accuracy``, or ``entity_f1`` for tags."""
-    return "accuracy" if tag_names is None else "entity_f1"
+SEQUENCE_METRICS: dict[str, Callable[[list[int], list[int]], float]] = {
+    "accuracy": sklearn.metrics.accuracy_score,
+    "f1": partial(sklearn.metrics.f1_score, pos_label=1, average="binary", zero_division=0.0),
+    "macro_f1": partial(sklearn.metrics.f1_score, average="macro", zero_division=0.0),
+    "matthews": sklearn.metrics.matthews_corrcoef,
+}
+"""The scores of a sequence task's ``data.metric``, ``f(gold, predicted) -> float`` over class ids
+(scikit-learn's): ``f1`` is the F1 of class 1 (``data.labels[1]``, the positive class of a two-label
+task), ``macro_f1`` the unweighted mean of the per-class F1 over the classes in gold or predictions,
+``matthews`` the Matthews correlation coefficient (-1..1, 0 for a constant prediction)."""
 
 
-def score(predicted: list, gold: list, tag_names: list[str] | None) -> dict[str, float]:
+def dev_metric_name(tag_names: list[str] | None, metric: str = "accuracy") -> str:
+    """The key of :func:`score` that picks the best epoch: ``metric`` (``data.metric``, see
+    :attr:`pipeline.config.data_sections.DataConfig.scored_metric`), or ``entity_f1`` for tags."""
+    return metric if tag_names is None else "entity_f1"
+
+
+def score(predicted: list, gold: list, tag_names: list[str] | None, metric: str = "accuracy") -> dict[str, float]:
     """Scores of predictions against gold labels.
 
     Args:
         predicted: N class ids, or N tag-id lists (one per word).
         gold: the same shape.
         tag_names: IOB2 name of each tag id for token tasks; None for sentence labels.
+        metric: a sequence task's metric, a key of :data:`SEQUENCE_METRICS` (ignored for tags).
 
     Returns:
-        ``{"accuracy"}`` for sentence labels; ``{"entity_f1", "entity_precision", "entity_recall"}``
-        (micro-averaged over entities, :func:`pipeline.evaluation.entity_metrics.entity_scores`) for tags.
+        ``{metric, "accuracy"}`` for sentence labels (the metric first, the headline; one key when it
+        is accuracy; every score 0.0 without rows); ``{"entity_f1", "entity_precision",
+        "entity_recall"}`` (micro-averaged over entities,
+        :func:`pipeline.evaluation.entity_metrics.entity_scores`) for tags.
     """
     if tag_names is None:
-        return {"accuracy": float(np.mean(np.equal(predicted, gold))) if gold else 0.0}
+        if not gold:
+            return dict.fromkeys((metric, "accuracy"), 0.0)
+        with warnings.catch_warnings():  # matthews on one class only: sklearn warns, and returns 0.0
+            warnings.simplefilter("ignore", UserWarning)
+            return {name: float(SEQUENCE_METRICS[name](gold, predicted)) for name in (metric, "accuracy")}
     overall = entity_scores(predicted, gold, tag_names).overall
     return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
 

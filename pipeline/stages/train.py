@@ -25,7 +25,8 @@ when set: a run interrupted mid-way resumes from its latest checkpoint
 when rerun with the same inputs (the runner's fingerprint of the stage), and a run under
 another fingerprint starts afresh, its predecessors' folders removed. Whether the stage is
 done at all is the runner's manifest, the one cache. Ray keeps the checkpoint with the best
-dev score (``dev_score``: accuracy for sequence tasks, entity-level F1 for token tasks), which
+dev score (``dev_score``: the task's ``data.metric``, accuracy by default for sequence tasks,
+entity-level F1 for token tasks), which
 is copied to ``train/<kind>/``.
 
 The caller owns the Ray instance: this module never calls ``ray.init`` or ``ray.shutdown``.
@@ -78,6 +79,7 @@ class TaskData:
         files: Parquet files of the training rows (see :func:`fit`).
         dev_file: the task's dev split (columns of ``kind``, see :mod:`core.schema`).
         tag_names: IOB2 tag names for a token task, None for a sequence task.
+        metric: the dev score that picks the best epoch (``data.metric``, :attr:`pipeline.tasks.Task.metric`).
     """
 
     name: str | None
@@ -85,6 +87,7 @@ class TaskData:
     files: list[Path]
     dev_file: Path
     tag_names: list[str] | None
+    metric: str
 
 
 def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
@@ -102,7 +105,7 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history", "optimizer_steps",
         "restarts", "attempts"}}`` for ``kd``
         and, with ``train.ce_only_baseline``, ``ce_only``; ``dev_metric`` names the dev score
-        ("accuracy" or "entity_f1"); ``history`` holds one dict per epoch with
+        (``data.metric``: "accuracy", "f1", "macro_f1", "matthews" or "entity_f1"); ``history`` holds one dict per epoch with
         ``epoch, loss, loss_<term> (one per loss term), dev_score, lr (after the epoch's last
         step), wall_s, peak_rss_mb`` (the largest peak RSS of a worker process, MB: bounded by
         the shuffle buffer and Ray Data's block budget, not by the transfer set's size); named
@@ -143,11 +146,10 @@ def train_students(cfg: RunConfig | MultiTaskRunConfig, source: RunDir, out: Run
     tasks = run_tasks(cfg, source)
     raise_problems(loss_problems(cfg.train, tasks[0].cfg.teacher.max_length))  # as validate_config did
     kd = [TaskData(task.name, task.kind, soft_label_files(task.run_dir, task.num_labels, cfg.train.loss),
-                   require_file(task.run_dir.split_file("dev")), task.tag_names) for task in tasks]
+                   require_file(task.run_dir.split_file("dev")), task.tag_names, task.metric) for task in tasks]
     runs = {"kd": (kd, cfg.train.loss, cfg.train)}
     if ce_only:
-        ce = [TaskData(task.name, task.kind, [require_file(task.run_dir.split_file("train"))], data.dev_file,
-                       task.tag_names) for task, data in zip(tasks, kd)]
+        ce = [replace(data, files=[require_file(task.run_dir.split_file("train"))]) for task, data in zip(tasks, kd)]
         ce_train = cfg.train.model_copy(update={"epochs": cfg.train.ce_only_epochs or cfg.train.epochs})
         runs["ce_only"] = (ce, cfg.train.loss.ce_only(), ce_train)
     teacher_dir = tasks[0].run_dir.teacher_dir
@@ -247,7 +249,8 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
                                              shuffle=FileShuffleConfig(seed=seed))
         datasets[f"dev_{i}"] = read_shards([str(task.dev_file.resolve())],
                                            columns=[*task.kind.text_columns, task.kind.label_column])
-        task_configs.append({"name": task.name, "kind": task.kind.value, "rows": rows, "tag_names": task.tag_names})
+        task_configs.append({"name": task.name, "kind": task.kind.value, "rows": rows, "tag_names": task.tag_names,
+                             "metric": task.metric})
         log.info("train %s: task %s: %d rows streamed from %d file(s)", name, task.name or "-", rows, len(task.files))
     use_gpu = cluster_gpus() > 0
     threads, reserved = (1, 1.0) if use_gpu else worker_cpus(train_cfg.num_workers, total_cpus)
@@ -273,7 +276,7 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
     checkpoint, best = max(result.best_checkpoints, key=lambda pair: pair[1]["dev_score"])
     with checkpoint.as_directory() as folder:
         load_student(Path(folder) / "student").save(run_dir.student_dir(name))
-    metrics = [dev_metric_name(task.tag_names) for task in tasks]
+    metrics = [dev_metric_name(task.tag_names, task.metric) for task in tasks]
     log.info("train %s: best dev %s %.4f at epoch %d", name, "/".join(metrics), best["dev_score"], best["epoch"])
     return {"dev_metric": metrics[0] if len(tasks) == 1 else "mean of " + ", ".join(metrics),
             "best_dev_score": best["dev_score"], "best_epoch": best["epoch"],

@@ -32,8 +32,9 @@ DEEPSPEED_TAG = "engine"
 TRAIN_STATE_FILE = "train_state.pt"
 """Optimizer, grad-scaler, schedule and loss-module state, epoch and history, next to the student."""
 
-MID_EPOCH_SCORE = -1.0
-"""``dev_score`` reported with a mid-epoch checkpoint (no dev pass ran): below every real score, so
+MID_EPOCH_SCORE = -2.0
+"""``dev_score`` reported with a mid-epoch checkpoint (no dev pass ran): below every real score
+(the Matthews correlation, the lowest ``data.metric``, reaches -1), so
 Ray keeps it only while it is the latest and never picks it as the best."""
 
 

@@ -193,7 +193,8 @@ def train_loop(config: dict) -> dict:
                                    sink=sink)
         scores = [dev_score(student, map(collate, length_grouped(
                       shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
-                      train_cfg.batch_size, None, kind)), precision, task["tag_names"])
+                      train_cfg.batch_size, None, kind)), precision, ray.train.torch.get_device(),
+                            task["tag_names"], task["metric"])
                   for shard, collate, task, kind in zip(dev_shards, dev_collates, tasks, kinds)]
         named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
         metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
@@ -271,13 +272,15 @@ def train_epoch(model: nn.Module, batches, optimisation: Optimisation, precision
 
 
 @torch.no_grad()
-def dev_score(student: Student, batches, precision: Precision, tag_names: list[str] | None) -> float:
+def dev_score(student: Student, batches, precision: Precision, device: torch.device, tag_names: list[str] | None,
+              metric: str) -> float:
     """The dev score of :func:`pipeline.evaluation.scoring.score` over
-    :func:`pipeline.evaluation.scoring.predicted_classes`: accuracy of the argmax logit, or, with
-    ``tag_names``, entity-level F1 of the argmax tag of every real word (``student.word_mask``,
-    gold tags alike). The student is left in training mode."""
+    :func:`pipeline.evaluation.scoring.predicted_classes`: ``metric`` (``data.metric``) of the
+    argmax logit, or, with ``tag_names``, entity-level F1 of the argmax tag of every real word
+    (``student.word_mask``, gold tags alike), the batches (:class:`Batch`) taken to ``device``.
+    The best epoch is the one of the highest score, so ``metric`` picks it. The student is left
+    in training mode."""
     student.eval()
-    device = ray.train.torch.get_device()
     predicted, gold = [], []
     for batch in batches:
         batch = batch.to(device)
@@ -287,7 +290,7 @@ def dev_score(student: Student, batches, precision: Precision, tag_names: list[s
         predicted += predicted_classes(logits, real)
         gold += batch.labels.tolist() if real is None else word_rows(batch.labels, real)
     student.train()
-    return score(predicted, gold, tag_names)[dev_metric_name(tag_names)]
+    return score(predicted, gold, tag_names, metric)[dev_metric_name(tag_names, metric)]
 
 
 def peak_rss_mb() -> float:

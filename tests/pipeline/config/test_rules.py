@@ -145,11 +145,11 @@ def test_a_config_that_breaks_a_rule_is_refused_when_read(rule):
 
 
 def test_the_metric_left_out_follows_the_task():
-    assert validate_config(BILSTM_RUN).data.scored_metric() == "accuracy"
-    assert validate_config(TOKEN_RUN).data.scored_metric() == "entity_f1"
-    assert validate_config(changed(BILSTM_RUN, ("data.metric", "f1"))).data.scored_metric() == "f1"
+    assert validate_config(BILSTM_RUN).data.scored_metric == "accuracy"
+    assert validate_config(TOKEN_RUN).data.scored_metric == "entity_f1"
+    assert validate_config(changed(BILSTM_RUN, ("data.metric", "f1"))).data.scored_metric == "f1"
     three = changed(BILSTM_RUN, ("data.labels", [0, 1, 2]))
-    assert validate_config(changed(three, ("data.metric", "macro_f1"))).data.scored_metric() == "macro_f1"
+    assert validate_config(changed(three, ("data.metric", "macro_f1"))).data.scored_metric == "macro_f1"
 
 
 def test_several_broken_rules_are_listed_a_line_each():
