@@ -49,7 +49,7 @@ def trivial_predictions(label: int, split: Split) -> list:
 
 
 def baseline_scores(train_gold: list, splits: dict[str, Split], labels: list,
-                    tag_names: list[str] | None) -> dict[str, Any]:
+                    tag_names: list[str] | None, metric: str = "accuracy") -> dict[str, Any]:
     """A task's trivial baseline on its evaluated splits.
 
     Args:
@@ -57,6 +57,7 @@ def baseline_scores(train_gold: list, splits: dict[str, Split], labels: list,
         splits: ``{"dev"[, "test"]: Split}``, as the evaluate stage scores the models on.
         labels: the task's label set (``data.labels``), in class-index order.
         tag_names: IOB2 tag names of a token task, else None.
+        metric: a sequence task's ``data.metric``, scored beside accuracy (see :func:`score`).
 
     Returns:
         ``{"rule": str, "<split>_<score>": value}``: the rule in words ("majority class: 1",
@@ -66,7 +67,7 @@ def baseline_scores(train_gold: list, splits: dict[str, Split], labels: list,
     rule = f"every word: {tag_names[label]}" if tag_names else f"majority class: {labels[label]}"
     return {"rule": rule, **{f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
                              for key, value in score(trivial_predictions(label, split), split.gold,
-                                                     tag_names).items()}}
+                                                     tag_names, metric).items()}}
 
 
 def flag(student: dict[str, float], baseline: dict[str, Any], teacher: dict[str, float] | None,

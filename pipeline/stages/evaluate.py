@@ -80,7 +80,8 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
                           for name, (model, featurize, _) in models.items()} for task in tasks}
     teachers = {task.name: teacher_scores(task, scores[task.name]) for task in tasks}
     baselines = {task.name: baseline_scores(read_split(task.run_dir.split_file("train"), task.kind).gold,
-                                            splits[task.name], task.cfg.data.labels, task.tag_names) for task in tasks}
+                                            splits[task.name], task.cfg.data.labels, task.tag_names, task.metric)
+                 for task in tasks}
     flags = {task.name: flagged(task, scores[task.name], baselines[task.name], teachers[task.name], cfg.train)
              for task in tasks}
     first = tasks[0]
@@ -116,7 +117,8 @@ def task_scores(name: str, model: nn.Module, featurize: Callable, splits: dict[s
     """Model ``name``'s scores on a task's splits, ``{<split>_<score>: value}`` rounded to 4 places
     (see :func:`score`)."""
     scores = {f"{split_name}_{key}": round(value, 4) for split_name, split in splits.items()
-              for key, value in score(predict(model, featurize, split), split.gold, task.tag_names).items()}
+              for key, value in score(predict(model, featurize, split), split.gold, task.tag_names,
+                                      task.metric).items()}
     log.info("evaluate: %s on %s: %s", name, task.name or "the run's task",
              ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return scores
