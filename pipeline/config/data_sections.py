@@ -16,8 +16,9 @@ from core.config import Section
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 """Environment variable naming the folder that relative data paths resolve against."""
 
-DEFAULT_DATA_DIR = Path("../shared/data")
-"""Fallback data folder, relative to the working directory (the repository root)."""
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+"""Fallback data folder: ``shared/data`` beside the repository (``../shared/data`` from its root),
+whatever the working directory."""
 
 
 class SplitConfig(Section):
@@ -75,7 +76,11 @@ class DataConfig(Section):
     the evaluate report, accuracy beside it.
     """
 
-    root: Path | None = Field(default=None, description=f"folder for relative paths; else ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}")
+    root: Path | None = Field(
+        default=None, description=f"folder that relative split paths resolve against; a relative root resolves "
+                                  f"against the folder of the YAML file that sets it (the working directory for "
+                                  f"--set and dicts); unset: ${DATA_DIR_ENV}, else ../shared/data beside the "
+                                  f"repository")
     task: Literal["sequence", "token"] = Field(
         default="sequence", description="sequence: one label per sentence (or pair); token: one tag per word, "
                                         "CoNLL-format splits")
@@ -137,7 +142,7 @@ class DataConfig(Section):
         return self.metric or ("entity_f1" if self.task == "token" else "accuracy")
 
     def resolved_root(self) -> Path:
-        """The folder relative paths resolve against: ``root``, ``$DISTILL_DATA_DIR`` or ``../shared/data``."""
+        """The folder relative paths resolve against: ``root``, ``$DISTILL_DATA_DIR`` or :data:`DEFAULT_DATA_DIR`."""
         if self.root is not None:
             return Path(self.root)
         return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))

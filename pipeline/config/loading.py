@@ -5,7 +5,8 @@ A YAML file (or shipped preset) may start from another with ``base: NAME_OR_PATH
 only what differs: mappings merge key by key, lists and scalars replace the base's value, and
 a ``train.student`` of another ``family`` replaces the base's student.
 Bases chain (a base may have its own ``base``); a relative base path resolves against the
-folder of the file that names it. Unknown keys and wrong types fail before any work with a
+folder of the file that names it, and so does a relative ``data.root`` (overrides and mappings:
+the working directory). Unknown keys and wrong types fail before any work with a
 :class:`~core.errors.ConfigError` that names, for a misspelled key, the closest valid one
 (torchtune/STYLE.md convention).
 """
@@ -128,6 +129,8 @@ def read_with_bases(source: str | Path | Mapping[str, Any], relative_to: Path | 
             chain comes back to a file already in it.
     """
     raw, origin, folder = _read_source(source, relative_to)
+    if folder is not None:
+        _anchor_data_root(raw, folder)
     if origin in chain:
         raise ConfigError(f"the base chain makes a cycle ({' -> '.join((*chain, origin))}); remove one of "
                           f"these base keys")
@@ -187,6 +190,15 @@ def _read_source(source: str | Path | Mapping[str, Any],
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
     return raw, origin, folder
+
+
+def _anchor_data_root(raw: dict[str, Any], folder: Path) -> None:
+    """Make a YAML file's relative ``data.root`` relative to the file's ``folder`` instead of the
+    working directory, so a config and its data folder move together."""
+    data = raw.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    if isinstance(root, str) and not Path(root).expanduser().is_absolute():
+        data["root"] = str(folder / root)
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

@@ -194,6 +194,25 @@ def test_data_root_from_environment(monkeypatch, tmp_path):
     assert cfg.data.resolve(cfg.data.train) == tmp_path / "a.tsv"
 
 
+def test_data_root_resolves_against_the_yaml_file_that_sets_it(monkeypatch, tmp_path):
+    (tmp_path / "project" / "configs").mkdir(parents=True)
+    base = tmp_path / "project" / "base.yaml"
+    base.write_text(json.dumps({**MINIMAL, "data": {**MINIMAL["data"], "root": "mine"}}))
+    (tmp_path / "project" / "configs" / "run.yaml").write_text("base: ../base.yaml\nname: r\n")
+    monkeypatch.chdir(tmp_path)  # not the configs' folder
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path / "elsewhere"))
+    cfg = load_config("project/configs/run.yaml")
+    assert cfg.data.resolve(cfg.data.train).resolve() == tmp_path / "project" / "mine" / "a.tsv"  # the base's folder
+    (tmp_path / "project" / "configs" / "own.yaml").write_text("base: ../base.yaml\ndata: {root: data}\n")
+    cfg = load_config("project/configs/own.yaml")
+    assert cfg.data.resolved_root().resolve() == tmp_path / "project" / "configs" / "data"
+    cfg = load_config("project/configs/own.yaml", ["data.root=cwd"])  # an override: the working directory
+    assert cfg.data.resolved_root() == Path("cwd")
+    monkeypatch.delenv("DISTILL_DATA_DIR")
+    unset = load_config("sst2")  # a preset: $DISTILL_DATA_DIR, else shared/data beside the repository
+    assert unset.data.resolved_root() == Path(__file__).resolve().parents[4] / "shared" / "data"
+
+
 def test_pair_column_and_extra_teachers_are_typed():
     cfg = validate_config({**MINIMAL, "data": {**MINIMAL["data"], "text_pair_column": "sentence2"},
                            "label": {"teachers": ["t1", "/abs/t2"], "combine": "mean_probs"}})
