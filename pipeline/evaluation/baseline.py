@@ -4,8 +4,8 @@ The trivial baseline predicts the train split's most frequent label for every de
 row, or its most frequent tag (``O``) for every word of a token task, and is scored by the same
 scorer as the models (:func:`pipeline.evaluation.scoring.score`), so it is the majority-class
 score of whatever metric a run reports (accuracy; entity F1 is 0, as no entity is predicted).
-A student is flagged (issue 26, "No silent failures") when its dev score on the run's
-headline metric (:func:`pipeline.evaluation.scoring.dev_metric_name`) is at or below that
+A student is flagged (issue 26, "No silent failures") when its dev score on the task's
+metric (``data.metric``, the report's headline) is at or below that
 baseline, or under :data:`TEACHER_SHARE` of its teacher's, and the console gets one warning
 line per flagged student (the evaluate stage's, from :func:`warning` and :func:`advice`) naming the
 likely causes and the settings to try.

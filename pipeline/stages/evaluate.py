@@ -31,7 +31,7 @@ from core.errors import ArtifactError
 from pipeline.artifacts import RunDir
 from pipeline.config.sections import EvaluateConfig, MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluation.baseline import advice, baseline_scores, flag_students, warning
-from pipeline.evaluation.scoring import (Split, batch1_features, dev_metric_name, featurize_for, logits_of, predict,
+from pipeline.evaluation.scoring import (Split, batch1_features, featurize_for, logits_of, predict,
                                          read_split, score, teacher_model)
 from pipeline.tasks import Task, run_tasks
 from students.base import META_FILE, Student
@@ -136,9 +136,9 @@ def teacher_scores(task: Task, scores: dict[str, dict[str, float]]) -> dict[str,
 def flagged(task: Task, scores: dict[str, dict[str, float]], baseline: dict[str, Any],
             teacher: dict[str, float | None] | None, train: TrainConfig) -> dict[str, str]:
     """The task's students that learned (almost) nothing, ``{student: flag}``
-    (:func:`pipeline.evaluation.baseline.flag_students` on the run's dev metric), each warned about
-    on the console with the likely causes and the settings to try."""
-    key = f"dev_{dev_metric_name(task.tag_names)}"
+    (:func:`pipeline.evaluation.baseline.flag_students` on the dev score of the task's metric,
+    ``data.metric``), each warned about on the console with the likely causes and the settings to try."""
+    key = f"dev_{task.metric}"
     flags = flag_students(scores, baseline, teacher, key)
     for name, reason in flags.items():
         log.warning("%s %s", warning(name, task.name, key, scores[name], reason, baseline, teacher),

@@ -20,17 +20,18 @@ TAGS = list(CONLL2003_TAGS)
 WORDS = Split(texts=[["Anna", "met", "Bob"], ["in", "Paris"]], pairs=None, gold=[[1, 0, 1], [0, 5]])
 
 
-def task(tmp_path, token: bool = False, augment: dict | None = None) -> Task:
+def task(tmp_path, token: bool = False, augment: dict | None = None, metric: str | None = None) -> Task:
     data = {"train": {"path": "x.tsv"}, "dev": {"path": "y.tsv"}, "labels": TAGS if token else ["neg", "pos"],
-            **({"task": "token"} if token else {}), **({"augment": augment} if augment else {})}
+            **({"task": "token"} if token else {}), **({"augment": augment} if augment else {}),
+            **({"metric": metric} if metric else {})}
     cfg = validate_config({"name": "t", "output_dir": str(tmp_path), "data": data,
                            "train": {"epochs": 3, "lr": 0.002, "ce_only_epochs": 7,
                                      **({"student": {"family": "cnn_lstm"}} if token else {})}})
     return Task(None, cfg, RunDir(cfg.run_dir))
 
 
-def scores_of(predicted: list, split: Split = DEV, tags: list[str] | None = None) -> dict[str, float]:
-    return {f"dev_{key}": round(value, 4) for key, value in score(predicted, split.gold, tags).items()}
+def scores_of(predicted: list, metric: str = "accuracy") -> dict[str, float]:
+    return {f"dev_{key}": round(value, 4) for key, value in score(predicted, DEV.gold, None, metric).items()}
 
 
 def test_majority_label_counts_rows_or_words_and_skips_unlabeled_rows():
@@ -89,3 +90,14 @@ def test_a_tagger_under_a_quarter_of_its_teacher_is_flagged_with_the_all_o_prior
     assert "dev entity f1 0.0200 is under a quarter of the teacher's score" in kd
     assert "more data.augment.copies (now 2)" in kd and "train.epochs (now 3)" in kd
     assert "the all-O prior" in kd
+
+
+def test_the_check_follows_the_tasks_metric(tmp_path, caplog):
+    # matthews: a student forced to one class scores 0, as the baseline does; the good one 0.8
+    matthews = task(tmp_path, metric="matthews")
+    baseline = baseline_scores([1, 1, 0], {"dev": DEV}, ["neg", "pos"], None, "matthews")
+    assert baseline == {"rule": "majority class: pos", "dev_matthews": 0.0, "dev_accuracy": 0.7}
+    scores = {"kd": scores_of([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], "matthews"), "ce_only": scores_of([1] * 10, "matthews")}
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert flagged(matthews, scores, baseline, None, matthews.cfg.train) == {"ce_only": BELOW_BASELINE}
+    assert "dev matthews 0.0000 is at or below the trivial baseline" in caplog.records[0].getMessage()
