@@ -57,7 +57,7 @@ from pipeline.training.shards import require_file, soft_label_files
 from pipeline.evaluation.variants import VariantMeta, write_meta
 from students.registry import load_student
 from students.terms import LossConfig
-from teachers.finetune import FinetuneConfig
+from teachers.finetune import FinetuneConfig, resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if prune_cfg.layer_drop:
         teacher = load_prunable(cfg, run_dir, "teacher")
         train_file = require_file(run_dir.split_file("train"))
-        baseline = layer_drop_baseline(teacher, train_file, kind, dev, prune_cfg, cfg.finetune, out)
+        finetune = resolve_recipe(cfg.finetune, pq.read_metadata(train_file).num_rows)  # its auto values
+        baseline = layer_drop_baseline(teacher, train_file, kind, dev, prune_cfg, finetune, out)
     return {"models": models, "layer_drop": baseline}
 
 

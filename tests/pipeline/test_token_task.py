@@ -120,6 +120,8 @@ def test_data_stage_writes_tagged_word_tables(ner_run):
 def test_teacher_is_finetuned_as_a_token_classifier(ner_run):
     cfg, manifests = ner_run
     assert manifests["finetune"]["finetuned"] is True
+    scores = manifests["finetune"]["dev_scores"]  # dev entity F1 after each of the 4 epochs; the best is kept
+    assert len(scores) == 4 and manifests["finetune"]["best_epoch"] == scores.index(max(scores)) + 1
     history = manifests["finetune"]["loss_history"]
     assert history[-1] < 0.5 * history[0]
     model = AutoModelForTokenClassification.from_pretrained(RunDir(cfg.run_dir).teacher_dir)
@@ -175,6 +177,7 @@ def test_evaluate_reports_entity_scores_on_dev_and_test(ner_run):
         figures = saved_student_figures(RunDir(cfg.run_dir).student_dir(kind))
         assert {key: models[kind][key] for key in figures} == figures, kind
     assert 0 <= models["teacher"]["test_entity_f1"] <= 1
+    assert models["teacher"]["dev_entity_f1"] == pytest.approx(max(manifests["finetune"]["dev_scores"]), abs=1e-4)
     report = RunDir(cfg.run_dir).report_file.read_text()
     assert "| model | dev entity F1 | dev entity precision | dev entity recall | test entity F1 |" in report
     assert f"| student, KD | {models['kd']['dev_entity_f1']:.4f} |" in report

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
+from torch import nn
 
 from core.hf_checkpoint import is_classifier_for
 from core.precision import Precision, deepspeed_config, select_precision
 from teachers.checkpoint import load_classifier, resolve_teacher
-from teachers.finetune import FinetuneConfig, finetune_classifier, finetune_deepspeed_config
+from teachers.finetune import BestEpoch, FinetuneConfig, finetune_classifier, finetune_deepspeed_config, resolve_recipe
 
 CLUSTERS = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed"
 
@@ -70,14 +72,60 @@ def test_finetune_learns_a_separable_task(tiny_teacher_dir, tmp_path):
     words = {1: ["great", "good", "lovely", "superb"], 0: ["awful", "bad", "dull", "poor"]}
     rows = [{"id": i, "text": f"a {words[i % 2][i % 4]} film", "label": i % 2} for i in range(64)]
     out = tmp_path / "teacher"
+    crafted, heads = iter([0.1, 0.2, 0.9, 0.3, 0.9, 0.1]), []  # epoch 3 is the best (epoch 5 only ties it)
+
+    def dev_score(model):
+        assert not model.training
+        heads.append(model.classifier.weight.detach().clone())
+        return next(crafted)
+
     result = finetune_classifier(tiny_teacher_dir, datasets.Dataset.from_list(rows), ["negative", "positive"], out,
                                  FinetuneConfig(epochs=6, batch_size=16, lr=1e-2, warmup_ratio=0.0),
-                                 select_precision("fp32", "test"), max_length=16, seed=0)
+                                 select_precision("fp32", "test"), max_length=16, seed=0, dev_score=dev_score)
     assert result["steps"] == 24
     assert result["loss_history"][-1] < 0.5 * result["loss_history"][0]
+    assert result["dev_scores"] == [0.1, 0.2, 0.9, 0.3, 0.9, 0.1] and result["best_epoch"] == 3
     assert is_classifier_for(out, 2)
     model = load_classifier(out, ["negative", "positive"])
     assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert torch.equal(model.classifier.weight, heads[2]) and not torch.equal(heads[2], heads[-1])
+
+
+def test_best_epoch_restores_the_weights_of_the_highest_score():
+    model = nn.Linear(2, 1)
+    best = BestEpoch(lambda m: float(m.bias.detach()))
+    assert best.best_epoch == 0
+    for bias in (0.5, 2.0, 1.0):
+        with torch.no_grad():
+            model.bias.fill_(bias)
+        best.observe(model)
+    assert best.scores == [0.5, 2.0, 1.0] and best.best_epoch == 2 and model.training
+    best.restore(model)
+    assert float(model.bias) == 2.0
+
+
+@pytest.mark.parametrize("rows, epochs, lr", [
+    (500, 10, 2e-5),      # 16 steps an epoch: the 10-epoch cap
+    (1_000, 10, 2e-5),
+    (4_999, 7, 2e-5),     # 157 steps an epoch: ceil(1000 / 157) = 7
+    (5_000, 7, 3e-5),
+    (20_000, 3, 3e-5),    # 625 steps an epoch: the 3-epoch floor
+    (67_349, 3, 5e-5),    # SST-2
+])
+def test_auto_recipe_follows_the_labeled_set_size(rows, epochs, lr):
+    auto = resolve_recipe(FinetuneConfig(epochs="auto", lr="auto", warmup_ratio="auto", batch_size=32), rows)
+    assert (auto.epochs, auto.lr, auto.warmup_ratio) == (epochs, lr, 0.1)
+
+
+def test_numbers_are_kept_and_defaults_stay_todays():
+    cfg = FinetuneConfig(epochs=2, lr="auto")
+    assert resolve_recipe(cfg, 1_000) == FinetuneConfig(epochs=2, lr=2e-5)
+    assert FinetuneConfig() == resolve_recipe(FinetuneConfig(), 1_000)
+    assert (FinetuneConfig().epochs, FinetuneConfig().lr, FinetuneConfig().warmup_ratio) == (1.0, 5e-5, 0.06)
+    with pytest.raises(ValueError, match="epochs"):
+        FinetuneConfig(epochs=0)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        FinetuneConfig(warmup_ratio="often")
 
 
 def test_finetune_learns_a_task_seen_only_in_the_second_sentence(tiny_teacher_dir, tmp_path):

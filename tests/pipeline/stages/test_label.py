@@ -214,6 +214,7 @@ def test_a_pair_task_is_finetuned_and_labeled_on_the_pair_encoding(pair_task, ti
     data.run(cfg, run)
     tuned = finetune.run(cfg, run)
     assert tuned["finetuned"] and tuned["steps"] == 4
+    assert len(tuned["dev_scores"]) == 2 and all(0 <= v <= 1 for v in tuned["dev_scores"])  # dev accuracy per epoch
     label.run(cfg, run)
     table = read_all(run).sort_by("id")
     transfer = pq.read_table(run.split_file("transfer"))
