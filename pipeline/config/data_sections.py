@@ -22,14 +22,16 @@ whatever the working directory."""
 
 
 class SplitConfig(Section):
-    """One input table: a local TSV/CSV/JSONL/JSON/Parquet file, or a hub dataset split.
+    """One input table: a local TSV/CSV/JSONL/JSON/Parquet file, a hub dataset split, or a local
+    file with a hub split to fall back on when the file is missing (:mod:`pipeline.textdata.hub`).
 
     Relative ``path`` values resolve against ``data.root``. ``limit`` keeps the first rows
     after skipping ``skip`` rows, so presets can take slices of one file.
     """
 
     path: str | None = None
-    hub: str | None = Field(default=None, description="hub dataset name, used only when online")
+    hub: str | None = Field(default=None, description="hub dataset name (e.g. stanfordnlp/sst2): read when path "
+                                                      "is unset or its file is missing, online or from the cache")
     hub_subset: str | None = None
     hub_split: str = "train"
     skip: int = Field(default=0, ge=0)
@@ -37,8 +39,9 @@ class SplitConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> "SplitConfig":
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a hub dataset name)")
+        if self.path is None and self.hub is None:
+            raise ValueError("give 'path' (a local file), 'hub' (a hub dataset name), or both (hub read when the "
+                             "file is missing)")
         return self
 
 

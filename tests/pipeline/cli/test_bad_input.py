@@ -222,6 +222,24 @@ def test_bad_input_is_one_line_naming_the_problem_and_exit_2(workspace, capsys, 
     print(f"{case}: {errors[0]}")
 
 
+def test_offline_without_the_local_file_names_the_folder_and_the_hub_dataset(workspace, capsys, monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    # as a process started with HF_HUB_OFFLINE=1 and an empty cache (the libraries read both on import)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(workspace.root / "hub-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", workspace.root / "datasets-cache")
+    dev = {"path": "sst2/dev.tsv", "hub": "stanfordnlp/sst2", "hub_split": "validation"}
+    assert main(workspace.run(data={"dev": dev})) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: error: ")]
+    assert errors == [f"distill: error: {workspace.root / 'sst2' / 'dev.tsv'}: no such file, and hub dataset "
+                      f"stanfordnlp/sst2:validation could not be read: offline (HF_HUB_OFFLINE=1); put the file in "
+                      f"{workspace.root / 'sst2'}/ (data.root or $DISTILL_DATA_DIR), or unset HF_HUB_OFFLINE and "
+                      f"read stanfordnlp/sst2 online"]
+
+
 FULL_DISK_CHILD = textwrap.dedent("""
     import resource, signal, sys
     import pyarrow as pa, pyarrow.parquet as pq

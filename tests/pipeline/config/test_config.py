@@ -174,10 +174,10 @@ def test_base_cycle_and_unknown_base_name_the_file(tmp_path):
         load_config(tmp_path / "d.yaml")
 
 
-def test_split_needs_exactly_one_source():
+def test_split_needs_a_source():
     raw = json.loads(json.dumps(MINIMAL))
-    raw["data"]["dev"] = {"path": "b.tsv", "hub": "glue"}
-    with pytest.raises(ConfigError, match="data.dev: Value error, give exactly one of 'path'"):
+    raw["data"]["dev"] = {"limit": 3}
+    with pytest.raises(ConfigError, match=r"data.dev: Value error, give 'path' \(a local file\), 'hub'"):
         validate_config(raw)
 
 
