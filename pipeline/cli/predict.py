@@ -133,7 +133,7 @@ def check(bundle: Bundle, dev_file: Path | None = None) -> dict[str, Any]:
     from compress.text_graph import check_text_graph
     from core.schema import TaskKind
 
-    dev = read_split(dev_file or bundle.run_dir.split_file("dev"), TaskKind(bundle.info["task"]))
+    dev = read_split(dev_file or bundle.run_dir.split_file("dev"), TaskKind(bundle.info["kind"]))
     first = read_meta((bundle.folder / bundle.artifact(None)["name"]).parent)
     source = bundle.run_dir.root / first.source
     reference = pytorch_model(bundle, model_meta(bundle.run_dir, bundle.info["model"], source))

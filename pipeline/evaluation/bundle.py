@@ -14,7 +14,7 @@ A model is *shipped* when one of its variants is on the benchmark's Pareto front
 - ``tokenizer/``: the source model folder's files that are not weights (tokenizer, vocabulary,
   ``student.json``, ``config.json``);
 - ``labels.txt`` (one name a line, in class-index order), ``input_spec.json``
-  (:func:`input_spec`), ``bundle.json`` (the run folder, task, labels, the featurizer's max
+  (:func:`input_spec`), ``bundle.json`` (the run folder, task and row kind, labels, the featurizer's max
   length, every artifact with its dev score, batch-1 p50 and size from the benchmark), the model
   card ``README.md`` (:mod:`pipeline.evaluation.model_card`), and ``SHA256SUMS`` of every other
   file, in ``sha256sum`` format (``sha256sum -c SHA256SUMS`` checks it).
@@ -32,7 +32,7 @@ from typing import Any
 from compress.pareto import pareto_front
 from core.artifacts import atomic_write_json
 from pipeline.artifacts import RunDir
-from pipeline.config.sections import RunConfig
+from pipeline.config.sections import RunConfig, task_kind
 from pipeline.evaluation.variants import META_FILE, VariantMeta, featurizer, read_meta, stage_variants
 
 SHIP_DIR = "ship"
@@ -99,7 +99,8 @@ def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], late
         (out / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         meta = folders[rows[0]["name"]]
         atomic_write_json(out / SPEC_FILE, input_spec(run_dir, meta, cfg.teacher.max_length, cfg.data.task, out))
-        info = {"model": model, "run": str(run_dir.root.resolve()), "task": cfg.data.task, "labels": labels,
+        info = {"model": model, "run": str(run_dir.root.resolve()), "task": cfg.data.task,
+                "kind": task_kind(cfg.data).value, "labels": labels,
                 "max_length": cfg.teacher.max_length, "score_key": summary["score_key"],
                 "latency_threads": latency_key, "command": run_command(cfg, run_dir),
                 "machine": summary["machine"].get("cpu_model"), "artifacts": artifacts}

@@ -124,16 +124,22 @@ def test_load_student_without_the_runs_labels_names_the_fix(tmp_path):
 
 
 @pytest.mark.slow  # an ONNX export, an int8 copy of it and the benchmark stage's measurements
-def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predicts(tmp_path, tiny_teacher_dir):
-    """A hand-built run as test_benchmark's (the tiny teacher, its ONNX export and an int8 copy of
-    that) measured by the benchmark stage: the result's variants are the manifest's, and the ONNX
-    variant's folder loads and predicts what the PyTorch teacher does."""
+def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predicts(tmp_path, tiny_teacher_dir, capsys):
+    """A hand-built run as test_benchmark's (the tiny teacher, its ONNX export with a text graph and
+    an int8 copy of that) measured by the benchmark stage: the result's variants are the manifest's,
+    the ONNX variant's folder loads and predicts what the PyTorch teacher does, and so do the
+    teacher's bundle through `distill predict` (every artifact checked on the dev split)."""
+    from compress.slicing import load_pruned
+    from compress.text_graph import export_text_graph
     from pipeline.stages import benchmark
     from test_benchmark import build_run, int8_variant, onnx_variant
 
     cfg, run_dir = build_run(tmp_path, tiny_teacher_dir)
     (run_dir.root / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     onnx_variant(run_dir)
+    export = run_dir.root / "export" / "teacher-onnx"
+    export_text_graph(load_pruned(run_dir.teacher_dir).eval(), run_dir.teacher_dir, export / "model.onnx",
+                      export / "model_text.onnx", cfg.teacher.max_length)
     int8_variant(run_dir)
     manifest = run_dir.publish("benchmark", "fp", benchmark.run(cfg, run_dir), 1.0)
     result = api.read_result(cfg, {"benchmark": manifest}, {"benchmark": manifest}, run_dir.root / "log")
@@ -150,6 +156,30 @@ def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predict
     assert [p.label for p in shipped] == [p.label for p in eager] and {p.label for p in eager} <= {"0", "1"}
     for ours, theirs in zip(shipped, eager):
         assert list(ours.probabilities.values()) == pytest.approx(list(theirs.probabilities.values()), abs=1e-4)
+    check_bundle(run_dir.root / manifest["bundles"]["teacher"], [p.label for p in eager], capsys)
+
+
+def check_bundle(bundle, labels: list[str], capsys) -> None:
+    """The teacher's bundle: its fp32 ONNX graph and text graph predict the PyTorch teacher's labels
+    (`distill predict`) and agree on every dev row, the text graph's ids equal the tokenizer's, and
+    `--check` exits 1 exactly when an artifact (the int8 copy, if picked) falls under 99.5 % agreement."""
+    from pipeline.cli import predict
+    from pipeline.cli.main import main
+
+    for artifact in ("onnxruntime-fp32/model.onnx", "onnxruntime-fp32/model_text.onnx"):
+        assert main(["predict", str(bundle), *SENTENCES, "--artifact", artifact]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert [line.split("\t")[0] for line in lines] == labels
+        assert [line.split("\t")[2] for line in lines] == SENTENCES
+    report = predict.check(predict.open_bundle(bundle))
+    listed = [a["name"] for a in predict.open_bundle(bundle).info["artifacts"]]  # the int8 copy when it is a pick
+    assert report["rows"] == 24 and list(report["artifacts"]) == listed
+    assert {"onnxruntime-fp32/model.onnx", "onnxruntime-fp32/model_text.onnx"} <= set(listed)
+    assert report["artifacts"]["onnxruntime-fp32/model.onnx"]["agreement"] == 1.0
+    assert report["artifacts"]["onnxruntime-fp32/model_text.onnx"] == {"agreement": 1.0, "ids_equal": 24}
+    assert report["passed"] == all(a["agreement"] >= predict.AGREEMENT_TARGET for a in report["artifacts"].values())
+    assert main(["predict", str(bundle), "--check"]) == (0 if report["passed"] else 1)
+    assert "100.00%  24/24" in capsys.readouterr().out
 
 
 def test_the_readmes_example_names_a_config_that_validates():
