@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from compress.latency import machine_info, measure, peak_rss_mb, reset_peak_rss, size_mb
-from compress.pareto import pareto_front, plot_pareto
+from compress.pareto import pareto_front
+from compress.pareto_plot import plot_pareto
 from core.artifacts import atomic_write_json
 from core.errors import ArtifactError, DistillError
 from pipeline.artifacts import RunDir
@@ -256,13 +257,18 @@ def add_ratios(variants: list[dict], score_key: str, thread_key: str) -> str:
 
 
 def pareto_points(variants: list[dict], score_key: str, thread_key: str) -> list[dict]:
-    """``{name, accuracy, latency_ms}`` of each variant for :mod:`compress.pareto` (p50 at ``thread_key``)."""
-    return [{"name": v["name"], "accuracy": v[score_key], "latency_ms": v["threads"][thread_key]["p50_ms"]}
-            for v in variants]
+    """``{name, accuracy, latency_ms, size_mb, model, backend, precision}`` of each variant for
+    :mod:`compress.pareto` and :mod:`compress.pareto_plot` (p50 at ``thread_key``)."""
+    return [{"name": v["name"], "accuracy": v[score_key], "latency_ms": v["threads"][thread_key]["p50_ms"],
+             **{key: v[key] for key in ("size_mb", "model", "backend", "precision")}} for v in variants]
 
 
 def write_pareto(summary: dict[str, Any], png: Path) -> Path:
-    """Plot the summary's variants, score vs 1-thread batch-1 p50 (:func:`latency_key`), with the front drawn."""
+    """Plot the summary's variants (:func:`compress.pareto_plot.plot_pareto`): score and size vs
+    batch-1 p50 at :func:`latency_key`'s threads, the score axis zoomed around the PyTorch teacher's score."""
     thread_key = latency_key(summary["machine"]["threads"])
+    score = summary["score_key"][4:].replace("_", " ")
+    teacher = next((v[summary["score_key"]] for v in summary["variants"] if v["name"] == "teacher"), None)
     return plot_pareto(pareto_points(summary["variants"], summary["score_key"], thread_key), png,
-                       title=f"Dev {summary['score_key'][4:].replace('_', ' ')} vs batch-1 p50, {thread_key} thread(s)")
+                       title=f"Dev {score} vs batch-1 p50, {thread_key} thread(s)", score_label=f"dev {score}",
+                       reference=teacher)

@@ -1,8 +1,8 @@
-"""Pareto front of accuracy (up) against latency (down), and its plot."""
+"""Pareto front of accuracy (up) against latency (down)."""
 
 from __future__ import annotations
 
-from compress.pareto import pareto_front, plot_pareto
+from compress.pareto import pareto_front
 
 POINTS = [
     {"name": "teacher fp32", "accuracy": 0.92, "latency_ms": 20.0},
@@ -24,7 +24,3 @@ def test_front_of_one_point_and_of_none():
     assert pareto_front(POINTS[:1]) == POINTS[:1]
     assert pareto_front([]) == []
 
-
-def test_plot_is_written_as_png(tmp_path):
-    png = plot_pareto(POINTS, tmp_path / "plots" / "pareto.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
