@@ -149,8 +149,8 @@ def metric_key(task: Task, metric: str | None) -> str:
         ConfigError: ``metric`` is not a score of the task (:func:`pipeline.evaluation.scoring.score`).
     """
     dev = scoring.read_split(task.run_dir.split_file("dev"), task.kind)
-    names = list(scoring.score(dev.gold, dev.gold, task.tag_names))
-    metric = metric or scoring.dev_metric_name(task.tag_names)
+    names = list(scoring.score(dev.gold, dev.gold, task.tag_names, task.metric))
+    metric = metric or scoring.dev_metric_name(task.tag_names, task.metric)
     if metric not in names:
         raise ConfigError(f"--metric {metric}: not a score of this {task.kind.value} task; choose from {names}")
     return f"dev_{metric}"
