@@ -149,3 +149,22 @@ def test_bad_pair_input_names_the_file_and_row(pair_task, case):
     cfg = pair_task.config()
     with pytest.raises(DataError, match=message):
         data.run(cfg, RunDir(cfg.run_dir))
+
+
+def test_a_small_token_set_without_augmentation_is_told_to_grow_it(tmp_path, caplog, files):
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.txt").write_text("Alice NNP B-NP B-PER\nsleeps VBZ B-VP O\n\nBob NNP B-NP B-PER\n",
+                                              encoding="utf-8")
+    tagged = validate_config({"name": "t", "output_dir": str(tmp_path / "runs"),
+                              "train": {"student": {"family": "cnn_lstm"}},
+                              "data": {"task": "token", "root": str(tmp_path), "train": {"path": "train.txt"},
+                                       "dev": {"path": "dev.txt"}, "labels": ["O", "B-PER", "I-PER"]}})
+    with caplog.at_level("WARNING", logger="pipeline.stages.data"):
+        data.run(tagged, RunDir(tagged.run_dir))
+    assert ("the transfer set has only 2 sentences (labeled and unlabeled); a tagger learns little from under 5000; "
+            "set data.augment={copies: 5}") in caplog.text
+    caplog.clear()
+    sentences = config(files)  # a sentence task of 3 rows: no such advice
+    with caplog.at_level("WARNING", logger="pipeline.stages.data"):
+        data.run(sentences, RunDir(sentences.run_dir))
+    assert "data.augment" not in caplog.text
