@@ -152,11 +152,11 @@ def label_box(axes, point: dict, front: list[dict], earlier: list[tuple], render
     probe.remove()
     left = max(x - LABEL_PAD - extent.width, axes.get_window_extent(renderer).x0 + LABEL_PAD)
     right = left + extent.width
+    beside = right <= x - LABEL_PAD  # else it starts at the left edge and spans its own point
     corners = [to_pixels((p["latency_ms"], p["accuracy"])) for p in front]
-    bottom = max([y - extent.height / 2] + [cy + LABEL_PAD for cx, cy in corners if cx <= right + LABEL_PAD])
-    if right <= x - LABEL_PAD:  # beside its point, not over it: the staircase's step at the point is its own
-        bottom = max([y - extent.height / 2] + [cy + LABEL_PAD for cx, cy in corners if cx < x])
-    for other in earlier:
+    under = [cy for cx, cy in corners if (cx < x if beside else cx <= right + LABEL_PAD)]  # the staircase's steps
+    bottom = max([y - extent.height / 2] + [cy + LABEL_PAD for cy in under])
+    for other in sorted(earlier, key=lambda box: box[1]):  # stacked in the front's order, over any it would overlap
         if other[0] < right and left < other[2] and bottom < other[3] + LABEL_GAP:
             bottom = other[3] + LABEL_GAP
     return left, bottom, right, bottom + extent.height
