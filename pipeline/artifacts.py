@@ -11,7 +11,7 @@ Layout of ``<output_dir>/<name>/``::
     sweep/<trial>/train/{kd,manifest.json} ``distill sweep``: one trial's student (a run folder of its own)
     sweep/results.json                    ``distill sweep``: the trials' dev scores
     <stage>/manifest.json                 written last: the stage is complete
-    report.md, metrics.json               the run's report
+    report.md, report.html, metrics.json  the run's report (report.html: plots inline)
 
 A stage is complete when its ``manifest.json`` exists; it is fresh when the manifest's
 fingerprint (a hash of the stage's inputs, of its upstream fingerprint and of the versions of
@@ -254,3 +254,12 @@ class RunDir:
     def report_file(self) -> Path:
         """The run's human-readable report."""
         return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The run's report as one self-contained HTML page, plots inline."""
+        return self.root / "report.html"
+
+    def plots(self) -> list[Path]:
+        """Every PNG of the run folder outside ``wandb/``, sorted by path."""
+        return sorted(p for p in self.root.rglob("*.png") if "wandb" not in p.relative_to(self.root).parts)

@@ -1,4 +1,5 @@
-"""The run's report: ``metrics.json`` and ``report.md``, built from the stage manifests."""
+"""The run's report: ``metrics.json``, ``report.md`` and ``report.html`` (the same, plots inline),
+built from the stage manifests."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Any
 
 from core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.artifacts import RunDir
+from pipeline.evaluation.headline import headline_lines
 from pipeline.evaluation.report_compress import sections
+from pipeline.evaluation.report_html import render_html
 from pipeline.evaluation.variants import STUDENT_MODELS
 
 MODEL_TITLES = {"teacher": "teacher (fine-tuned)", "kd": "student, KD", "ce_only": "student, CE only"}
@@ -18,16 +21,20 @@ def collect(run_dir: RunDir, stages: list[str]) -> dict[str, Any]:
 
 
 def write(run_dir: RunDir, name: str, stages: list[str]) -> dict[str, Any]:
-    """Write ``metrics.json`` and ``report.md`` (:func:`render`) into the run directory; returns the metrics."""
+    """Write ``metrics.json``, ``report.md`` (:func:`render`) and ``report.html``
+    (:func:`pipeline.evaluation.report_html.render_html`) into the run directory; returns the metrics."""
     metrics = collect(run_dir, stages)
     atomic_write_json(run_dir.metrics_file, metrics)
-    atomic_write_text(run_dir.report_file, render(name, metrics))
+    markdown = render(name, metrics)
+    atomic_write_text(run_dir.report_file, markdown)
+    atomic_write_text(run_dir.report_html, render_html(markdown, run_dir, f"Distillation report: {name}"))
     return metrics
 
 
 def render(name: str, metrics: dict[str, Any]) -> str:
-    """Markdown report of a run's tasks, then its stage wall times and the sections of the prune
-    and benchmark stages when they ran (:mod:`pipeline.evaluation.report_compress`).
+    """Markdown report of a run: the headline and the links to the stage reports
+    (:mod:`pipeline.evaluation.headline`), its tasks, then its stage wall times and the sections of
+    the prune and benchmark stages when they ran (:mod:`pipeline.evaluation.report_compress`).
 
     One task (a single-task run, whose evaluate manifest has no ``tasks``): one table of every
     model's scores, size and latency, the trivial baseline's scores, and the data sizes. Several
@@ -42,7 +49,9 @@ def render(name: str, metrics: dict[str, Any]) -> str:
     if "tasks" in evaluation:
         lines = [f"# Multi-task distillation report: {name}", "", hardware_line, "", *tasks_tables(evaluation)]
     else:
-        lines = [f"# Distillation report: {name}", "", *one_task_tables(evaluation, metrics["data"], hardware_line)]
+        headline = headline_lines(metrics)
+        lines = [f"# Distillation report: {name}", "", *headline, *([""] if headline else []),
+                 *one_task_tables(evaluation, metrics["data"], hardware_line)]
     lines += ["", "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {stage} | {manifest['wall_s']:.1f} |" for stage, manifest in metrics.items()]
     lines += sections(metrics)

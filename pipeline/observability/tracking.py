@@ -203,7 +203,7 @@ class Tracker:
             if file.is_file():
                 report.add_file(str(file))
         artifacts.append(report)
-        plots = sorted(p for p in run_dir.root.rglob("*.png") if "wandb" not in p.relative_to(run_dir.root).parts)
+        plots = run_dir.plots()
         if plots:
             artifact = wandb.Artifact(f"{self.run.id}-plots", type="plots")
             for png in plots:

@@ -93,3 +93,71 @@ def test_report_and_metrics_show_the_trivial_baseline_and_flag_a_student_below_i
     assert "| trivial baseline (majority class: 1) | 0.6000 | 0.5000 | - | - | - | - | - |" in lines
     models = read_json(run.metrics_file)["evaluate"]["models"]
     assert models["kd"]["flag"] == flag and "flag" not in models["teacher"]
+
+
+def variant(name, model, backend, acc, size_mb, p50):
+    """A benchmark row (:mod:`pipeline.stages.benchmark`) measured at one thread."""
+    return {"name": name, "model": model, "backend": backend, "precision": "fp32", "dev_accuracy": acc,
+            "size_mb": size_mb, "speedup_vs_teacher_best": 1.0, "size_ratio_vs_teacher_best": 1.0,
+            "threads": {"1": {"p50_ms": p50, "p99_ms": p50, "throughput_eps": 1.0, "peak_rss_mb": 1.0}}}
+
+
+def test_report_opens_with_the_headline_and_its_html_holds_every_plot_inline(tmp_path):
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    run = RunDir(tmp_path)
+    colours = {"benchmark/pareto.png": "red", "prune/sensitivity-kd.png": "green", "train/curve.png": "blue"}
+    for path, colour in {**colours, "wandb/media/x.png": "black"}.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 3), colour).save(tmp_path / path)
+    run.publish("data", "a", {"train": {"rows": 10}, "transfer": {"rows": 30, "unlabeled_rows": 20,
+                                                                  "label_counts": {"0": 4}}}, 1.0)
+    run.publish("evaluate", "b", {"dev_rows": 5, "score_keys": ["dev_accuracy"],
+                                  "hardware": {"cpu": "cpu", "torch_threads": 2, "torch": "2"},
+                                  "models": {"teacher": model(0.9, 1000, 8.0), "kd": model(0.8, 100, 2.0),
+                                             "ce_only": model(0.85, 100, 4.0)}}, 2.0)
+    variants = [variant("teacher", "teacher", "pytorch", 0.9, 400.0, 100.0),
+                variant("ce_only", "ce_only", "pytorch", 0.85, 60.0, 8.0),
+                variant("ce_only/onnxruntime-int8-dynamic", "ce_only", "onnxruntime", 0.84, 15.0, 1.0),
+                variant("kd/pytorch-int8-dynamic", "kd", "pytorch", 0.82, 50.0, 0.5),  # PyTorch: not shipped
+                variant("teacher/onnxruntime-fp32", "teacher", "onnxruntime", 0.9, 410.0, 0.2)]  # not a student
+    run.publish("benchmark", "c", {"score_key": "dev_accuracy", "variants": variants, "baseline": "teacher",
+                                   "pareto": [v["name"] for v in variants[2:]], "pareto_png": "benchmark/pareto.png",
+                                   "machine": {"cpu_model": "cpu", "physical_cores": 2, "logical_cores": 2,
+                                               "cpu_flags": [], "threads": {"1": 1}, "versions": {}},
+                                   "bundles": {"ce_only": "ship/ce_only"}}, 3.0)
+    report.write(run, "demo", ["data", "evaluate", "benchmark"])
+    lines = run.report_file.read_text().splitlines()
+    assert lines[2:9] == ["## Headline", "", "| | model | dev accuracy | size (MB) | p50 (ms, benchmark, batch 1, one "
+                          "thread) |", "|---|---|---:|---:|---:|", "| teacher | teacher | 0.9000 | 400.0 | 100.00 |",
+                          "| best student | ce_only | 0.8500 | 60.0 | 8.00 |",
+                          "| shipped student | ce_only/onnxruntime-int8-dynamic | 0.8400 | 15.0 | 1.00 |"]
+    assert lines[10].startswith("Stage reports: [data](data/manifest.json) · [evaluate](evaluate/manifest.json) · "
+                                "[benchmark](benchmark/manifest.json) · [model card: ce_only](ship/ce_only/README.md)")
+
+    class Images(HTMLParser):
+        sources, cells = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            self.cells.append(data.strip())
+
+    page = Images()
+    page.feed(run.report_html.read_text())
+    assert "ce_only/onnxruntime-int8-dynamic" in page.cells and "Headline" in page.cells
+    assert len(page.sources) == len(colours)  # every plot of the run once; wandb/ is not the run's
+    shown = set()
+    for source in page.sources:
+        prefix, data = source.split(",", 1)
+        assert prefix == "data:image/png;base64"
+        raw = base64.b64decode(data, validate=True)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        shown.add(Image.open(io.BytesIO(raw)).convert("RGB").getpixel((0, 0)))
+    assert shown == {(255, 0, 0), (0, 128, 0), (0, 0, 255)}
