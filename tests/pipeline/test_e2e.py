@@ -43,7 +43,9 @@ def test_all_stages_write_their_artifacts(smoke_run):
     for kind in ("kd", "ce_only"):
         assert (run.student_dir(kind) / "model.safetensors").exists()
     assert run.report_file.exists() and run.metrics_file.exists()
-    assert "student, KD" in run.report_file.read_text()
+    text = run.report_file.read_text()
+    assert "student, KD" in text and "\n| best student | " in text.split("## Headline", 1)[1]
+    assert "<h2>Headline</h2>" in run.report_html.read_text()
     assert list((run.root / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run was written"
 
 
