@@ -304,3 +304,21 @@ def test_layer_map_past_the_student_is_reported():
     no_layers = StudentOutput(logits=t([[0.0, 0.0]]))
     with pytest.raises(ValueError, match="does not return"):
         module(no_layers, TEACHER, torch.tensor([1]), None, progress=0.5)
+
+
+def test_a_tagger_batch_averages_over_its_real_words_not_its_sentences_or_padding():
+    """CE over the labeled real words, KD over the real words the teacher saw; each a mean over
+    words of the whole batch (a long sentence weighs as its words), padding never counted."""
+    pad = [9.0, -9.0]  # any value at padding words or words outside a term's mask
+    student = t([[[0.0, LN3], [0.0, 0.0], [0.0, 0.0]],  # sentence 0: 3 words
+                 [[0.0, LN3], pad, [-9.0, 9.0]]])  # sentence 1: 1 word, 2 padding
+    teacher = {"logits": t([[[LN3, 0.0], [0.0, 0.0], pad], [[0.0, LN3], pad, pad]])}
+    labels = torch.tensor([[1, 0, 1], [1, -1, -1]])
+    seen = torch.tensor([[True, True, False], [True, False, False]])  # word 3 is past the teacher's max_length
+    module = DistillationLoss(LossConfig(ce=TermConfig(weight=0.5), kd=LogitTermConfig(weight=0.5), temperature=1.0),
+                              None, None)
+    out = module(StudentOutput(logits=student), teacher, labels, seen, progress=0.0)
+    ce = (2 * math.log(4 / 3) + 2 * math.log(2)) / 4  # softmax [1/4, 3/4] right twice, [1/2, 1/2] twice
+    kd = (0.75 * LN3 - 0.25 * LN3) / 3  # KL([3/4, 1/4] || [1/4, 3/4]) at word 1; the other 2 seen words match
+    assert out.terms["ce"].item() == pytest.approx(ce) and out.terms["kd"].item() == pytest.approx(kd)
+    assert out.total.item() == pytest.approx(0.5 * ce + 0.5 * kd)
