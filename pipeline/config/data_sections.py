@@ -75,8 +75,8 @@ class DataConfig(Section):
     or CoNLL-2003's columns (:mod:`pipeline.textdata.conll`), ``labels`` is the tag set (IOB2, e.g.
     ``CONLL2003_TAGS``), ``tag_column`` the field of the tag, and the column settings are not used.
 
-    ``metric`` is the task's score (:func:`pipeline.evaluation.scoring.score`): it picks the students' best epoch and heads
-    the evaluate report, accuracy beside it.
+    ``metric`` is the task's score (:func:`pipeline.evaluation.scoring.score`): it picks the
+    students' best epoch and heads the evaluate report, accuracy beside it.
     """
 
     root: Path | None = Field(

@@ -7,7 +7,8 @@ machine's CPU. Latency is timed by the benchmark stage's harness (:func:`compres
 whose module docstring says how), at the process's torch thread count. The rows are those of
 the run's tasks (:func:`pipeline.tasks.run_tasks`): a single-task run's own, or every source
 run's of a multi-task run, whose teachers were measured by their own runs. Sequence tasks are
-scored by their ``data.metric`` (the report's first column) and accuracy; token tasks by entity-level F1, precision and recall
+scored by their ``data.metric`` (the report's first column) and accuracy; token tasks by
+entity-level F1, precision and recall
 (:mod:`pipeline.evaluation.entity_metrics`), the teacher tagging each word with its first
 sub-token (:class:`teachers.token_alignment.WordTagger`). Beside them, each task's trivial
 baseline (the train split's majority label for every row or word), scored alike; a student at

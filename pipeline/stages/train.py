@@ -105,7 +105,8 @@ def run(cfg: RunConfig | MultiTaskRunConfig, run_dir: RunDir) -> dict:
         ``{kind: {"dev_metric", "best_dev_score", "best_epoch", "rows", "history", "optimizer_steps",
         "restarts", "attempts"}}`` for ``kd``
         and, with ``train.ce_only_baseline``, ``ce_only``; ``dev_metric`` names the dev score
-        (``data.metric``: "accuracy", "f1", "macro_f1", "matthews" or "entity_f1"); ``history`` holds one dict per epoch with
+        (``data.metric``: "accuracy", "f1", "macro_f1", "matthews" or "entity_f1"); ``history``
+        holds one dict per epoch with
         ``epoch, loss, loss_<term> (one per loss term), dev_score, lr (after the epoch's last
         step), wall_s, peak_rss_mb`` (the largest peak RSS of a worker process, MB: bounded by
         the shuffle buffer and Ray Data's block budget, not by the transfer set's size); named
