@@ -1,4 +1,5 @@
-"""One small interface over every runtime a variant can ship on: PyTorch, ONNX Runtime, ExecuTorch.
+"""One small interface over every runtime a variant can ship on: PyTorch, ONNX Runtime, ExecuTorch,
+LiteRT (the optional ``[litert]`` extra).
 
 Each backend's ``load(path_or_model, threads)`` returns a :class:`Predictor`, so the benchmark
 measures every variant the same way::
@@ -216,6 +217,65 @@ class ExecuTorchPredictor:
         return logits[:, :length] if self.pads_output else logits
 
 
+class LiteRTPredictor:
+    """A ``.tflite`` file of :func:`compress.litert_export.export_litert` on LiteRT's interpreter
+    (``ai_edge_litert``, the ``[litert]`` extra; XNNPACK on the CPU).
+
+    The file takes batch 1 with every input at one fixed length (axis 1 of its input shapes):
+    each row is right-padded with 0 (padding id, mask 0) to it and run alone, and per-position
+    logits (a rank-3 output) are cut back to the input's length. The file has no input names:
+    they are given, or read from ``input_names`` of the ``meta.json`` beside it.
+
+    Args:
+        path: ``model.tflite`` or a variant folder holding it (and ``meta.json``).
+        threads: the interpreter's threads.
+        input_names: the file's inputs in order; None reads them from ``meta.json``.
+
+    Raises:
+        ConfigError: the extra is not installed.
+        ArtifactError: the file is missing or does not load, its input names are unknown, or it
+            takes another number of inputs (another model's file).
+    """
+
+    def __init__(self, path: str | Path, threads: int, input_names: list[str] | None = None):
+        from compress.litert_export import require_litert
+
+        require_litert()
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path, self.threads = _model_file(path, "model.tflite"), threads
+        input_names = input_names or _variant_meta(self.path).get("input_names")
+        if not input_names:
+            raise ArtifactError(self.path.parent / META_FILE, "must list input_names, the .tflite's input order")
+        self.input_names = list(input_names)
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+            self.runner = self.interpreter.get_signature_runner()
+        except Exception as error:  # the interpreter raises ValueError/RuntimeError by cause
+            raise ArtifactError(self.path, f"LiteRT cannot load it ({error}); re-export the variant") from error
+        details = self.runner.get_input_details()
+        self.keys = sorted(details, key=lambda key: int(key.rpartition("_")[2]))  # args_0, args_1, ...
+        self.dtypes = [details[key]["dtype"] for key in self.keys]
+        self.fixed_length = int(details[self.keys[0]]["shape"][1])
+        if len(self.keys) != len(self.input_names):
+            raise ArtifactError(self.path, f"takes {len(self.keys)} inputs, given {self.input_names}; "
+                                           "it was exported from another model")
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        arrays = _select(features, self.input_names, str(self.path))
+        length = arrays[0].shape[1]
+        if length > self.fixed_length:
+            raise ConfigError(f"{self.path} takes at most {self.fixed_length} tokens, got {length}; "
+                              "truncate to the exported length")
+        arrays = [np.pad(a, [(0, 0), (0, self.fixed_length - length)] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+        rows = [next(iter(self.runner(**{key: array[row:row + 1].astype(dtype) for key, array, dtype
+                                         in zip(self.keys, arrays, self.dtypes)}).values()))
+                for row in range(len(arrays[0]))]
+        logits = np.concatenate(rows).astype(np.float32)
+        return logits[:, :length] if logits.ndim == 3 else logits
+
+
 @contextlib.contextmanager
 def runtime_notes_logged() -> Iterator[None]:
     """ExecuTorch's notes during the block (``[threadpool.cpp:66] Resetting threadpool to N
@@ -237,6 +297,7 @@ BACKENDS: dict[str, Callable[..., Predictor]] = {
     "pytorch": PyTorchPredictor,
     "onnxruntime": OnnxRuntimePredictor,
     "executorch": ExecuTorchPredictor,
+    "litert": LiteRTPredictor,
 }
 """Backend name -> ``load(path_or_model, threads) -> Predictor``."""
 

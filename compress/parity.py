@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 
 from core.errors import ArtifactError, ConfigError
-from compress.backends import ExecuTorchPredictor, OnnxRuntimePredictor, Predictor, PyTorchPredictor
+from compress.backends import (ExecuTorchPredictor, LiteRTPredictor, OnnxRuntimePredictor, Predictor,
+                               PyTorchPredictor)
 from compress.traceable import family_of, input_names_of
 
-BACKENDS = ("onnx", "executorch", "pytorch")
-"""What a checked file is: an ONNX file, an ExecuTorch program, or a PyTorch model folder."""
+BACKENDS = ("onnx", "executorch", "litert", "pytorch")
+"""What a checked file is: an ONNX file, an ExecuTorch program, a LiteRT flatbuffer, or a PyTorch
+model folder."""
 MODES = ("logits", "predictions")
 
 
@@ -47,6 +49,8 @@ def exported_predictor(path: Path, backend: str, input_names: list[str]) -> Pred
         return predictor
     if backend == "pytorch":
         return PyTorchPredictor(path, threads=torch.get_num_threads())
+    if backend == "litert":
+        return LiteRTPredictor(path, threads=1, input_names=input_names)
     return ExecuTorchPredictor(path, threads=1, input_names=input_names)
 
 
@@ -78,8 +82,9 @@ def check_parity(reference_model: torch.nn.Module, exported_path: str | Path, ba
 
     Args:
         reference_model: the PyTorch model the file was exported from (any family).
-        exported_path: the ``.onnx`` or ``.pte`` file (a model folder for ``"pytorch"``).
-        backend: ``"onnx"``, ``"executorch"`` or ``"pytorch"`` (e.g. a quantized copy, see ``predictor``).
+        exported_path: the ``.onnx``, ``.pte`` or ``.tflite`` file (a model folder for ``"pytorch"``).
+        backend: ``"onnx"``, ``"executorch"``, ``"litert"`` or ``"pytorch"`` (e.g. a quantized copy, see
+            ``predictor``).
         feature_batches: batches from :func:`compress.traceable.example_features`, at batch
             sizes and lengths not used at export time.
         atol: largest allowed max |PyTorch - exported| logit difference, in ``mode="logits"``.

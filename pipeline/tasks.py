@@ -21,7 +21,8 @@ from core.schema import TaskKind
 from pipeline.artifacts import RunDir
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig
 from pipeline.config.loading import load_config
-from pipeline.config.rules import check_student_fits, check_teacher_fits, raise_problems, source_problems
+from pipeline.config.rules import (check_student_fits, check_teacher_fits, extra_problems, raise_problems,
+                                   source_problems)
 from pipeline.config.sections import task_kind
 
 SOURCE_STAGES = ("data", "finetune", "label")
@@ -113,8 +114,9 @@ def check_before_stages(cfg: RunConfig | MultiTaskRunConfig) -> None:
     ``distill validate`` and ``distill run`` call this (the rules on the config alone ran when it
     was read, :func:`pipeline.config.loading.validate_config`).
 
-    A single-task run's teacher must serve its data, signals, student, loss and prune section
-    (:func:`pipeline.config.rules.check_teacher_fits`). A multi-task run's source runs must have
+    A single-task run's optional packages must be installed
+    (:func:`pipeline.config.rules.extra_problems`) and its teacher must serve its data, signals,
+    student, loss and prune section (:func:`pipeline.config.rules.check_teacher_fits`). A multi-task run's source runs must have
     finished their data, finetune and label stages (:func:`source_tasks`), labeled what its loss
     reads (:func:`pipeline.config.rules.source_problems`), and its student must fit the first
     task's teacher, whose vocabulary and embeddings it takes
@@ -125,6 +127,7 @@ def check_before_stages(cfg: RunConfig | MultiTaskRunConfig) -> None:
         ArtifactError: a source run's folder is missing or unfinished (see :func:`source_tasks`).
     """
     if isinstance(cfg, RunConfig):
+        raise_problems(extra_problems(cfg))
         check_teacher_fits(cfg)
         return
     tasks = source_tasks(cfg)

@@ -19,9 +19,10 @@ from core.precision import PrecisionName
 PrunableModel = Literal["teacher", "kd"]
 """Models the prune stage can prune: the teacher, and the distilled student when it is a transformer."""
 
-ExportFormat = Literal["onnx", "executorch"]
+ExportFormat = Literal["onnx", "executorch", "litert"]
+"""``litert`` needs the optional ``[litert]`` extra, so it is no default (see :mod:`compress.litert_export`)."""
 QuantizeMethod = Literal["dynamic_int8", "static_int8", "fp16", "torch_dynamic_int8", "executorch_dynamic_int8",
-                         "executorch_static_int8"]
+                         "executorch_static_int8", "litert_dynamic_int8"]
 
 
 class PruneConfig(Section):
@@ -72,7 +73,9 @@ class ExportConfig(Section):
     ExecuTorch ``.pte`` through XNNPACK (a fixed padded length where dynamic shapes fail), each
     checked for parity against PyTorch on dev rows at batch sizes and lengths not used when
     exporting (max |logit difference| <= ``atol``); beside each ONNX graph its text-in graph
-    (:mod:`compress.text_graph`) and ``.ort`` files (:mod:`compress.ort_format`)."""
+    (:mod:`compress.text_graph`) and ``.ort`` files (:mod:`compress.ort_format`). ``litert``
+    (not a default: the optional ``[litert]`` extra) adds a LiteRT ``.tflite`` of batch 1 at a
+    fixed length (:mod:`compress.litert_export`)."""
 
     formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "executorch"], min_length=1)
     atol: float = Field(default=1e-4, gt=0, description="fp32 parity bound on logits")
@@ -89,7 +92,9 @@ class QuantizeConfig(Section):
     """Stage ``quantize``: ONNX Runtime dynamic int8 and static int8 (QDQ, calibrated on
     ``calibration_rows`` transfer-set rows), fp16 weights, and PyTorch dynamic int8 as a
     baseline, of every ONNX export; ExecuTorch int8 for XNNPACK (PT2E, dynamic, or static
-    calibrated on the same rows) of every ExecuTorch export. A method whose format the export
+    calibrated on the same rows) of every ExecuTorch export; ``litert_dynamic_int8`` (not a
+    default: the ``[litert]`` extra) LiteRT's dynamic-range int8 of every ``.tflite`` export. A
+    method whose format the export
     stage did not write is skipped (a log line says so). ``calibration`` and ``per_channel``
     are ONNX Runtime's settings; ExecuTorch static int8 calibrates with XNNPACKQuantizer's
     observers and takes ``per_channel`` too. A variant that agrees with its fp32 parent on fewer than

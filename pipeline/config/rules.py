@@ -25,6 +25,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from compress.litert_export import EXTRA_MISSING, litert_installed
 from compress.slicing import PRUNABLE_ARCHITECTURES
 from core.config import Section
 from core.errors import ConfigError
@@ -231,6 +232,20 @@ def prune_problems(cfg: RunConfig) -> list[str]:
         return [f"prune.models: kd is the distilled student, a {family}, and pruning covers "
                 f"{' or '.join(PRUNABLE_FAMILIES)} students; remove kd from prune.models"]
     return []
+
+
+def extra_problems(cfg: RunConfig) -> list[str]:
+    """The optional packages the config's stages need and this environment lacks, as ``field:
+    problem; fix`` lines: ``litert`` in ``export.formats`` or ``litert_dynamic_int8`` in
+    ``quantize.methods`` needs the ``[litert]`` extra (:data:`compress.litert_export.EXTRA_MISSING`).
+    Checked before the stages (:func:`pipeline.tasks.check_before_stages`), not when a config is
+    read: a config submitted to a cluster may need what only the cluster has."""
+    if litert_installed():
+        return []
+    fields = [field for field, wanted in (
+        ("export.formats", cfg.export is not None and "litert" in cfg.export.formats),
+        ("quantize.methods", cfg.quantize is not None and "litert_dynamic_int8" in cfg.quantize.methods)) if wanted]
+    return [f"{' and '.join(fields)}: {EXTRA_MISSING}"] if fields else []
 
 
 def layer_drop_problems(prune: PruneConfig | None, teacher_layers: int) -> list[str]:

@@ -1,10 +1,13 @@
-"""Stage ``export``: ONNX and ExecuTorch files of every model, parity-checked.
+"""Stage ``export``: ONNX, ExecuTorch (and, with the ``[litert]`` extra, LiteRT) files of every model,
+parity-checked.
 
 Every model of :func:`pipeline.evaluation.variants.run_models` (the teacher, the trained students and the
 prune stage's models) is loaded (:func:`compress.backends.load_model_folder`), exported at batch 2
 from its first two dev rows to ``export/<model>-onnx/model.onnx`` (:func:`compress.onnx_export.
 export_onnx`, dynamic batch and sequence axes) and ``export/<model>-executorch/model.pte``
-(:func:`compress.executorch_export.export_executorch`), and held to ``max |logit diff| <=
+(:func:`compress.executorch_export.export_executorch`) and, when ``export.formats`` names it,
+``export/<model>-litert/model.tflite`` (:func:`compress.litert_export.export_litert`: batch 1, a
+fixed length, a teacher's ``teacher.max_length``), and held to ``max |logit diff| <=
 export.atol`` against its PyTorch forward on ``export.parity_rows`` dev rows batched 1, 3, 5, ...
 rows at a time (:func:`compress.parity.check_parity`), so at shapes the export never saw. A
 token-task teacher is exported as the token classifier it is (sub-token logits [B, T, C]).
@@ -32,6 +35,7 @@ from torch import nn
 
 from compress.backends import load_model_folder
 from compress.executorch_export import export_executorch
+from compress.litert_export import export_litert
 from compress.onnx_export import export_onnx
 from compress.ort_format import convert_to_ort, ort_parity
 from compress.parity import EXPORT_ROWS, check_parity, parity_batches
@@ -48,7 +52,8 @@ from pipeline.evaluation.variants import VariantMeta, run_models, variant_folder
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ("onnxruntime", "model.onnx"), "executorch": ("executorch", "model.pte")}
+FORMATS = {"onnx": ("onnxruntime", "model.onnx"), "executorch": ("executorch", "model.pte"),
+           "litert": ("litert", "model.tflite")}
 """Export format -> (backend of its variants, file name in the variant folder)."""
 TEXT_FILE = "model_text.onnx"
 
@@ -86,9 +91,11 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         example = featurize(texts[:EXPORT_ROWS], pairs[:EXPORT_ROWS] if pairs else None)
         batches = parity_batches(featurize, texts[EXPORT_ROWS:], pairs[EXPORT_ROWS:] if pairs else None)
         rows = TextRows(texts[EXPORT_ROWS:], pairs is not None, cfg.teacher.max_length)
+        length = fixed_length(model, kind, run_dir.split_file("dev"))
         for export_format in cfg.export.formats:
-            meta, result = export_variant(run_dir, name, folder, model, export_format, example, batches,
-                                          cfg.export, fixed_length(model, kind, run_dir.split_file("dev")), rows)
+            meta, result = export_variant(run_dir, name, folder, model, export_format, example, batches, cfg.export,
+                                          length or (cfg.teacher.max_length if export_format == "litert"
+                                                     and family_of(model) == TEACHER else None), rows)
             summary[meta.name] = result
             log.info("export: %s %.2f MB, max |diff| %.2g, %.1f s", meta.name, result["size_mb"],
                      result["max_abs_diff"], result["export_s"])
@@ -112,10 +119,11 @@ def export_variant(run_dir: RunDir, name: str, folder: Path, model: nn.Module, e
     Args:
         run_dir: the run. name, folder: the model and its folder.
         model: the loaded model, eval mode.
-        export_format: ``"onnx"`` or ``"executorch"``.
+        export_format: ``"onnx"``, ``"executorch"`` or ``"litert"``.
         example: the traced batch (int64 [2, T]). batches: the parity batches.
         export_cfg: the ``export`` section (atol: the largest allowed max |logit difference|).
-        pte_length: ExecuTorch's fixed length (:func:`fixed_length`).
+        pte_length: the ExecuTorch or LiteRT file's fixed length (:func:`fixed_length`; a teacher's
+            ``.tflite``: ``teacher.max_length``).
         rows: the text graph's check rows; None: no text graph.
 
     Returns:
@@ -127,6 +135,8 @@ def export_variant(run_dir: RunDir, name: str, folder: Path, model: nn.Module, e
     path = out_folder / file_name
     if export_format == "onnx":
         settings = {**export_onnx(model, path, example), "fixed_length": None}
+    elif export_format == "litert":
+        settings = export_litert(model, path, example, fixed_length=pte_length)
     else:
         settings = export_executorch(model, path, example, fixed_length=pte_length)
     report = check_parity(model, path, export_format, batches, atol=export_cfg.atol)

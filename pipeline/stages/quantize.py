@@ -7,7 +7,8 @@ model (a file changed since export fails here, naming it), then written as each 
 int8, static int8 in QDQ calibrated on ``quantize.calibration_rows`` transfer-set rows, fp16
 weights), an ExecuTorch program to ``quantize/<model>-<suffix>/model.pte`` with
 :mod:`compress.executorch_quantize` (PT2E int8 for XNNPACK, dynamic, or static calibrated on the
-same rows); ``torch_dynamic_int8`` writes a meta-only variant beside each ONNX export that
+same rows), a LiteRT file to ``quantize/<model>-litert-int8-dynamic/model.tflite`` with
+:func:`compress.litert_export.export_litert` (dynamic-range int8); ``torch_dynamic_int8`` writes a meta-only variant beside each ONNX export that
 :func:`pipeline.evaluation.variants.load_variant` quantizes on load. A method whose format the
 export stage did not write is skipped with a log line. Every variant must predict as its fp32
 parent on at least ``quantize.min_agreement`` of the export stage's parity rows
@@ -28,6 +29,7 @@ from torch import nn
 
 from compress.backends import PyTorchPredictor, load_model_folder
 from compress.executorch_quantize import quantize_executorch
+from compress.litert_export import export_litert
 from compress.parity import EXPORT_ROWS, check_parity, parity_batches
 from compress.quantize import convert_fp16, quantize_dynamic_int8, quantize_static_int8, quantize_torch_dynamic
 from compress.traceable import family_of, model_featurizer
@@ -57,9 +59,10 @@ METHODS = {
     "torch_dynamic_int8": Method("int8-dynamic", "torch-int8-dynamic", "onnxruntime"),
     "executorch_dynamic_int8": Method("int8-dynamic", "executorch-int8-dynamic", "executorch"),
     "executorch_static_int8": Method("int8-static", "executorch-int8-static", "executorch"),
+    "litert_dynamic_int8": Method("int8-dynamic", "litert-int8-dynamic", "litert"),
 }
 """Quantize method (``quantize.methods``) -> what it makes."""
-FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
+FORMATS = {"onnxruntime": "onnx", "executorch": "executorch", "litert": "litert"}
 """Export backend -> its ``export.formats`` name, which :func:`compress.parity.check_parity` takes too."""
 CALIBRATION_BATCH = 32
 """Transfer-set rows per calibration batch."""
@@ -175,6 +178,9 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
         settings = quantize_executorch(model, out, example, mode, calibration_batches(featurize, *calibration)
                                        if mode == "static" else None, fixed_length=parent.settings["fixed_length"],
                                        max_batch=parent.settings["max_batch"], per_channel=cfg.quantize.per_channel)
+    elif METHODS[method].backend == "litert":
+        out = folder / "model.tflite"
+        settings = export_litert(model, out, example, fixed_length=parent.settings["fixed_length"], quantize=True)
     else:
         return torch_dynamic_meta(parent, model), {
             "size_mb": round(serialized_mb(quantize_torch_dynamic(model)), 3), "op_types": ["Linear", "LSTM"],

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compress.litert_export import litert_installed
 from pipeline.cli.main import main
 
 HEADER = "sentence\tlabel\n"
@@ -278,3 +279,14 @@ def test_full_disk_during_a_shard_write_keeps_finished_files(tmp_path):
                       f"larger disk, then rerun: finished files are kept"]
     assert finished.read_bytes() == before  # the finished shard is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.parquet"]  # no partial file left
+
+
+@pytest.mark.skipif(litert_installed(), reason="the [litert] extra is installed here")
+@pytest.mark.parametrize("field, section", [
+    ("export.formats", {"export": {"formats": ["onnx", "litert"]}}),
+    ("quantize.methods", {"export": {}, "quantize": {"methods": ["dynamic_int8", "litert_dynamic_int8"]}})])
+def test_litert_without_its_extra_is_one_line_naming_the_field_and_the_install(workspace, capsys, field, section):
+    assert main(["validate", workspace.config(**section)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: error: ")]
+    assert errors == [f"distill: error: {field}: LiteRT needs the optional extra: pip install 'distill[litert]' (it "
+                      "pins pydantic 2.11; use a separate environment)"]

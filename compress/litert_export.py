@@ -1,0 +1,104 @@
+"""LiteRT ``.tflite`` export (fp32, or dynamic-range int8) of every family, for Android: the
+optional ``[litert]`` extra (``litert-torch`` and ``ai-edge-litert``; they pin pydantic 2.11, so
+they live in an environment of their own).
+
+    export_litert(model, "model.tflite", example_features(model, texts))             # -> settings for meta.json
+    export_litert(model, "int8/model.tflite", example, quantize=True)                 # dynamic int8
+    LiteRTPredictor("model.tflite", 1, input_names).predict(features)                 # compress.backends: logits
+
+Pipeline: the view and padded example of :func:`compress.executorch_export.plan_export`
+(:class:`compress.traceable.LogitsOnly`, LSTMs unrolled, a ready attention mask) -> its first row
+-> ``litert_torch.convert`` -> ``.tflite``. Every shape is fixed: litert-torch 0.10 fails on a
+dynamic batch of an unrolled LSTM ("Shapes must be 1D sequences of concrete values") and on a
+dynamic sequence of BERT's expanded mask ("broadcast_in_dim shape must have every element be
+nonnegative"). So the file takes batch 1 with every input at ``fixed_length`` (tokens; words for
+cnn_lstm): the LSTM families' as in ExecuTorch, the BERT families' ``max_length`` (students; the
+teacher's position embeddings unless given, the export stage gives ``teacher.max_length``).
+Padding positions do not change the logits (masked), so :class:`compress.backends.LiteRTPredictor`
+pads each row with 0 to the length of the file's input shapes, runs the rows one by one, and cuts
+per-position logits back: the file alone says how to feed it, but for its input names.
+
+int8 is litert-torch's ``full_dynamic_recipe`` (AI Edge Quantizer's dynamic range quantization:
+int8 per-channel weights of every fully connected layer, embedding lookup and LSTM gate, fp32
+activations quantized on the fly), so unlike ExecuTorch's PT2E the LSTM and the embeddings are
+int8 too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import torch
+
+from core.artifacts import atomic_path
+from core.errors import ConfigError
+from compress.executorch_export import max_sequence_length, plan_export
+from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES
+
+PACKAGES = ("litert_torch", "ai_edge_litert")
+"""The modules of the ``[litert]`` extra: the converter and the runtime."""
+EXTRA_MISSING = ("LiteRT needs the optional extra: pip install 'distill[litert]' (it pins pydantic 2.11; use a "
+                 "separate environment)")
+
+
+def litert_installed() -> bool:
+    """Whether both modules of :data:`PACKAGES` can be imported (found, not imported: milliseconds)."""
+    return all(importlib.util.find_spec(name) is not None for name in PACKAGES)
+
+
+def require_litert() -> None:
+    """Raise ConfigError(:data:`EXTRA_MISSING`) unless the ``[litert]`` extra is installed."""
+    if not litert_installed():
+        raise ConfigError(EXTRA_MISSING)
+
+
+def export_litert(model: torch.nn.Module, out_path: str | Path, example_features: dict[str, torch.Tensor],
+                  fixed_length: int | None = None, task: str | None = None, quantize: bool = False) -> dict:
+    """Write the model's logits graph as a LiteRT flatbuffer of batch 1 at a fixed length.
+
+    Args:
+        model: any family except a multitask token head (its word count is no sequence axis);
+            put in eval mode.
+        out_path: the ``.tflite`` file, written atomically.
+        example_features: int64 tensors from :func:`compress.traceable.example_features`, batch
+            2 (as every export's; the first row is traced).
+        fixed_length: the tokens (words for cnn_lstm) every input is padded to; None: the LSTM
+            families' ExecuTorch length, the BERT families' :func:`max_sequence_length`.
+        task: the multitask head to export.
+        quantize: dynamic-range int8 weights (see the module docstring); False: fp32.
+
+    Returns:
+        Settings for ``meta.json``: ``input_names``, ``fixed_length``, ``max_batch`` (1),
+        ``export_s`` (seconds), ``size_mb`` (2^20 bytes) and ``quantization`` (``"dynamic_int8"``
+        or None).
+
+    Raises:
+        ConfigError: the extra is missing (:data:`EXTRA_MISSING`), bad example features, an
+            unknown family or task, a multitask token head, or a conversion error (chained),
+            naming family and backend.
+    """
+    require_litert()
+    start, out_path = time.perf_counter(), Path(out_path)
+    if fixed_length is None and "word_ids" not in example_features:
+        fixed_length = max_sequence_length(model)
+    plan = plan_export(model, example_features, fixed_length, task)
+    if any(AXES[name][1] not in SEQUENCE_AXES for name in plan.view.input_names):
+        raise ConfigError(f"litert export of family {plan.view.family} head {task}: its word_starts count words, "
+                          "which a fixed-shape .tflite cannot vary; export formats onnx or executorch for it")
+    try:
+        import litert_torch
+        from litert_torch.generative.quantize.quant_recipes import full_dynamic_recipe
+
+        edge_model = litert_torch.convert(plan.view, tuple(feature[:1] for feature in plan.features),
+                                          quant_config=full_dynamic_recipe() if quantize else None)
+    except Exception as error:  # torch.export, lowering and quantizer errors: name what failed
+        hint = "" if plan.view.family in LSTM_FAMILIES else "; try a smaller fixed_length"
+        raise ConfigError(f"family {plan.view.family} does not export to backend litert "
+                          f"({type(error).__name__}; see the chained error){hint}") from error
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(edge_model.model_content())
+    return {"input_names": plan.view.input_names, "fixed_length": plan.fixed_length, "max_batch": 1,
+            "export_s": round(time.perf_counter() - start, 2), "size_mb": round(out_path.stat().st_size / 2**20, 3),
+            "quantization": "dynamic_int8" if quantize else None}
