@@ -103,6 +103,7 @@ KEY_VALUES = {
     "sst2-sentencepiece-augment": (None, 2.0, 32768, "bilstm", 1, 150),
     "conll2003": (None, 3.0, 4096, "cnn_lstm", 10, 200),
     "conll2003-quick": (2000, 3.0, 2048, "cnn_lstm", 5, 100),
+    "conll2003-small": (1000, "auto", 4096, "cnn_lstm", 10, 200),
     "conll2003-augment": (None, 3.0, 16384, "cnn_lstm", 8, 200),
     "sst2-mpnet": (None, 1.0, 16384, "transformer", 1, None),
     "sst2-mpnet-bilstm": (None, 1.0, 16384, "bilstm", 2, 150),
