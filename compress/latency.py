@@ -46,7 +46,8 @@ import psutil
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "fma")
 """Instruction-set flags that decide which int8/fp32 kernels ONNX Runtime and PyTorch pick."""
-PACKAGES = ("torch", "onnxruntime", "onnx", "executorch", "transformers", "numpy")
+PACKAGES = ("torch", "onnxruntime", "onnx", "executorch", "ai-edge-litert", "transformers", "numpy")
+"""Runtimes and libraries whose versions :func:`machine_info` reports (None where not installed)."""
 LATENCY_ROWS = 100
 """Dev rows timed at batch 1, cycled (the evaluate stage's, and ``benchmark.latency_rows``'s default)."""
 RUNS = 200
