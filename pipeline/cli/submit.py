@@ -12,6 +12,7 @@ keeps the finished stages and the runner reuses them by fingerprint.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import time
@@ -105,9 +106,15 @@ def latest_attempt(client: JobSubmissionClient, name: str, address: str) -> JobD
 
 def stage_config(cfg: RunConfig | MultiTaskRunConfig, root: Path = REPO_ROOT) -> Path:
     """Write the resolved config into ``root/.distill-submit/<name>.yaml`` for the upload; the
-    job attaches to its cluster (``ray.address: auto``). Returns the path relative to ``root``."""
+    job attaches to its cluster (``ray.address: auto``). A relative ``data.root`` (relative to the
+    working directory, the repository root) is written relative to the staged file's folder, which
+    it resolves against when the job reads the file (:func:`pipeline.config.loading.load_config`).
+    Returns the path relative to ``root``."""
     raw = cfg.model_dump(mode="json")
     raw["ray"] = {"address": "auto", "num_cpus": None}
+    data_root = (raw.get("data") or {}).get("root")
+    if data_root is not None and not Path(data_root).is_absolute():
+        raw["data"]["root"] = os.path.relpath(data_root, STAGING_DIR)
     path = Path(STAGING_DIR) / f"{cfg.name}.yaml"
     (root / STAGING_DIR).mkdir(exist_ok=True)
     atomic_write_text(root / path, yaml.safe_dump(raw, sort_keys=False))

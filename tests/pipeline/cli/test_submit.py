@@ -15,8 +15,8 @@ import yaml
 
 from core.artifacts import read_json
 from pipeline.cli.main import main
-from pipeline.config.loading import validate_config
-from pipeline.cli.submit import attempt_number, next_attempt, submission_id, submit
+from pipeline.config.loading import load_config, validate_config
+from pipeline.cli.submit import attempt_number, next_attempt, stage_config, submission_id, submit
 from test_ray_address import connect_attempts, free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,6 +30,15 @@ def test_submission_ids_count_the_attempts_of_one_run_only():
     assert next_attempt("sst", ids) == 4 == 1 + 3
     assert next_attempt("sst-1", ids) == 3 and next_attempt("other", ids) == 1
     assert submission_id("sst", 4) == "distill-sst-4"
+
+
+def test_the_staged_config_keeps_a_relative_data_root_relative_to_the_working_directory(tmp_path, monkeypatch):
+    cfg = validate_config({"name": "st", "data": {"root": "data/mine", "train": {"path": "a.tsv"},
+                                                  "dev": {"path": "b.tsv"}, "labels": [0, 1]}})
+    staged = stage_config(cfg, tmp_path)
+    monkeypatch.chdir(tmp_path)  # the job's working directory: the repository as uploaded
+    assert yaml.safe_load(staged.read_text())["data"]["root"] == "../data/mine"  # beside .distill-submit/
+    assert load_config(staged).data.resolved_root().resolve() == tmp_path / "data" / "mine"
 
 
 def test_a_relative_output_dir_is_refused_before_contacting_the_cluster():
