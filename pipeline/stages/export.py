@@ -7,7 +7,7 @@ from its first two dev rows to ``export/<model>-onnx/model.onnx`` (:func:`compre
 export_onnx`, dynamic batch and sequence axes) and ``export/<model>-executorch/model.pte``
 (:func:`compress.executorch_export.export_executorch`) and, when ``export.formats`` names it,
 ``export/<model>-litert/model.tflite`` (:func:`compress.litert_export.export_litert`: batch 1, a
-fixed length, a teacher's ``teacher.max_length``), and held to ``max |logit diff| <=
+fixed length, a teacher's ``teacher.max_length``: :func:`teacher_length`), and held to ``max |logit diff| <=
 export.atol`` against its PyTorch forward on ``export.parity_rows`` dev rows batched 1, 3, 5, ...
 rows at a time (:func:`compress.parity.check_parity`), so at shapes the export never saw. A
 token-task teacher is exported as the token classifier it is (sub-token logits [B, T, C]).
@@ -94,8 +94,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
         length = fixed_length(model, kind, run_dir.split_file("dev"))
         for export_format in cfg.export.formats:
             meta, result = export_variant(run_dir, name, folder, model, export_format, example, batches, cfg.export,
-                                          length or (cfg.teacher.max_length if export_format == "litert"
-                                                     and family_of(model) == TEACHER else None), rows)
+                                          length or (teacher_length(model, cfg.teacher.max_length, batches)
+                                                     if export_format == "litert" else None), rows)
             summary[meta.name] = result
             log.info("export: %s %.2f MB, max |diff| %.2g, %.1f s", meta.name, result["size_mb"],
                      result["max_abs_diff"], result["export_s"])
@@ -111,6 +111,15 @@ def fixed_length(model: nn.Module, kind: TaskKind, dev_file: Path) -> int | None
     return max(len(words) for words in read_split(dev_file, kind).texts)
 
 
+def teacher_length(model: nn.Module, max_length: int, batches: list[dict[str, torch.Tensor]]) -> int | None:
+    """The fixed length of a teacher's ``.tflite``: ``teacher.max_length`` (the benchmark's
+    truncation), or the longest parity batch where longer (the parity rows are not truncated
+    to it); None for the other families (:func:`compress.litert_export.export_litert` chooses)."""
+    if family_of(model) != TEACHER:
+        return None
+    return max([max_length, *(next(iter(batch.values())).shape[1] for batch in batches)])
+
+
 def export_variant(run_dir: RunDir, name: str, folder: Path, model: nn.Module, export_format: str,
                    example: dict[str, torch.Tensor], batches: list[dict[str, torch.Tensor]], export_cfg: ExportConfig,
                    pte_length: int | None, rows: TextRows | None = None) -> tuple[VariantMeta, dict]:
@@ -123,7 +132,7 @@ def export_variant(run_dir: RunDir, name: str, folder: Path, model: nn.Module, e
         example: the traced batch (int64 [2, T]). batches: the parity batches.
         export_cfg: the ``export`` section (atol: the largest allowed max |logit difference|).
         pte_length: the ExecuTorch or LiteRT file's fixed length (:func:`fixed_length`; a teacher's
-            ``.tflite``: ``teacher.max_length``).
+            ``.tflite``: :func:`teacher_length`).
         rows: the text graph's check rows; None: no text graph.
 
     Returns:
