@@ -9,6 +9,8 @@ pydantic 2.11); run them in an environment that has it::
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -16,7 +18,7 @@ from transformers import BertConfig, BertForSequenceClassification
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from compress.backends import LiteRTPredictor  # noqa: E402
+from compress.backends import LiteRTPredictor, load_model_folder  # noqa: E402
 from compress.litert_export import export_litert  # noqa: E402
 from compress.parity import check_parity  # noqa: E402
 from compress.traceable import example_features  # noqa: E402
@@ -25,7 +27,7 @@ from core.hf_checkpoint import load_tokenizer  # noqa: E402
 from students.base import BuildInputs  # noqa: E402
 from students.bilstm import BiLSTMStudentConfig, build_bilstm_student  # noqa: E402
 
-pytestmark = pytest.mark.slow  # each conversion takes 15 s to 2 min on a shared 2-core machine
+pytestmark = pytest.mark.slow  # each conversion: 4-8 s on an idle 2-core machine, 1-3 min on a loaded one
 
 WORDS = ("the film is a good one but its plot is thin and the cast does what it can with a script that goes on "
          "and on until nobody in the room cares about who did it").split()
@@ -103,3 +105,29 @@ def test_predictor_rejects_rows_longer_than_the_fixed_length_and_another_models_
         predictor.predict(long_row)
     with pytest.raises(ArtifactError, match="another model"):
         LiteRTPredictor(path, 1, ["input_ids", "attention_mask", "token_type_ids"])
+
+
+def test_export_stage_writes_a_token_teachers_tflite_that_the_benchmark_loads(tiny_token_teacher_dir, tmp_path):
+    """A variant of the export stage, loaded through its meta.json as the benchmark loads it: the
+    sub-token logits [B, T, 7] come back cut to each batch's length (the file's are [1, L, 7])."""
+    from pipeline.artifacts import RunDir
+    from pipeline.config.compress_sections import ExportConfig
+    from pipeline.evaluation.variants import load_variant
+    from pipeline.stages import export
+
+    run_dir, folder = RunDir(tmp_path), tmp_path / "finetune" / "teacher"
+    shutil.copytree(tiny_token_teacher_dir, folder)
+    model = load_model_folder(folder)
+    featurize = export.model_featurizer(model, folder)
+    words = [WORDS[i:i + n] for i, n in ((0, 5), (3, 5), (0, 3), (0, 9), (2, 3), (5, 6))]
+    batches = export.parity_batches(featurize, words[2:], None)
+    meta, result = export.export_variant(run_dir, "teacher", folder, model, "litert", featurize(words[:2]), batches,
+                                         ExportConfig(), export.teacher_length(model, FIXED_LENGTH, batches))
+    assert meta.backend == "litert" and meta.file == "export/teacher-litert/model.tflite"
+    assert meta.settings["fixed_length"] == FIXED_LENGTH and result["max_abs_diff"] <= 1e-4
+    features = {name: tensor.numpy() for name, tensor in featurize(words[3:6]).items()}
+    logits = load_variant(run_dir, meta, 1).predict(features)
+    assert logits.shape == (3, features["input_ids"].shape[1], 7)
+    with torch.no_grad():
+        expected = model(**{name: torch.from_numpy(array) for name, array in features.items()}).logits.numpy()
+    assert abs(logits - expected).max() <= 1e-4
