@@ -76,16 +76,6 @@ def test_rerun_reuses_finished_stages(smoke_run, data_dir):
     assert len(third["train"]["kd"]["history"]) == 1
 
 
-@needs_sst2
-@pytest.mark.slow
-def test_quick_preset_kd_student_beats_its_ce_only_twin(tmp_path, ray_local, data_dir):
-    """The whole `sst2-quick` preset (about 6 minutes here): run with `pytest -m slow`."""
-    cfg = load_config("sst2-quick", [f"output_dir={tmp_path}", f"data.root={data_dir}", "tracking.mode=disabled"])
-    models = run_pipeline(cfg)["evaluate"]["models"]
-    assert models["teacher"]["dev_accuracy"] > 0.8
-    assert models["kd"]["dev_accuracy"] > models["ce_only"]["dev_accuracy"]
-
-
 def confident_first(teacher_dir: Path, dev_file: Path, out: Path, rows: int = 200) -> Path:
     """The first ``rows`` rows of an SST-2 TSV file (``sentence``, ``label``) written to ``out``,
     those whose teacher logits are furthest apart first.
@@ -115,7 +105,9 @@ SHIP_SMOKE = [
     "benchmark.warmup=2", "benchmark.latency_rows=10", "benchmark.throughput_runs=1", "benchmark.threads=[1]",
     "data.dev.limit=200",  # every variant is scored on the dev split
     "prune.models=[kd]", "tracking.mode=disabled",  # the teacher's pruning is tests/pipeline/test_prune.py's
-    # the ExecuTorch int8 lowerings (about a minute each, eight here) are test_quantize_executorch_stage.py's
+    # CI time: ExecuTorch lowerings of every model are test_export_stage.py's and test_quantize_executorch_stage.py's,
+    # the teacher's layer drop test_architecture_stages.py's; here the real-data path through ONNX Runtime
+    "export.formats=[onnx]", "prune.layer_drop=null",
     "quantize.methods=[dynamic_int8,static_int8,fp16,torch_dynamic_int8]",
 ]
 
@@ -137,11 +129,10 @@ def test_ship_preset_distils_prunes_exports_quantizes_and_benchmarks(tmp_path, s
     assert set(pruned) == {"kd"}
     for row in pruned.values():
         assert row["parameters_after"] < row["parameters_before"] and row["vocab_after"] < row["vocab_before"]
-    assert manifests["prune"]["layer_drop"]["layers_after"] == 2
-    models = ["teacher", "kd", "kd-pruned", "teacher-layerdrop"]
+    models = ["teacher", "kd", "kd-pruned"]
     names = {variant["name"] for variant in manifests["benchmark"]["variants"]}
     for model in models:
-        assert {f"{model}/onnxruntime-fp32", f"{model}/executorch-fp32", f"{model}/onnxruntime-int8-dynamic",
+        assert {f"{model}/onnxruntime-fp32", f"{model}/onnxruntime-int8-dynamic",
                 f"{model}/onnxruntime-int8-static", f"{model}/onnxruntime-fp16"} <= names, model
     agreements = {name: variant["agreement"] for name, variant in manifests["quantize"]["variants"].items()}
     assert len(agreements) == 4 * len(models) and min(agreements.values()) >= 0.9, agreements  # as fp32 predicts
@@ -149,6 +140,6 @@ def test_ship_preset_distils_prunes_exports_quantizes_and_benchmarks(tmp_path, s
     by_name = {variant["name"]: variant for variant in manifests["benchmark"]["variants"]}
     for model in models:  # an fp32 export predicts what its PyTorch model predicts
         assert by_name[f"{model}/onnxruntime-fp32"]["dev_accuracy"] == pytest.approx(
-            by_name[f"{model}/executorch-fp32"]["dev_accuracy"], abs=2 / 200)
+            by_name[model]["dev_accuracy"], abs=2 / 200)
     assert manifests["benchmark"]["pareto"] and (RunDir(cfg.run_dir).root / "benchmark" / "pareto.png").exists()
     assert "Compressed and exported variants" in RunDir(cfg.run_dir).report_file.read_text()

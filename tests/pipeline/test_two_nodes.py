@@ -20,6 +20,8 @@ from test_train import build_run
 from core.artifacts import read_json
 from pipeline.stages import label, train
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def cluster():

@@ -21,6 +21,8 @@ import yaml
 
 from pipeline.artifacts import RunDir
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 CLI = [sys.executable, "-m", "pipeline.cli.main"]
 
 DRY_RUN_WITHOUT_RAY = """

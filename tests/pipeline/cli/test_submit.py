@@ -19,6 +19,8 @@ from pipeline.config.loading import load_config, validate_config
 from pipeline.cli.submit import attempt_number, next_attempt, stage_config, submission_id, submit
 from test_ray_address import connect_attempts, free_port
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 REPO = Path(__file__).resolve().parents[3]
 
 

@@ -18,6 +18,8 @@ from pipeline.stages import label
 from pipeline.artifacts import RunDir
 from pipeline.config.loading import validate_config
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 ROWS, SHARD_ROWS = 600, 50
 
 

@@ -16,6 +16,8 @@ import pytest
 from core.artifacts import read_json
 from pipeline.artifacts import RunDir
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 ROWS, SHARD_ROWS = 12_000, 400
 
 

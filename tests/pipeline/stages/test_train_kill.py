@@ -15,6 +15,8 @@ from pipeline.stages import train
 
 from pipeline.training.checkpoints import TRAIN_STATE_FILE
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 SCRIPT = """
 import sys, ray
 from pipeline.stages import train

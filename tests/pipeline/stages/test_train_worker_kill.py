@@ -14,6 +14,8 @@ from transformers import get_linear_schedule_with_warmup
 from pipeline.stages import train
 from pipeline.training.checkpoints import TRAIN_STATE_FILE
 
+pytestmark = pytest.mark.serial  # deadlines and killed processes: CI runs it alone (.ci/run)
+
 ROWS, BATCH, EVERY, EPOCHS = 384, 4, 8, 2  # build_run's transfer rows; 96 steps an epoch, a checkpoint every 8
 
 
