@@ -85,5 +85,7 @@ def test_worker_node_removed_during_labeling_loses_and_repeats_no_row(tmp_path, 
     assert removed_with < ROWS // SHARD_ROWS, "the node was removed after the last shard"
     check_every_row_once(run)
     nodes = {e["node_id"] for e in read_json(run.shard_index)["shards"]}
-    assert {lost.node_id, replacement.node_id} <= nodes  # the restarted actor labeled on the new node
+    # the removed node had labeled; its lost shard went to the surviving actor or to the restarted one on the
+    # replacement node, whichever was free first (on an idle machine the survivor finished all 12 first)
+    assert lost.node_id in nodes and nodes <= {cluster.head_node.node_id, lost.node_id, replacement.node_id}
     print(f"node removed with {removed_with} of {ROWS // SHARD_ROWS} shards done; shards from {len(nodes)} nodes")
