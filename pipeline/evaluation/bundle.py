@@ -22,7 +22,6 @@ A model is *shipped* when one of its variants is on the benchmark's Pareto front
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.pareto import pareto_front
-from core.artifacts import atomic_write_json
+from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
 from pipeline.config.sections import RunConfig, task_kind
 from pipeline.evaluation.variants import META_FILE, VariantMeta, featurizer, read_meta, stage_variants
@@ -188,19 +187,10 @@ def run_command(cfg: RunConfig, run_dir: RunDir) -> str:
     return f"distill run {run_dir.root / 'config.yaml'}"
 
 
-def sha256(file: Path) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_sums(bundle: Path) -> Path:
     """``SHA256SUMS``: ``<hex>  <path>`` per file of the bundle (but itself), paths relative to it,
     sorted: the format ``sha256sum -c`` reads."""
     files = sorted(f for f in bundle.rglob("*") if f.is_file() and f.name != SUMS_FILE)
-    lines = [f"{sha256(f)}  {f.relative_to(bundle).as_posix()}\n" for f in files]
+    lines = [f"{sha256_file(f)}  {f.relative_to(bundle).as_posix()}\n" for f in files]
     (bundle / SUMS_FILE).write_text("".join(lines), encoding="utf-8")
     return bundle / SUMS_FILE
