@@ -3,8 +3,8 @@
 Skipped (the checkpoint is copied as is) when the configured teacher already is a classifier
 of the task (sequence, or token for ``data.task: token``) for the label set, unless
 ``finetune.force`` is set. Output: the teacher in Hugging
-Face format at ``finetune/teacher/``: the weights of its best epoch on the dev split (accuracy,
-or entity F1 for tags: :func:`dev_scorer`), with ``finetune.epochs/lr/warmup_ratio: auto``
+Face format at ``finetune/teacher/``: the weights of its best epoch on the dev split (the task's
+``data.metric``, accuracy by default, entity F1 for tags: :func:`dev_scorer`), with ``finetune.epochs/lr/warmup_ratio: auto``
 chosen by the labeled split's size (:func:`teachers.finetune.resolve_recipe`).
 """
 
@@ -59,16 +59,16 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                                  cfg.teacher.max_length, cfg.seed, task, remote, live_metrics.local_stream("finetune"),
                                  dev_scorer(cfg, run_dir, source))
     log.info("finetune: %d steps, final loss %.4f; dev %s by epoch %s, epoch %d kept", result["steps"],
-             result["final_loss"], dev_metric_name(tag_names(cfg)), [round(v, 4) for v in result["dev_scores"]],
+             result["final_loss"], dev_metric_name(tag_names(cfg), cfg.data.scored_metric), [round(v, 4) for v in result["dev_scores"]],
              result["best_epoch"])
     return {"source": str(source), "finetuned": True, "precision": precision.name, **result}
 
 
 def dev_scorer(cfg: RunConfig, run_dir: RunDir, source: Path) -> Callable[[nn.Module], float]:
     """``score(model) -> float``: the dev split's score (:func:`pipeline.evaluation.scoring.dev_metric_name`:
-    accuracy, or entity F1 for tags) of a classifier being fine-tuned, its inputs made by the
-    tokenizer of ``source`` and moved to the model's device."""
-    tags = tag_names(cfg)
+    ``data.metric``, accuracy by default, or entity F1 for tags) of a classifier being fine-tuned,
+    its inputs made by the tokenizer of ``source`` and moved to the model's device."""
+    tags, metric = tag_names(cfg), cfg.data.scored_metric
     split = read_split(run_dir.split_file("dev"), task_kind(cfg.data))
     featurize = teacher_featurizer(source, cfg.teacher.max_length, cfg.data.task)
 
@@ -78,6 +78,6 @@ def dev_scorer(cfg: RunConfig, run_dir: RunDir, source: Path) -> Callable[[nn.Mo
         with torch.inference_mode():
             predicted = predict_with(lambda batch: logits_of(scored, {k: v.to(device) for k, v in batch.items()}),
                                      featurize, split, EVAL_BATCH)
-        return score(predicted, split.gold, tags)[dev_metric_name(tags)]
+        return score(predicted, split.gold, tags, metric)[dev_metric_name(tags, metric)]
 
     return dev_score

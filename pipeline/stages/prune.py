@@ -124,7 +124,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
     if prune_cfg.layer_drop:
         teacher = load_prunable(cfg, run_dir, "teacher")
         train_file = require_file(run_dir.split_file("train"))
-        finetune = resolve_recipe(cfg.finetune, pq.read_metadata(train_file).num_rows)  # its auto values
+        rows = pq.read_metadata(train_file).num_rows
+        finetune = resolve_recipe(cfg.finetune, rows, teacher.model.config.hidden_size)  # its auto values
         baseline = layer_drop_baseline(teacher, train_file, kind, dev, prune_cfg, finetune, out)
     return {"models": models, "layer_drop": baseline}
 

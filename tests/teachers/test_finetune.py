@@ -113,14 +113,16 @@ def test_best_epoch_restores_the_weights_of_the_highest_score():
     (67_349, 3, 5e-5),    # SST-2
 ])
 def test_auto_recipe_follows_the_labeled_set_size(rows, epochs, lr):
-    auto = resolve_recipe(FinetuneConfig(epochs="auto", lr="auto", warmup_ratio="auto", batch_size=32), rows)
+    auto = resolve_recipe(FinetuneConfig(epochs="auto", lr="auto", warmup_ratio="auto", batch_size=32), rows, 768)
     assert (auto.epochs, auto.lr, auto.warmup_ratio) == (epochs, lr, 0.1)
+    compact = resolve_recipe(FinetuneConfig(epochs="auto", lr="auto", warmup_ratio="auto", batch_size=32), rows, 384)
+    assert (compact.epochs, compact.lr) == (epochs, 1e-4)  # a MiniLM-wide teacher: 1e-4 at every size
 
 
 def test_numbers_are_kept_and_defaults_stay_todays():
     cfg = FinetuneConfig(epochs=2, lr="auto")
-    assert resolve_recipe(cfg, 1_000) == FinetuneConfig(epochs=2, lr=2e-5)
-    assert FinetuneConfig() == resolve_recipe(FinetuneConfig(), 1_000)
+    assert resolve_recipe(cfg, 1_000, 768) == FinetuneConfig(epochs=2, lr=2e-5)
+    assert FinetuneConfig() == resolve_recipe(FinetuneConfig(), 1_000, 384)
     assert (FinetuneConfig().epochs, FinetuneConfig().lr, FinetuneConfig().warmup_ratio) == (1.0, 5e-5, 0.06)
     with pytest.raises(ValueError, match="epochs"):
         FinetuneConfig(epochs=0)
