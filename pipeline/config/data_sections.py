@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from core.config import Section
+from core.config import COUNTED_WHEN_SET, Section
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 """Environment variable naming the folder that relative data paths resolve against."""
@@ -36,6 +36,15 @@ class SplitConfig(Section):
     hub_split: str = "train"
     skip: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, gt=0)
+
+    def fingerprint_view(self) -> dict[str, Any]:
+        """Beside a local ``path``, the hub fields are a fallback source of the same split: they
+        count at their defaults in the data stage's fingerprint (presets named hub splits after
+        runs existed, whose fingerprints hold the defaults)."""
+        view = super().fingerprint_view()
+        if self.path is not None:
+            view |= {name: type(self).model_fields[name].default for name in ("hub", "hub_subset", "hub_split")}
+        return view
 
     @model_validator(mode="after")
     def _one_source(self) -> "SplitConfig":
@@ -109,10 +118,10 @@ class DataConfig(Section):
     label_names: list[str] | None = None
     augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
     tag_column: int = Field(
-        default=-1, description="token tasks: the field of a line that holds the tag, 0-based, negative from the "
+        default=-1, json_schema_extra=COUNTED_WHEN_SET, description="token tasks: the field of a line that holds the tag, 0-based, negative from the "
                                 "end (-1: the last, as in TOKEN TAG and CoNLL-2003's TOKEN POS CHUNK TAG)")
     metric: Literal["accuracy", "f1", "macro_f1", "matthews", "entity_f1"] | None = Field(
-        default=None, description="the task's score, which picks the best epoch and heads the report: accuracy; "
+        default=None, json_schema_extra=COUNTED_WHEN_SET, description="the task's score, which picks the best epoch and heads the report: accuracy; "
                                   "f1 of the positive class (labels[1], two labels only); macro_f1; matthews "
                                   "(correlation); entity_f1 (token tasks, their only one). None: accuracy, or "
                                   "entity_f1 for token tasks")

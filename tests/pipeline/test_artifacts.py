@@ -25,6 +25,24 @@ def test_config_fingerprints_count_default_values_too():
     assert fingerprint(LabelConfig(emit={"hidden_layers": [1]})) != fingerprint(LabelConfig())
 
 
+def test_fields_added_later_and_a_hub_fallback_leave_older_runs_fingerprints_alone():
+    from pipeline.config.data_sections import DataConfig
+
+    base = {"train": {"path": "t.tsv"}, "dev": {"path": "d.tsv"}, "labels": [0, 1]}
+    data = DataConfig(**base)
+    older = data.model_dump(mode="json")  # what a run before tag_column, metric and hub fell back hashed
+    del older["tag_column"], older["metric"]
+    for split in ("train", "dev"):
+        older[split] |= {"hub": None, "hub_subset": None, "hub_split": "train"}
+    assert fingerprint(data) == fingerprint(older)
+    with_hub = DataConfig(**base | {"train": {"path": "t.tsv", "hub": "stanfordnlp/sst2"}})
+    assert fingerprint(with_hub) == fingerprint(data)  # beside a local file, the hub is a fallback
+    assert fingerprint(DataConfig(**base | {"metric": "f1"})) != fingerprint(data)  # set: it counts
+    assert fingerprint(DataConfig(**base | {"tag_column": 1})) != fingerprint(data)
+    hub_only = DataConfig(**base | {"train": {"hub": "stanfordnlp/sst2"}})
+    assert fingerprint(hub_only) != fingerprint(DataConfig(**base | {"train": {"hub": "glue"}}))
+
+
 def test_a_stage_sees_its_fingerprint_and_resumes_ray_training_under_it(tmp_path):
     run = RunDir(tmp_path)
     assert run.stage_fingerprint == "" and run.train_storage == tmp_path / "train" / "ray" / "direct"
