@@ -20,25 +20,18 @@ class Section(BaseModel):
 
     def fingerprint_view(self) -> dict[str, Any]:
         """The section as a stage's fingerprint hashes it: its JSON dump (``model_dump(mode="json")``),
-        nested sections by their own view, less the fields that do not shape the output
-        (:meth:`unfingerprinted`)."""
-        left_out = self.unfingerprinted()
-        return {name: fingerprint_view(getattr(self, name)) for name in type(self).model_fields if name not in left_out}
-
-    def unfingerprinted(self) -> set[str]:
-        """Names of the fields left out of :meth:`fingerprint_view`: those marked
-        :data:`COUNTED_WHEN_SET` that hold their default. Sections add their own rules."""
-        return {name for name, field in type(self).model_fields.items()
-                if field.json_schema_extra == COUNTED_WHEN_SET and getattr(self, name) == field.default}
+        nested sections by their own view, less the fields marked :data:`COUNTED_WHEN_SET` that hold
+        their default. Sections with other rules override it."""
+        fields = type(self).model_fields
+        return {name: fingerprint_view(getattr(self, name)) for name, field in fields.items()
+                if not (field.json_schema_extra == COUNTED_WHEN_SET and getattr(self, name) == field.default)}
 
 
 def fingerprint_view(value: Any) -> Any:
-    """``value`` in JSON form for a fingerprint: sections by :meth:`Section.fingerprint_view`, other
-    pydantic models by their JSON dump, lists and dicts item by item."""
+    """``value`` in JSON form for a fingerprint: sections by :meth:`Section.fingerprint_view`, lists and
+    dicts item by item, anything else (other pydantic models too) as pydantic's JSON mode gives it."""
     if isinstance(value, Section):
         return value.fingerprint_view()
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):
         return [fingerprint_view(item) for item in value]
     if isinstance(value, dict):

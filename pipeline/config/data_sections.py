@@ -118,10 +118,12 @@ class DataConfig(Section):
     label_names: list[str] | None = None
     augment: AugmentConfig | None = Field(default=None, description="grow the transfer set from the labeled split")
     tag_column: int = Field(
-        default=-1, json_schema_extra=COUNTED_WHEN_SET, description="token tasks: the field of a line that holds the tag, 0-based, negative from the "
-                                "end (-1: the last, as in TOKEN TAG and CoNLL-2003's TOKEN POS CHUNK TAG)")
+        default=-1, json_schema_extra=COUNTED_WHEN_SET,
+        description="token tasks: the field of a line that holds the tag, 0-based, negative from the end (-1: the "
+                    "last, as in TOKEN TAG and CoNLL-2003's TOKEN POS CHUNK TAG)")
     metric: Literal["accuracy", "f1", "macro_f1", "matthews", "entity_f1"] | None = Field(
-        default=None, json_schema_extra=COUNTED_WHEN_SET, description="the task's score, which picks the best epoch and heads the report: accuracy; "
+        default=None, json_schema_extra=COUNTED_WHEN_SET,
+        description="the task's score, which picks the best epoch and heads the report: accuracy; "
                                   "f1 of the positive class (labels[1], two labels only); macro_f1; matthews "
                                   "(correlation); entity_f1 (token tasks, their only one). None: accuracy, or "
                                   "entity_f1 for token tasks")

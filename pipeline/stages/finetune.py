@@ -4,8 +4,9 @@ Skipped (the checkpoint is copied as is) when the configured teacher already is 
 of the task (sequence, or token for ``data.task: token``) for the label set, unless
 ``finetune.force`` is set. Output: the teacher in Hugging
 Face format at ``finetune/teacher/``: the weights of its best epoch on the dev split (the task's
-``data.metric``, accuracy by default, entity F1 for tags: :func:`dev_scorer`), with ``finetune.epochs/lr/warmup_ratio: auto``
-chosen by the labeled split's size (:func:`teachers.finetune.resolve_recipe`).
+``data.metric``, accuracy by default, entity F1 for tags: :func:`dev_scorer`), with
+``finetune.epochs/lr/warmup_ratio: auto`` chosen by the labeled split's size and the teacher's
+width (:func:`teachers.finetune.resolve_recipe`).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def run(cfg: RunConfig, run_dir: RunDir) -> dict:
                                  cfg.teacher.max_length, cfg.seed, task, remote, live_metrics.local_stream("finetune"),
                                  dev_scorer(cfg, run_dir, source))
     log.info("finetune: %d steps, final loss %.4f; dev %s by epoch %s, epoch %d kept", result["steps"],
-             result["final_loss"], dev_metric_name(tag_names(cfg), cfg.data.scored_metric), [round(v, 4) for v in result["dev_scores"]],
-             result["best_epoch"])
+             result["final_loss"], dev_metric_name(tag_names(cfg), cfg.data.scored_metric),
+             [round(v, 4) for v in result["dev_scores"]], result["best_epoch"])
     return {"source": str(source), "finetuned": True, "precision": precision.name, **result}
 
 
