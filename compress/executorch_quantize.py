@@ -15,15 +15,19 @@ export's lowering (:func:`compress.executorch_export.write_program`). What gets 
   each Linear's input is quantized per tensor at run time (``choose_qparams``). Static: its
   input scale and zero point are calibrated on the given batches (the quantizer's histogram
   observers) and stored in the program, which computes no ranges at run time.
-- Every ``nn.Embedding`` (word, position, segment, characters): weight-only int8, one symmetric
-  scale per row (:class:`Int8Embedding`; torchao's ``choose_qparams_affine`` and
-  ``quantize_affine``). The Python runtime of ExecuTorch 1.5 has no quantized embedding kernel
-  (``quantized_decomposed::embedding_byte``; torchao's weight-only embedding config fails at
-  ``to_executorch`` with missing out variants), so the table is gathered as int8 rows by the
-  portable ``embedding`` kernel and scaled back to fp32 per row.
+- The vocabulary table (the largest ``nn.Embedding``: words or word pieces): weight-only int8,
+  one symmetric scale per row (:class:`compress.int8_embedding.Int8Embedding`; torchao's ``choose_qparams_affine`` and
+  ``quantize_affine``). The other tables (position, segment, characters) stay fp32: each of their
+  rows is added to every token, so its rounding error becomes a bias on every position. On the
+  SST-2 pruned student (872 dev rows, batch 1) int8 position and segment tables flipped 9
+  predictions of the fp32 model, fp32 ones 4 (0.56 MB more). The Python runtime of ExecuTorch
+  1.5 has no quantized embedding kernel (``quantized_decomposed::embedding_byte``; torchao's
+  weight-only embedding config fails at ``to_executorch`` with missing out variants), so the
+  table is gathered as int8 rows by the portable ``embedding`` kernel and scaled back to fp32
+  per row.
 
-What stays fp32: LayerNorm, softmax, GELU, the residual additions (:data:`QUANTIZED_OPS`) and
-the attention's activation x activation matmuls;
+What stays fp32: the tables above, LayerNorm, softmax, GELU, the residual additions
+(:data:`QUANTIZED_OPS`) and the attention's activation x activation matmuls;
 the LSTM cell (the unrolled recurrence is batched matmuls of the stacked LSTM weights, which
 the XNNPACK quantizer does not annotate: the LSTM families keep their recurrent weights fp32,
 listed in the settings' ``kept_fp32``).
@@ -31,7 +35,6 @@ listed in the settings' ``kept_fp32``).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -41,53 +44,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError
 from compress.executorch_export import DEFAULT_MAX_BATCH, ExportPlan, plan_export, traced, write_program
-from compress.vocabulary import RemappedEmbedding
+from compress.int8_embedding import with_int8_vocabulary
 
 Mode = Literal["dynamic", "static"]
 MODES = ("dynamic", "static")
-
-
-class Int8Embedding(nn.Module):
-    """An ``nn.Embedding`` stored as int8 rows with one fp32 scale each (symmetric, weight-only).
-
-    Args:
-        embedding: the fp32 table [V, D]; an all-0 padding row stays all 0. A pruned
-            vocabulary's :class:`compress.vocabulary.RemappedEmbedding` keeps its id remap.
-
-    The forward: int64 ids [...] -> float32 [..., D] = int8 row * its scale (|error| <= scale / 2
-    per element, scale = max |row| / 127).
-    """
-
-    def __init__(self, embedding: nn.Embedding):
-        from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
-
-        super().__init__()
-        weight = embedding.weight.detach().float()  # [V, D]
-        block = (1, weight.shape[1])
-        scale, zero_point = choose_qparams_affine(weight, MappingType.SYMMETRIC, block, torch.int8)
-        self.register_buffer("weight_int8", quantize_affine(weight, block, scale, zero_point, torch.int8))  # [V, D]
-        self.register_buffer("scale", scale.reshape(-1, 1).float())  # [V, 1]
-        self.register_buffer("remap", embedding.remap if isinstance(embedding, RemappedEmbedding) else None)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.remap is not None:
-            ids = self.remap[ids]  # original vocabulary -> kept rows
-        return F.embedding(ids, self.weight_int8).float() * F.embedding(ids, self.scale)
-
-
-def with_int8_embeddings(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose every ``nn.Embedding`` is an :class:`Int8Embedding`."""
-    model = copy.deepcopy(model).eval()
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Embedding):
-            parent, _, attribute = name.rpartition(".")
-            setattr(model.get_submodule(parent), attribute, Int8Embedding(module))
-    return model
 
 
 def calibration_inputs(plan: ExportPlan, batch: dict) -> tuple[torch.Tensor, ...]:
@@ -179,7 +143,7 @@ def quantize_executorch(model: nn.Module, out_path: str | Path, example_features
         raise ConfigError("executorch static int8 needs calibration batches; pass a few featurized transfer-set "
                           "batches (quantize.calibration_rows)")
     start = time.perf_counter()
-    plan = plan_export(with_int8_embeddings(model), example_features, fixed_length, task, max_batch)
+    plan = plan_export(with_int8_vocabulary(model), example_features, fixed_length, task, max_batch)
     feeds = [calibration_inputs(plan, batch) for batch in batches] if mode == "static" else [plan.features]
     report = {}
 
@@ -199,5 +163,5 @@ def quantize_executorch(model: nn.Module, out_path: str | Path, example_features
             "weights": f"int8 symmetric, per {'output channel' if per_channel else 'tensor'}",
             "activations": ("int8 per tensor, ranges at run time" if mode == "dynamic"
                             else "int8 per tensor, calibrated ranges stored"),
-            "embeddings": "int8 weight-only, per row", "calibration_rows":
-            sum(len(inputs[0]) for inputs in feeds) if mode == "static" else 0, **report}
+            "embeddings": "vocabulary int8 weight-only, per row; position, segment and character tables fp32",
+            "calibration_rows": sum(len(inputs[0]) for inputs in feeds) if mode == "static" else 0, **report}

@@ -59,7 +59,7 @@ class Recipe:
     static_ops: tuple[str, ...]
 
 
-BERT = Recipe("bert", dynamic_ops=("MatMul", "Attention", "EmbedLayerNormalization", "Gather"),
+BERT = Recipe("bert", dynamic_ops=("MatMul", "Attention", "Gather"),
               static_ops=("MatMul", "Gemm", "Gather"))
 RNN = Recipe("rnn", dynamic_ops=("MatMul", "LSTM", "Gather"), static_ops=("MatMul", "Gemm", "Gather"))
 CHAR_CNN_RNN = Recipe("rnn", dynamic_ops=("MatMul", "LSTM", "Gather", "Conv"),
@@ -122,8 +122,12 @@ def _quantizable(model: onnx.ModelProto, ops: Iterable[str], family: str, method
 
 def optimize_encoder(onnx_in: str | Path, onnx_out: str | Path, num_heads: int, hidden_size: int,
                      model_type: str = "bert") -> dict[str, int]:
-    """Fuse an encoder graph with ONNX Runtime's transformer optimizer (Attention, EmbedLayerNormalization,
+    """Fuse an encoder graph with ONNX Runtime's transformer optimizer (Attention,
     SkipLayerNormalization, (Bias)Gelu), so dynamic quantization reaches the fused Attention op.
+
+    The embeddings are not fused into EmbedLayerNormalization: its int8 form quantizes every table
+    with the vocabulary's (see :func:`added_table_gathers`) and counts positions 0..T-1, where
+    MPNet's graph reads explicit position ids (on a tiny MPNet it agreed with fp32 on 3 of 7 rows).
 
     Args:
         onnx_in: fp32 ONNX file of an encoder classifier of a :data:`ORT_MODEL_TYPES` type.
@@ -137,22 +141,31 @@ def optimize_encoder(onnx_in: str | Path, onnx_out: str | Path, num_heads: int, 
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions(ORT_MODEL_TYPES[model_type])
+    options.enable_embed_layer_norm = False
     optimized = optimize_model(str(onnx_in), model_type=ORT_MODEL_TYPES[model_type], num_heads=num_heads,
-                               hidden_size=hidden_size)
+                               hidden_size=hidden_size, optimization_options=options)
     optimized.save_model_to_file(str(onnx_out))
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
 
 
-def reads_position_ids(model: onnx.ModelProto) -> bool:
-    """Whether a fused EmbedLayerNormalization reads explicit position ids (its optional 9th input).
+def added_table_gathers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Gather nodes that read an embedding table other than the vocabulary (the
+    largest 2-D table a Gather reads): position, segment and character tables, kept fp32.
 
-    MPNet and RoBERTa count positions from the padding id + 1, so their fused op takes them;
-    ONNX Runtime's QEmbedLayerNormalization has no such input and counts 0..T-1. Quantized, the
-    op would shift every position embedding: on a tiny MPNet its predictions agreed with fp32 on
-    3 of 7 rows (max |logit diff| 1.4), against 7 of 7 (0.03) with the op kept fp32.
+    Each row of a position or segment table is added to every token, so its int8 rounding becomes
+    a bias on every position; ONNX Runtime quantizes a Gather's table with one scale for the whole
+    table. On the SST-2 pruned student (872 dev rows, batch 1) quantizing them flipped 13
+    predictions of the fp32 model, keeping them fp32 3, for 0.57 MB more.
     """
-    return any(node.op_type == "EmbedLayerNormalization" and len(node.input) > 8 and node.input[8]
-               for node in model.graph.node)
+    tables = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer if len(init.dims) == 2}
+    gathers = [node for node in model.graph.node if node.op_type == "Gather" and node.input[0] in tables]
+    if not gathers:
+        return []
+    vocabulary = max(tables[node.input[0]] for node in gathers)
+    return [node.name for node in gathers if tables[node.input[0]] < vocabulary]
 
 
 def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str, per_channel: bool = True,
@@ -161,9 +174,9 @@ def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str
     """Dynamic int8 quantization: int8 weights stored, uint8 activations quantized per batch at run time.
 
     Encoder graphs (``teacher``, ``transformer``) of a :data:`ORT_MODEL_TYPES` type are first
-    fused by :func:`optimize_encoder` so the Attention op becomes QAttention and the embeddings'
-    EmbedLayerNormalization becomes QEmbedLayerNormalization (kept fp32 where it reads position
-    ids, :func:`reads_position_ids`); RNN graphs quantize LSTM, MatMul and the embedding Gather directly.
+    fused by :func:`optimize_encoder` so the Attention op becomes QAttention; RNN graphs quantize
+    LSTM, MatMul and Conv directly. Of the embedding tables only the vocabulary's Gather turns
+    int8 (:func:`added_table_gathers`).
 
     Args:
         onnx_in: fp32 ONNX file; inputs int64 [B, T], output logits float32.
@@ -179,7 +192,8 @@ def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str
     Returns:
         settings: method, weight type, per_channel, reduce_range, quantized op types, op counts
         before/after the optimizer (``ops_before``, ``fused``; ``optimizer_model_type`` None when
-        it did not run), op types kept fp32 (``kept_fp32``) and the written graph's op counts.
+        it did not run), the Gather nodes of the tables kept fp32 (``tables_kept_fp32``) and the
+        written graph's op counts.
 
     Raises:
         ConfigError: family unknown, encoder shape missing, or the graph has none of its quantizable ops.
@@ -203,10 +217,10 @@ def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str
             settings["fused"] = optimize_encoder(onnx_in, source, num_heads, hidden_size, model_type)
         graph = onnx.load(str(source))
         ops = _quantizable(graph, recipe.dynamic_ops, family, "dynamic int8")
-        settings["kept_fp32"] = ["EmbedLayerNormalization"] if reads_position_ids(graph) else []
-        ops = [op for op in ops if op not in settings["kept_fp32"]]
+        settings["tables_kept_fp32"] = added_table_gathers(graph)
         quantize_dynamic(source, onnx_out, op_types_to_quantize=ops, per_channel=per_channel,
                          reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=settings["tables_kept_fp32"],
                          extra_options={"MatMulConstBOnly": True,  # weights only, never activation x activation
                                         # the fused com.microsoft ops have no ONNX shape inference
                                         "DefaultTensorType": onnx.TensorProto.FLOAT})
@@ -239,10 +253,11 @@ def _calibration_reader(batches: Iterable[dict[str, np.ndarray]], input_names: l
 
 
 def _static_exclusions(model: onnx.ModelProto) -> list[str]:
-    """Nodes kept fp32: those of :data:`STATIC_KEEP_FP32` and the node writing the logits (the head)."""
+    """Nodes kept fp32: those of :data:`STATIC_KEEP_FP32`, the node writing the logits (the head)
+    and the Gathers of the tables added to the vocabulary's rows (:func:`added_table_gathers`)."""
     outputs = {o.name for o in model.graph.output}
     return [node.name for node in model.graph.node
-            if node.op_type in STATIC_KEEP_FP32 or outputs.intersection(node.output)]
+            if node.op_type in STATIC_KEEP_FP32 or outputs.intersection(node.output)] + added_table_gathers(model)
 
 
 def quantize_static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration_batches: Iterable[dict[str, np.ndarray]],

@@ -38,10 +38,14 @@ def test_dynamic_int8_is_smaller_and_agrees(request, tmp_path, model):
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(fp32)
     assert agreement(fp32, int8, inputs) >= 0.9
     assert settings["weight_type"] == "QInt8" and settings["per_channel"] is True
-    if model == "bert":  # the optimizer fused every layer, and the fused ops were quantized
-        assert settings["fused"] == {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}
-        assert settings["ops_after"]["QAttention"] == 2 and settings["ops_after"]["QEmbedLayerNormalization"] == 1
-        assert "LayerNormalization" not in settings["ops_after"]
+    if model == "bert":  # the optimizer fused every layer but the embeddings, and the fused ops were quantized
+        assert settings["fused"] == {"Attention": 2, "BiasGelu": 2, "LayerNormalization": 1, "SkipLayerNormalization": 4}
+        assert settings["ops_after"]["QAttention"] == 2 and "QEmbedLayerNormalization" not in settings["ops_after"]
+        tables = {init.name: init.data_type for init in onnx.load(str(int8)).graph.initializer}
+        assert tables["bert.embeddings.word_embeddings.weight_quantized"] == onnx.TensorProto.UINT8  # the vocabulary
+        assert {tables[f"bert.embeddings.{name}_embeddings.weight"] for name in ("position", "token_type")} == {
+            onnx.TensorProto.FLOAT}  # added to every token: fp32
+        assert len(settings["tables_kept_fp32"]) == 2
     else:
         assert settings["ops_after"]["DynamicQuantizeLSTM"] == 1
 
