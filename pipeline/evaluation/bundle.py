@@ -132,7 +132,8 @@ def artifact_rows(bundle: Path, sub: str, row: dict[str, Any], score_key: str, l
     """One entry per runnable file of a bundle folder (:data:`RUNNABLE`): ``name`` (its path in the
     bundle), ``variant``, ``backend``, ``precision``, ``input`` (``ids`` or ``text``), ``pick``
     (``pareto`` or ``mobile files``), the variant's dev score and p50 (ms; an ``.ort`` or text
-    graph runs the measured ``model.onnx``'s graph: ``measured_as`` says so) and the file's size (MB, 10^6 bytes)."""
+    graph runs the measured ``model.onnx``'s graph: ``measured_as`` says so) and the file's size
+    (MB of 2^20 bytes, as every size of the benchmark and the quantize stage)."""
     entries = []
     for file in sorted((bundle / sub).iterdir()):
         if file.suffix not in RUNNABLE:
@@ -141,7 +142,7 @@ def artifact_rows(bundle: Path, sub: str, row: dict[str, Any], score_key: str, l
         entries.append({"name": f"{sub}/{file.name}", "variant": row["name"], "backend": RUNNABLE[file.suffix],
                         "precision": row["precision"], "input": "text" if file.stem == TEXT_STEM else "ids",
                         "pick": row.get("pick", "pareto"), score_key: row[score_key],
-                        "p50_ms": row["threads"][latency_key]["p50_ms"], "size_mb": round(file.stat().st_size / 1e6, 4),
+                        "p50_ms": row["threads"][latency_key]["p50_ms"], "size_mb": round(file.stat().st_size / 2**20, 4),
                         "measured_as": None if measured else f"{sub}/model.onnx"})
     return entries
 

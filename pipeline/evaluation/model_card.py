@@ -92,7 +92,7 @@ def write_card(path: Path, info: dict[str, Any], dataset: str) -> Path:
     body = [f"# {info['model']}", "",
             f"A distilled model of the run `{Path(info['run']).name}`, {info['task']} task, labels "
             f"{', '.join(info['labels'])}. Dev score and latency are the benchmark stage's (host CPU: "
-            f"{info['machine'] or 'unknown'}; batch 1), sizes are the files'.", "",
+            f"{info['machine'] or 'unknown'}; batch 1), sizes are the files' (MB of 2^20 bytes).", "",
             artifact_table(info), "", "## How it was made", "", "```bash", info["command"], "```", "",
             loading_section(info), "Every file's SHA-256 is in `SHA256SUMS` (`sha256sum -c SHA256SUMS`).", ""]
     path.write_text(f"---\n{metadata}---\n\n" + "\n".join(body), encoding="utf-8")
