@@ -96,16 +96,17 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
         ``{"machine", "score_key", "dev_rows", "latency_rows", "batch_size", "variants", "pareto",
         "baseline"}``: ``machine`` is
         :func:`compress.latency.machine_info` plus ``threads`` {key: thread count}; ``score_key``
-        is ``dev_accuracy`` (``dev_entity_f1`` for token tasks); each variant is a dict with
-        ``name, model, backend, precision, parent, method, family, size_mb, parameters`` (None
-        unless PyTorch), the score, ``threads`` {"1"|"all"|"<n>": {p50_ms, p99_ms, throughput_eps,
+        is ``dev_<data.metric>`` (``dev_accuracy`` when unset, ``dev_entity_f1`` for token tasks);
+        each variant is a dict with ``name, model, backend, precision, parent, method, family,
+        size_mb, parameters`` (None unless PyTorch), the score and beside it ``dev_accuracy``, ``threads`` {"1"|"all"|"<n>": {p50_ms, p99_ms, throughput_eps,
         peak_rss_mb}} and ``speedup_vs_teacher_best``, ``size_ratio_vs_teacher_best``,
         ``accuracy_ratio_vs_teacher``; ``pareto`` names the variants on the front of score vs
         1-thread p50 (:func:`latency_key`), fastest first; ``baseline`` names the teacher's best variant.
     """
     bench = cfg.benchmark or BenchmarkConfig()
     tags = tag_names(cfg)
-    score_key = f"dev_{dev_metric_name(tags)}"
+    metric = dev_metric_name(tags, cfg.data.scored_metric)
+    score_key = f"dev_{metric}"
     dev = read_split(run_dir.split_file("dev"), task_kind(cfg.data))
     threads = thread_counts(bench.threads)
     metas = all_variants(run_dir)
@@ -113,7 +114,7 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     variants = []
     try:
         for meta in tqdm(metas, desc="benchmark", unit="variant"):
-            variants.append(measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length))
+            variants.append(measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length, metric))
             first = variants[-1]["threads"][latency_key(threads)]
             log.info("benchmark: %s %s %.4f, p50 %.2f ms, %.2f MB", meta.name, score_key, variants[-1][score_key],
                      first["p50_ms"], variants[-1]["size_mb"])
@@ -172,9 +173,10 @@ def load(run_dir: RunDir, meta: VariantMeta, threads: int):
 
 
 def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] | None, bench: BenchmarkConfig,
-                threads: dict[str, int], max_length: int) -> dict[str, Any]:
-    """Dev score, size, parameters and per-thread-count latency of one variant (see :func:`measure_run`);
-    a teacher's tokenizer truncates to ``max_length`` tokens."""
+                threads: dict[str, int], max_length: int, metric: str = "accuracy") -> dict[str, Any]:
+    """Dev scores (``dev_<metric>`` and, for sentence labels, ``dev_accuracy``), size, parameters and
+    per-thread-count latency of one variant (see :func:`measure_run`); a teacher's tokenizer
+    truncates to ``max_length`` tokens."""
     featurize = featurizer(run_dir, meta, max_length)
     batch_size = min(bench.batch_size, meta.settings.get("max_batch") or bench.batch_size)
     predictor = load(run_dir, meta, max(threads.values()))
@@ -183,7 +185,9 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
               "parent": meta.parent, "method": meta.method, "family": meta.family,
               "size_mb": round(variant_size_mb(run_dir, meta, model), 4),
               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
-              f"dev_{dev_metric_name(tags)}": round(dev_score(predictor, featurize, dev, tags, batch_size), 4)}
+              **{f"dev_{name}": round(value, 4) for name, value in
+                 dev_scores(predictor, featurize, dev, tags, batch_size, metric).items()
+                 if name in (metric, "accuracy")}}
     del predictor, model
     singles = batch1_features(featurize, dev, bench.latency_rows)
     batch = featurize(dev.texts[:batch_size], dev.pairs[:batch_size] if dev.pairs else None)
@@ -200,11 +204,12 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
     return result
 
 
-def dev_score(predictor, featurize, dev: Split, tags: list[str] | None, batch_size: int) -> float:
-    """The dev score (:func:`pipeline.evaluation.scoring.dev_metric_name`) of a loaded variant, in length-sorted
-    batches of ``batch_size`` rows."""
+def dev_scores(predictor, featurize, dev: Split, tags: list[str] | None, batch_size: int,
+               metric: str = "accuracy") -> dict[str, float]:
+    """The dev scores (:func:`pipeline.evaluation.scoring.score`, sentence ``metric`` first) of a
+    loaded variant, in length-sorted batches of ``batch_size`` rows."""
     predictions = predict_with(lambda batch: word_logits(predictor.predict(batch), batch), featurize, dev, batch_size)
-    return score(predictions, dev.gold, tags)[dev_metric_name(tags)]
+    return score(predictions, dev.gold, tags, metric)
 
 
 def word_logits(logits: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:

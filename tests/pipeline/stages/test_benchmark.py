@@ -115,6 +115,17 @@ def test_every_variant_has_every_field(measured):
     assert variants["teacher/onnxruntime-int8-dynamic"]["size_mb"] < teacher["size_mb"] / 2
 
 
+def test_the_tasks_metric_heads_each_row_with_accuracy_beside_it(measured):
+    cfg, run_dir, summary = measured
+    meta = next(m for m in benchmark.all_variants(run_dir) if m.name == "teacher/onnxruntime-fp32")
+    dev = benchmark.read_split(run_dir.split_file("dev"), benchmark.task_kind(cfg.data))
+    bench = benchmark.BenchmarkConfig(runs=2, warmup=0, latency_rows=2, throughput_runs=1, threads=[1])
+    row = benchmark.measure_one(run_dir, meta, dev, None, bench, {"1": 1}, 32, "f1")
+    measured_row = next(v for v in summary["variants"] if v["name"] == meta.name)
+    assert {key for key in row if key.startswith("dev_")} == {"dev_f1", "dev_accuracy"}
+    assert row["dev_accuracy"] == measured_row["dev_accuracy"] and 0 <= row["dev_f1"] <= 1
+
+
 def test_baseline_ratios_and_pareto(measured):
     _, run_dir, summary = measured
     variants = {v["name"]: v for v in summary["variants"]}
