@@ -44,6 +44,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data", ".pte", ".bin", ".pt", ".or
 """Files of a source model folder left out of ``tokenizer/``."""
 RUNNABLE = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".pte": "executorch", ".tflite": "litert"}
 """Suffix of an artifact file -> the runtime that runs it."""
+ORT_SUFFIX = "-ort"
+"""A benchmark row of an fp32 ONNX export's ``.ort`` file is named ``<export variant>-ort``."""
 TEXT_STEM = "model_text"
 """Stem of a text graph (a string in, logits out: :mod:`compress.text_graph`)."""
 PROBE = "a"
@@ -60,9 +62,11 @@ def shipped_models(summary: dict[str, Any]) -> list[str]:
 
 def picks(summary: dict[str, Any], model: str, latency_key: str) -> list[dict[str, Any]]:
     """The benchmark rows of ``model`` on the Pareto front of its own variants per runtime (not
-    PyTorch), score vs batch-1 p50 at ``latency_key`` threads; runtime by runtime, fastest first."""
+    PyTorch, not the ``.ort`` rows: those files travel with their export), score vs batch-1 p50 at
+    ``latency_key`` threads; runtime by runtime, fastest first."""
     score_key, chosen = summary["score_key"], []
-    rows = [v for v in summary["variants"] if v["model"] == model and v["backend"] != "pytorch"]
+    rows = [v for v in summary["variants"] if v["model"] == model and v["backend"] != "pytorch"
+            and v["method"] != "ort"]
     for backend in dict.fromkeys(v["backend"] for v in rows):
         points = [{**v, "accuracy": v[score_key], "latency_ms": v["threads"][latency_key]["p50_ms"]}
                   for v in rows if v["backend"] == backend]
@@ -77,6 +81,7 @@ def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], late
 
     labels = (cfg.data.task != "token" and cfg.data.label_names) or [str(label) for label in cfg.data.labels]
     folders = {meta.name: meta for meta in variant_metas(run_dir)}
+    timed = {v["name"]: v for v in summary["variants"]}
     bundles = {}
     for model in shipped_models(summary):
         out = run_dir.root / SHIP_DIR / model
@@ -91,7 +96,8 @@ def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], late
             meta = folders[row["name"]]
             sub = row["name"].split("/", 1)[1]
             link_tree((run_dir.root / meta.file).parent, out / sub)
-            artifacts += artifact_rows(out, sub, row, summary["score_key"], latency_key)
+            ort_row = timed.get(f"{row['name']}{ORT_SUFFIX}")
+            artifacts += artifact_rows(out, sub, row, summary["score_key"], latency_key, ort_row)
         artifacts.sort(key=lambda a: (a["pick"] != "pareto", a["measured_as"] is not None, a["p50_ms"]))
         source = run_dir.root / folders[rows[0]["name"]].source
         link_tree(source, out / "tokenizer", lambda f: not f.name.endswith(WEIGHT_SUFFIXES) and f.name != META_FILE)
@@ -128,21 +134,25 @@ def link_tree(source: Path, target: Path, keep: Callable[[Path], bool] = lambda 
                 shutil.copy2(file, dest)
 
 
-def artifact_rows(bundle: Path, sub: str, row: dict[str, Any], score_key: str, latency_key: str) -> list[dict]:
+def artifact_rows(bundle: Path, sub: str, row: dict[str, Any], score_key: str, latency_key: str,
+                  ort_row: dict[str, Any] | None = None) -> list[dict]:
     """One entry per runnable file of a bundle folder (:data:`RUNNABLE`): ``name`` (its path in the
     bundle), ``variant``, ``backend``, ``precision``, ``input`` (``ids`` or ``text``), ``pick``
-    (``pareto`` or ``mobile files``), the variant's dev score and p50 (ms; an ``.ort`` or text
-    graph runs the measured ``model.onnx``'s graph: ``measured_as`` says so) and the file's size
-    (MB of 2^20 bytes, as every size of the benchmark and the quantize stage)."""
+    (``pareto`` or ``mobile files``), the dev score and p50 (ms) the benchmark measured on that file
+    (``model.ort`` has ``ort_row``, its own row; a text graph runs the measured ``model.onnx``'s
+    graph, and ``measured_as`` says so) and the file's size (MB of 2^20 bytes, as every size of the
+    benchmark and the quantize stage)."""
     entries = []
     for file in sorted((bundle / sub).iterdir()):
         if file.suffix not in RUNNABLE:
             continue
-        measured = file.stem == "model" and file.suffix != ".ort"  # the file the benchmark ran
-        entries.append({"name": f"{sub}/{file.name}", "variant": row["name"], "backend": RUNNABLE[file.suffix],
+        timed = ort_row if file.name == "model.ort" and ort_row else row
+        measured = file.stem == "model" and (file.suffix != ".ort" or timed is ort_row)  # a file the benchmark ran
+        entries.append({"name": f"{sub}/{file.name}", "variant": timed["name"], "backend": RUNNABLE[file.suffix],
                         "precision": row["precision"], "input": "text" if file.stem == TEXT_STEM else "ids",
-                        "pick": row.get("pick", "pareto"), score_key: row[score_key],
-                        "p50_ms": row["threads"][latency_key]["p50_ms"], "size_mb": round(file.stat().st_size / 2**20, 4),
+                        "pick": row.get("pick", "pareto"), score_key: timed[score_key],
+                        "p50_ms": timed["threads"][latency_key]["p50_ms"],
+                        "size_mb": round(file.stat().st_size / 2**20, 4),
                         "measured_as": None if measured else f"{sub}/model.onnx"})
     return entries
 

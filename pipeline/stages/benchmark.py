@@ -28,6 +28,7 @@ import gc
 import io
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from pipeline.artifacts import RunDir
 from pipeline.config.compress_sections import BenchmarkConfig
 from pipeline.config.sections import RunConfig
 from pipeline.config.sections import task_kind
-from pipeline.evaluation.bundle import write_bundles
+from pipeline.evaluation.bundle import ORT_SUFFIX, write_bundles
 from pipeline.evaluation.scoring import Split, batch1_features, dev_metric_name, predict_with, read_split, score
 from pipeline.tasks import tag_names
 from pipeline.evaluation.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
@@ -144,11 +145,22 @@ def latency_key(threads: dict[str, int]) -> str:
 
 
 def all_variants(run_dir: RunDir) -> list[VariantMeta]:
-    """The PyTorch fp32 model of each of :func:`run_models`, then every export and quantize variant."""
+    """The PyTorch fp32 model of each of :func:`run_models`, then every export and quantize
+    variant, and the ``.ort`` file beside each fp32 ONNX export (:func:`ort_variant`)."""
     metas = [model_meta(run_dir, name, folder) for name, folder in run_models(run_dir).items()]
     for stage in VARIANT_STAGES:
         metas += stage_variants(run_dir, stage)
-    return metas
+    return metas + [ort_variant(meta) for meta in metas if meta.settings.get("ort")]
+
+
+def ort_variant(meta: VariantMeta) -> VariantMeta:
+    """The ONNX Runtime mobile ``.ort`` file of an fp32 ONNX export (``settings["ort"]``, written by
+    :mod:`compress.ort_format`) as a variant of its own, ``<export name>-ort``, method ``ort``: ONNX
+    Runtime loads it as it loads the ``.onnx`` file, so it is timed and scored like one. It travels in
+    a bundle with its export's folder, never as a pick of its own."""
+    ort_file = Path(meta.file).with_name(meta.settings["ort"]["file"])
+    return replace(meta, name=f"{meta.name}{ORT_SUFFIX}", file=str(ort_file), parent=meta.name, method="ort",
+                   settings={"ort": meta.settings["ort"]})
 
 
 def model_meta(run_dir: RunDir, name: str, folder: Path) -> VariantMeta:
@@ -224,13 +236,13 @@ def word_logits(logits: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def variant_size_mb(run_dir: RunDir, meta: VariantMeta, model: torch.nn.Module | None) -> float:
-    """Size on disk (MB, 10^6 bytes) of what the variant ships: its model file, or a folder's
+    """Size on disk (MB, 2^20 bytes) of what the variant ships: its model file, or a folder's
     weight files (:data:`WEIGHT_SUFFIXES`). PyTorch variants quantized on load (no file of their
     own) count their state dict as ``torch.save`` would write it."""
     if meta.backend == "pytorch" and meta.precision != "fp32":
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
-        return buffer.getbuffer().nbytes / 1e6
+        return buffer.getbuffer().nbytes / 2**20
     path = run_dir.root / meta.file
     if path.is_file():
         return size_mb(path)

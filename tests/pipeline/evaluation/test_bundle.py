@@ -92,6 +92,21 @@ def test_a_bundle_holds_the_picks_tokenizer_spec_and_checksums(crafted):
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle, capture_output=True).returncode
 
 
+def test_the_ort_files_own_benchmark_row_times_it_in_the_bundle_but_is_never_a_pick(crafted):
+    cfg, run_dir, summary = crafted
+    ort = {**row("teacher/onnxruntime-fp32-ort", "teacher", "onnxruntime", "fp32", 0.90, 0.9), "method": "ort"}
+    summary = {**summary, "variants": summary["variants"] + [ort],
+               "pareto": summary["pareto"] + ["teacher/onnxruntime-fp32-ort"]}
+    assert "teacher/onnxruntime-fp32-ort" not in [p["name"] for p in picks(summary, "teacher", "1")]
+    write_bundles(cfg, run_dir, summary, "1")
+    info = json.loads((run_dir.root / "ship" / "teacher" / "bundle.json").read_text())
+    timed = {a["name"]: a for a in info["artifacts"]}
+    assert (timed["onnxruntime-fp32/model.ort"]["p50_ms"], timed["onnxruntime-fp32/model.ort"]["measured_as"]) == (
+        0.9, None)
+    assert timed["onnxruntime-fp32/model_text.onnx"]["measured_as"] == "onnxruntime-fp32/model.onnx"
+    assert not (run_dir.root / "ship" / "teacher" / "onnxruntime-fp32-ort").exists()
+
+
 def test_the_model_card_has_front_matter_metrics_and_the_table(crafted):
     cfg, run_dir, summary = crafted
     write_bundles(cfg, run_dir, summary, "1")

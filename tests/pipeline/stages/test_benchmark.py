@@ -126,6 +126,16 @@ def test_the_tasks_metric_heads_each_row_with_accuracy_beside_it(measured):
     assert row["dev_accuracy"] == measured_row["dev_accuracy"] and 0 <= row["dev_f1"] <= 1
 
 
+def test_an_ort_file_beside_an_fp32_export_is_a_variant_of_its_own():
+    export = VariantMeta(name="kd/onnxruntime-fp32", model="kd", backend="onnxruntime", precision="fp32",
+                         file="export/kd-onnx/model.onnx", source="train/kd", parent="kd", method="export",
+                         family="bilstm", input_names=["input_ids"], settings={"ort": {"file": "model.ort"}, "opset": 18})
+    ort = benchmark.ort_variant(export)
+    assert (ort.name, ort.file, ort.parent, ort.method) == (
+        "kd/onnxruntime-fp32-ort", "export/kd-onnx/model.ort", "kd/onnxruntime-fp32", "ort")
+    assert (ort.backend, ort.precision, ort.source, ort.input_names) == ("onnxruntime", "fp32", "train/kd", ["input_ids"])
+
+
 def test_baseline_ratios_and_pareto(measured):
     _, run_dir, summary = measured
     variants = {v["name"]: v for v in summary["variants"]}
