@@ -232,7 +232,8 @@ def model_results(run_dir: RunDir, evaluate: dict[str, Any] | None) -> dict[str,
 
 
 def variant_results(run_dir: RunDir, benchmark: dict[str, Any] | None) -> dict[str, VariantResult]:
-    """Every variant of the benchmark stage's manifest, with its folder (:func:`variant_folders`)."""
+    """Every variant of the benchmark stage's manifest, with its folder (:func:`variant_folders`; an
+    ``.ort`` row's is its fp32 export's, its ``parent``)."""
     if benchmark is None:
         return {}
     from pipeline.stages.benchmark import latency_key
@@ -240,7 +241,7 @@ def variant_results(run_dir: RunDir, benchmark: dict[str, Any] | None) -> dict[s
     folders = variant_folders(run_dir)
     key, score_key = latency_key(benchmark["machine"]["threads"]), benchmark["score_key"]
     return {v["name"]: VariantResult(v["name"], v["model"], v["backend"], v["precision"], v[score_key], v["size_mb"],
-                                     v["threads"][key]["p50_ms"], folders[v["name"]])
+                                     v["threads"][key]["p50_ms"], folders.get(v["name"]) or folders[v["parent"]])
             for v in benchmark["variants"]}
 
 

@@ -130,15 +130,20 @@ def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predict
     an int8 copy of that) measured by the benchmark stage: the result's variants are the manifest's,
     the ONNX variant's folder loads and predicts what the PyTorch teacher does, and so do the
     teacher's bundle through `distill predict` (every artifact checked on the dev split)."""
+    from dataclasses import replace
+
+    from compress.ort_format import convert_to_ort
     from compress.slicing import load_pruned
     from compress.text_graph import export_text_graph
+    from pipeline.evaluation.variants import write_meta
     from pipeline.stages import benchmark
     from test_benchmark import build_run, int8_variant, onnx_variant
 
     cfg, run_dir = build_run(tmp_path, tiny_teacher_dir)
     (run_dir.root / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    onnx_variant(run_dir)
+    meta = onnx_variant(run_dir)
     export = run_dir.root / "export" / "teacher-onnx"
+    write_meta(export, replace(meta, settings={**meta.settings, "ort": convert_to_ort(export / "model.onnx")}))
     export_text_graph(load_pruned(run_dir.teacher_dir).eval(), run_dir.teacher_dir, export / "model.onnx",
                       export / "model_text.onnx", cfg.teacher.max_length)
     int8_variant(run_dir)
@@ -147,6 +152,7 @@ def test_variants_are_read_from_the_benchmark_manifest_and_a_shipped_one_predict
     assert result.stages["benchmark"].status == "reused" and result.score_key == "dev_accuracy"
     assert {name: v.folder.relative_to(run_dir.root).as_posix() for name, v in result.variants.items()} == {
         "teacher": "finetune/teacher", "teacher/onnxruntime-fp32": "export/teacher-onnx",
+        "teacher/onnxruntime-fp32-ort": "export/teacher-onnx",  # the .ort file's row: its export's folder
         "teacher/onnxruntime-int8-dynamic": "quantize/teacher-int8-dynamic"}
     for row in manifest["variants"]:
         variant = result.variants[row["name"]]
