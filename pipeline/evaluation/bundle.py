@@ -44,6 +44,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data", ".pte", ".bin", ".pt", ".or
 """Files of a source model folder left out of ``tokenizer/``."""
 RUNNABLE = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".pte": "executorch", ".tflite": "litert"}
 """Suffix of an artifact file -> the runtime that runs it."""
+AGREEMENT_TARGET = 0.995
+"""The fraction of dev rows on which a shipped artifact predicts what the PyTorch model does: the
+benchmark's ``dev_agreement`` picks by it, ``distill predict --check`` holds every artifact to it."""
 ORT_SUFFIX = "-ort"
 """A benchmark row of an fp32 ONNX export's ``.ort`` file is named ``<export variant>-ort``."""
 TEXT_STEM = "model_text"
@@ -61,17 +64,24 @@ def shipped_models(summary: dict[str, Any]) -> list[str]:
 
 
 def picks(summary: dict[str, Any], model: str, latency_key: str) -> list[dict[str, Any]]:
-    """The benchmark rows of ``model`` on the Pareto front of its own variants per runtime (not
-    PyTorch, not the ``.ort`` rows: those files travel with their export), score vs batch-1 p50 at
-    ``latency_key`` threads; runtime by runtime, fastest first."""
+    """The benchmark rows of ``model`` on the Pareto front of its own variants per runtime, score vs
+    batch-1 p50 at ``latency_key`` threads, runtime by runtime, fastest first; of the rows that are
+    not PyTorch, not ``.ort`` files (those travel with their export) and agree with the PyTorch
+    model on at least :data:`AGREEMENT_TARGET` of dev rows (:func:`unfaithful`)."""
     score_key, chosen = summary["score_key"], []
     rows = [v for v in summary["variants"] if v["model"] == model and v["backend"] != "pytorch"
-            and v["method"] != "ort"]
+            and v["method"] != "ort" and v not in unfaithful(summary, model)]
     for backend in dict.fromkeys(v["backend"] for v in rows):
         points = [{**v, "accuracy": v[score_key], "latency_ms": v["threads"][latency_key]["p50_ms"]}
                   for v in rows if v["backend"] == backend]
         chosen += [{k: v for k, v in p.items() if k not in ("accuracy", "latency_ms")} for p in pareto_front(points)]
     return chosen
+
+
+def unfaithful(summary: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """The benchmark rows of ``model`` whose dev predictions agree with its PyTorch model's on fewer
+    than :data:`AGREEMENT_TARGET` of rows (``dev_agreement``; rows without one pass): never shipped."""
+    return [v for v in summary["variants"] if v["model"] == model and v.get("dev_agreement", 1.0) < AGREEMENT_TARGET]
 
 
 def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], latency_key: str) -> dict[str, str]:
@@ -107,8 +117,9 @@ def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], late
         info = {"model": model, "run": str(run_dir.root.resolve()), "task": cfg.data.task,
                 "kind": task_kind(cfg.data).value, "labels": labels,
                 "max_length": cfg.teacher.max_length, "score_key": summary["score_key"],
-                "latency_threads": latency_key, "command": run_command(cfg, run_dir),
-                "machine": summary["machine"].get("cpu_model"), "artifacts": artifacts}
+                "latency_threads": latency_key, "batch_size": summary.get("batch_size"),
+                "command": run_command(cfg, run_dir), "machine": summary["machine"].get("cpu_model"),
+                "artifacts": artifacts, "not_shipped": {v["name"]: v["dev_agreement"] for v in unfaithful(summary, model)}}
         atomic_write_json(out / BUNDLE_FILE, info)
         write_card(out / CARD_FILE, info, Path(str(cfg.data.dev.path)).parent.name or cfg.name)
         write_sums(out)

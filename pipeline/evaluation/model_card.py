@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.evaluation.bundle import AGREEMENT_TARGET
+
 PIPELINE_TAGS = {"sequence": "text-classification", "token": "token-classification"}
 """Task of the run -> Hugging Face ``pipeline_tag``."""
 RUNTIME_TAGS = {"onnxruntime": "onnx", "executorch": "executorch", "litert": "tflite"}
@@ -86,6 +88,16 @@ def loading_section(info: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def not_shipped(info: dict[str, Any]) -> list[str]:
+    """The card's line on the variants left out because they change the model's predictions, or none."""
+    left_out = info.get("not_shipped") or {}
+    if not left_out:
+        return []
+    listed = ", ".join(f"{name} ({share:.1%})".replace("%", " %") for name, share in left_out.items())
+    return [f"Not shipped, because they predict the PyTorch model's class on fewer than "
+            f"{AGREEMENT_TARGET:.1%} of dev rows ".replace("%", " %") + f"(in the benchmark's batches): {listed}.", ""]
+
+
 def write_card(path: Path, info: dict[str, Any], dataset: str) -> Path:
     """Write the model card ``README.md`` of a bundle (see the module docstring); returns ``path``."""
     metadata = yaml.safe_dump(front_matter(info, dataset), sort_keys=False)
@@ -93,7 +105,7 @@ def write_card(path: Path, info: dict[str, Any], dataset: str) -> Path:
             f"A distilled model of the run `{Path(info['run']).name}`, {info['task']} task, labels "
             f"{', '.join(info['labels'])}. Dev score and latency are the benchmark stage's (host CPU: "
             f"{info['machine'] or 'unknown'}; batch 1), sizes are the files' (MB of 2^20 bytes).", "",
-            artifact_table(info), "", "## How it was made", "", "```bash", info["command"], "```", "",
+            artifact_table(info), "", *not_shipped(info), "## How it was made", "", "```bash", info["command"], "```", "",
             loading_section(info), "Every file's SHA-256 is in `SHA256SUMS` (`sha256sum -c SHA256SUMS`).", ""]
     path.write_text(f"---\n{metadata}---\n\n" + "\n".join(body), encoding="utf-8")
     return path

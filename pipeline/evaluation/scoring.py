@@ -102,6 +102,12 @@ def score(predicted: list, gold: list, tag_names: list[str] | None, metric: str 
     return {"entity_f1": overall.f1, "entity_precision": overall.precision, "entity_recall": overall.recall}
 
 
+def agreement(predicted: list, reference: list) -> float:
+    """The fraction of rows whose prediction equals the reference model's: a class id, or a
+    tagger's whole tag list ([N] each; 0.0 without rows)."""
+    return float(np.mean([a == b for a, b in zip(predicted, reference)])) if reference else 0.0
+
+
 def predicted_classes(logits: torch.Tensor | np.ndarray, word_mask: torch.Tensor | np.ndarray | None = None) -> list:
     """The argmax class of each row, or of each real word of each row: what :func:`score` takes.
 

@@ -46,7 +46,8 @@ from pipeline.config.compress_sections import BenchmarkConfig
 from pipeline.config.sections import RunConfig
 from pipeline.config.sections import task_kind
 from pipeline.evaluation.bundle import ORT_SUFFIX, write_bundles
-from pipeline.evaluation.scoring import Split, batch1_features, dev_metric_name, predict_with, read_split, score
+from pipeline.evaluation.scoring import (Split, agreement, batch1_features, dev_metric_name, predict_with, read_split,
+                                        score)
 from pipeline.tasks import tag_names
 from pipeline.evaluation.variants import (META_FILE, VariantMeta, featurizer, load_variant, model_family, read_meta,
                                run_models, stage_variants)
@@ -99,8 +100,10 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
         :func:`compress.latency.machine_info` plus ``threads`` {key: thread count}; ``score_key``
         is ``dev_<data.metric>`` (``dev_accuracy`` when unset, ``dev_entity_f1`` for token tasks);
         each variant is a dict with ``name, model, backend, precision, parent, method, family,
-        size_mb, parameters`` (None unless PyTorch), the score and beside it ``dev_accuracy``, ``threads`` {"1"|"all"|"<n>": {p50_ms, p99_ms, throughput_eps,
-        peak_rss_mb}} and ``speedup_vs_teacher_best``, ``size_ratio_vs_teacher_best``,
+        size_mb, parameters`` (None unless PyTorch), the score and beside it ``dev_accuracy``,
+        ``dev_agreement`` (the fraction of dev rows it predicts as its model's PyTorch fp32 variant
+        does, in the same batches of ``batch_size`` rows), ``threads`` {"1"|"all"|"<n>": {p50_ms,
+        p99_ms, throughput_eps, peak_rss_mb}} and ``speedup_vs_teacher_best``, ``size_ratio_vs_teacher_best``,
         ``accuracy_ratio_vs_teacher``; ``pareto`` names the variants on the front of score vs
         1-thread p50 (:func:`latency_key`), fastest first; ``baseline`` names the teacher's best variant.
     """
@@ -112,10 +115,14 @@ def measure_run(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     threads = thread_counts(bench.threads)
     metas = all_variants(run_dir)
     torch_threads = torch.get_num_threads()
-    variants = []
+    variants, reference = [], {}  # model -> its PyTorch fp32 dev predictions (measured first)
     try:
         for meta in tqdm(metas, desc="benchmark", unit="variant"):
-            variants.append(measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length, metric))
+            row, predictions = measure_one(run_dir, meta, dev, tags, bench, threads, cfg.teacher.max_length, metric)
+            if meta.backend == "pytorch" and meta.precision == "fp32":
+                reference[meta.model] = predictions
+            row["dev_agreement"] = round(agreement(predictions, reference.get(meta.model, predictions)), 4)
+            variants.append(row)
             first = variants[-1]["threads"][latency_key(threads)]
             log.info("benchmark: %s %s %.4f, p50 %.2f ms, %.2f MB", meta.name, score_key, variants[-1][score_key],
                      first["p50_ms"], variants[-1]["size_mb"])
@@ -185,20 +192,21 @@ def load(run_dir: RunDir, meta: VariantMeta, threads: int):
 
 
 def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] | None, bench: BenchmarkConfig,
-                threads: dict[str, int], max_length: int, metric: str = "accuracy") -> dict[str, Any]:
+                threads: dict[str, int], max_length: int, metric: str = "accuracy") -> tuple[dict[str, Any], list]:
     """Dev scores (``dev_<metric>`` and, for sentence labels, ``dev_accuracy``), size, parameters and
-    per-thread-count latency of one variant (see :func:`measure_run`); a teacher's tokenizer
-    truncates to ``max_length`` tokens."""
+    per-thread-count latency of one variant (see :func:`measure_run`), and its dev predictions ([N]
+    class ids or tag lists); a teacher's tokenizer truncates to ``max_length`` tokens."""
     featurize = featurizer(run_dir, meta, max_length)
     batch_size = min(bench.batch_size, meta.settings.get("max_batch") or bench.batch_size)
     predictor = load(run_dir, meta, max(threads.values()))
     model = predictor.model if meta.backend == "pytorch" else None
+    run_batch = predictor.predict
+    predictions = predict_with(lambda batch: word_logits(run_batch(batch), batch), featurize, dev, batch_size)
     result = {"name": meta.name, "model": meta.model, "backend": meta.backend, "precision": meta.precision,
               "parent": meta.parent, "method": meta.method, "family": meta.family,
               "size_mb": round(variant_size_mb(run_dir, meta, model), 4),
               "parameters": sum(p.numel() for p in model.parameters()) if model is not None else None,
-              **{f"dev_{name}": round(value, 4) for name, value in
-                 dev_scores(predictor, featurize, dev, tags, batch_size, metric).items()
+              **{f"dev_{name}": round(value, 4) for name, value in score(predictions, dev.gold, tags, metric).items()
                  if name in (metric, "accuracy")}}
     del predictor, model
     singles = batch1_features(featurize, dev, bench.latency_rows)
@@ -213,15 +221,7 @@ def measure_one(run_dir: RunDir, meta: VariantMeta, dev: Split, tags: list[str] 
                                   "throughput_eps": round(stats["throughput_eps"], 2),
                                   "peak_rss_mb": round(peak_rss_mb(), 1)}
         del predictor
-    return result
-
-
-def dev_scores(predictor, featurize, dev: Split, tags: list[str] | None, batch_size: int,
-               metric: str = "accuracy") -> dict[str, float]:
-    """The dev scores (:func:`pipeline.evaluation.scoring.score`, sentence ``metric`` first) of a
-    loaded variant, in length-sorted batches of ``batch_size`` rows."""
-    predictions = predict_with(lambda batch: word_logits(predictor.predict(batch), batch), featurize, dev, batch_size)
-    return score(predictions, dev.gold, tags, metric)
+    return result, predictions
 
 
 def word_logits(logits: np.ndarray, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -92,6 +92,19 @@ def test_a_bundle_holds_the_picks_tokenizer_spec_and_checksums(crafted):
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle, capture_output=True).returncode
 
 
+def test_a_variant_that_changes_predictions_is_never_shipped_and_the_bundle_says_so(crafted):
+    cfg, run_dir, summary = crafted
+    for v in summary["variants"]:
+        v["dev_agreement"] = 0.99 if v["name"] == "teacher/onnxruntime-int8-dynamic" else 1.0
+    assert [p["name"] for p in picks(summary, "teacher", "1")] == [
+        "teacher/onnxruntime-fp16", "teacher/onnxruntime-fp32", "teacher/executorch-fp32"]
+    write_bundles(cfg, run_dir, summary, "1")
+    bundle = run_dir.root / "ship" / "teacher"
+    assert json.loads((bundle / "bundle.json").read_text())["not_shipped"] == {"teacher/onnxruntime-int8-dynamic": 0.99}
+    assert not (bundle / "onnxruntime-int8-dynamic").exists()
+    assert "teacher/onnxruntime-int8-dynamic (99.0 %)" in (bundle / "README.md").read_text()
+
+
 def test_the_ort_files_own_benchmark_row_times_it_in_the_bundle_but_is_never_a_pick(crafted):
     cfg, run_dir, summary = crafted
     ort = {**row("teacher/onnxruntime-fp32-ort", "teacher", "onnxruntime", "fp32", 0.90, 0.9), "method": "ort"}

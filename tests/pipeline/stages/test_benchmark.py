@@ -31,7 +31,7 @@ from test_train import sentences, write_table
 
 BENCHMARK = {"runs": 5, "warmup": 1, "latency_rows": 4, "batch_size": 8, "throughput_runs": 1, "threads": [1, 0]}
 VARIANT_KEYS = {"name", "model", "backend", "precision", "parent", "method", "family", "size_mb", "parameters",
-                "dev_accuracy", "threads", "speedup_vs_teacher_best", "size_ratio_vs_teacher_best",
+                "dev_accuracy", "dev_agreement", "threads", "speedup_vs_teacher_best", "size_ratio_vs_teacher_best",
                 "accuracy_ratio_vs_teacher"}
 THREAD_KEYS = {"p50_ms", "p99_ms", "throughput_eps", "peak_rss_mb"}
 
@@ -110,6 +110,8 @@ def test_every_variant_has_every_field(measured):
     assert variants["teacher/onnxruntime-fp32"]["parameters"] is None
     # the same model on two runtimes predicts the same classes
     assert variants["teacher/onnxruntime-fp32"]["dev_accuracy"] == teacher["dev_accuracy"]
+    assert variants["teacher/onnxruntime-fp32"]["dev_agreement"] == teacher["dev_agreement"] == 1.0
+    assert 0.5 <= variants["teacher/onnxruntime-int8-dynamic"]["dev_agreement"] <= 1.0
     weights_mb = (run_dir.teacher_dir / "model.safetensors").stat().st_size / 2**20
     assert teacher["size_mb"] == pytest.approx(weights_mb, abs=1e-4)
     assert variants["teacher/onnxruntime-int8-dynamic"]["size_mb"] < teacher["size_mb"] / 2
@@ -120,7 +122,8 @@ def test_the_tasks_metric_heads_each_row_with_accuracy_beside_it(measured):
     meta = next(m for m in benchmark.all_variants(run_dir) if m.name == "teacher/onnxruntime-fp32")
     dev = benchmark.read_split(run_dir.split_file("dev"), benchmark.task_kind(cfg.data))
     bench = benchmark.BenchmarkConfig(runs=2, warmup=0, latency_rows=2, throughput_runs=1, threads=[1])
-    row = benchmark.measure_one(run_dir, meta, dev, None, bench, {"1": 1}, 32, "f1")
+    row, predictions = benchmark.measure_one(run_dir, meta, dev, None, bench, {"1": 1}, 32, "f1")
+    assert len(predictions) == len(dev.gold) == 24
     measured_row = next(v for v in summary["variants"] if v["name"] == meta.name)
     assert {key for key in row if key.startswith("dev_")} == {"dev_f1", "dev_accuracy"}
     assert row["dev_accuracy"] == measured_row["dev_accuracy"] and 0 <= row["dev_f1"] <= 1

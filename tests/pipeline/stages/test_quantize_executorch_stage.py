@@ -54,7 +54,7 @@ def test_benchmark_measures_the_int8_program(executorch_run):
     cfg, run_dir, summary = executorch_run
     meta = next(m for m in benchmark.all_variants(run_dir) if m.name == "kd/executorch-int8-static")
     dev = read_split(run_dir.split_file("dev"), task_kind(cfg.data), 16)
-    row = benchmark.measure_one(run_dir, meta, dev, None, BenchmarkConfig(runs=2, warmup=0, latency_rows=2,
+    row, _ = benchmark.measure_one(run_dir, meta, dev, None, BenchmarkConfig(runs=2, warmup=0, latency_rows=2,
                                                                           throughput_runs=1, threads=[1]),
                                 {"1": 1}, 64)
     assert (row["backend"], row["precision"]) == ("executorch", "int8-static")
