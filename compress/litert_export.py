@@ -29,7 +29,10 @@ student (872 dev rows) that flipped 10 predictions of the fp32 model, this recip
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import time
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from core.errors import ConfigError
 from compress.executorch_export import max_sequence_length, plan_export
 from compress.int8_embedding import with_int8_vocabulary
 from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES
+
+log = logging.getLogger(__name__)
 
 INT8_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 """The LiteRT op types whose constant weights dynamic int8 quantizes (AI Edge Quantizer's names).
@@ -120,4 +125,8 @@ def dynamic_int8(flatbuffer: bytes) -> bytes:
 
     (everything,) = recipe.dynamic_wi8_afp32()
     chosen = [{**everything, "operation": recipe.TFLOperationName[op]} for op in INT8_OPS]
-    return bytes(quantizer.Quantizer(flatbuffer, chosen).quantize().quantized_model)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # it prints sizes and ratios: the run's log, not the console
+        content = bytes(quantizer.Quantizer(flatbuffer, chosen).quantize().quantized_model)
+    log.debug("AI Edge Quantizer: %s", printed.getvalue().strip())
+    return content
