@@ -67,10 +67,10 @@ def picks(summary: dict[str, Any], model: str, latency_key: str) -> list[dict[st
     """The benchmark rows of ``model`` on the Pareto front of its own variants per runtime, score vs
     batch-1 p50 at ``latency_key`` threads, runtime by runtime, fastest first; of the rows that are
     not PyTorch, not ``.ort`` files (those travel with their export) and agree with the PyTorch
-    model on at least :data:`AGREEMENT_TARGET` of dev rows (:func:`unfaithful`)."""
+    model on at least :data:`AGREEMENT_TARGET` of dev rows (:func:`keeps_predictions`)."""
     score_key, chosen = summary["score_key"], []
     rows = [v for v in summary["variants"] if v["model"] == model and v["backend"] != "pytorch"
-            and v["method"] != "ort" and v not in unfaithful(summary, model)]
+            and v["method"] != "ort" and keeps_predictions(v)]
     for backend in dict.fromkeys(v["backend"] for v in rows):
         points = [{**v, "accuracy": v[score_key], "latency_ms": v["threads"][latency_key]["p50_ms"]}
                   for v in rows if v["backend"] == backend]
@@ -78,10 +78,15 @@ def picks(summary: dict[str, Any], model: str, latency_key: str) -> list[dict[st
     return chosen
 
 
+def keeps_predictions(row: dict[str, Any]) -> bool:
+    """Whether a benchmark row predicts its PyTorch model's class on at least :data:`AGREEMENT_TARGET`
+    of dev rows (``dev_agreement``; a row without one, from an older manifest, does)."""
+    return row.get("dev_agreement", 1.0) >= AGREEMENT_TARGET
+
+
 def unfaithful(summary: dict[str, Any], model: str) -> list[dict[str, Any]]:
-    """The benchmark rows of ``model`` whose dev predictions agree with its PyTorch model's on fewer
-    than :data:`AGREEMENT_TARGET` of rows (``dev_agreement``; rows without one pass): never shipped."""
-    return [v for v in summary["variants"] if v["model"] == model and v.get("dev_agreement", 1.0) < AGREEMENT_TARGET]
+    """The benchmark rows of ``model`` that do not :func:`keeps_predictions`: never shipped."""
+    return [v for v in summary["variants"] if v["model"] == model and not keeps_predictions(v)]
 
 
 def write_bundles(cfg: RunConfig, run_dir: RunDir, summary: dict[str, Any], latency_key: str) -> dict[str, str]:
