@@ -70,6 +70,10 @@ class CNNLSTMTaggerConfig(Section):
     hidden_dim: int = Field(default=200, gt=0)
     num_layers: int = Field(default=1, gt=0)
     dropout: float = Field(default=0.5, ge=0, lt=1)
+    word_dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="training only: the probability that a word is read as <unk> "
+                                             "(Lample et al. 2016), so that the tagger learns to tag words it has "
+                                             "not seen from their characters and context")
     init_from_teacher_embeddings: bool | Literal["auto"] = Field(
         default="auto", description="seed each word's row with the mean of its pieces' teacher input embeddings, "
                                     "reduced by PCA to word_embed_dim; auto: when word_embed_dim is at most the "
@@ -156,7 +160,8 @@ class CNNLSTMTagger(Student):
 
         Returns:
             StudentOutput with float32 ``logits`` [B, W, C]; rows past a sentence's end hold the
-            classifier's bias only and are to be masked with ``attention_mask``.
+            classifier's bias only and are to be masked with ``attention_mask``. In training mode
+            each real word is read as ``<unk>`` with probability ``word_dropout``.
 
         Raises:
             ValueError: ``input_ids`` is given and differs from ``word_ids``.
@@ -164,6 +169,9 @@ class CNNLSTMTagger(Student):
         if input_ids is not None and input_ids is not word_ids and not torch.equal(input_ids, word_ids):
             raise ValueError("input_ids and word_ids differ; pass the output of featurize unchanged")
         batch, width, length = char_ids.shape
+        if self.training and self.cfg.word_dropout > 0:
+            drawn = torch.rand(word_ids.shape, device=word_ids.device)  # [B, W]
+            word_ids = word_ids.masked_fill((drawn < self.cfg.word_dropout) & (word_ids != PAD_ID), UNK_ID)
         chars = self.char_embedding(char_ids.reshape(batch * width, length))  # [B*W, L, E_c]
         filters = self.char_cnn(chars.transpose(1, 2))  # [B*W, F, L]
         is_char = (char_ids != PAD_ID).reshape(batch * width, 1, length)  # [B*W, 1, L]

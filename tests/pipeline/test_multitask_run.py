@@ -130,8 +130,16 @@ def test_one_student_learns_both_tasks_from_their_teachers(tmp_path, sources, ra
     assert evaluation["latency_task"] == "sst"
     figures = saved_student_figures(RunDir(cfg.run_dir).student_dir("kd"))
     assert {key: evaluation["models"]["kd"][key] for key in figures} == figures
+    # each task's trivial baseline, scored like its students; good students are not flagged
+    majority = max((0, 1), key=sentence_rows(96, 1)["label"].count)
+    assert ner["baseline"] == {"rule": "every word: O", "dev_entity_f1": 0.0, "dev_entity_precision": 0.0,
+                               "dev_entity_recall": 0.0}
+    assert sst["baseline"]["rule"] == f"majority class: {majority}"
+    assert sst["baseline"]["dev_accuracy"] == pytest.approx(sentence_rows(48, 2)["label"].count(majority) / 48)
+    assert sst["flags"] == {} and ner["flags"] == {}
     report = (RunDir(cfg.run_dir).report_file).read_text()
     assert "| ner | dev entity f1 | - |" in report and "| sst | dev accuracy | - |" in report
+    assert f"| {ner['kd']['dev_entity_f1']:.4f} | - | 0.0000 |" in report  # the baseline column beside KD
 
     assert run_pipeline(cfg)["train"] == trained  # a rerun reuses the students
 

@@ -61,6 +61,25 @@ def test_forward_shapes_and_gradients(tagger):
     assert tagger.char_embedding.weight.grad[0].abs().sum() == 0
 
 
+def test_word_dropout_reads_words_as_unknown_in_training_only():
+    cfg = CFG.model_copy(update={"word_dropout": 0.5, "dropout": 0.0})
+    torch.manual_seed(0)
+    tagger = build_cnn_lstm_tagger(cfg, BuildInputs(Path("unused"), TRANSFER, NUM_LABELS))
+    features = tagger.featurize([["the"] * 400 + ["Peter"], ["the"]])
+    gradients = []
+    for _ in range(2):  # the rows read in training show in the word table's gradient
+        tagger.zero_grad()
+        tagger(**features).logits[features["attention_mask"].bool()].sum().backward()
+        gradients.append(tagger.word_embedding.weight.grad.abs().sum(dim=1))
+    assert all(g[UNK_ID] > 0 and g[tagger.word_index["the"]] > 0 for g in gradients)  # about half of 401 each
+    assert gradients[0][0] == 0  # padding is never dropped to <unk>
+    tagger.eval()  # no dropout at inference: the same logits twice, and <unk> is not read
+    torch.testing.assert_close(tagger(**features).logits, tagger(**features).logits, rtol=0, atol=0)
+    tagger.zero_grad()
+    tagger(**features).logits.sum().backward()
+    assert tagger.word_embedding.weight.grad[UNK_ID].abs().sum() == 0
+
+
 def test_padding_does_not_change_a_sentence_logits(tagger):
     tagger.eval()
     sentence = ["Peter", "rejects", "x"]
