@@ -177,7 +177,8 @@ class RayConfig(Section):
     """Where Ray runs: a local instance (``address: null``) or an existing cluster ("auto", "ray://...")."""
 
     address: str | None = None
-    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local instance; None = all")
+    num_cpus: int | None = Field(default=None, ge=2, description="CPUs of a local instance; None = all; at least 2: "
+                                                                 "the train stage keeps one for Ray Data's reads")
     storage_path: str | None = Field(
         default=None, description="where Ray Train keeps the train stage's checkpoints: None = the run folder "
                                   "(train/ray/); on a multi-node cluster a folder every node mounts (NFS) or a cloud "

@@ -69,6 +69,12 @@ def test_wrong_type_and_bad_choice_are_all_listed():
     assert "train.loss.kd.kind: Input should be 'kl' or 'mse'" in message
 
 
+def test_a_local_ray_instance_of_one_cpu_is_refused_at_load():
+    # the train stage keeps one CPU for Ray Data's reads: with one CPU its worker would reserve nothing
+    with pytest.raises(ConfigError, match=r"ray\.num_cpus: Input should be greater than or equal to 2 \(got 1\)"):
+        load_config("sst2-quick", ["ray.num_cpus=1"])
+
+
 def test_overrides_are_typed():
     cfg = load_config("sst2-quick", ["train.epochs=7", "train.loss.ce.weight=0.25", "output_dir=/tmp/x"])
     assert cfg.train.epochs == 7 and cfg.train.loss.ce.weight == 0.25
