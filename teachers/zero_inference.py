@@ -40,10 +40,14 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
     elements, the teacher's largest tensor (one parameter is swapped in per buffer), instead of
     DeepSpeed's default 10^8 (2 GB of buffers in float32, more than a BERT-large teacher), and
     gathered parameters are released after their module's forward.
+    ``memory_efficient_linear`` is off: DeepSpeed's default replaces ``torch.nn.functional.linear``
+    for the rest of the process when ``zero.Init`` runs (to save activations for a backward pass,
+    which inference never runs), and a later ``torch.export`` of any model in that process then
+    finds no ``aten.linear`` to quantize.
     ``overrides`` (a DeepSpeed JSON's keys) win.
     """
     offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
-    zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param}
+    zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param, "memory_efficient_linear": False}
     if offload == "nvme":
         offload_param["nvme_path"] = str(nvme_path)
         if largest_weight is not None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
@@ -17,7 +18,8 @@ FP32 = select_precision("fp32", "test")
 def test_nvme_buffers_hold_the_largest_weight_and_overrides_win(tmp_path):
     nvme = zero_inference_config(FP32, "nvme", tmp_path, {}, largest_weight=976_704)
     assert nvme["zero_optimization"] == {
-        "stage": 3, "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": 976_704,
+        "stage": 3, "memory_efficient_linear": False,
+        "stage3_max_reuse_distance": 0, "stage3_max_live_parameters": 976_704,
         "offload_param": {"device": "nvme", "pin_memory": False, "nvme_path": str(tmp_path), "buffer_size": 976_704}}
     assert "stage3_max_reuse_distance" not in zero_inference_config(FP32, "cpu", None, {}, 976_704)["zero_optimization"]
     cpu = zero_inference_config(FP32, "cpu", None, {"zero_optimization": {"stage": 3}}, largest_weight=976_704)
@@ -39,6 +41,15 @@ def test_partitioned_teacher_holds_the_checkpoints_weights(tiny_teacher_dir):
     plain = TeacherInference(tiny_teacher_dir, FP32, max_length=32).logits(texts)
     zero_logits = TeacherInference(tiny_teacher_dir, FP32, max_length=32, engine="zero", offload="cpu").logits(texts)
     np.testing.assert_allclose(zero_logits, plain, atol=1e-6)  # the weights, not a random draw
+
+
+def test_building_a_partitioned_teacher_leaves_torch_linear_alone(tiny_teacher_dir):
+    linear = torch.nn.functional.linear
+    zero = zero_inference_config(FP32, "cpu", None, {})
+    load_partitioned(tiny_teacher_dir, AutoModelForSequenceClassification, zero, {})
+    assert torch.nn.functional.linear is linear  # else a later torch.export in this process finds no aten.linear
+    graph = torch.export.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),)).graph
+    assert any(node.target is torch.ops.aten.linear.default for node in graph.nodes)
 
 
 def test_a_checkpoint_without_a_parameter_is_refused_by_name(make_tiny_teacher):
