@@ -44,7 +44,8 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
     for the rest of the process when ``zero.Init`` runs (to save activations for a backward pass,
     which inference never runs), and a later ``torch.export`` of any model in that process then
     finds no ``aten.linear`` to quantize.
-    ``overrides`` (a DeepSpeed JSON's keys) win.
+    ``overrides`` (a DeepSpeed JSON's keys) win; a JSON's ``zero_optimization`` section replaces the
+    generated one but keeps ``memory_efficient_linear: false`` unless it sets the key itself.
     """
     offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
     zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param, "memory_efficient_linear": False}
@@ -56,9 +57,11 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
             # within 10^9 elements, i.e. a whole <1B teacher after one forward) and prefetch at most
             # one tensor's worth ahead (default 10^9 elements live)
             zero_optimization |= {"stage3_max_reuse_distance": 0, "stage3_max_live_parameters": largest_weight}
-    return {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero_optimization,
-            "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
-            **overrides}
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero_optimization,
+              "fp16": {"enabled": precision.name == "fp16"}, "bf16": {"enabled": precision.name == "bf16"},
+              **overrides}
+    config["zero_optimization"] = {"memory_efficient_linear": False, **config["zero_optimization"]}
+    return config
 
 
 def load_partitioned(checkpoint: Path, model_class: type, zero: dict[str, Any],

@@ -1,5 +1,8 @@
 """ZeRO-Inference: its config, the teacher built partitioned and filled a tensor at a time."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from teachers.inference import TeacherInference
 from teachers.zero_inference import load_partitioned, zero_inference_config
 
 FP32 = select_precision("fp32", "test")
+SHIPPED = Path(__file__).resolve().parents[2] / "clusters" / "deepspeed"
 
 
 def test_nvme_buffers_hold_the_largest_weight_and_overrides_win(tmp_path):
@@ -23,7 +27,10 @@ def test_nvme_buffers_hold_the_largest_weight_and_overrides_win(tmp_path):
         "offload_param": {"device": "nvme", "pin_memory": False, "nvme_path": str(tmp_path), "buffer_size": 976_704}}
     assert "stage3_max_reuse_distance" not in zero_inference_config(FP32, "cpu", None, {}, 976_704)["zero_optimization"]
     cpu = zero_inference_config(FP32, "cpu", None, {"zero_optimization": {"stage": 3}}, largest_weight=976_704)
-    assert cpu["zero_optimization"] == {"stage": 3}  # a DeepSpeed JSON's section replaces the generated one
+    # a DeepSpeed JSON's section replaces the generated one, but keeps F.linear alone unless it says otherwise
+    assert cpu["zero_optimization"] == {"memory_efficient_linear": False, "stage": 3}
+    chosen = zero_inference_config(FP32, "cpu", None, {"zero_optimization": {"memory_efficient_linear": True}})
+    assert chosen["zero_optimization"] == {"memory_efficient_linear": True}
 
 
 def test_the_tiny_teachers_largest_weight_is_its_word_embedding(tiny_teacher_dir):
@@ -43,11 +50,13 @@ def test_partitioned_teacher_holds_the_checkpoints_weights(tiny_teacher_dir):
     np.testing.assert_allclose(zero_logits, plain, atol=1e-6)  # the weights, not a random draw
 
 
-def test_building_a_partitioned_teacher_leaves_torch_linear_alone(tiny_teacher_dir, monkeypatch):
+@pytest.mark.parametrize("shipped", [None, "label-zero-inference-cpu.json"])
+def test_building_a_partitioned_teacher_leaves_torch_linear_alone(tiny_teacher_dir, monkeypatch, shipped):
     linear = torch.nn.functional.linear
     monkeypatch.setattr(torch.nn.functional, "linear", linear)  # put back after a failure, for the tests after it
-    zero = zero_inference_config(FP32, "cpu", None, {})
-    load_partitioned(tiny_teacher_dir, AutoModelForSequenceClassification, zero, {})
+    overrides = json.loads((SHIPPED / shipped).read_text()) if shipped else {}
+    load_partitioned(tiny_teacher_dir, AutoModelForSequenceClassification,
+                     zero_inference_config(FP32, "cpu", None, overrides), {})
     assert torch.nn.functional.linear is linear  # else a later torch.export in this process finds no aten.linear
     graph = torch.export.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),)).graph
     assert any(node.target is torch.ops.aten.linear.default for node in graph.nodes)
