@@ -29,6 +29,7 @@ import onnx
 from torch import nn
 
 from core.errors import ConfigError
+from core.precision import select_int8_reduce_range
 
 
 ORT_MODEL_TYPES: dict[str, str] = dict.fromkeys(
@@ -169,7 +170,7 @@ def added_table_gathers(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str, per_channel: bool = True,
-                          reduce_range: bool = False, num_heads: int | None = None,
+                          reduce_range: bool | Literal["auto"] = "auto", num_heads: int | None = None,
                           hidden_size: int | None = None, model_type: str = "bert") -> dict:
     """Dynamic int8 quantization: int8 weights stored, uint8 activations quantized per batch at run time.
 
@@ -183,8 +184,8 @@ def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str
         onnx_out: quantized file to write (its folder is created).
         family: model family, a key of :data:`RECIPES`.
         per_channel: one scale per output column of each weight (more accurate, same speed).
-        reduce_range: 7-bit weights; set it on x86 CPUs without AVX512-VNNI, where U8S8 products
-            can saturate (ONNX Runtime's guide); this machine class has VNNI, so off by default.
+        reduce_range: 7-bit weights, or "auto": by this CPU (:func:`core.precision.select_int8_reduce_range`:
+            on for an x86 CPU without VNNI, where full-range U8S8 products can saturate).
         num_heads, hidden_size: encoder shape for the optimizer (config.json's num_attention_heads
             and hidden_size); required for the encoder families.
         model_type: the encoder's Hugging Face model type (config.json's ``model_type``).
@@ -206,8 +207,9 @@ def quantize_dynamic_int8(onnx_in: str | Path, onnx_out: str | Path, family: str
                           "transformer optimizer; pass the model's config.json num_attention_heads and hidden_size")
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    reduce_range, why = select_int8_reduce_range(reduce_range, "dynamic int8")
     settings = {"method": "dynamic_int8", "weight_type": "QInt8", "activation_type": "QUInt8 (dynamic)",
-                "per_channel": per_channel, "reduce_range": reduce_range,
+                "per_channel": per_channel, "reduce_range": reduce_range, "reduce_range_reason": why,
                 "ops_before": op_counts(onnx.load(str(onnx_in), load_external_data=False))}
     settings["optimizer_model_type"] = ORT_MODEL_TYPES.get(model_type) if recipe.graph == "bert" else None
     with tempfile.TemporaryDirectory() as scratch:
@@ -262,7 +264,7 @@ def _static_exclusions(model: onnx.ModelProto) -> list[str]:
 
 def quantize_static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration_batches: Iterable[dict[str, np.ndarray]],
                          family: str, calibration: Literal["minmax", "percentile"] = "minmax",
-                         per_channel: bool = True) -> dict:
+                         per_channel: bool = True, reduce_range: bool | Literal["auto"] = "auto") -> dict:
     """Static int8 quantization in QDQ format with activation ranges calibrated on transfer-set batches.
 
     Runs ``quant_pre_process`` (symbolic shape inference and ONNX Runtime's basic graph
@@ -279,9 +281,11 @@ def quantize_static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration_
         calibration: ``"minmax"`` (observed range) or ``"percentile"`` (99.999th percentile, robust
             to BERT's activation outliers).
         per_channel: one weight scale per output channel.
+        reduce_range: 7-bit weights, or "auto" (as :func:`quantize_dynamic_int8`).
 
     Returns:
-        settings: method, formats, calibration, op types, how many nodes were kept fp32, op counts.
+        settings: method, formats, calibration, reduce_range and why, op types, how many nodes were
+        kept fp32, op counts.
 
     Raises:
         ConfigError: unknown family or calibration method, missing inputs, no calibration batches,
@@ -290,6 +294,7 @@ def quantize_static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration_
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     recipe = recipe_for(family, "static int8")
+    reduce_range, why = select_int8_reduce_range(reduce_range, "static int8")
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"static int8 calibration {calibration!r} is unknown; choose from {list(CALIBRATION_METHODS)}")
     onnx_out = Path(onnx_out)
@@ -304,11 +309,12 @@ def quantize_static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration_
         reader = _calibration_reader(calibration_batches, graph_input_names(model))
         method = CalibrationMethod.Percentile if calibration == "percentile" else CalibrationMethod.MinMax
         quantize_static(prepared, onnx_out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=excluded, calibrate_method=method,
+                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     return {"method": "static_int8", "format": "QDQ", "weight_type": "QInt8", "activation_type": "QUInt8",
-            "calibration": calibration, "per_channel": per_channel, "op_types": ops,
+            "calibration": calibration, "per_channel": per_channel, "reduce_range": reduce_range,
+            "reduce_range_reason": why, "op_types": ops,
             "nodes_kept_fp32": len(excluded), "ops_after": op_counts(onnx.load(str(onnx_out)))}
 
 

@@ -167,10 +167,11 @@ def quantize_variant(run_dir: RunDir, parent: VariantMeta, model: nn.Module, met
     family = family_of(model)
     if method == "dynamic_int8":
         settings = quantize_dynamic_int8(source, out, family, per_channel=cfg.quantize.per_channel,
-                                         **encoder_shape(model))
+                                         reduce_range=cfg.quantize.reduce_range, **encoder_shape(model))
     elif method == "static_int8":
         settings = quantize_static_int8(source, out, calibration_batches(featurize, *calibration), family,
-                                        calibration=cfg.quantize.calibration, per_channel=cfg.quantize.per_channel)
+                                        calibration=cfg.quantize.calibration, per_channel=cfg.quantize.per_channel,
+                                        reduce_range=cfg.quantize.reduce_range)
     elif method == "fp16":
         settings = convert_fp16(source, out)
     elif METHODS[method].backend == "executorch":

@@ -66,6 +66,38 @@ class FakeFusedAdam:
         self.params, self.kwargs = list(params), kwargs
 
 
+@pytest.mark.parametrize(("machine", "flags", "expected"), [
+    ("x86_64", {"avx2", "fma"}, (True, "without VNNI")),  # AVX2's vpmaddubsw sums into a saturating int16
+    ("x86_64", {"avx2", "avx512_vnni"}, (False, "with avx512_vnni")),
+    ("x86_64", {"avx2", "avx_vnni"}, (False, "with avx_vnni")),
+    ("x86_64", None, (True, "cannot be read")),  # e.g. an Intel Mac: 7 bits are safe everywhere
+    ("aarch64", None, (False, "aarch64 CPU")),
+])
+def test_int8_reduce_range_follows_the_cpus_int8_dot_product(monkeypatch, caplog, machine, flags, expected):
+    monkeypatch.setattr(precision.platform, "machine", lambda: machine)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    with caplog.at_level(logging.INFO, logger="core.precision"):
+        reduce_range, why = precision.select_int8_reduce_range("auto", "dynamic int8")
+    assert reduce_range is expected[0] and expected[1] in why
+    assert f"dynamic int8: int8 reduce_range {expected[0]}" in caplog.text
+
+
+def test_int8_reduce_range_off_where_it_saturates_is_honoured_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    with caplog.at_level(logging.INFO, logger="core.precision"):
+        assert precision.select_int8_reduce_range(False, "static int8") == (False, "requested in config")
+    assert "can saturate" in caplog.text
+    caplog.clear()
+    assert precision.select_int8_reduce_range(True, "static int8") == (True, "requested in config")
+    assert "can saturate" not in caplog.text
+
+
+def test_cpu_flags_are_this_machines():
+    flags = precision.cpu_flags()
+    assert flags is None or "fpu" in flags or precision.platform.machine() != "x86_64"
+
+
 @pytest.fixture
 def apex(monkeypatch):
     """Install (True) or hide (False) a fake ``apex.optimizers``; the once-only warning is reset."""
