@@ -107,7 +107,7 @@ class QuantizeConfig(Section):
     calibration_rows: int = Field(default=256, gt=0)
     calibration: Literal["minmax", "percentile"] = "minmax"
     per_channel: bool = True
-    reduce_range: bool | Literal["auto"] = Field(
+    reduce_range: Literal["auto", True, False] = Field(
         default="auto", description="ONNX Runtime int8 with 7-bit weights; auto: on where this CPU is x86 without "
         "VNNI (its int8 products can saturate); set it for the CPU you deploy on when that one differs")
     min_agreement: float = Field(default=0.9, ge=0, le=1)

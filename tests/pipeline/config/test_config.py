@@ -75,6 +75,14 @@ def test_a_local_ray_instance_of_one_cpu_is_refused_at_load():
         load_config("sst2-quick", ["ray.num_cpus=1"])
 
 
+def test_int8_reduce_range_is_auto_or_a_bool_and_a_bad_value_is_one_line():
+    assert load_config("sst2-ship").quantize.reduce_range == "auto"
+    assert load_config("sst2-ship", ["quantize.reduce_range=false"]).quantize.reduce_range is False
+    with pytest.raises(ConfigError, match=r"^preset 'sst2-ship': quantize\.reduce_range: Input should be 'auto', "
+                                          r"True or False \(got 'maybe'\)$"):
+        load_config("sst2-ship", ["quantize.reduce_range=maybe"])
+
+
 def test_overrides_are_typed():
     cfg = load_config("sst2-quick", ["train.epochs=7", "train.loss.ce.weight=0.25", "output_dir=/tmp/x"])
     assert cfg.train.epochs == 7 and cfg.train.loss.ce.weight == 0.25
