@@ -48,7 +48,7 @@ def zero_inference_config(precision: Precision, offload: str, nvme_path: Path | 
     generated one but keeps ``memory_efficient_linear: false`` unless it sets the key itself.
     """
     offload_param = {"device": offload, "pin_memory": precision.device == "cuda"}
-    zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param, "memory_efficient_linear": False}
+    zero_optimization: dict[str, Any] = {"stage": 3, "offload_param": offload_param}
     if offload == "nvme":
         offload_param["nvme_path"] = str(nvme_path)
         if largest_weight is not None:
