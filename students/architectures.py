@@ -11,10 +11,13 @@ teacher's own classes from the teacher's weights, whatever their names.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 ARCHITECTURES = ("bert", "mpnet", "roberta", "distilbert")
 """Teacher ``model_type`` values a transformer student is built from (each tested on a tiny model)."""

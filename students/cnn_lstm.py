@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig
 
 from core.artifacts import atomic_dir
 from core.config import Section
@@ -46,6 +46,9 @@ from core.hf_checkpoint import load_tokenizer
 from students.base import BuildInputs, Student, StudentOutput, write_meta
 from students.teacher_embeddings import (embed_dim_mismatch, reduced_to_width, teacher_embedding_width,
                                          teacher_word_embeddings, word_piece_means)
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 PAD, UNK = "<pad>", "<unk>"
 """Entries 0 and 1 of both vocabularies."""

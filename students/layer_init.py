@@ -8,12 +8,14 @@ prune stage drops a teacher's layers by the same strategies (:func:`compress.sli
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LayerInit = Literal["drop_top", "drop_bottom", "drop_alternate", "drop_symmetric", "drop_contribution", "uniform",
                     "random"]

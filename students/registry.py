@@ -12,9 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING, Any
 
 from core.config import Section
 from core.errors import ArtifactError, ConfigError
@@ -24,6 +22,9 @@ from students.cnn_lstm import CNNLSTMTagger, CNNLSTMTaggerConfig, build_cnn_lstm
 from students.multitask import MultiTaskLSTMConfig, MultiTaskLSTMStudent, build_multitask_student
 from students.transformer import (TransformerStudent, TransformerStudentConfig, build_transformer_student,
                                   check_fits_teacher)
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)

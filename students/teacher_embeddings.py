@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModel, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoModel
 
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
     from students.bilstm import LSTMConfig
 
 

@@ -34,12 +34,11 @@ or of the init checkpoint the student's layers were copied from, empty for rando
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from core.artifacts import atomic_dir
 from core.config import COUNTED_WHEN_SET, Section
@@ -48,6 +47,9 @@ from core.hf_checkpoint import is_classifier_for, load_tokenizer, max_tokens, ta
 from students.architectures import ARCHITECTURES, config_field, copy_teacher_weights
 from students.base import BuildInputs, Student, StudentOutput, write_meta
 from students.layer_init import LayerInit, check_layer_count, layer_similarities, selected_teacher_layers
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
 class TransformerStudentConfig(Section):

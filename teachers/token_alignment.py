@@ -27,12 +27,15 @@ import copy
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import pre_tokenizers
 from torch import nn
-from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import TokenClassifierOutput
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 """Label of the positions a token-classification loss skips (PyTorch's and Hugging Face's default)."""

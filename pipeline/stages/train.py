@@ -51,7 +51,7 @@ from core.schema import TaskKind
 from pipeline.observability import live_metrics
 from pipeline.artifacts import RunDir
 from pipeline.training.batching import read_shards
-from pipeline.training.checkpoints import prepare_storage
+from pipeline.training.checkpoints import prepare_storage, record_finished
 from pipeline.config.rules import init_checkpoint_dir, loss_problems, raise_problems
 from pipeline.config.sections import MultiTaskRunConfig, RunConfig, TrainConfig
 from pipeline.evaluation.scoring import dev_metric_name
@@ -216,8 +216,10 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
     """Train one student with Ray Train and copy its best checkpoint to ``run_dir.student_dir(name)``.
 
     An interrupted training under the same stage fingerprint resumes from its latest
-    checkpoint (a finished one resumes after its last epoch, so it only reloads its best
-    checkpoint). With several tasks, each step takes a batch of one task, drawn at random in
+    checkpoint. A finished one returns the summary it recorded, its student already in
+    ``run_dir.student_dir(name)``, without starting Ray Train (when the driver died after Ray
+    Train finished and before that record, Ray Train resumes after the last epoch and only the
+    best checkpoint is reloaded). With several tasks, each step takes a batch of one task, drawn at random in
     proportion to the batches each task has left (see :func:`pipeline.training.batching.interleave`), and
     the dev score is the mean of the tasks' scores.
 
@@ -239,7 +241,11 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         The summary of this student, as in :func:`run`; with named tasks, ``history`` also
         holds ``dev_<task>`` per epoch and the summary ``best_dev_<task>``.
     """
-    prepare_storage(storage, name)
+    finished = prepare_storage(storage, name)
+    if finished is not None and run_dir.student_dir(name).is_dir():
+        log.info("train %s: finished under this fingerprint; its best student (epoch %d) is kept", name,
+                 finished["best_epoch"])
+        return finished
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the workers' logs
     datasets, task_configs = {}, []
@@ -269,8 +275,10 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
                 num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
                 failure_config=FailureConfig(max_failures=train_cfg.max_failures)),
             datasets=datasets,
-            # Every worker sees the whole dev split, so the dev score does not depend on the worker count.
-            dataset_config=DataConfig(datasets_to_split=[key for key in datasets if key.startswith("train_")]),
+            # Every worker sees the whole dev split, so the dev score does not depend on the worker count;
+            # one worker reads the train split whole (a split would start a coordinator actor per run).
+            dataset_config=DataConfig(datasets_to_split=[key for key in datasets if key.startswith("train_")]
+                                      if train_cfg.num_workers > 1 else []),
         )
         result = trainer.fit()
     trained = result.return_value  # rank 0's, see pipeline.training.loop.train_loop
@@ -279,12 +287,14 @@ def fit(name: str, train_cfg: TrainConfig, seed: int, run_dir: RunDir, tasks: li
         load_student(Path(folder) / "student").save(run_dir.student_dir(name))
     metrics = [dev_metric_name(task.tag_names, task.metric) for task in tasks]
     log.info("train %s: best dev %s %.4f at epoch %d", name, "/".join(metrics), best["dev_score"], best["epoch"])
-    return {"dev_metric": metrics[0] if len(tasks) == 1 else "mean of " + ", ".join(metrics),
-            "best_dev_score": best["dev_score"], "best_epoch": best["epoch"],
-            "rows": sum(task["rows"] for task in task_configs), "history": trained["history"],
-            "optimizer_steps": trained["optimizer_steps"], "restarts": len(trained["attempts"]) - 1,
-            "attempts": trained["attempts"],
-            **{f"best_dev_{task.name}": best[f"dev_{task.name}"] for task in tasks if task.name is not None}}
+    summary = {"dev_metric": metrics[0] if len(tasks) == 1 else "mean of " + ", ".join(metrics),
+               "best_dev_score": best["dev_score"], "best_epoch": best["epoch"],
+               "rows": sum(task["rows"] for task in task_configs), "history": trained["history"],
+               "optimizer_steps": trained["optimizer_steps"], "restarts": len(trained["attempts"]) - 1,
+               "attempts": trained["attempts"],
+               **{f"best_dev_{task.name}": best[f"dev_{task.name}"] for task in tasks if task.name is not None}}
+    record_finished(storage, name, summary)
+    return summary
 
 
 def teacher_hidden_size(teacher_dir: Path) -> int:

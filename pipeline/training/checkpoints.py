@@ -11,6 +11,7 @@ restores them (``ray.train.get_checkpoint``) when a run resumes.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -32,22 +33,47 @@ DEEPSPEED_TAG = "engine"
 TRAIN_STATE_FILE = "train_state.pt"
 """Optimizer, grad-scaler, schedule and loss-module state, epoch and history, next to the student."""
 
+FINISHED_SUFFIX = ".finished.json"
+"""Suffix of the summary a finished Ray run leaves next to its folder (:func:`record_finished`)."""
+
 MID_EPOCH_SCORE = -2.0
 """``dev_score`` reported with a mid-epoch checkpoint (no dev pass ran): below every real score
 (the Matthews correlation, the lowest ``data.metric``, reaches -1), so
 Ray keeps it only while it is the latest and never picks it as the best."""
 
 
-def prepare_storage(storage: str, name: str) -> None:
-    """Remove the Ray runs of other stage fingerprints next to ``storage`` (never resumed) and log
-    whether run ``name`` resumes; ``storage`` is a local folder or a URI of any pyarrow filesystem."""
+def prepare_storage(storage: str, name: str) -> dict[str, Any] | None:
+    """Remove the Ray runs of other stage fingerprints next to ``storage`` (never resumed) and
+    say how run ``name`` starts; ``storage`` is a local folder or a URI of any pyarrow filesystem.
+
+    Returns:
+        The summary :func:`record_finished` kept when run ``name`` already finished under this
+        fingerprint (the caller reuses its student instead of starting Ray Train again, which
+        costs a controller and a worker process, about 25 s on a 2-core CPU); else None, and a
+        run with checkpoints resumes from its latest one.
+    """
     fs, base = pyarrow.fs.FileSystem.from_uri(storage)
     parent = base.rstrip("/").rsplit("/", 1)[0]
     for info in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True)):
         if info.type == pyarrow.fs.FileType.Directory and info.path.rstrip("/") != base.rstrip("/"):
             fs.delete_dir(info.path)
+    finished = f"{base}/{name}{FINISHED_SUFFIX}"
+    if fs.get_file_info(finished).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(finished) as stream:
+            return json.loads(stream.read().decode("utf-8"))
     if fs.get_file_info(f"{base}/{name}").type != pyarrow.fs.FileType.NotFound:
         log.info("train %s: resuming from the latest checkpoint in %s/%s", name, storage, name)
+    return None
+
+
+def record_finished(storage: str, name: str, summary: dict[str, Any]) -> None:
+    """Keep run ``name``'s summary (JSON) next to its Ray run folder in ``storage``, once its best
+    student is published, so that :func:`prepare_storage` finds it under the same fingerprint."""
+    fs, base = pyarrow.fs.FileSystem.from_uri(storage)
+    partial = f"{base}/{name}{FINISHED_SUFFIX}.partial"
+    with fs.open_output_stream(partial) as stream:
+        stream.write(json.dumps(summary).encode("utf-8"))
+    fs.move(partial, f"{base}/{name}{FINISHED_SUFFIX}")
 
 
 def restore(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,

@@ -179,6 +179,7 @@ def train_loop(config: dict) -> dict:
             report({"epoch": done / steps_per_epoch, "step": done, "dev_score": MID_EPOCH_SCORE}, model, *states,
                    {"history": history, "step": done, "attempts": attempts}, rank)
 
+    dev_batches: list[list[Batch]] = []
     for epoch in range(step // steps_per_epoch + 1, train_cfg.epochs + 1):
         start = time.perf_counter()
         seed = config["seed"] + 1000 * epoch
@@ -191,11 +192,13 @@ def train_loop(config: dict) -> dict:
         losses, step = train_epoch(model, batches, optimisation, precision, step, total_steps,
                                    steps_per_epoch, show_progress=rank == 0, after_step=checkpoint_mid_epoch,
                                    sink=sink)
-        scores = [dev_score(student, map(collate, length_grouped(
-                      shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES),
-                      train_cfg.batch_size, None, kind)), precision, ray.train.torch.get_device(),
-                            task["tag_names"], task["metric"])
-                  for shard, collate, task, kind in zip(dev_shards, dev_collates, tasks, kinds)]
+        # the dev split is read and collated at the first dev pass and kept: a Ray Data pass costs
+        # seconds of start-up, most of an epoch on a small dev split
+        dev_batches = dev_batches or [list(map(collate, length_grouped(
+            shard.iter_batches(batch_size=train_cfg.batch_size * LENGTH_GROUP_BATCHES), train_cfg.batch_size,
+            None, kind))) for shard, collate, kind in zip(dev_shards, dev_collates, kinds)]
+        scores = [dev_score(student, batches, precision, ray.train.torch.get_device(), task["tag_names"],
+                            task["metric"]) for batches, task in zip(dev_batches, tasks)]
         named = {f"dev_{task['name']}": value for task, value in zip(tasks, scores) if task["name"] is not None}
         metrics = {"epoch": epoch, **losses, "dev_score": float(np.mean(scores)), **named,
                    "lr": optimisation.last_lr(),

@@ -8,6 +8,7 @@ tokenizer and, in one test, the word embeddings.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import shutil
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipeline.stages import train
-from pipeline.training.checkpoints import DEEPSPEED_TAG, TRAIN_STATE_FILE
+from pipeline.training.checkpoints import DEEPSPEED_TAG, FINISHED_SUFFIX, TRAIN_STATE_FILE
 from pipeline.training.shards import soft_label_files
 from core.artifacts import atomic_write_json, sha256_file
 from pipeline.artifacts import RunDir
@@ -93,7 +94,7 @@ def build_run(tmp_path: Path, **train_section) -> tuple[RunConfig, RunDir]:
     return cfg, run_dir
 
 
-def test_kd_and_ce_only_students(tmp_path, ray_local):
+def test_kd_and_ce_only_students(tmp_path, ray_local, caplog):
     cfg, run_dir = build_run(tmp_path, ce_only_epochs=3)
     summary = train.run(cfg, run_dir)
 
@@ -123,8 +124,11 @@ def test_kd_and_ce_only_students(tmp_path, ray_local):
     lrs = [h["lr"] for h in summary["kd"]["history"]]  # after each epoch: linear decay to 0
     assert 0 < lrs[0] < cfg.train.lr and lrs[1] == 0
 
-    # A rerun under the same stage fingerprint resumes the finished Ray runs: nothing is trained again.
+    # A rerun under the same stage fingerprint reuses both finished students without starting Ray Train.
+    caplog.set_level(logging.INFO, logger="pipeline.stages.train")
     assert train.run(cfg, run_dir) == summary
+    kept = [r.getMessage() for r in caplog.records if "finished under this fingerprint" in r.getMessage()]
+    assert [message.split()[1] for message in kept] == ["kd:", "ce_only:"]
 
 
 @pytest.mark.slow  # about 70 s; the DeepSpeed test also runs two workers
@@ -263,6 +267,7 @@ def test_deepspeed_training_stopped_after_an_epoch_resumes_from_its_checkpoint(t
     assert [h["epoch"] for h in first] == [1]
     state_file = next((run_dir.train_storage / "kd").glob(f"checkpoint_*/{TRAIN_STATE_FILE}"))
     assert any(state_file.parent.glob(f"{DEEPSPEED_TAG}/*optim_states.pt"))  # the engine's own checkpoint
+    (run_dir.train_storage / f"kd{FINISHED_SUFFIX}").unlink()  # an interrupted run leaves checkpoints, no record
 
     resumed = train.run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})}), run_dir)
     history = resumed["kd"]["history"]
