@@ -90,8 +90,12 @@ def load_partitioned(checkpoint: Path, model_class: type, zero: dict[str, Any],
         ConfigError: a parameter of the model has no tensor in the checkpoint.
     """
     import deepspeed
+    import torch._dynamo  # noqa: F401  (see below)
+    import transformers.modeling_utils  # noqa: F401
     from transformers.initialization import no_init_weights
 
+    # zero.Init patches torch.Tensor.__new__; torch._dynamo, first imported under it (transformers'
+    # model classes import it), refuses that patch with a TypeError: both are imported before it
     init_single_process()  # zero.Init partitions over a process group
     # no random init: it would run on partitioned (empty) parameters, and every one is filled below
     with deepspeed.zero.Init(config_dict_or_path=zero), no_init_weights():
