@@ -238,7 +238,7 @@ class LiteRTPredictor:
     """
 
     def __init__(self, path: str | Path, threads: int, input_names: list[str] | None = None):
-        from compress.litert_export import require_litert
+        from compress.litert_extra import require_litert
 
         require_litert()
         from ai_edge_litert.interpreter import Interpreter

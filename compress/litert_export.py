@@ -30,7 +30,6 @@ student (872 dev rows) that flipped 10 predictions of the fp32 model, this recip
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import time
@@ -40,6 +39,7 @@ import torch
 
 from core.artifacts import atomic_path
 from core.errors import ConfigError
+from compress.litert_extra import require_litert
 from compress.executorch_export import max_sequence_length, plan_export
 from compress.int8_embedding import with_int8_vocabulary
 from compress.traceable import AXES, LSTM_FAMILIES, SEQUENCE_AXES
@@ -50,23 +50,6 @@ INT8_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL")
 """The LiteRT op types whose constant weights dynamic int8 quantizes (AI Edge Quantizer's names).
 On a 300-dim BiLSTM over 30,522 word pieces the int8 file is 25.7 % of the fp32 one (29.8 % with
 its LSTM gates left fp32)."""
-PACKAGES = ("litert_torch", "ai_edge_litert")
-"""The modules of the ``[litert]`` extra: the converter and the runtime."""
-EXTRA_MISSING = ("LiteRT needs the optional extra: pip install 'distill[litert]' (it pins pydantic 2.11; use a "
-                 "separate environment)")
-
-
-def litert_installed() -> bool:
-    """Whether both modules of :data:`PACKAGES` can be imported (found, not imported: milliseconds)."""
-    return all(importlib.util.find_spec(name) is not None for name in PACKAGES)
-
-
-def require_litert() -> None:
-    """Raise ConfigError(:data:`EXTRA_MISSING`) unless the ``[litert]`` extra is installed."""
-    if not litert_installed():
-        raise ConfigError(EXTRA_MISSING)
-
-
 def export_litert(model: torch.nn.Module, out_path: str | Path, example_features: dict[str, torch.Tensor],
                   fixed_length: int | None = None, task: str | None = None, quantize: bool = False) -> dict:
     """Write the model's logits graph as a LiteRT flatbuffer of batch 1 at a fixed length.
@@ -88,7 +71,7 @@ def export_litert(model: torch.nn.Module, out_path: str | Path, example_features
         or None).
 
     Raises:
-        ConfigError: the extra is missing (:data:`EXTRA_MISSING`), bad example features, an
+        ConfigError: the extra is missing (:data:`compress.litert_extra.EXTRA_MISSING`), bad example features, an
             unknown family or task, a multitask token head, or a conversion error (chained),
             naming family and backend.
     """

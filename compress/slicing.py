@@ -48,16 +48,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
 
 from compress.vocabulary import prune_vocabulary
 from core.errors import ArtifactError
 from students.transformer import selected_teacher_layers
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 _PER_LAYER_KEYS = ("layers", "heads", "intermediate_sizes")
 
@@ -114,6 +117,8 @@ def prunable_encoder(model: nn.Module) -> PreTrainedModel:
         TypeError: ``model`` is no Hugging Face model of :data:`PRUNABLE_ARCHITECTURES` (e.g. a
             Student: pass ``student.model``; or a RoBERTa).
     """
+    from transformers import PreTrainedModel  # here: importing it costs seconds, the config rules need none of it
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if not isinstance(model, PreTrainedModel) or model_type not in PRUNABLE_ARCHITECTURES:
         raise TypeError(f"{type(model).__name__} is not a model of {', '.join(PRUNABLE_ARCHITECTURES)}, which "

@@ -24,10 +24,13 @@ applying :func:`prune_vocabulary` with the record before it loads the weights.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BERT_UNK_ID = 100  # [UNK] of the BERT uncased WordPiece vocabulary (MiniLM's too)
 _TOKENIZE_CHUNK = 2048  # texts per tokenizer call in used_token_ids

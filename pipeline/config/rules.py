@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from compress.litert_export import EXTRA_MISSING, litert_installed
+from compress.litert_extra import EXTRA_MISSING, litert_installed
 from compress.slicing import PRUNABLE_ARCHITECTURES
 from core.config import Section
 from core.errors import ConfigError
@@ -237,7 +237,7 @@ def prune_problems(cfg: RunConfig) -> list[str]:
 def extra_problems(cfg: RunConfig) -> list[str]:
     """The optional packages the config's stages need and this environment lacks, as ``field:
     problem; fix`` lines: ``litert`` in ``export.formats`` or ``litert_dynamic_int8`` in
-    ``quantize.methods`` needs the ``[litert]`` extra (:data:`compress.litert_export.EXTRA_MISSING`).
+    ``quantize.methods`` needs the ``[litert]`` extra (:data:`compress.litert_extra.EXTRA_MISSING`).
     Checked before the stages (:func:`pipeline.tasks.check_before_stages`), not when a config is
     read: a config submitted to a cluster may need what only the cluster has."""
     if litert_installed():

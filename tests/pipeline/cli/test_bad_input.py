@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.litert_export import litert_installed
+from compress.litert_extra import litert_installed
 from pipeline.cli.main import main
 
 HEADER = "sentence\tlabel\n"
