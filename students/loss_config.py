@@ -38,6 +38,11 @@ class LogitTermConfig(TermConfig):
     MSE between raw logits (Tang et al. 2019)."""
 
     kind: Literal["kl", "mse"] = "kl"
+    background_weight: float = Field(
+        default=1.0, gt=0,
+        description="weight of the positions whose teacher's top class is class 0 (a tag task's O, which must be "
+                    "labels[0]) against 1 for the rest; below 1 the student learns the teacher's names more than "
+                    "its background, for a tagger whose KD recall trails its precision")
 
 
 class LayerTermConfig(TermConfig):

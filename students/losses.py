@@ -62,8 +62,8 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: Literal["kl", "mse"],
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft-label distillation on logits, averaged over the valid positions.
+                  mask: torch.Tensor | None = None, background_weight: float = 1.0) -> torch.Tensor:
+    """Soft-label distillation on logits, a weighted mean over the valid positions.
 
     Per position, with student logits ``s``, teacher logits ``t`` and temperature ``tau``::
 
@@ -77,6 +77,8 @@ def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
         temperature: ``tau`` > 0; unused by ``mse``.
         kind: "kl" or "mse".
         mask: bool [B] or [B, W], True at the positions to distil; None = every position.
+        background_weight: weight of the positions whose teacher's top class is class 0 (a
+            tagger's ``O``); the others weigh 1, and the mean divides by the weights' sum.
 
     Returns:
         float32 scalar; 0 when no position is valid.
@@ -96,7 +98,11 @@ def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     else:
         raise ValueError(f"unknown kind {kind!r}; choose from ['kl', 'mse']")
     valid = torch.ones_like(per_position, dtype=torch.bool) if mask is None else mask.bool()
-    return _masked_mean(per_position, valid)
+    if background_weight == 1.0:
+        return _masked_mean(per_position, valid)
+    weights = torch.where(valid.expand_as(per_position), torch.where(t.argmax(dim=-1) == 0, background_weight, 1.0), 0.0)
+    weighted = torch.where(weights > 0, per_position * weights, torch.zeros((), device=per_position.device))
+    return weighted.sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def _check_shapes(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, what: str) -> None:

@@ -83,7 +83,8 @@ def teacher_signal(teacher: Mapping[str, torch.Tensor], key: str, term: str, fix
 
 def _kd(cfg: LogitTermConfig, batch: LogitBatch) -> torch.Tensor:
     teacher_logits = teacher_signal(batch.teacher, "logits", "kd", "logits are always emitted; rerun the label stage")
-    return logit_kd_loss(batch.student.logits, teacher_logits, batch.temperature, cfg.kind, batch.mask)
+    return logit_kd_loss(batch.student.logits, teacher_logits, batch.temperature, cfg.kind, batch.mask,
+                         cfg.background_weight)
 
 
 TERMS: dict[str, Term] = {

@@ -75,7 +75,7 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     if family in MULTI_TASK_FAMILIES:
         return [f"train.student.family: {family} learns several runs' tasks at once; write a config with "
                 "a top-level tasks section naming those runs (see the sst2-conll2003-multitask preset)"]
-    problems = data_problems(cfg.data)
+    problems = data_problems(cfg.data) + background_weight_problems(cfg)
     if cfg.data.task == "sequence":
         return problems + ([f"train.student.family: {family} tags words; it needs data.task: token, or use "
                             f"{' or '.join(SENTENCE_FAMILIES)}"] if family in TAGGER_FAMILIES else [])
@@ -89,6 +89,18 @@ def task_conflicts(cfg: RunConfig) -> list[str]:
     problems += [f"{field}: not supported with data.task: token; remove it" for field, value in unsupported.items()
                  if value]
     return problems
+
+
+def background_weight_problems(cfg: RunConfig) -> list[str]:
+    """``train.loss.kd.background_weight`` weighs class 0 as a tagger's ``O``: it needs a token task
+    whose ``data.labels`` start with ``O``."""
+    kd = cfg.train.loss.kd
+    if kd is None or kd.background_weight == 1.0:
+        return []
+    if cfg.data.task != "token" or str(cfg.data.labels[0]) != "O":
+        return [f"train.loss.kd.background_weight: weighs the tag O, which must be data.labels[0] of a token task "
+                f"(task {cfg.data.task}, labels[0] {cfg.data.labels[0]!r}); remove it or put O first"]
+    return []
 
 
 def data_problems(data: DataConfig) -> list[str]:

@@ -77,6 +77,19 @@ def test_kd_mask_excludes_padding_positions():
     assert logit_kd_loss(student, student, 1.0, "mse", torch.tensor([[False, False]])).item() == 0.0
 
 
+def test_kd_background_weight_weighs_the_positions_the_teacher_calls_class_0():
+    student = t([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # [B=1, W=3, C=2]
+    # Word 0: the teacher's top class is 0 (O), KL = KL_34_HALF; word 1: class 1, KL([1/4, 3/4] || [1/2, 1/2])
+    # = KL_34_HALF too, by symmetry; word 2: a padding word whose loss would be large.
+    teacher = t([[[LN3, 0.0], [0.0, LN3], [0.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])
+    assert logit_kd_loss(student, teacher, 1.0, "kl", mask, 0.25).item() == pytest.approx(KL_34_HALF)
+    # Student and teacher agree on word 1 (KL 0): the weighted mean is (0.25 * KL_34_HALF + 1 * 0) / 1.25.
+    student = t([[[0.0, 0.0], [0.0, LN3], [0.0, 0.0]]])
+    assert logit_kd_loss(student, teacher, 1.0, "kl", mask, 0.25).item() == pytest.approx(0.2 * KL_34_HALF)
+    assert logit_kd_loss(student, teacher, 1.0, "kl", mask).item() == pytest.approx(0.5 * KL_34_HALF)
+
+
 def test_kd_rejects_unknown_kind_and_shape_mismatch():
     with pytest.raises(ValueError, match="unknown kind 'cosine'"):
         logit_kd_loss(t([[0.0, 1.0]]), t([[0.0, 1.0]]), 1.0, "cosine")

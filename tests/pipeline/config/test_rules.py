@@ -129,6 +129,13 @@ RULES = {
         r"data\.metric: entity_f1 scores word tags, but data\.task is sequence; use accuracy, f1, macro_f1 or "),
     "the tag in the word's field": (
         changed(TOKEN_RUN, ("data.tag_column", 0)), r"data\.tag_column: 0 is the word's field; give the tag's field"),
+    "a background weight on a sentence task": (
+        changed(BILSTM_RUN, ("train.loss", {"kd": {"background_weight": 0.5}})),
+        r"train\.loss\.kd\.background_weight: weighs the tag O, which must be data\.labels\[0\] of a token task "
+        r"\(task sequence, labels\[0\] 0\); remove it or put O first$"),
+    "a background weight with O not first": (
+        changed(TOKEN_RUN, ("data.labels", ["B-PER", "I-PER", "O"]), ("train.loss", {"kd": {"background_weight": 0.5}})),
+        r"train\.loss\.kd\.background_weight: .*\(task token, labels\[0\] 'B-PER'\)"),
     "multi-task student on several workers": (
         {"name": "mt", "tasks": {"a": "runs/a"}, "train": {"num_workers": 2}},
         r"train\.num_workers must be 1 for a multi-task student .*; set train\.num_workers: 1"),
