@@ -34,11 +34,18 @@ ATTENTION_EPS = 1e-12
 """Floor of the student's attention probabilities inside the log of the KL attention term."""
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is True (broadcast), 0 when nothing is; float32 scalar."""
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is True (broadcast), 0 when nothing is; float32 scalar.
+
+    With ``weights`` (same shape as ``values``) it is the weighted mean ``sum(w * v) / sum(w)``
+    over those positions.
+    """
     mask = mask.expand_as(values)
-    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
-    return total / mask.sum().clamp(min=1)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    if weights is None:
+        return torch.where(mask, values, zero).sum() / mask.sum().clamp(min=1)
+    weights = torch.where(mask, weights.to(values.dtype), zero)
+    return torch.where(mask, values * weights, zero).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -98,11 +105,8 @@ def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     else:
         raise ValueError(f"unknown kind {kind!r}; choose from ['kl', 'mse']")
     valid = torch.ones_like(per_position, dtype=torch.bool) if mask is None else mask.bool()
-    if background_weight == 1.0:
-        return _masked_mean(per_position, valid)
-    weights = torch.where(valid.expand_as(per_position), torch.where(t.argmax(dim=-1) == 0, background_weight, 1.0), 0.0)
-    weighted = torch.where(weights > 0, per_position * weights, torch.zeros((), device=per_position.device))
-    return weighted.sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
+    weights = None if background_weight == 1.0 else torch.where(t.argmax(dim=-1) == 0, background_weight, 1.0)
+    return _masked_mean(per_position, valid, weights)
 
 
 def _check_shapes(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, what: str) -> None:
